@@ -1,0 +1,49 @@
+//! Runs `#[flow]` state machines: the flow-facing API (sessions, context,
+//! errors), the durable node, and the test network.
+//!
+//! A flow is written as one `async fn` marked [`flow`]; the macro turns it
+//! into an enum implementing [`Flow`]. Flow code reaches the node only
+//! through [`FlowContext`] and [`FlowSession`]:
+//!
+//! ```ignore
+//! use flow_runtime::prelude::*;
+//!
+//! #[flow]
+//! pub async fn ping(ctx: &mut FlowContext, peer: Party) -> Result<u32, FlowError> {
+//!     let session = ctx.initiate_flow(&peer);
+//!     let n: u32 = session.send_and_receive::<u32>(&1u32).await?.validate(Ok)?;
+//!     Ok(n)
+//! }
+//! ```
+
+mod context;
+mod error;
+mod flow;
+mod party;
+mod session;
+mod untrustworthy;
+
+pub mod services;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use context::{
+    FlowContext, Frame, IdSource, OpenedSession, SeededIds, Sleep, StepEffects, SubFlow, Timestamp,
+    Wait, run_step,
+};
+pub use error::{FlowError, FlowErrorKind};
+pub use flow::{Event, Flow, Step};
+pub use flow_macros::flow;
+pub use party::{Party, PublicKey};
+pub use session::{FlowSession, OutgoingMessage, Payload, Receive, SessionId};
+pub use untrustworthy::Untrustworthy;
+
+/// Everything a flow author needs: `use flow_runtime::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Flow, FlowContext, FlowError, FlowErrorKind, FlowSession, Party, PublicKey, Untrustworthy,
+        flow,
+    };
+}

@@ -1,0 +1,1 @@
+//! Tools for testing flows without a real network.
