@@ -30,7 +30,7 @@ impl Flow for Ping {
     const FINGERPRINT: u64 = 1;
 
     fn resume(&mut self, ctx: &mut FlowContext, event: Event) -> flow_runtime::Step<u64> {
-        let (session, mut total, mut i, rounds) = match std::mem::replace(self, Ping::Done) {
+        let (session, mut total, i, rounds) = match std::mem::replace(self, Ping::Done) {
             Ping::Start { peer, rounds } => (ctx.initiate_flow(&peer), 0u64, 0u32, rounds),
             Ping::AwaitEcho {
                 session,

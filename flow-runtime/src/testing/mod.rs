@@ -1,1 +1,4 @@
 //! Tools for testing flows without a real network.
+
+mod driver;
+pub use driver::{DriverError, FlowDriver, StepReport};
