@@ -1,4 +1,19 @@
-//! The two-party trade of commercial paper for cash, written as `#[flow]`s.
+//! The two-party trade of commercial paper for cash, written as flows.
 //!
-//! The ledger model, contracts, vault, notary and trade flows arrive with
-//! issue 5; this crate exists now so the workspace layout is the final one.
+//! * [`crypto`]: SHA-256 ids, ed25519 key pairs and signatures.
+//! * [`ledger`]: states, transactions, contracts and verification — pure
+//!   data and functions.
+//! * [`store`]: the storage boundary the services write through.
+//! * [`vault`], [`keys`], [`notary`]: the node services, as pure logic over a
+//!   [`store::Store`].
+//!
+//! Crates used beyond the workspace core: `ed25519-dalek` (signatures) and
+//! `sha2` (ids), the RustCrypto/dalek crates the Rust community audits and
+//! relies on.
+
+pub mod crypto;
+pub mod keys;
+pub mod ledger;
+pub mod notary;
+pub mod store;
+pub mod vault;

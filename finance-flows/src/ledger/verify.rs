@@ -1,0 +1,147 @@
+//! Full verification of a transaction: resolve its inputs, check the
+//! signatures, run the contracts.
+
+use super::contracts;
+use super::states::{ContractState, StateAndRef, StateRef};
+use super::transaction::{Command, SignedTransaction, TimeWindow, WireTransaction};
+use crate::crypto::SecureHash;
+use flow_runtime::{Party, PublicKey};
+
+/// Why a transaction is not valid. Each message says what is wrong with
+/// which transaction or state, so an operator can tell a malicious peer from
+/// a bug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A signature does not verify: the transaction or the signature was
+    /// tampered with.
+    #[error(
+        "the signature by {key:?} on transaction {tx} is invalid (tampered transaction or signature)"
+    )]
+    InvalidSignature {
+        /// Who claims to have signed.
+        key: PublicKey,
+        /// The transaction.
+        tx: SecureHash,
+    },
+    /// Required signers have not signed.
+    #[error("transaction {tx} lacks the signatures of {keys:?}")]
+    MissingSignatures {
+        /// The keys that did not sign.
+        keys: Vec<PublicKey>,
+        /// The transaction.
+        tx: SecureHash,
+    },
+    /// A key signed twice.
+    #[error("{key:?} signed the transaction twice")]
+    DuplicateSignature {
+        /// The key.
+        key: PublicKey,
+    },
+    /// A key that no command requires signed.
+    #[error("{key:?} signed but no command requires its signature")]
+    UnexpectedSignature {
+        /// The key.
+        key: PublicKey,
+    },
+    /// An input points at a transaction we do not have (resolve its
+    /// dependencies first) or at an output that does not exist.
+    #[error("input {0} cannot be resolved: its transaction is unknown or has no such output")]
+    UnresolvedInput(StateRef),
+    /// An input's state was created under another notary.
+    #[error(
+        "input {input} is guarded by notary {input_notary}, not by this transaction's notary {notary}"
+    )]
+    WrongNotary {
+        /// The input.
+        input: StateRef,
+        /// Its notary.
+        input_notary: String,
+        /// The transaction's notary.
+        notary: String,
+    },
+    /// The transaction breaks a contract rule.
+    #[error("contract rejected the transaction: {0}")]
+    Contract(String),
+}
+
+/// A transaction with its inputs resolved to the states they point at: what
+/// contracts look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerTransaction {
+    /// The transaction's id.
+    pub id: SecureHash,
+    /// The consumed states.
+    pub inputs: Vec<StateAndRef>,
+    /// The created states.
+    pub outputs: Vec<ContractState>,
+    /// The commands.
+    pub commands: Vec<Command>,
+    /// The notary.
+    pub notary: Party,
+    /// The time window, attested by the notary.
+    pub time_window: Option<TimeWindow>,
+}
+
+impl WireTransaction {
+    /// Resolves the inputs: `lookup` returns the transaction with a given id,
+    /// if known. Every input's transaction must have the same notary as this
+    /// one (a notary can only prevent double spends of states it guards).
+    pub fn to_ledger(
+        &self,
+        mut lookup: impl FnMut(&SecureHash) -> Option<WireTransaction>,
+    ) -> Result<LedgerTransaction, VerifyError> {
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        for input in &self.inputs {
+            let producer = lookup(&input.tx_id).ok_or(VerifyError::UnresolvedInput(*input))?;
+            let state = producer
+                .outputs
+                .get(input.index as usize)
+                .cloned()
+                .ok_or(VerifyError::UnresolvedInput(*input))?;
+            if producer.notary != self.notary {
+                return Err(VerifyError::WrongNotary {
+                    input: *input,
+                    input_notary: producer.notary.name().to_owned(),
+                    notary: self.notary.name().to_owned(),
+                });
+            }
+            inputs.push(StateAndRef {
+                state,
+                state_ref: *input,
+            });
+        }
+        Ok(LedgerTransaction {
+            id: self.id(),
+            inputs,
+            outputs: self.outputs.clone(),
+            commands: self.commands.clone(),
+            notary: self.notary.clone(),
+            time_window: self.time_window,
+        })
+    }
+}
+
+impl SignedTransaction {
+    /// Full verification: every required signature present and valid, the
+    /// inputs resolvable through `lookup`, and the contracts satisfied.
+    pub fn verify(
+        &self,
+        lookup: impl FnMut(&SecureHash) -> Option<WireTransaction>,
+    ) -> Result<LedgerTransaction, VerifyError> {
+        self.verify_except(&[], lookup)
+    }
+
+    /// As [`verify`](Self::verify), but tolerating the absence of the
+    /// signatures of `allowed_missing` (a party checking a proposal before it
+    /// signs, or before the notary has).
+    pub fn verify_except(
+        &self,
+        allowed_missing: &[PublicKey],
+        lookup: impl FnMut(&SecureHash) -> Option<WireTransaction>,
+    ) -> Result<LedgerTransaction, VerifyError> {
+        self.verify_signatures_except(allowed_missing)?;
+        let ltx = self.tx.to_ledger(lookup)?;
+        contracts::verify(&ltx)?;
+        Ok(ltx)
+    }
+}
