@@ -15,5 +15,7 @@ pub mod crypto;
 pub mod keys;
 pub mod ledger;
 pub mod notary;
+pub mod resolution;
 pub mod store;
+pub mod trade;
 pub mod vault;

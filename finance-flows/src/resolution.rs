@@ -1,0 +1,236 @@
+//! Transaction-dependency resolution, as plain data and functions: the
+//! `resolve_transactions` flow drives a [`Resolution`] across its
+//! suspensions (it is kept in the flow's checkpoint).
+//!
+//! Breadth-first: ask the peer for the transactions we lack, then for the
+//! inputs of those we lack, and so on until every path reaches a
+//! transaction we already hold or one without inputs (an issuance). Then
+//! verify the downloaded transactions oldest first, each against what is
+//! already verified, and record them. Nothing is recorded unless the whole
+//! graph verifies, so a peer that sends one bad transaction gets none of its
+//! chain accepted.
+
+use crate::crypto::SecureHash;
+use crate::ledger::{SignedTransaction, VerifyError};
+use crate::store::{Store, StoreError};
+use crate::vault;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The most transactions one resolution will download: a bound on what a
+/// malicious peer can make us fetch and hold.
+pub const MAX_TRANSACTIONS: usize = 5_000;
+
+/// How many ids one request may carry, so one reply stays a few megabytes.
+pub const MAX_BATCH: usize = 100;
+
+/// Why a resolution failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The peer answered with other transactions than those asked for.
+    #[error(
+        "the peer answered a request for {asked} transactions with {got} that do not match: it is faulty or malicious"
+    )]
+    WrongAnswer {
+        /// How many were asked for.
+        asked: usize,
+        /// How many came.
+        got: usize,
+    },
+    /// The peer does not have a transaction we need.
+    #[error(
+        "the peer does not have transaction {0}, a dependency it must hold to have verified its own transaction"
+    )]
+    Missing(SecureHash),
+    /// The dependency graph is larger than [`MAX_TRANSACTIONS`].
+    #[error(
+        "the dependency graph exceeds {MAX_TRANSACTIONS} transactions; refusing to download more"
+    )]
+    TooLarge,
+    /// A dependency does not verify.
+    #[error("dependency {tx} is invalid: {error}")]
+    Invalid {
+        /// The transaction.
+        tx: SecureHash,
+        /// Why.
+        error: VerifyError,
+    },
+    /// The dependency graph has a cycle (impossible with honest hashes).
+    #[error("the dependency graph has a cycle: the peer sent forged transactions")]
+    Cycle,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A reply to a fetch request: the transactions asked for, in the order
+/// asked, `None` for one the peer does not hold.
+pub type FetchReply = Vec<Option<SignedTransaction>>;
+
+/// A request from the resolving side to the side serving transactions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchRequest {
+    /// Send these transactions.
+    Transactions(Vec<SecureHash>),
+    /// Resolution is over: stop serving.
+    Done,
+}
+
+/// The state of one resolution: what is still to be fetched, and what has
+/// been downloaded but not yet verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    queue: VecDeque<SecureHash>,
+    downloaded: BTreeMap<SecureHash, SignedTransaction>,
+    asked: Vec<SecureHash>,
+}
+
+impl Resolution {
+    /// Starts resolving the transactions `ids` (and their dependencies).
+    pub fn new(ids: impl IntoIterator<Item = SecureHash>) -> Self {
+        let mut queue = VecDeque::new();
+        for id in ids {
+            if !queue.contains(&id) {
+                queue.push_back(id);
+            }
+        }
+        Self {
+            queue,
+            downloaded: BTreeMap::new(),
+            asked: Vec::new(),
+        }
+    }
+
+    /// The next batch of ids to ask the peer for, or an empty list when
+    /// everything needed is downloaded (or was already held).
+    pub fn next_request(&mut self, store: &dyn Store) -> Result<Vec<SecureHash>, ResolveError> {
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
+            let Some(id) = self.queue.pop_front() else {
+                break;
+            };
+            if self.downloaded.contains_key(&id)
+                || batch.contains(&id)
+                || vault::has_transaction(store, &id)?
+            {
+                continue;
+            }
+            batch.push(id);
+        }
+        self.asked = batch.clone();
+        Ok(batch)
+    }
+
+    /// Takes the peer's reply to the last request. Each transaction must be
+    /// the one asked for at its position (ids are recomputed from content).
+    pub fn accept(&mut self, reply: FetchReply) -> Result<(), ResolveError> {
+        let asked = std::mem::take(&mut self.asked);
+        if reply.len() != asked.len() {
+            return Err(ResolveError::WrongAnswer {
+                asked: asked.len(),
+                got: reply.len(),
+            });
+        }
+        for (id, stx) in asked.iter().zip(reply) {
+            let stx = stx.ok_or(ResolveError::Missing(*id))?;
+            if stx.id() != *id {
+                return Err(ResolveError::WrongAnswer {
+                    asked: asked.len(),
+                    got: asked.len(),
+                });
+            }
+            for input in &stx.tx.inputs {
+                self.queue.push_back(input.tx_id);
+            }
+            self.downloaded.insert(*id, stx);
+            if self.downloaded.len() > MAX_TRANSACTIONS {
+                return Err(ResolveError::TooLarge);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many transactions have been downloaded.
+    pub fn downloaded(&self) -> usize {
+        self.downloaded.len()
+    }
+
+    /// Verifies every downloaded transaction, dependencies first, and
+    /// records them all; returns how many were recorded. Records nothing if
+    /// any fails.
+    pub fn finish(self, store: &mut dyn Store) -> Result<usize, ResolveError> {
+        let order = topological_order(&self.downloaded)?;
+        let mut verified: BTreeMap<SecureHash, &SignedTransaction> = BTreeMap::new();
+        for id in &order {
+            let stx = &self.downloaded[id];
+            let lookup = |dep: &SecureHash| {
+                verified
+                    .get(dep)
+                    .map(|s| s.tx.clone())
+                    .or_else(|| vault::transaction(store, dep).ok().flatten().map(|s| s.tx))
+            };
+            stx.verify(lookup)
+                .map_err(|error| ResolveError::Invalid { tx: *id, error })?;
+            verified.insert(*id, stx);
+        }
+        for id in &order {
+            vault::record_dependency(store, &self.downloaded[id])?;
+        }
+        Ok(order.len())
+    }
+}
+
+/// The downloaded ids ordered so that each comes after the downloaded
+/// transactions it spends from (Kahn's algorithm).
+fn topological_order(
+    txs: &BTreeMap<SecureHash, SignedTransaction>,
+) -> Result<Vec<SecureHash>, ResolveError> {
+    let mut pending: BTreeMap<SecureHash, BTreeSet<SecureHash>> = txs
+        .iter()
+        .map(|(id, stx)| {
+            let deps = stx
+                .tx
+                .inputs
+                .iter()
+                .map(|i| i.tx_id)
+                .filter(|d| txs.contains_key(d))
+                .collect();
+            (*id, deps)
+        })
+        .collect();
+    let mut order = Vec::with_capacity(txs.len());
+    while !pending.is_empty() {
+        let ready: Vec<SecureHash> = pending
+            .iter()
+            .filter(|(_, d)| d.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        if ready.is_empty() {
+            return Err(ResolveError::Cycle);
+        }
+        for id in &ready {
+            pending.remove(id);
+        }
+        for deps in pending.values_mut() {
+            for id in &ready {
+                deps.remove(id);
+            }
+        }
+        order.extend(ready);
+    }
+    Ok(order)
+}
+
+/// The peer's side: answers a fetch request from the vault.
+pub fn serve(store: &dyn Store, ids: &[SecureHash]) -> Result<FetchReply, StoreError> {
+    if ids.len() > MAX_BATCH {
+        tracing::warn!(
+            asked = ids.len(),
+            "a peer asked for more transactions than one batch; serving the first {MAX_BATCH}"
+        );
+    }
+    ids.iter()
+        .take(MAX_BATCH)
+        .map(|id| vault::transaction(store, id))
+        .collect()
+}

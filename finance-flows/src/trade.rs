@@ -1,0 +1,194 @@
+//! The two-party trade's rules, as plain functions over the ledger and a
+//! [`Store`]: what the buyer checks in an offer, how it builds its
+//! proposal, and what the seller checks before signing. The flows in
+//! [`crate::flows::trade`] call these between their suspension points.
+
+use crate::keys;
+use crate::ledger::{
+    Amount, AssetKind, CommandData, ContractState, SignedTransaction, StateAndRef,
+    TransactionBuilder, VerifyError,
+};
+use crate::store::{Store, StoreError};
+use crate::vault::{self, LockId, VaultError};
+use flow_runtime::{Party, PublicKey};
+use serde::{Deserialize, Serialize};
+
+/// The seller's first message: what is for sale, at what price, and the
+/// key the payment must go to (fresh for the trade).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeOffer {
+    /// The asset offered, and where it lives on the ledger.
+    pub asset: StateAndRef,
+    /// The price asked.
+    pub price: Amount,
+    /// Who the cash must be paid to.
+    pub pay_to: PublicKey,
+}
+
+/// Why a trade was refused. Its message is what the counterparty receives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TradeError {
+    /// The asking price is above what the buyer accepts.
+    #[error("the price {asked} is above the acceptable {acceptable}")]
+    PriceTooHigh {
+        /// What the seller asks.
+        asked: Amount,
+        /// What the buyer accepts.
+        acceptable: Amount,
+    },
+    /// The asset is not of the kind the buyer wants.
+    #[error("the asset offered is {offered} but the buyer wants {wanted}")]
+    WrongAsset {
+        /// What was offered.
+        offered: AssetKind,
+        /// What was wanted.
+        wanted: AssetKind,
+    },
+    /// The offered state does not match the ledger.
+    #[error("the offered state {0} does not match the transaction that created it")]
+    OfferMismatch(String),
+    /// The proposal does not spend the offered asset exactly once.
+    #[error("the proposed transaction does not consume the offered asset exactly once")]
+    AssetNotSpent,
+    /// The proposal pays the wrong amount.
+    #[error("the proposed transaction pays {paid} to the seller instead of exactly {price}")]
+    WrongPayment {
+        /// What it pays.
+        paid: Amount,
+        /// The agreed price.
+        price: Amount,
+    },
+    /// The proposal would also spend other states of the seller.
+    #[error(
+        "the proposed transaction also consumes {0}, which belongs to the seller and is not for sale"
+    )]
+    SpendsSellerState(String),
+    /// The proposal names another notary.
+    #[error("the proposed transaction names notary {named}, but the trade uses {expected}")]
+    WrongNotary {
+        /// What it names.
+        named: String,
+        /// The agreed notary.
+        expected: String,
+    },
+    /// The transaction is invalid.
+    #[error(transparent)]
+    Invalid(#[from] VerifyError),
+    /// The vault refused (e.g. insufficient funds).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// Signing failed.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The buyer's first check, before downloading anything: price and kind.
+pub fn check_offer(
+    offer: &TradeOffer,
+    acceptable: Amount,
+    wanted: AssetKind,
+) -> Result<(), TradeError> {
+    if offer.price.currency != acceptable.currency || offer.price.quantity > acceptable.quantity {
+        return Err(TradeError::PriceTooHigh {
+            asked: offer.price,
+            acceptable,
+        });
+    }
+    let offered = offer.asset.state.kind();
+    if offered != wanted {
+        return Err(TradeError::WrongAsset { offered, wanted });
+    }
+    Ok(())
+}
+
+/// After resolving the asset's transaction: the offered state must be the
+/// output it claims to be.
+pub fn check_offered_state(store: &dyn Store, offer: &TradeOffer) -> Result<(), TradeError> {
+    let r = offer.asset.state_ref;
+    let stx = vault::transaction(store, &r.tx_id)?
+        .ok_or_else(|| TradeError::OfferMismatch(format!("{r} (its transaction is unknown)")))?;
+    match stx.tx.outputs.get(r.index as usize) {
+        Some(state) if *state == offer.asset.state => Ok(()),
+        _ => Err(TradeError::OfferMismatch(r.to_string())),
+    }
+}
+
+/// The buyer's proposal: pays `offer.price` from its vault (soft-locked
+/// under `lock`), takes the asset to a fresh key, and signs for its cash.
+/// The seller's and the notary's signatures are still missing.
+pub fn build_proposal(
+    store: &mut dyn Store,
+    offer: &TradeOffer,
+    notary: &Party,
+    lock: LockId,
+) -> Result<SignedTransaction, TradeError> {
+    let coins = vault::select_coins(store, offer.price, lock)?;
+    let change = keys::fresh_key(store)?;
+    let new_owner = keys::fresh_key(store)?;
+    let mut builder = TransactionBuilder::new(notary.clone());
+    let cash_signers = builder.add_cash_payment(&coins, offer.price, offer.pay_to, change)?;
+    builder.add_input(offer.asset.clone());
+    builder.add_output(offer.asset.state.with_owner(new_owner));
+    let command = match offer.asset.state.kind() {
+        AssetKind::CommercialPaper => CommandData::PaperMove,
+        AssetKind::Cash => CommandData::CashMove,
+    };
+    builder.add_command(command, vec![*offer.asset.state.owner()]);
+    let tx = builder.to_wire();
+    let id = tx.id();
+    let mut stx = SignedTransaction::new(tx);
+    for key in cash_signers {
+        stx.add_signature(keys::sign(store, &key, &id.0)?);
+    }
+    Ok(stx)
+}
+
+/// The seller's check of the buyer's proposal, before signing: it spends the
+/// offered asset and no other state of ours, pays exactly the price to our
+/// key, names the agreed notary, and is valid apart from our signature and
+/// the notary's (its dependencies must have been resolved first).
+pub fn check_proposal(
+    store: &dyn Store,
+    stx: &SignedTransaction,
+    offer: &TradeOffer,
+    notary: &Party,
+) -> Result<(), TradeError> {
+    if stx.tx.notary != *notary {
+        return Err(TradeError::WrongNotary {
+            named: stx.tx.notary.name().to_owned(),
+            expected: notary.name().to_owned(),
+        });
+    }
+    let asset = offer.asset.state_ref;
+    if stx.tx.inputs.iter().filter(|i| **i == asset).count() != 1 {
+        return Err(TradeError::AssetNotSpent);
+    }
+    for input in stx.tx.inputs.iter().filter(|i| **i != asset) {
+        if vault::state(store, input)?.is_some() {
+            return Err(TradeError::SpendsSellerState(input.to_string()));
+        }
+    }
+    let paid: u64 = stx
+        .tx
+        .outputs
+        .iter()
+        .filter_map(ContractState::as_cash)
+        .filter(|c| c.owner == offer.pay_to && c.amount.currency == offer.price.currency)
+        .map(|c| c.amount.quantity)
+        .fold(0u64, u64::saturating_add);
+    let paid = Amount::new(paid, offer.price.currency);
+    if paid != offer.price {
+        return Err(TradeError::WrongPayment {
+            paid,
+            price: offer.price,
+        });
+    }
+    stx.verify_except(
+        &[*offer.asset.state.owner(), *notary.key()],
+        vault::resolver(store),
+    )?;
+    Ok(())
+}

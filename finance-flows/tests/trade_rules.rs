@@ -1,0 +1,210 @@
+//! The trade's pure rules and dependency resolution between two in-memory
+//! vaults, without flows.
+
+use finance_flows::crypto::KeyPair;
+use finance_flows::ledger::*;
+use finance_flows::resolution::{Resolution, ResolveError, serve};
+use finance_flows::store::MemStore;
+use finance_flows::trade::{self, TradeError, TradeOffer};
+use finance_flows::{keys, notary, vault};
+use flow_runtime::{Party, Timestamp};
+
+struct Net {
+    notary: Party,
+    notary_store: MemStore,
+    bank: Party,
+    bank_key: KeyPair,
+    seller: MemStore,
+    buyer: MemStore,
+}
+
+fn net() -> Net {
+    let nk = KeyPair::from_seed([1; 32]);
+    let mut notary_store = MemStore::new();
+    keys::import(&mut notary_store, &nk).unwrap();
+    let bk = KeyPair::from_seed([2; 32]);
+    Net {
+        notary: Party::new("Notary", nk.public()),
+        notary_store,
+        bank: Party::new("Bank", bk.public()),
+        bank_key: bk,
+        seller: MemStore::new(),
+        buyer: MemStore::new(),
+    }
+}
+
+fn issue_cash(n: &mut Net, cents: u64, salt: u64) -> SignedTransaction {
+    let owner = keys::fresh_key(&mut n.buyer).unwrap();
+    let mut b = TransactionBuilder::with_salt(n.notary.clone(), salt);
+    b.add_output(ContractState::Cash(Cash {
+        amount: Amount::new(cents, Currency::USD),
+        issuer: n.bank.clone(),
+        owner,
+    }));
+    b.add_command(CommandData::CashIssue, vec![n.bank_key.public()]);
+    let tx = b.to_wire();
+    let stx = SignedTransaction::new(tx.clone()).with_signature(n.bank_key.sign(&tx.id().0));
+    vault::record(&mut n.buyer, &stx).unwrap();
+    stx
+}
+
+fn issue_paper(n: &mut Net) -> StateAndRef {
+    let owner = keys::fresh_key(&mut n.seller).unwrap();
+    let mut b = TransactionBuilder::new(n.notary.clone());
+    b.add_output(ContractState::CommercialPaper(CommercialPaper {
+        issuer: n.bank.clone(),
+        face_value: Amount::whole(1_000, Currency::USD),
+        maturity: Timestamp(1_000_000),
+        owner,
+    }));
+    b.add_command(CommandData::PaperIssue, vec![n.bank_key.public()]);
+    let tx = b.to_wire();
+    let stx = SignedTransaction::new(tx.clone()).with_signature(n.bank_key.sign(&tx.id().0));
+    vault::record(&mut n.seller, &stx).unwrap();
+    stx.tx.out_refs().remove(0)
+}
+
+/// Resolves `ids` on `to` from `from`, the way the flows do.
+fn resolve(
+    from: &MemStore,
+    to: &mut MemStore,
+    ids: Vec<finance_flows::crypto::SecureHash>,
+) -> Result<usize, ResolveError> {
+    let mut r = Resolution::new(ids);
+    loop {
+        let req = r.next_request(to)?;
+        if req.is_empty() {
+            return r.finish(to);
+        }
+        r.accept(serve(from, &req)?)?;
+    }
+}
+
+fn offer(n: &mut Net, asset: StateAndRef, price: u64) -> TradeOffer {
+    TradeOffer {
+        asset,
+        price: Amount::new(price, Currency::USD),
+        pay_to: keys::fresh_key(&mut n.seller).unwrap(),
+    }
+}
+
+#[test]
+fn a_full_trade_by_the_rules() {
+    let mut n = net();
+    issue_cash(&mut n, 60_000, 1);
+    issue_cash(&mut n, 60_000, 2);
+    let asset = issue_paper(&mut n);
+    let offer = offer(&mut n, asset.clone(), 100_000);
+    trade::check_offer(
+        &offer,
+        Amount::new(100_000, Currency::USD),
+        AssetKind::CommercialPaper,
+    )
+    .unwrap();
+    assert_eq!(
+        resolve(&n.seller, &mut n.buyer, vec![asset.state_ref.tx_id]).unwrap(),
+        1
+    );
+    trade::check_offered_state(&n.buyer, &offer).unwrap();
+    let proposal = trade::build_proposal(&mut n.buyer, &offer, &n.notary, 7).unwrap();
+    let deps: Vec<_> = proposal.tx.inputs.iter().map(|i| i.tx_id).collect();
+    assert_eq!(
+        resolve(&n.buyer, &mut n.seller, deps).unwrap(),
+        2,
+        "the buyer's two cash issuances"
+    );
+    trade::check_proposal(&n.seller, &proposal, &offer, &n.notary).unwrap();
+    let id = proposal.id();
+    let signed =
+        proposal.with_signature(keys::sign(&n.seller, asset.state.owner(), &id.0).unwrap());
+    let sig = notary::notarise(&mut n.notary_store, &n.notary, &signed, Timestamp(0)).unwrap();
+    let fin = signed.with_signature(sig);
+    fin.verify(vault::resolver(&n.seller)).unwrap();
+    vault::record(&mut n.seller, &fin).unwrap();
+    vault::record(&mut n.buyer, &fin).unwrap();
+    assert_eq!(
+        vault::cash_total(&n.seller, Currency::USD).unwrap(),
+        100_000
+    );
+    assert_eq!(vault::cash_total(&n.buyer, Currency::USD).unwrap(), 20_000);
+    let papers = |s: &MemStore| {
+        vault::unconsumed(s)
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.state.as_paper().is_some())
+            .count()
+    };
+    assert_eq!((papers(&n.seller), papers(&n.buyer)), (0, 1));
+}
+
+#[test]
+fn buyer_refuses_a_high_price_or_the_wrong_asset() {
+    let mut n = net();
+    let asset = issue_paper(&mut n);
+    let o = offer(&mut n, asset, 100_001);
+    assert!(matches!(
+        trade::check_offer(
+            &o,
+            Amount::new(100_000, Currency::USD),
+            AssetKind::CommercialPaper
+        ),
+        Err(TradeError::PriceTooHigh { .. })
+    ));
+    assert!(matches!(
+        trade::check_offer(&o, Amount::new(200_000, Currency::USD), AssetKind::Cash),
+        Err(TradeError::WrongAsset { .. })
+    ));
+    assert!(matches!(
+        trade::check_offer(
+            &o,
+            Amount::new(200_000, Currency::EUR),
+            AssetKind::CommercialPaper
+        ),
+        Err(TradeError::PriceTooHigh { .. })
+    ));
+}
+
+#[test]
+fn seller_refuses_underpayment() {
+    let mut n = net();
+    issue_cash(&mut n, 200_000, 1);
+    let asset = issue_paper(&mut n);
+    let o = offer(&mut n, asset.clone(), 100_000);
+    resolve(&n.seller, &mut n.buyer, vec![asset.state_ref.tx_id]).unwrap();
+    // The buyer proposes as if the price were lower.
+    let cheap = TradeOffer {
+        price: Amount::new(99_999, Currency::USD),
+        ..o.clone()
+    };
+    let proposal = trade::build_proposal(&mut n.buyer, &cheap, &n.notary, 1).unwrap();
+    let deps: Vec<_> = proposal.tx.inputs.iter().map(|i| i.tx_id).collect();
+    resolve(&n.buyer, &mut n.seller, deps).unwrap();
+    assert!(matches!(
+        trade::check_proposal(&n.seller, &proposal, &o, &n.notary),
+        Err(TradeError::WrongPayment { .. })
+    ));
+}
+
+#[test]
+fn a_forged_dependency_is_not_recorded() {
+    let mut n = net();
+    let stx = issue_cash(&mut n, 100, 1);
+    // The serving side replaces the bank's signature with garbage.
+    let mut evil = n.buyer.clone();
+    let mut forged = stx.clone();
+    forged.sigs[0].bytes[0] ^= 1;
+    evil_record(&mut evil, &forged);
+    let err = resolve(&evil, &mut n.seller, vec![stx.id()]).unwrap_err();
+    assert!(matches!(err, ResolveError::Invalid { .. }), "{err}");
+    assert!(!vault::has_transaction(&n.seller, &stx.id()).unwrap());
+    // A peer without the transaction.
+    let err = resolve(&MemStore::new(), &mut n.seller, vec![stx.id()]).unwrap_err();
+    assert_eq!(err, ResolveError::Missing(stx.id()));
+}
+
+fn evil_record(store: &mut MemStore, stx: &SignedTransaction) {
+    use finance_flows::store::{Store, Table, encode};
+    store
+        .put(Table::Transactions, &stx.id().0, &encode(stx).unwrap())
+        .unwrap();
+}
