@@ -24,6 +24,8 @@ mod session;
 mod untrustworthy;
 
 pub mod services;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 pub mod testing;
 
 #[doc(hidden)]

@@ -1,0 +1,740 @@
+//! [`TcpTransport`]: listens for peers, dials peers, and moves opaque frames
+//! between this node and every other party in the network map.
+//!
+//! Connections are one-way for data: a node sends to a peer only over the
+//! connection it dialled to that peer, and receives from a peer only over
+//! connections that peer dialled. Two nodes therefore hold two connections
+//! between them, and there is never a race over who keeps which socket when
+//! both dial at once.
+//!
+//! Delivery is in order within a connection and at least once overall from
+//! the node's point of view only if the node re-sends: a frame handed to
+//! [`TcpTransport::send`] is kept until it has been written to a connection
+//! (and is written again on the next connection if the write failed), but a
+//! frame written just before a connection dropped may be lost with it. The
+//! node's session protocol (sequence numbers, acks, redelivery of its
+//! durable outbox) turns that into exactly-once processing.
+
+use super::handshake::{self, HandshakeError, LocalIdentity, is_oversized};
+use super::network_map::{NetworkMap, PeerEntry};
+use super::wire::{NOISE_MAX_MESSAGE, WireError, open_frame, seal_frame, sealed_len};
+use crate::PublicKey;
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Frames received from peers: the authenticated sender's identity key and
+/// the frame's bytes, exactly as the sender passed them to `send`.
+pub type Incoming = mpsc::Receiver<(PublicKey, Vec<u8>)>;
+
+/// Tuning knobs. The defaults suit a node on a LAN or the internet; tests
+/// shorten the timeouts.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// The largest frame accepted or sent, in bytes (default 16 MiB). A peer
+    /// announcing a larger record is disconnected before the record is read.
+    pub max_frame_len: usize,
+    /// Frames queued per peer before `send` waits (default 1,024).
+    pub peer_queue_len: usize,
+    /// Received frames queued for the node before connections stop reading
+    /// (default 1,024): a slow node slows its peers down instead of
+    /// buffering without bound.
+    pub incoming_queue_len: usize,
+    /// How long a TCP connect may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long the Noise handshake may take, both directions (default 10 s).
+    /// Bounds what a silent or slow client can hold.
+    pub handshake_timeout: Duration,
+    /// First reconnect delay after a failure (default 50 ms); doubles per
+    /// consecutive failure, with ±25% jitter.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay (default 2 s).
+    pub backoff_max: Duration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            max_frame_len: 16 * 1024 * 1024,
+            peer_queue_len: 1024,
+            incoming_queue_len: 1024,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source} (is another node already using this port?)")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node's own key is missing from the network map.
+    #[error("this node's identity key {} is not in the network map: add an entry for it (`flow-keygen` prints one)", hex::encode(.0.0))]
+    NotInMap(PublicKey),
+    /// Noise could not be initialised (no system randomness).
+    #[error("cannot create the Noise static key: {0}")]
+    Noise(snow::Error),
+    /// `bind` was called outside a tokio runtime.
+    #[error("the TCP transport must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The destination is not in the network map.
+    #[error("no party with identity key {} in the network map", hex::encode(.0.0))]
+    UnknownPeer(PublicKey),
+    /// The destination is this node itself.
+    #[error("a node does not send frames to itself over TCP: deliver them locally")]
+    ToSelf,
+    /// The frame exceeds `TcpConfig::max_frame_len`.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes (TcpConfig::max_frame_len)")]
+    TooLarge {
+        /// The frame's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `try_send` only: the peer's queue is full (the peer is slow or
+    /// unreachable). The node keeps the message in its outbox and retries.
+    #[error("the queue to `{0}` is full")]
+    QueueFull(String),
+    /// The transport has shut down.
+    #[error("the transport has shut down")]
+    ShutDown,
+}
+
+/// Which side dialled a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We dialled the peer (we send on it).
+    Outbound,
+    /// The peer dialled us (we receive on it).
+    Inbound,
+}
+
+/// Something that happened to a connection, for observers (tests,
+/// metrics, the node's redelivery trigger). Every event is also logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A connection to or from `peer` passed the handshake.
+    Connected {
+        /// The authenticated peer.
+        peer: PublicKey,
+        /// Who dialled.
+        direction: Direction,
+    },
+    /// A connection ended. `peer` is `None` if it never authenticated.
+    Closed {
+        /// The peer, if the handshake had succeeded.
+        peer: Option<PublicKey>,
+        /// The socket address on the other end.
+        remote: SocketAddr,
+        /// Who dialled.
+        direction: Direction,
+        /// Why, in words; `None` for an orderly close.
+        error: Option<String>,
+    },
+}
+
+/// A running transport. Cheap to clone; every clone drives the same
+/// connections.
+#[derive(Clone)]
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("name", &self.inner.local.name())
+            .field("local_addr", &self.inner.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    local: LocalIdentity,
+    map: NetworkMap,
+    config: TcpConfig,
+    local_addr: SocketAddr,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<PublicKey, mpsc::Sender<Vec<u8>>>>,
+    inbound: Mutex<HashMap<PublicKey, (u64, CancellationToken)>>,
+    next_connection: AtomicU64,
+    incoming: mpsc::Sender<(PublicKey, Vec<u8>)>,
+    events: broadcast::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl TcpTransport {
+    /// Listens on `listen` and returns the transport plus the stream of
+    /// frames received from peers. `identity` must be in `map`.
+    pub async fn bind(
+        identity: SigningKey,
+        listen: &str,
+        map: NetworkMap,
+        config: TcpConfig,
+    ) -> Result<(TcpTransport, Incoming), TransportError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| TransportError::Bind {
+                address: listen.to_owned(),
+                source,
+            })?;
+        Self::from_listener(identity, listener, map, config)
+    }
+
+    /// Like [`bind`](Self::bind), on a listener the caller already bound
+    /// (tests bind port 0 first to learn the addresses for the map).
+    pub fn from_listener(
+        identity: SigningKey,
+        listener: TcpListener,
+        map: NetworkMap,
+        config: TcpConfig,
+    ) -> Result<(TcpTransport, Incoming), TransportError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
+        let key = PublicKey(identity.verifying_key().to_bytes());
+        let name = map
+            .by_key(&key)
+            .ok_or(TransportError::NotInMap(key))?
+            .name
+            .clone();
+        let local = LocalIdentity::new(&name, &identity).map_err(TransportError::Noise)?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| TransportError::Bind {
+                address: "the given listener".into(),
+                source,
+            })?;
+        let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue_len.max(1));
+        let (events, _) = broadcast::channel(256);
+        let inner = Arc::new(Inner {
+            local,
+            map,
+            config,
+            local_addr,
+            runtime,
+            peers: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
+            incoming,
+            events,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        info!(node = %name, listen = %local_addr, "TCP transport listening");
+        inner
+            .tasks
+            .spawn_on(accept_loop(inner.clone(), listener), &inner.runtime);
+        Ok((TcpTransport { inner }, incoming_rx))
+    }
+
+    /// The address the transport listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This node's identity key.
+    pub fn identity(&self) -> PublicKey {
+        self.inner.local.key()
+    }
+
+    /// The network map the transport authenticates against.
+    pub fn network_map(&self) -> &NetworkMap {
+        &self.inner.map
+    }
+
+    /// Observes connection events from now on. A subscriber that falls more
+    /// than 256 events behind misses the oldest (see `broadcast`).
+    pub fn events(&self) -> broadcast::Receiver<LinkEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Queues `frame` for `to`, waiting while the peer's queue is full.
+    /// Returns once the frame is queued, not when it is delivered.
+    pub async fn send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
+        let queue = self.queue_for(to, frame.len())?;
+        queue.send(frame).await.map_err(|_| SendError::ShutDown)
+    }
+
+    /// Queues `frame` for `to` without waiting; usable from any thread,
+    /// inside or outside the runtime.
+    pub fn try_send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
+        let queue = self.queue_for(to, frame.len())?;
+        queue.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::QueueFull(
+                self.inner
+                    .map
+                    .by_key(to)
+                    .map_or_else(|| hex::encode(to.0), |p| p.name.clone()),
+            ),
+            mpsc::error::TrySendError::Closed(_) => SendError::ShutDown,
+        })
+    }
+
+    /// Closes any inbound connection from `peer`, logging `reason`. For the
+    /// node to call when a peer's frame decrypted fine but does not decode
+    /// as a message: the peer is misbehaving or runs incompatible code. It
+    /// may reconnect; every new connection is authenticated again.
+    pub fn disconnect(&self, peer: &PublicKey, reason: &str) {
+        let name = self.peer_name(peer);
+        let entry = self
+            .inner
+            .inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(peer);
+        if let Some((_, token)) = entry {
+            warn!(peer = %name, reason, "closing the connection from peer: it sent a frame the node could not use");
+            token.cancel();
+        }
+    }
+
+    /// Stops listening, closes every connection and waits for the
+    /// transport's tasks to end. Frames still queued are dropped: the
+    /// node's durable outbox re-sends them after the next start.
+    pub async fn shutdown(&self) {
+        info!(node = %self.inner.local.name(), "TCP transport shutting down");
+        self.inner.shutdown.cancel();
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    fn peer_name(&self, key: &PublicKey) -> String {
+        self.inner
+            .map
+            .by_key(key)
+            .map_or_else(|| hex::encode(key.0), |p| p.name.clone())
+    }
+
+    fn queue_for(&self, to: &PublicKey, len: usize) -> Result<mpsc::Sender<Vec<u8>>, SendError> {
+        let inner = &self.inner;
+        if len > inner.config.max_frame_len {
+            return Err(SendError::TooLarge {
+                len,
+                max: inner.config.max_frame_len,
+            });
+        }
+        if *to == inner.local.key() {
+            return Err(SendError::ToSelf);
+        }
+        if inner.shutdown.is_cancelled() {
+            return Err(SendError::ShutDown);
+        }
+        let mut peers = inner.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(queue) = peers.get(to) {
+            return Ok(queue.clone());
+        }
+        let entry = inner.map.by_key(to).ok_or(SendError::UnknownPeer(*to))?;
+        let (queue, rx) = mpsc::channel(inner.config.peer_queue_len.max(1));
+        peers.insert(*to, queue.clone());
+        inner.tasks.spawn_on(
+            run_peer(self.inner.clone(), entry.clone(), rx),
+            &inner.runtime,
+        );
+        Ok(queue)
+    }
+}
+
+fn emit(inner: &Inner, event: LinkEvent) {
+    // No subscribers is the normal case.
+    let _ = inner.events.send(event);
+}
+
+// ---------------------------------------------------------------- inbound
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = inner.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    inner.tasks.spawn_on(serve_inbound(inner.clone(), stream, remote), &inner.runtime);
+                }
+                Err(error) => {
+                    // Typically out of file descriptors: wait rather than spin.
+                    warn!(%error, "cannot accept a connection; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, remote: SocketAddr) {
+    let mut framed = Framed::new(stream, handshake::codec(NOISE_MAX_MESSAGE));
+    let timeout = inner.config.handshake_timeout;
+    let handshake = tokio::select! {
+        _ = inner.shutdown.cancelled() => return,
+        r = tokio::time::timeout(timeout, handshake::respond(&mut framed, &inner.local, &inner.map)) => {
+            r.unwrap_or(Err(HandshakeError::Timeout(timeout)))
+        }
+    };
+    let (mut noise, peer) = match handshake {
+        Ok(ok) => ok,
+        Err(error) => {
+            warn!(%remote, %error, "rejected inbound connection: handshake failed; connection closed");
+            emit(
+                &inner,
+                LinkEvent::Closed {
+                    peer: None,
+                    remote,
+                    direction: Direction::Inbound,
+                    error: Some(error.to_string()),
+                },
+            );
+            return;
+        }
+    };
+    let max = inner.config.max_frame_len;
+    framed.codec_mut().set_max_frame_length(sealed_len(max));
+
+    // A new connection from a peer replaces its previous one, so frames of
+    // one peer never arrive over two connections at once.
+    let id = inner.next_connection.fetch_add(1, Ordering::Relaxed);
+    let token = inner.shutdown.child_token();
+    let previous = inner
+        .inbound
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(peer.key, (id, token.clone()));
+    if let Some((_, old)) = previous {
+        old.cancel();
+    }
+    info!(peer = %peer.name, %remote, "peer connected (inbound)");
+    emit(
+        &inner,
+        LinkEvent::Connected {
+            peer: peer.key,
+            direction: Direction::Inbound,
+        },
+    );
+
+    let error: Option<String> = loop {
+        let record = tokio::select! {
+            biased;
+            _ = token.cancelled() => break None,
+            r = framed.next() => r,
+        };
+        let record = match record {
+            None => break None,
+            Some(Ok(record)) => record,
+            Some(Err(e)) if is_oversized(&e) => {
+                warn!(peer = %peer.name, %remote, max_frame_len = max,
+                    "peer announced a frame larger than the maximum; closing the connection");
+                break Some(format!("frame larger than the maximum of {max} bytes"));
+            }
+            Some(Err(e)) => {
+                warn!(peer = %peer.name, %remote, error = %e, "connection error; closing the connection");
+                break Some(e.to_string());
+            }
+        };
+        match open_frame(&mut noise, &record, max) {
+            Ok(frame) => {
+                let delivered = tokio::select! {
+                    biased;
+                    _ = token.cancelled() => break None,
+                    r = inner.incoming.send((peer.key, frame)) => r,
+                };
+                if delivered.is_err() {
+                    debug!(peer = %peer.name, "the node stopped reading frames; closing the connection");
+                    break None;
+                }
+            }
+            Err(error @ WireError::Decrypt(_)) => {
+                warn!(peer = %peer.name, %remote, %error,
+                    "frame failed authentication (corrupted, forged or replayed); closing the connection");
+                break Some(error.to_string());
+            }
+            Err(error) => {
+                warn!(peer = %peer.name, %remote, %error, "invalid frame; closing the connection");
+                break Some(error.to_string());
+            }
+        }
+    };
+    {
+        let mut inbound = inner.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        if inbound
+            .get(&peer.key)
+            .is_some_and(|(current, _)| *current == id)
+        {
+            inbound.remove(&peer.key);
+        }
+    }
+    if error.is_none() {
+        info!(peer = %peer.name, %remote, "inbound connection closed");
+    }
+    emit(
+        &inner,
+        LinkEvent::Closed {
+            peer: Some(peer.key),
+            remote,
+            direction: Direction::Inbound,
+            error,
+        },
+    );
+}
+
+// --------------------------------------------------------------- outbound
+
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("cannot resolve or connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+type Connection = (
+    Framed<TcpStream, LengthDelimitedCodec>,
+    snow::TransportState,
+    SocketAddr,
+);
+
+async fn dial(inner: &Inner, peer: &PeerEntry) -> Result<Connection, DialError> {
+    let connect = TcpStream::connect(peer.address.as_str());
+    let stream = match tokio::time::timeout(inner.config.connect_timeout, connect).await {
+        Err(_) => return Err(DialError::ConnectTimeout(peer.address.clone())),
+        Ok(Err(source)) => {
+            return Err(DialError::Connect {
+                address: peer.address.clone(),
+                source,
+            });
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    let remote = stream.peer_addr().map_err(|source| DialError::Connect {
+        address: peer.address.clone(),
+        source,
+    })?;
+    let mut framed = Framed::new(stream, handshake::codec(NOISE_MAX_MESSAGE));
+    let timeout = inner.config.handshake_timeout;
+    let noise = tokio::time::timeout(
+        timeout,
+        handshake::initiate(&mut framed, &inner.local, &inner.map, peer),
+    )
+    .await
+    .unwrap_or(Err(HandshakeError::Timeout(timeout)))?;
+    // The codec checks the limit on writes too.
+    framed
+        .codec_mut()
+        .set_max_frame_length(sealed_len(inner.config.max_frame_len));
+    Ok((framed, noise, remote))
+}
+
+/// Delay with ±25% jitter, so that many nodes restarting together do not
+/// reconnect in lockstep.
+fn jittered(base: Duration) -> Duration {
+    let factor = rand::random_range(0.75..1.25);
+    base.mul_f64(factor)
+}
+
+/// How long a connection must stay up before its failure counts as a fresh
+/// problem rather than one more consecutive failure.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
+/// Frames written per flush: enough to amortise the syscall, small enough
+/// to keep the re-send set after a failed write modest.
+const BATCH: usize = 64;
+
+async fn run_peer(inner: Arc<Inner>, peer: PeerEntry, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let cancel = inner.shutdown.clone();
+    let mut unsent: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut backoff = inner.config.backoff_min;
+    loop {
+        // Connect lazily: only when there is something to send.
+        if unsent.is_empty() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                frame = rx.recv() => match frame {
+                    Some(frame) => unsent.push_back(frame),
+                    None => return,
+                },
+            }
+        }
+        let dialled = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            r = dial(&inner, &peer) => r,
+        };
+        let failure = match dialled {
+            Err(error) => {
+                let wait = jittered(backoff);
+                warn!(peer = %peer.name, address = %peer.address, %error,
+                    retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    queued = unsent.len() + rx.len(), "cannot connect to peer; will retry");
+                if let DialError::Handshake(e) = &error {
+                    emit(
+                        &inner,
+                        LinkEvent::Closed {
+                            peer: None,
+                            remote: inner.local_addr,
+                            direction: Direction::Outbound,
+                            error: Some(e.to_string()),
+                        },
+                    );
+                }
+                Some(wait)
+            }
+            Ok((mut framed, mut noise, remote)) => {
+                info!(peer = %peer.name, %remote, "connected to peer (outbound)");
+                emit(
+                    &inner,
+                    LinkEvent::Connected {
+                        peer: peer.key,
+                        direction: Direction::Outbound,
+                    },
+                );
+                let since = Instant::now();
+                let end = pump(&mut framed, &mut noise, &mut unsent, &mut rx, &cancel).await;
+                let error = match end {
+                    PumpEnd::Shutdown => {
+                        // Best effort: a clean close lets the peer log an
+                        // orderly disconnect rather than an error.
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(200),
+                            SinkExt::<Bytes>::close(&mut framed),
+                        )
+                        .await;
+                        return;
+                    }
+                    PumpEnd::Lost(error) => error,
+                };
+                if since.elapsed() >= STABLE_CONNECTION {
+                    backoff = inner.config.backoff_min;
+                }
+                let wait = jittered(backoff);
+                warn!(peer = %peer.name, %remote, %error, queued = unsent.len() + rx.len(),
+                    retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "connection to peer lost; reconnecting");
+                emit(
+                    &inner,
+                    LinkEvent::Closed {
+                        peer: Some(peer.key),
+                        remote,
+                        direction: Direction::Outbound,
+                        error: Some(error),
+                    },
+                );
+                Some(wait)
+            }
+        };
+        if let Some(wait) = failure {
+            backoff = (backoff * 2).min(inner.config.backoff_max);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+enum PumpEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Writes queued frames to an established connection until it fails or the
+/// transport shuts down. Frames leave `unsent` only once flushed to the
+/// socket.
+async fn pump(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    noise: &mut snow::TransportState,
+    unsent: &mut VecDeque<Vec<u8>>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    cancel: &CancellationToken,
+) -> PumpEnd {
+    loop {
+        while unsent.len() < BATCH {
+            match rx.try_recv() {
+                Ok(frame) => unsent.push_back(frame),
+                Err(_) => break,
+            }
+        }
+        if !unsent.is_empty() {
+            let written = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return PumpEnd::Shutdown,
+                r = write_batch(framed, noise, unsent) => r,
+            };
+            match written {
+                Ok(()) => {
+                    unsent.clear();
+                    continue;
+                }
+                Err(error) => return PumpEnd::Lost(error),
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return PumpEnd::Shutdown,
+            frame = rx.recv() => match frame {
+                Some(frame) => unsent.push_back(frame),
+                None => return PumpEnd::Shutdown,
+            },
+            read = framed.next() => {
+                return PumpEnd::Lost(match read {
+                    None => "the peer closed the connection".to_owned(),
+                    Some(Ok(_)) => "the peer sent data on a send-only connection".to_owned(),
+                    Some(Err(e)) => e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+async fn write_batch(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    noise: &mut snow::TransportState,
+    frames: &VecDeque<Vec<u8>>,
+) -> Result<(), String> {
+    for frame in frames {
+        let record = seal_frame(noise, frame).map_err(|e| e.to_string())?;
+        framed
+            .feed(Bytes::from(record))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    SinkExt::<Bytes>::flush(framed)
+        .await
+        .map_err(|e| e.to_string())
+}
