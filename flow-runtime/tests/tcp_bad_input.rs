@@ -16,7 +16,7 @@ use tcp_common::*;
 
 struct Setup {
     net: Net,
-    alice: TcpTransport,
+    _alice: TcpTransport,
     alice_in: flow_runtime::tcp::Incoming,
     bob: TcpTransport,
     _bob_in: flow_runtime::tcp::Incoming,
@@ -30,7 +30,7 @@ impl Setup {
         let (bob, bob_in) = net.start(1);
         let mut s = Setup {
             net,
-            alice,
+            _alice: alice,
             alice_in,
             bob,
             _bob_in: bob_in,
