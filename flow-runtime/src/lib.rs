@@ -23,6 +23,8 @@ mod party;
 mod session;
 mod untrustworthy;
 
+#[cfg(feature = "tcp")]
+pub mod runner;
 pub mod services;
 #[cfg(feature = "tcp")]
 pub mod tcp;

@@ -1,0 +1,321 @@
+//! The node's TOML configuration file.
+//!
+//! ```toml
+//! name = "Alice"                    # must match this node's entry in the network map
+//! identity_key = "alice.key"        # written by `flow-keygen`
+//! listen = "0.0.0.0:7001"           # where peers connect
+//! database = "alice.redb"           # the node's checkpoints, outbox and results
+//! network_map = "network.toml"      # every party: name, address, public_key
+//!
+//! [transport]                       # optional; defaults shown
+//! max_frame_bytes = 16777216
+//! peer_queue_frames = 1024
+//! connect_timeout_ms = 5000
+//! handshake_timeout_ms = 10000
+//! backoff_min_ms = 50
+//! backoff_max_ms = 2000
+//!
+//! [node]                            # optional; defaults shown
+//! redelivery_interval_ms = 1000     # re-send unacknowledged messages this often
+//! ```
+//!
+//! Relative paths are relative to the directory holding the config file,
+//! so a node's files can move together.
+
+use super::keys::{self, KeyError};
+use crate::tcp::{NetworkMap, NetworkMapError, SigningKey, TcpConfig};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the node configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("the node configuration {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the TOML parser said (line, column, unknown field...).
+        message: String,
+    },
+    /// The identity key file.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The network map file.
+    #[error(transparent)]
+    NetworkMap(#[from] NetworkMapError),
+    /// The key file does not hold the key the map lists for `name`.
+    #[error(
+        "the network map has no party `{name}` with this node's identity key {key} (the map lists: {listed}); fix `name`, `identity_key` or the map"
+    )]
+    IdentityMismatch {
+        /// The configured name.
+        name: String,
+        /// Hex of the key in the key file.
+        key: String,
+        /// The map's names, for the message.
+        listed: String,
+    },
+}
+
+/// The file's content, paths already resolved against its directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The node's legal name.
+    pub name: String,
+    /// Path of the identity key file.
+    pub identity_key: PathBuf,
+    /// Listen address, `host:port`.
+    pub listen: String,
+    /// Path of the node's database.
+    pub database: PathBuf,
+    /// Path of the network map file.
+    pub network_map: PathBuf,
+    /// Transport tuning.
+    #[serde(default)]
+    pub transport: TransportSection,
+    /// Node tuning.
+    #[serde(default)]
+    pub node: NodeSection,
+}
+
+/// `[transport]`: see [`TcpConfig`] for what each knob does.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    /// [`TcpConfig::max_frame_len`].
+    pub max_frame_bytes: Option<usize>,
+    /// [`TcpConfig::peer_queue_len`].
+    pub peer_queue_frames: Option<usize>,
+    /// [`TcpConfig::connect_timeout`], in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+    /// [`TcpConfig::handshake_timeout`], in milliseconds.
+    pub handshake_timeout_ms: Option<u64>,
+    /// [`TcpConfig::backoff_min`], in milliseconds.
+    pub backoff_min_ms: Option<u64>,
+    /// [`TcpConfig::backoff_max`], in milliseconds.
+    pub backoff_max_ms: Option<u64>,
+}
+
+/// `[node]`: the node driver's knobs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// How often unacknowledged messages are sent again (default 1,000 ms).
+    /// They are also sent again whenever a connection to their peer is
+    /// (re-)established.
+    pub redelivery_interval_ms: Option<u64>,
+}
+
+impl TransportSection {
+    /// The transport configuration: defaults overridden by what is set.
+    pub fn tcp_config(&self) -> TcpConfig {
+        let mut c = TcpConfig::default();
+        let ms = Duration::from_millis;
+        if let Some(v) = self.max_frame_bytes {
+            c.max_frame_len = v;
+        }
+        if let Some(v) = self.peer_queue_frames {
+            c.peer_queue_len = v;
+        }
+        if let Some(v) = self.connect_timeout_ms {
+            c.connect_timeout = ms(v);
+        }
+        if let Some(v) = self.handshake_timeout_ms {
+            c.handshake_timeout = ms(v);
+        }
+        if let Some(v) = self.backoff_min_ms {
+            c.backoff_min = ms(v);
+        }
+        if let Some(v) = self.backoff_max_ms {
+            c.backoff_max = ms(v);
+        }
+        c
+    }
+}
+
+impl NodeSection {
+    /// The redelivery interval.
+    pub fn redelivery_interval(&self) -> Duration {
+        Duration::from_millis(self.redelivery_interval_ms.unwrap_or(1000))
+    }
+}
+
+/// A configuration with its key and network map loaded and checked.
+pub struct LoadedConfig {
+    /// The file's settings.
+    pub config: Config,
+    /// The node's identity key.
+    pub identity: SigningKey,
+    /// The network map.
+    pub map: NetworkMap,
+}
+
+impl std::fmt::Debug for LoadedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedConfig")
+            .field("config", &self.config)
+            .field("identity", &keys::public_key(&self.identity))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Parses TOML; relative paths are resolved against `base_dir`.
+    pub fn from_toml_str(
+        text: &str,
+        base_dir: &Path,
+        shown_path: &str,
+    ) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown_path.to_owned(),
+            message: e.to_string(),
+        })?;
+        for p in [
+            &mut config.identity_key,
+            &mut config.database,
+            &mut config.network_map,
+        ] {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads the file at `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml_str(&text, base, &shown)
+    }
+
+    /// Loads the identity key and network map, and checks that the map
+    /// lists this node under its name with its key.
+    pub fn load(self) -> Result<LoadedConfig, ConfigError> {
+        let identity = keys::read_key_file(&self.identity_key)?;
+        let map = NetworkMap::load(&self.network_map)?;
+        let key = keys::public_key(&identity);
+        match map.by_name(&self.name) {
+            Some(entry) if entry.key == key => {}
+            _ => {
+                return Err(ConfigError::IdentityMismatch {
+                    name: self.name.clone(),
+                    key: hex::encode(key.0),
+                    listed: map
+                        .entries()
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(LoadedConfig {
+            config: self,
+            identity,
+            map,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::PeerEntry;
+
+    fn write_network(dir: &Path, name: &str) -> SigningKey {
+        let key = keys::generate_identity().unwrap();
+        keys::write_key_file(&dir.join("node.key"), &key).unwrap();
+        let other = keys::generate_identity().unwrap();
+        let map = NetworkMap::new([
+            PeerEntry {
+                name: name.into(),
+                address: "127.0.0.1:7001".into(),
+                key: keys::public_key(&key),
+            },
+            PeerEntry {
+                name: "Other".into(),
+                address: "127.0.0.1:7002".into(),
+                key: keys::public_key(&other),
+            },
+        ])
+        .unwrap();
+        std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
+        key
+    }
+
+    const CONFIG: &str = r#"
+name = "Alice"
+identity_key = "node.key"
+listen = "127.0.0.1:7001"
+database = "alice.redb"
+network_map = "network.toml"
+
+[transport]
+max_frame_bytes = 1000
+backoff_max_ms = 300
+
+[node]
+redelivery_interval_ms = 250
+"#;
+
+    #[test]
+    fn loads_relative_paths_and_checks_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = write_network(dir.path(), "Alice");
+        std::fs::write(dir.path().join("node.toml"), CONFIG).unwrap();
+        let config = Config::read(&dir.path().join("node.toml")).unwrap();
+        assert_eq!(config.database, dir.path().join("alice.redb"));
+        assert_eq!(config.transport.tcp_config().max_frame_len, 1000);
+        assert_eq!(
+            config.transport.tcp_config().backoff_max,
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            config.node.redelivery_interval(),
+            Duration::from_millis(250)
+        );
+        let loaded = config.load().unwrap();
+        assert_eq!(loaded.identity.to_bytes(), key.to_bytes());
+        assert_eq!(loaded.map.entries().len(), 2);
+    }
+
+    #[test]
+    fn a_name_that_does_not_match_the_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_network(dir.path(), "Bob");
+        std::fs::write(dir.path().join("node.toml"), CONFIG).unwrap();
+        let err = Config::read(&dir.path().join("node.toml"))
+            .unwrap()
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no party `Alice`"), "{err}");
+        assert!(err.contains("Bob, Other"), "{err}");
+    }
+
+    #[test]
+    fn unknown_settings_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{CONFIG}\nlisten_port = 3\n");
+        let err = Config::from_toml_str(&text, dir.path(), "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_port"), "{err}");
+    }
+}
