@@ -105,3 +105,203 @@ pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub const fn combine(hash: u64, child: u64) -> u64 {
     fnv1a(hash, &child.to_le_bytes())
 }
+
+// ---------------------------------------------------------------------------
+// Support for the code `#[flow]` generates (see `flow-macros`).
+
+/// serde, re-exported so that crates using `#[flow]` need not depend on it:
+/// the generated state enum derives through this path
+/// (`#[serde(crate = "::flow_runtime::__private::serde")]`).
+pub use serde;
+
+/// How the generated trampoline leaves one step.
+pub enum Exit<S, O> {
+    /// The flow suspended in state `S`.
+    Suspend(S),
+    /// The flow finished with this value.
+    Done(O),
+}
+
+/// A flow's `return value` (and its tail expression): the flow ends with
+/// `result`.
+#[inline]
+pub fn done<S, O>(result: Result<O, FlowError>) -> Result<Exit<S, O>, FlowError> {
+    result.map(Exit::Done)
+}
+
+/// The flow suspends in `state`.
+#[inline]
+pub fn suspend<S, O>(state: S) -> Result<Exit<S, O>, FlowError> {
+    Ok(Exit::Suspend(state))
+}
+
+/// Turns the trampoline's exit into the `Step` of `Flow::resume`, storing a
+/// suspended state back into `this`.
+#[inline]
+pub fn finish<S, O>(this: &mut S, exit: Result<Exit<S, O>, FlowError>) -> Step<O> {
+    match exit {
+        Ok(Exit::Suspend(state)) => {
+            *this = state;
+            Step::Suspended
+        }
+        Ok(Exit::Done(value)) => Step::Done(Ok(value)),
+        Err(e) => Step::Done(Err(e)),
+    }
+}
+
+/// Moves a value out of a slot of the trampoline. The lowering guarantees
+/// the slot is full; if it ever is not, the flow fails with an internal
+/// error instead of panicking.
+#[inline]
+pub fn take<T>(slot: &mut Option<T>) -> Result<T, FlowError> {
+    slot.take().ok_or_else(|| {
+        FlowError::internal("#[flow] state machine read an empty slot (a bug in flow-macros)")
+    })
+}
+
+/// The trampoline reached a block number it does not have.
+#[cold]
+pub fn bad_pc<S, O>(pc: u32) -> Result<Exit<S, O>, FlowError> {
+    Err(FlowError::internal(format!(
+        "#[flow] state machine jumped to unknown block {pc} (a bug in flow-macros)"
+    )))
+}
+
+/// A finished flow was resumed.
+#[cold]
+pub fn resumed_after_done<S, O>() -> Result<Exit<S, O>, FlowError> {
+    Err(FlowError::internal(
+        "a finished flow was resumed: its result has already been delivered",
+    ))
+}
+
+/// What a value needs to be kept in a checkpoint across a suspension point.
+/// Blanket-implemented; exists so a violation is reported with a message
+/// that says what is wrong rather than as a raw serde trait error.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be kept across a suspension point: it is stored in the flow's checkpoint",
+    label = "kept in the checkpoint here",
+    note = "a value live across an `.await` must implement `Serialize`, `Deserialize`, `Debug` and `Send` (derive them), or be dropped (or converted) before the `.await`"
+)]
+pub trait Checkpointable:
+    serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static
+{
+}
+
+impl<T> Checkpointable for T where
+    T: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static
+{
+}
+
+/// Compile-time check the generated code runs for each stored type.
+pub const fn assert_checkpointable<T: Checkpointable>() {}
+
+/// Iterables a `for` loop whose body suspends may iterate over: the
+/// iterator is stored in the checkpoint, so it must be a serde value.
+///
+/// `Vec<T>` iterates as a `VecDeque<T>` (remaining items; `pop_front` is
+/// O(1) and the conversion from `Vec` does not copy); `a..b` as the range
+/// itself (serde stores `start` and `end`); `a..=b` as an
+/// `Option<RangeInclusive<T>>` that becomes `None` once exhausted (serde
+/// does not store a `RangeInclusive`'s exhausted flag).
+pub trait ForIterable {
+    /// The stored iterator.
+    type Iter: ForIterator<Item = Self::Item>;
+    /// The element type.
+    type Item;
+    /// Starts iterating.
+    fn into_for_iter(self) -> Self::Iter;
+}
+
+/// The stored iterator of a [`ForIterable`].
+pub trait ForIterator {
+    /// The element type.
+    type Item;
+    /// The next element.
+    fn for_next(&mut self) -> Option<Self::Item>;
+}
+
+/// The stored iterator type of iterating over `T`.
+pub type ForIter<T> = <T as ForIterable>::Iter;
+
+/// Starts a checkpointable `for` loop.
+#[inline]
+pub fn for_iter<T: ForIterable>(iterable: T) -> T::Iter {
+    iterable.into_for_iter()
+}
+
+/// Next element of a checkpointable `for` loop.
+#[inline]
+pub fn for_next<I: ForIterator>(iter: &mut I) -> Option<I::Item> {
+    iter.for_next()
+}
+
+impl<T> ForIterable for Vec<T> {
+    type Iter = std::collections::VecDeque<T>;
+    type Item = T;
+    fn into_for_iter(self) -> Self::Iter {
+        self.into()
+    }
+}
+
+impl<T> ForIterable for std::collections::VecDeque<T> {
+    type Iter = std::collections::VecDeque<T>;
+    type Item = T;
+    fn into_for_iter(self) -> Self::Iter {
+        self
+    }
+}
+
+impl<T> ForIterator for std::collections::VecDeque<T> {
+    type Item = T;
+    fn for_next(&mut self) -> Option<T> {
+        self.pop_front()
+    }
+}
+
+impl<T> ForIterable for std::ops::Range<T>
+where
+    std::ops::Range<T>: Iterator<Item = T>,
+{
+    type Iter = std::ops::Range<T>;
+    type Item = T;
+    fn into_for_iter(self) -> Self::Iter {
+        self
+    }
+}
+
+impl<T> ForIterator for std::ops::Range<T>
+where
+    std::ops::Range<T>: Iterator<Item = T>,
+{
+    type Item = T;
+    fn for_next(&mut self) -> Option<T> {
+        self.next()
+    }
+}
+
+impl<T: PartialOrd> ForIterable for std::ops::RangeInclusive<T>
+where
+    std::ops::RangeInclusive<T>: Iterator<Item = T>,
+{
+    type Iter = Option<std::ops::RangeInclusive<T>>;
+    type Item = T;
+    fn into_for_iter(self) -> Self::Iter {
+        Some(self)
+    }
+}
+
+impl<T: PartialOrd> ForIterator for Option<std::ops::RangeInclusive<T>>
+where
+    std::ops::RangeInclusive<T>: Iterator<Item = T>,
+{
+    type Item = T;
+    fn for_next(&mut self) -> Option<T> {
+        let range = self.as_mut()?;
+        let next = range.next();
+        if next.is_none() || range.is_empty() {
+            *self = None;
+        }
+        next
+    }
+}

@@ -1,0 +1,838 @@
+//! Code generation: the state enum (one variant per suspension point with
+//! exactly the live bindings), its `Flow` impl, and the trampoline that runs
+//! the lowered blocks.
+//!
+//! The trampoline lives in a plain fn `run` inside the generated module that
+//! returns `Result<Exit, FlowError>`, so the user's `?` works unchanged.
+//! Bindings move between blocks through `Option` slots whose types rustc
+//! infers; only bindings stored in a variant need a type the macro can see.
+
+use crate::analyse::{BindingId, Origin};
+use crate::errors::Errors;
+use crate::liveness::{self, Liveness, Set};
+use crate::lower::{self, BlockId, Cfg, PieceKind, Term};
+use crate::ops::Op;
+use crate::parse::{FlowArgs, FlowSig};
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use std::collections::{BTreeSet, HashMap};
+use syn::visit_mut::VisitMut;
+use syn::{Ident, Type};
+
+/// A state variant.
+struct Variant {
+    name: Ident,
+    doc: String,
+    /// (field name, binding) in declaration order.
+    fields: Vec<(Ident, BindingId)>,
+    /// The child state type, for a sub-flow suspension.
+    child: Option<Type>,
+    /// The suspension point it belongs to (`None` for `Start`).
+    site: Option<usize>,
+}
+
+/// Everything the generator needs besides the CFG.
+pub struct Input<'a> {
+    /// The user's fn (attributes, visibility, name).
+    pub item: &'a syn::ItemFn,
+    /// Its checked signature, paths shifted for use inside the module.
+    pub sig: &'a FlowSig,
+    /// `#[flow(..)]` arguments.
+    pub args: &'a FlowArgs,
+    /// Parameter types as written (for the constructor outside the module).
+    pub outer_params: Vec<(Ident, Type)>,
+}
+
+/// Generates the expansion. Errors (untyped live bindings) are recorded.
+pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
+    let live = liveness::compute(cfg);
+    let variants = variants(input, cfg, &live, errors);
+    let mut g = Gen {
+        cfg,
+        live: &live,
+        ctx: &input.sig.ctx,
+        variants: &variants,
+        used_slots: BTreeSet::new(),
+        pcs: HashMap::new(),
+    };
+    let mut order: Vec<BlockId> = (0..cfg.blocks.len())
+        .filter(|b| live.reachable[*b])
+        .collect();
+    order.sort_by_key(|b| cfg.blocks[*b].order);
+    for (pc, b) in order.iter().enumerate() {
+        g.pcs.insert(*b, pc as u32);
+    }
+    let arms: Vec<TokenStream> = order
+        .iter()
+        .map(|b| {
+            let pc = g.pcs[b];
+            let body = g.block(*b);
+            quote!(#pc => { #body })
+        })
+        .collect();
+    let dispatch = g.dispatch(input);
+    // Value slots of hoisted expressions: declared only if some emitted
+    // block uses them (an unused `None` would have no inferable type).
+    for arm in &arms {
+        collect_value_slots(arm.clone(), &mut g.used_slots);
+    }
+
+    let fn_name = &input.item.sig.ident;
+    let vis = &input.item.vis;
+    let output = &input.sig.output;
+    let ctx = &input.sig.ctx;
+    let version = input.args.version;
+
+    // The state enum.
+    let mut enum_variants = Vec::new();
+    let mut debug_arms = Vec::new();
+    let mut name_arms = Vec::new();
+    let mut checks = Vec::new();
+    let mut checked = BTreeSet::new();
+    let mut shape = format!("output={};", pretty_tokens(&output.to_token_stream()));
+    let mut child_fps = Vec::new();
+    for v in &variants {
+        let name = &v.name;
+        let doc = &v.doc;
+        let mut fields = Vec::new();
+        let mut names = Vec::new();
+        shape.push_str(&format!("{name}{{"));
+        if let Some(child) = &v.child {
+            fields.push(quote!(child: #child));
+            names.push(format_ident!("child"));
+            shape.push_str(&format!(
+                "child:{};",
+                pretty_tokens(&child.to_token_stream())
+            ));
+            child_fps.push(quote!(<#child as ::flow_runtime::Flow>::FINGERPRINT));
+        }
+        for (f, b) in &v.fields {
+            let ty = binding_type(cfg, *b);
+            shape.push_str(&format!("{f}:{};", pretty_tokens(&ty.to_token_stream())));
+            fields.push(quote!(#f: #ty));
+            names.push(f.clone());
+            let key = pretty_tokens(&ty.to_token_stream());
+            if checked.insert(key) {
+                let span = cfg.bindings[*b].name.span();
+                checks.push(quote_spanned! {span=>
+                    const _: () = ::flow_runtime::__private::assert_checkpointable::<#ty>();
+                });
+            }
+        }
+        shape.push_str("};");
+        let name_str = name.to_string();
+        if fields.is_empty() {
+            enum_variants.push(quote!(#[doc = #doc] #name));
+            debug_arms.push(quote!(Flow::#name => f.write_str(#name_str)));
+            name_arms.push(quote!(Flow::#name => #name_str));
+        } else {
+            let name_strs = names.iter().map(|n| n.to_string());
+            enum_variants.push(quote!(#[doc = #doc] #name { #(#fields),* }));
+            debug_arms.push(quote! {
+                Flow::#name { #(#names),* } => f.debug_struct(#name_str)
+                    #(.field(#name_strs, #names))*
+                    .finish()
+            });
+            name_arms.push(quote!(Flow::#name { .. } => #name_str));
+        }
+    }
+    let fingerprint_base = fnv1a(0xcbf2_9ce4_8422_2325, shape.as_bytes());
+    let fingerprint = child_fps.iter().fold(
+        quote!(#fingerprint_base),
+        |acc, fp| quote!(::flow_runtime::__private::combine(#acc, #fp)),
+    );
+
+    let slot_decls = g
+        .used_slots
+        .iter()
+        .map(|s| quote!(let mut #s = ::core::option::Option::None;));
+    let items = &cfg.items;
+
+    // The constructor, outside the module, with the user's attributes.
+    let attrs = &input.item.attrs;
+    let ctor_params = input.outer_params.iter().map(|(n, t)| quote!(#n: #t));
+    let ctor_names = input.outer_params.iter().map(|(n, _)| n);
+    let ctor_doc = format!(
+        "Builds the `{fn_name}` flow at its start state; run it with `node.start_flow(..)` or `ctx.sub_flow(..).await`. The state machine is [`{fn_name}::Flow`]."
+    );
+    let mod_doc =
+        format!("The state machine generated by `#[flow]` for [`{fn_name}`](fn@{fn_name}).");
+    let where_doc = format!(
+        "`{fn_name}`'s states: `Start`, one variant per `.await` holding the locals live there, `Done`."
+    );
+
+    quote! {
+        #(#attrs)*
+        #[doc = ""]
+        #[doc = #ctor_doc]
+        #vis fn #fn_name(#(#ctor_params),*) -> #fn_name::Flow {
+            #fn_name::Flow::Start { #(#ctor_names),* }
+        }
+
+        #[doc = #mod_doc]
+        #[allow(non_snake_case)]
+        #vis mod #fn_name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[doc = #where_doc]
+            #[derive(::flow_runtime::__private::serde::Serialize, ::flow_runtime::__private::serde::Deserialize)]
+            #[serde(crate = "::flow_runtime::__private::serde")]
+            pub enum Flow {
+                #(#enum_variants,)*
+                /// Finished: the result has been handed out.
+                Done,
+            }
+
+            #(#checks)*
+
+            impl ::core::fmt::Debug for Flow {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    match self {
+                        #(#debug_arms,)*
+                        Flow::Done => f.write_str("Done"),
+                    }
+                }
+            }
+
+            impl ::flow_runtime::Flow for Flow {
+                type Output = #output;
+                const NAME: &'static str = ::core::module_path!();
+                const VERSION: u32 = #version;
+                const FINGERPRINT: u64 = #fingerprint;
+
+                fn resume(
+                    &mut self,
+                    ctx: &mut ::flow_runtime::FlowContext,
+                    event: ::flow_runtime::Event,
+                ) -> ::flow_runtime::Step<#output> {
+                    let state = ::core::mem::replace(self, Flow::Done);
+                    ::flow_runtime::__private::finish(self, run(state, ctx, event))
+                }
+
+                fn state_name(&self) -> &'static str {
+                    match self {
+                        #(#name_arms,)*
+                        Flow::Done => "Done",
+                    }
+                }
+            }
+
+            /// The flow body, lowered to blocks run by a trampoline: `pc` is
+            /// the block to run next; bindings cross blocks in `Option` slots.
+            #[allow(
+                unused_mut,
+                unreachable_code,
+                clippy::never_loop,
+                clippy::let_unit_value,
+                clippy::unit_arg,
+                clippy::match_single_binding,
+                clippy::diverging_sub_expression,
+                clippy::needless_late_init,
+                clippy::redundant_locals,
+                clippy::unused_unit
+            )]
+            fn run(
+                __flow_state: Flow,
+                #ctx: &mut ::flow_runtime::FlowContext,
+                __flow_event: ::flow_runtime::Event,
+            ) -> ::core::result::Result<
+                ::flow_runtime::__private::Exit<Flow, #output>,
+                ::flow_runtime::FlowError,
+            > {
+                #(#items)*
+                #(#slot_decls)*
+                let mut __flow_pc: u32;
+                #dispatch
+                loop {
+                    match __flow_pc {
+                        #(#arms)*
+                        _ => return ::flow_runtime::__private::bad_pc(__flow_pc),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// FNV-1a, the same function as `flow_runtime::__private::fnv1a`.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    hash
+}
+
+fn binding_type(cfg: &Cfg, b: BindingId) -> Type {
+    cfg.bindings[b]
+        .ty
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(()))
+}
+
+/// Builds the variants: `Start` (the parameters), then one per suspension
+/// point, named readably and stably.
+fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> Vec<Variant> {
+    let mut out = vec![Variant {
+        name: format_ident!("Start"),
+        doc: format!(
+            " Not started yet: the arguments of `{}(..)`.",
+            input.item.sig.ident
+        ),
+        fields: (0..input.sig.params.len())
+            .map(|b| (cfg.bindings[b].name.clone(), b))
+            .collect(),
+        child: None,
+        site: None,
+    }];
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut labels_seen: HashMap<String, Span> = HashMap::new();
+    for (i, site) in cfg.sites.iter().enumerate() {
+        // A suspension that cannot be reached has no state.
+        if !live.reachable[site.resume] {
+            continue;
+        }
+        let base = match &site.name_hint {
+            Some((label, true)) => {
+                if let Some(prev) = labels_seen.insert(label.clone(), site.span) {
+                    let _ = prev;
+                    errors.error(
+                        site.span,
+                        format!(
+                            "the state label `{label}` is used twice: state labels must be unique"
+                        ),
+                    );
+                }
+                label.clone()
+            }
+            Some((name, false)) => name.clone(),
+            None => site.op.default_state_name(),
+        };
+        let n = counts.entry(base.clone()).or_insert(0);
+        *n += 1;
+        let name = if *n == 1 { base } else { format!("{base}{n}") };
+        let mut fields = Vec::new();
+        let live_here: Vec<BindingId> = live.live_in[site.resume].iter().copied().collect();
+        let names: Vec<String> = live_here
+            .iter()
+            .map(|b| cfg.bindings[*b].name.to_string())
+            .collect();
+        for (k, b) in live_here.iter().enumerate() {
+            let binding = &cfg.bindings[*b];
+            if binding.ty.is_none() {
+                errors.error(binding.name.span(), untyped_message(binding, site.line));
+            }
+            // Two live bindings of one name (one shadows the other): the
+            // outer ones get a suffix.
+            let plain = &names[k];
+            let later_same = names[k + 1..].iter().filter(|n| *n == plain).count();
+            let field = if later_same == 0 {
+                Ident::new(plain, Span::call_site())
+            } else {
+                format_ident!("{}__{}", plain, later_same)
+            };
+            fields.push((field, *b));
+        }
+        let child = match &site.op {
+            Op::SubFlow { child, .. } => Some(child.clone()),
+            _ => None,
+        };
+        out.push(Variant {
+            name: Ident::new(&name, Span::call_site()),
+            doc: match &site.file {
+                Some(file) => format!(" `{}.await` at {file}:{}.", site.text, site.line),
+                None => format!(" `{}.await` at line {}.", site.text, site.line),
+            },
+            fields,
+            child,
+            site: Some(i),
+        });
+    }
+    out
+}
+
+fn untyped_message(b: &crate::analyse::Binding, line: usize) -> String {
+    let name = &b.name;
+    match b.origin {
+        Origin::ForIter => format!(
+            "this `for` loop's iterator is kept in the checkpoint at the `.await` on line {line}, so its type must be visible: iterate over a local `Vec<T>` whose type is written (e.g. `let items: Vec<u32> = ..;`) or a range with a typed bound (e.g. `0..n` with `n: u32`, or `0u32..10`)"
+        ),
+        Origin::Pattern => format!(
+            "`{name}` is bound by a pattern and kept in the checkpoint at the `.await` on line {line}: rebind it with an annotated `let` before the `.await` (e.g. `let {name}: T = {name};`)"
+        ),
+        Origin::Let | Origin::Param => format!(
+            "add a type annotation to `{name}`: it is kept in the checkpoint at the `.await` on line {line}"
+        ),
+    }
+}
+
+struct Gen<'a> {
+    cfg: &'a Cfg,
+    live: &'a Liveness,
+    ctx: &'a Ident,
+    variants: &'a [Variant],
+    used_slots: BTreeSet<Ident>,
+    pcs: HashMap<BlockId, u32>,
+}
+
+impl Gen<'_> {
+    fn slot(&mut self, b: BindingId) -> Ident {
+        let id = format_ident!(
+            "__flow_{}_{}",
+            self.cfg.bindings[b]
+                .name
+                .to_string()
+                .trim_start_matches("r#"),
+            b
+        );
+        self.used_slots.insert(id.clone());
+        id
+    }
+
+    fn name(&self, b: BindingId) -> &Ident {
+        &self.cfg.bindings[b].name
+    }
+
+    fn pc(&self, b: BlockId) -> u32 {
+        self.pcs.get(&b).copied().unwrap_or(u32::MAX)
+    }
+
+    fn variant_for_site(&self, site: usize) -> Option<&Variant> {
+        self.variants.iter().find(|v| v.site == Some(site))
+    }
+
+    /// The `match` on the stored state that starts every `resume`: moves
+    /// the variant's fields into their slots and completes the operation
+    /// the flow waited for.
+    fn dispatch(&mut self, input: &Input) -> TokenStream {
+        let ctx = self.ctx.clone();
+        let mut arms = Vec::new();
+        // Start.
+        let entry_live = self.live.live_in[0].clone();
+        let mut pats = Vec::new();
+        let mut stores = Vec::new();
+        for (b, p) in input.sig.params.iter().enumerate() {
+            let n = &p.name;
+            if entry_live.contains(&b) {
+                let slot = self.slot(b);
+                pats.push(quote!(#n));
+                stores.push(quote!(#slot = ::core::option::Option::Some(#n);));
+            } else {
+                pats.push(quote!(#n: _));
+            }
+        }
+        let pc0 = self.pc(0);
+        arms.push(quote! {
+            Flow::Start { #(#pats),* } => {
+                #(#stores)*
+                __flow_pc = #pc0;
+            }
+        });
+        for site in 0..self.cfg.sites.len() {
+            let Some(v) = self.variant_for_site(site) else {
+                continue;
+            };
+            let vname = v.name.clone();
+            let fields = v.fields.clone();
+            let has_child = v.child.is_some();
+            let resume = self.cfg.sites[site].resume;
+            let pc = self.pc(resume);
+            let awaited = lower::await_slot(site);
+            self.used_slots.insert(awaited.clone());
+            let names: Vec<&Ident> = fields.iter().map(|(f, _)| f).collect();
+            let stores: Vec<TokenStream> = fields
+                .iter()
+                .map(|(f, b)| {
+                    let slot = self.slot(*b);
+                    quote!(#slot = ::core::option::Option::Some(#f);)
+                })
+                .collect();
+            let arm = match &self.cfg.sites[site].op {
+                Op::Receive { ty, .. } => {
+                    let t = ty
+                        .clone()
+                        .map_or_else(|| quote!(_), |t| t.to_token_stream());
+                    quote! {
+                        Flow::#vname { #(#names),* } => {
+                            #(#stores)*
+                            #awaited = ::core::option::Option::Some(
+                                ::flow_runtime::__private::complete_receive::<#t>(#ctx, __flow_event),
+                            );
+                            __flow_pc = #pc;
+                        }
+                    }
+                }
+                Op::Sleep => quote! {
+                    Flow::#vname { #(#names),* } => {
+                        #(#stores)*
+                        #awaited = ::core::option::Option::Some(
+                            ::flow_runtime::__private::complete_sleep(#ctx, __flow_event),
+                        );
+                        __flow_pc = #pc;
+                    }
+                },
+                Op::SubFlow { .. } if has_child => quote! {
+                    Flow::#vname { mut child, #(#names),* } => {
+                        match ::flow_runtime::__private::resume_sub_flow(&mut child, #ctx, __flow_event) {
+                            ::core::option::Option::Some(result) => {
+                                #(#stores)*
+                                #awaited = ::core::option::Option::Some(result);
+                                __flow_pc = #pc;
+                            }
+                            ::core::option::Option::None => {
+                                return ::flow_runtime::__private::suspend(Flow::#vname { child, #(#names),* });
+                            }
+                        }
+                    }
+                },
+                Op::SubFlow { .. } => quote!(),
+            };
+            arms.push(arm);
+        }
+        quote! {
+            match __flow_state {
+                #(#arms)*
+                Flow::Done => return ::flow_runtime::__private::resumed_after_done(),
+            }
+        }
+    }
+
+    /// One block: restore the visible bindings it names, its code, its
+    /// terminator (which saves what the next block needs).
+    fn block(&mut self, b: BlockId) -> TokenStream {
+        let cfg = self.cfg;
+        let block = &cfg.blocks[b];
+        let mut mentioned: Set = block.term_mentions.iter().copied().collect();
+        for p in &block.pieces {
+            mentioned.extend(p.mentions.iter().copied());
+            mentioned.extend(p.uses.iter().copied());
+        }
+        let live_in = &self.live.live_in[b];
+        let mut out = TokenStream::new();
+        // name -> binding currently held in a Rust local of that name.
+        let mut held: HashMap<String, BindingId> = HashMap::new();
+        for &v in &block.visible {
+            if !mentioned.contains(&v) {
+                continue;
+            }
+            let name = self.name(v).clone();
+            let m = self.cfg.bindings[v].mutable.then(|| quote!(mut));
+            if live_in.contains(&v) {
+                let slot = self.slot(v);
+                out.extend(quote!(let #m #name = ::flow_runtime::__private::take(&mut #slot)?;));
+            } else {
+                out.extend(quote!(let #m #name;));
+            }
+            held.insert(name.to_string(), v);
+        }
+        let live_after = liveness::live_after_pieces(cfg, &self.live.live_in, b);
+        for (i, piece) in block.pieces.iter().enumerate() {
+            // A `let` that shadows a binding still needed later first puts
+            // that binding back in its slot.
+            let mut saves = TokenStream::new();
+            for d in &piece.declares {
+                let name = self.name(*d).to_string();
+                if let Some(&old) = held.get(&name)
+                    && old != *d
+                    && live_after[i].contains(&old)
+                {
+                    let slot = self.slot(old);
+                    let n = self.name(old).clone();
+                    saves.extend(quote!(#slot = ::core::option::Option::Some(#n);));
+                    held.remove(&name);
+                }
+            }
+            match &piece.kind {
+                PieceKind::Code(ts) => {
+                    out.extend(saves);
+                    out.extend(ts.clone());
+                }
+                PieceKind::Let(local) => {
+                    let mut local = (**local).clone();
+                    if !saves.is_empty() {
+                        if let Some(init) = &mut local.init {
+                            let e = &init.expr;
+                            let ty = match &local.pat {
+                                syn::Pat::Type(pt) => {
+                                    let t = &pt.ty;
+                                    quote!(: #t)
+                                }
+                                _ => quote!(),
+                            };
+                            *init.expr = syn::parse_quote!({
+                                let __flow_init #ty = #e;
+                                #saves
+                                __flow_init
+                            });
+                        } else {
+                            out.extend(saves);
+                        }
+                    }
+                    out.extend(local.into_token_stream());
+                }
+            }
+            for d in &piece.declares {
+                held.insert(self.name(*d).to_string(), *d);
+            }
+        }
+        let term = match &block.term {
+            Some(t) => self.term(b, t, &mut held),
+            None => quote!(return ::flow_runtime::__private::bad_pc(u32::MAX);),
+        };
+        out.extend(term);
+        out
+    }
+
+    /// Saves for a jump to `target`: every binding live there that this
+    /// block holds (or the jump binds) goes to its slot.
+    fn edge(
+        &mut self,
+        target: BlockId,
+        binds: &[BindingId],
+        held: &HashMap<String, BindingId>,
+    ) -> TokenStream {
+        let mut out = TokenStream::new();
+        let live: Vec<BindingId> = self.live.live_in[target].iter().copied().collect();
+        for b in live {
+            let name = self.name(b).clone();
+            let is_held = held.get(&name.to_string()) == Some(&b);
+            if binds.contains(&b) || is_held {
+                let slot = self.slot(b);
+                out.extend(quote!(#slot = ::core::option::Option::Some(#name);));
+            }
+        }
+        let pc = self.pc(target);
+        out.extend(quote!(__flow_pc = #pc;));
+        out
+    }
+
+    /// Bindings held by name that `binds` shadow while they are live at
+    /// `target`: they must go to their slots before the pattern binds.
+    fn shadow_saves(
+        &mut self,
+        targets: &[(BlockId, &[BindingId])],
+        held: &mut HashMap<String, BindingId>,
+    ) -> TokenStream {
+        let mut out = TokenStream::new();
+        for (t, binds) in targets {
+            for nb in binds.iter() {
+                let name = self.name(*nb).to_string();
+                if let Some(&old) = held.get(&name)
+                    && old != *nb
+                    && self.live.live_in[*t].contains(&old)
+                {
+                    let slot = self.slot(old);
+                    let n = self.name(old).clone();
+                    out.extend(quote!(#slot = ::core::option::Option::Some(#n);));
+                    held.remove(&name);
+                }
+            }
+        }
+        out
+    }
+
+    fn term(
+        &mut self,
+        _b: BlockId,
+        term: &Term,
+        held: &mut HashMap<String, BindingId>,
+    ) -> TokenStream {
+        let ctx = self.ctx.clone();
+        match term {
+            Term::Goto(t) => self.edge(*t, &[], held),
+            Term::Return(v) => {
+                let v = rewrite_returns(v);
+                quote!(return ::flow_runtime::__private::done(#v);)
+            }
+            Term::If {
+                cond,
+                binds,
+                then_,
+                else_,
+            } => {
+                let pre = self.shadow_saves(&[(*then_, binds)], held);
+                let mut cond = rewrite_returns(cond);
+                if !pre.is_empty()
+                    && let syn::Expr::Let(l) = &mut cond
+                {
+                    let e = &l.expr;
+                    *l.expr =
+                        syn::parse_quote!({ let __flow_scrutinee = #e; #pre __flow_scrutinee });
+                }
+                let t = self.edge(*then_, binds, held);
+                let f = self.edge(*else_, &[], held);
+                let pre_out = if matches!(cond, syn::Expr::Let(_)) {
+                    quote!()
+                } else {
+                    pre
+                };
+                quote!(#pre_out if #cond { #t } else { #f })
+            }
+            Term::Match { scrut, arms } => {
+                let targets: Vec<(BlockId, &[BindingId])> =
+                    arms.iter().map(|a| (a.target, &a.binds[..])).collect();
+                let pre = self.shadow_saves(&targets, held);
+                let scrut = rewrite_returns(scrut);
+                let scrut = if pre.is_empty() {
+                    quote!(#scrut)
+                } else {
+                    quote!({ let __flow_scrutinee = #scrut; #pre __flow_scrutinee })
+                };
+                let arms: Vec<TokenStream> = arms
+                    .iter()
+                    .map(|a| {
+                        let pat = &a.pat;
+                        let guard = a.guard.as_ref().map(|g| {
+                            let g = rewrite_returns(g);
+                            quote!(if #g)
+                        });
+                        let e = self.edge(a.target, &a.binds, held);
+                        quote!(#pat #guard => { #e })
+                    })
+                    .collect();
+                quote!(match #scrut { #(#arms)* })
+            }
+            Term::Suspend { site, op } => {
+                let site = *site;
+                let op = rewrite_returns(op);
+                let resume = self.cfg.sites[site].resume;
+                let awaited = lower::await_slot(site);
+                self.used_slots.insert(awaited.clone());
+                let ready = self.edge(resume, &[], held);
+                let Some(v) = self.variant_for_site(site) else {
+                    return quote!(return ::flow_runtime::__private::bad_pc(u32::MAX););
+                };
+                let vname = v.name.clone();
+                let fields = v.fields.clone();
+                let values: Vec<TokenStream> = fields
+                    .iter()
+                    .map(|(f, b)| {
+                        let name = self.name(*b).clone();
+                        if held.get(&name.to_string()) == Some(b) {
+                            if *f == name {
+                                quote!(#f)
+                            } else {
+                                quote!(#f: #name)
+                            }
+                        } else {
+                            let slot = self.slot(*b);
+                            quote!(#f: ::flow_runtime::__private::take(&mut #slot)?)
+                        }
+                    })
+                    .collect();
+                let span = self.cfg.sites[site].span;
+                match &self.cfg.sites[site].op {
+                    Op::Receive { .. } => quote_spanned! {span=>
+                        let __flow_op = #op;
+                        match ::flow_runtime::__private::start_receive(__flow_op, #ctx) {
+                            ::core::option::Option::Some(result) => {
+                                #awaited = ::core::option::Option::Some(result);
+                                #ready
+                            }
+                            ::core::option::Option::None => {
+                                return ::flow_runtime::__private::suspend(Flow::#vname { #(#values),* });
+                            }
+                        }
+                    },
+                    Op::Sleep => quote_spanned! {span=>
+                        let __flow_op = #op;
+                        ::flow_runtime::__private::start_sleep(__flow_op, #ctx);
+                        return ::flow_runtime::__private::suspend(Flow::#vname { #(#values),* });
+                    },
+                    Op::SubFlow { .. } => quote_spanned! {span=>
+                        let __flow_op = #op;
+                        match ::flow_runtime::__private::start_sub_flow(__flow_op, #ctx) {
+                            ::core::result::Result::Ok(result) => {
+                                #awaited = ::core::option::Option::Some(result);
+                                #ready
+                            }
+                            ::core::result::Result::Err(child) => {
+                                return ::flow_runtime::__private::suspend(Flow::#vname { child, #(#values),* });
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn rewrite_returns(e: &syn::Expr) -> syn::Expr {
+    let mut e = e.clone();
+    lower::ReturnRewriter.visit_expr_mut(&mut e);
+    e
+}
+
+/// Renders tokens compactly for messages and doc comments
+/// (`session.receive::<u32>()` rather than `session . receive :: < u32 > ()`).
+pub fn pretty_tokens(ts: &TokenStream) -> String {
+    let mut out = String::new();
+    let mut prev_joint_word = false;
+    for tt in ts.clone() {
+        match tt {
+            TokenTree::Group(g) => {
+                let (open, close) = match g.delimiter() {
+                    proc_macro2::Delimiter::Parenthesis => ("(", ")"),
+                    proc_macro2::Delimiter::Brace => (" { ", " }"),
+                    proc_macro2::Delimiter::Bracket => ("[", "]"),
+                    proc_macro2::Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                out.push_str(&pretty_tokens(&g.stream()));
+                out.push_str(close);
+                prev_joint_word = true;
+            }
+            TokenTree::Ident(i) => {
+                if prev_joint_word
+                    && out.ends_with(|c: char| {
+                        c.is_alphanumeric() || c == '_' || c == ')' || c == '>'
+                    })
+                {
+                    out.push(' ');
+                }
+                out.push_str(&i.to_string());
+                prev_joint_word = true;
+            }
+            TokenTree::Literal(l) => {
+                if prev_joint_word && out.ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                    out.push(' ');
+                }
+                out.push_str(&l.to_string());
+                prev_joint_word = true;
+            }
+            TokenTree::Punct(p) => {
+                let c = p.as_char();
+                if c == ',' {
+                    out.push_str(", ");
+                } else if c == '=' || c == '+' || c == '-' || c == '*' || c == '/' || c == '|' {
+                    if !out.ends_with(' ')
+                        && !out.ends_with(['=', '!', '<', '>', '+', '-', '*', '/', '|', '&'])
+                    {
+                        out.push(' ');
+                    }
+                    out.push(c);
+                    if p.spacing() == proc_macro2::Spacing::Alone {
+                        out.push(' ');
+                    }
+                } else {
+                    out.push(c);
+                }
+                prev_joint_word = false;
+            }
+        }
+    }
+    out.trim().to_string()
+}
+
+fn collect_value_slots(ts: TokenStream, out: &mut BTreeSet<Ident>) {
+    for tt in ts {
+        match tt {
+            TokenTree::Ident(i) if i.to_string().starts_with("__flow_value_") => {
+                out.insert(i);
+            }
+            TokenTree::Group(g) => collect_value_slots(g.stream(), out),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Recognising the suspending operations. This is syntactic on purpose: the
+//! macro must name the type stored in the checkpoint (a sub-flow's child
+//! state) and must point a precise error at anything else that is awaited,
+//! before the type checker runs.
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, Type};
+
+/// A recognised `.await`ed operation.
+#[derive(Clone)]
+pub enum Op {
+    /// `s.receive::<T>()` or `s.send_and_receive::<T>(&v)`; `ty` is `T` when
+    /// written as a turbofish.
+    Receive {
+        /// The turbofish type.
+        ty: Option<Type>,
+        /// `send_and_receive` rather than `receive`.
+        sends: bool,
+    },
+    /// `ctx.sleep(d)`.
+    Sleep,
+    /// `ctx.sub_flow(child)`; `child` is the child's state type, stored in
+    /// the parent's variant.
+    SubFlow {
+        /// The child's state type (`path::child::Flow`).
+        child: Type,
+        /// The child's fn name in UpperCamelCase, for the variant name.
+        name: String,
+    },
+}
+
+impl Op {
+    /// The default variant name for a suspension at this operation.
+    pub fn default_state_name(&self) -> String {
+        match self {
+            Op::Receive { sends: false, .. } => "Receive".into(),
+            Op::Receive { sends: true, .. } => "SendAndReceive".into(),
+            Op::Sleep => "Sleep".into(),
+            Op::SubFlow { name, .. } => format!("SubFlow{name}"),
+        }
+    }
+}
+
+const WHAT_CAN_BE_AWAITED: &str = "a flow can only `.await` `session.receive::<T>()`, `session.send_and_receive::<T>(&value)`, `ctx.sleep(duration)` or `ctx.sub_flow(child(..))`";
+
+/// Classifies the operand of an `.await`. `local_type` gives the visible
+/// type of a local passed to `ctx.sub_flow(local)`.
+pub fn classify(
+    operand: &Expr,
+    ctx: &Ident,
+    local_type: &dyn Fn(&Ident) -> Option<Type>,
+) -> Result<Op, syn::Error> {
+    match operand {
+        Expr::MethodCall(m) => match m.method.to_string().as_str() {
+            "receive" | "send_and_receive" => Ok(Op::Receive {
+                ty: crate::analyse::turbofish_type(m),
+                sends: m.method == "send_and_receive",
+            }),
+            "sleep" if is_ident(&m.receiver, ctx) => Ok(Op::Sleep),
+            "sub_flow" if is_ident(&m.receiver, ctx) => {
+                let Some(arg) = m.args.first().filter(|_| m.args.len() == 1) else {
+                    return Err(syn::Error::new_spanned(
+                        m,
+                        "`ctx.sub_flow` takes one argument: the child flow, e.g. `ctx.sub_flow(child(a, b))`",
+                    ));
+                };
+                if let Some(child) = child_flow_path(arg) {
+                    let name = child_fn_name(arg).unwrap_or_else(|| "Child".into());
+                    return Ok(Op::SubFlow { child, name });
+                }
+                if let Expr::Path(p) = arg
+                    && let Some(id) = p.path.get_ident()
+                    && let Some(ty) = local_type(id)
+                {
+                    let name = upper_camel(&type_owner_name(&ty).unwrap_or_else(|| id.to_string()));
+                    return Ok(Op::SubFlow { child: ty, name });
+                }
+                Err(syn::Error::new_spanned(
+                    arg,
+                    "the sub-flow's state type must be visible here, because the parent keeps the child's state in its checkpoint: pass the flow call directly (`ctx.sub_flow(path::child(args))`) or give the local a type (`let c: path::child::Flow = path::child(args);`)",
+                ))
+            }
+            other => Err(not_an_operation(
+                &format!("`.{other}(..)`"),
+                m.method.span(),
+                false,
+            )),
+        },
+        Expr::Call(c) => {
+            let name = match &*c.func {
+                Expr::Path(p) => p.path.to_token_stream().to_string().replace(' ', ""),
+                other => other.to_token_stream().to_string(),
+            };
+            let foreign = ["tokio", "async_std", "futures", "std", "core", "smol"]
+                .iter()
+                .any(|k| name.starts_with(&format!("{k}::")));
+            Err(not_an_operation(
+                &format!("`{name}(..)`"),
+                c.func.span(),
+                foreign,
+            ))
+        }
+        Expr::Paren(p) => classify(&p.expr, ctx, local_type),
+        Expr::Path(p) => Err(syn::Error::new_spanned(
+            p,
+            format!(
+                "`{}` is not a flow operation: {WHAT_CAN_BE_AWAITED}; await the operation where it is created",
+                p.to_token_stream()
+            ),
+        )),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("this is not a flow operation: {WHAT_CAN_BE_AWAITED}"),
+        )),
+    }
+}
+
+fn not_an_operation(what: &str, span: Span, foreign: bool) -> syn::Error {
+    let message = if foreign {
+        format!(
+            "{what} is not a flow operation: {WHAT_CAN_BE_AWAITED}. A flow's state is checkpointed at every `.await`, so it cannot wait on an arbitrary future; to wait for time use `ctx.sleep(d)`"
+        )
+    } else {
+        format!(
+            "{what} is not a flow operation: mark the helper `#[flow]` and call it with `ctx.sub_flow(..)` ({WHAT_CAN_BE_AWAITED})"
+        )
+    };
+    syn::Error::new(span, message)
+}
+
+fn is_ident(e: &Expr, id: &Ident) -> bool {
+    matches!(e, Expr::Path(p) if p.path.is_ident(id))
+}
+
+/// `path::child::Flow` for a call `path::child(..)`: a flow fn and its
+/// module share a name, so the call path names the child's state type.
+pub fn child_flow_path(arg: &Expr) -> Option<Type> {
+    let Expr::Call(c) = arg else { return None };
+    let Expr::Path(p) = &*c.func else { return None };
+    if p.qself.is_some() || p.path.segments.iter().any(|s| !s.arguments.is_empty()) {
+        return None;
+    }
+    let mut path = p.path.clone();
+    path.segments.push(syn::parse_quote!(Flow));
+    Some(Type::Path(syn::TypePath { qself: None, path }))
+}
+
+fn child_fn_name(arg: &Expr) -> Option<String> {
+    let Expr::Call(c) = arg else { return None };
+    let Expr::Path(p) = &*c.func else { return None };
+    Some(upper_camel(&p.path.segments.last()?.ident.to_string()))
+}
+
+/// For a written type `a::child::Flow`, the `child` part.
+fn type_owner_name(ty: &Type) -> Option<String> {
+    let Type::Path(tp) = ty else { return None };
+    let n = tp.path.segments.len();
+    if n >= 2 {
+        Some(tp.path.segments[n - 2].ident.to_string())
+    } else {
+        Some(tp.path.segments.last()?.ident.to_string())
+    }
+}
+
+/// `snake_case` to `UpperCamelCase`, for variant names.
+pub fn upper_camel(s: &str) -> String {
+    let mut out = String::new();
+    let mut upper = true;
+    for c in s.trim_start_matches("r#").chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,266 @@
+//! Parsing: the `#[flow(..)]` arguments and the fn signature, checked
+//! against the rules a flow's signature must follow (DESIGN section 3).
+//!
+//! The body is not looked at here; [`crate::lower`] does that.
+
+use crate::errors::Errors;
+use proc_macro2::TokenStream;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Token, Type};
+
+/// The arguments of `#[flow(..)]`.
+pub struct FlowArgs {
+    /// `version = N`: sent with session initiations so a responder can
+    /// refuse a protocol it does not speak. Default 1.
+    pub version: u32,
+}
+
+/// Parses `#[flow]` / `#[flow(version = N)]`.
+pub fn parse_args(attr: TokenStream, errors: &mut Errors) -> FlowArgs {
+    let mut args = FlowArgs { version: 1 };
+    if attr.is_empty() {
+        return args;
+    }
+    let metas = match Punctuated::<syn::Meta, Token![,]>::parse_terminated.parse2(attr.clone()) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.error(
+                e.span(),
+                format!("cannot parse the `#[flow(..)]` arguments ({e}): the only argument is `version = N`, e.g. `#[flow(version = 2)]`"),
+            );
+            return args;
+        }
+    };
+    let mut seen_version = false;
+    for meta in metas {
+        match &meta {
+            syn::Meta::NameValue(nv) if nv.path.is_ident("version") => {
+                if seen_version {
+                    errors.error_at(&meta, "`version` is given twice: keep one");
+                }
+                seen_version = true;
+                match &nv.value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Int(n),
+                        ..
+                    }) => match n.base10_parse::<u32>() {
+                        Ok(v) if v >= 1 => args.version = v,
+                        _ => errors.error_at(
+                            n,
+                            "the flow version must be an integer from 1 to 4294967295, e.g. `version = 2`",
+                        ),
+                    },
+                    other => errors.error_at(
+                        other,
+                        "the flow version must be an integer literal, e.g. `#[flow(version = 2)]`",
+                    ),
+                }
+            }
+            _ => errors.error_at(
+                &meta,
+                "unknown `#[flow]` argument: the only argument is `version = N`, e.g. `#[flow(version = 2)]`",
+            ),
+        }
+    }
+    args
+}
+
+/// One parameter of the flow after `ctx`: it becomes a field of the
+/// `Start` state.
+pub struct Param {
+    /// The parameter's name.
+    pub name: Ident,
+    /// `mut name: T`.
+    pub mutable: bool,
+    /// Its declared type.
+    pub ty: Type,
+}
+
+/// The checked signature of a flow fn.
+pub struct FlowSig {
+    /// The name the user gave the `&mut FlowContext` parameter.
+    pub ctx: Ident,
+    /// The other parameters, in order.
+    pub params: Vec<Param>,
+    /// `T` of `Result<T, FlowError>`.
+    pub output: Type,
+}
+
+/// Checks the signature; `None` if it is unusable (errors recorded).
+pub fn parse_sig(item: &ItemFn, errors: &mut Errors) -> Option<FlowSig> {
+    let sig = &item.sig;
+    let before = errors.len();
+    if sig.asyncness.is_none() {
+        errors.error(
+            sig.fn_token.span,
+            "a `#[flow]` must be an `async fn`: write `pub async fn name(ctx: &mut FlowContext, ..) -> Result<T, FlowError>`",
+        );
+    }
+    if let Some(c) = &sig.constness {
+        errors.error(c.span, "a `#[flow]` cannot be `const`: remove `const`");
+    }
+    if let Some(u) = &sig.unsafety {
+        errors.error(u.span, "a `#[flow]` cannot be `unsafe`: remove `unsafe` and use an `unsafe` block inside if needed");
+    }
+    if let Some(abi) = &sig.abi {
+        errors.error_at(abi, "a `#[flow]` cannot have an ABI: remove it");
+    }
+    if let Some(v) = &sig.variadic {
+        errors.error_at(v, "a `#[flow]` cannot be variadic");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.error_at(
+            &sig.generics,
+            "a `#[flow]` cannot be generic: its state is stored by name and shape, so every type must be concrete; write one flow per concrete type (a generic helper fn called from each is fine)",
+        );
+    }
+
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => result_ok_type(ty),
+        ReturnType::Default => None,
+    };
+    if output.is_none() {
+        let span = match &sig.output {
+            ReturnType::Type(_, ty) => ty.span(),
+            ReturnType::Default => sig.paren_token.span.close(),
+        };
+        errors.error(
+            span,
+            "a `#[flow]` must return `Result<T, FlowError>`: the error is what its counterparties are told when it fails",
+        );
+    }
+
+    let mut inputs = sig.inputs.iter();
+    let ctx = match inputs.next() {
+        Some(FnArg::Typed(pt)) if is_flow_context_ref(&pt.ty) => match &*pt.pat {
+            Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => Some(pi.ident.clone()),
+            other => {
+                errors.error_at(
+                    other,
+                    "name the context parameter with a plain name, e.g. `ctx: &mut FlowContext`",
+                );
+                None
+            }
+        },
+        Some(FnArg::Typed(pt)) if mentions_flow_context(&pt.ty) => {
+            errors.error_at(
+                &pt.ty,
+                "the context parameter must be `&mut FlowContext` (a flow never owns or shares the context: it is lent for one step)",
+            );
+            None
+        }
+        Some(FnArg::Receiver(r)) => {
+            errors.error_at(r, "a `#[flow]` cannot take `self`: make it a free fn whose first parameter is `ctx: &mut FlowContext`");
+            None
+        }
+        _ => {
+            let later = sig.inputs.iter().skip(1).find_map(|a| match a {
+                FnArg::Typed(pt) if mentions_flow_context(&pt.ty) => Some(pt),
+                _ => None,
+            });
+            match later {
+                Some(pt) => errors.error_at(
+                    pt,
+                    "the context parameter must come first: move `ctx: &mut FlowContext` to the front of the parameter list",
+                ),
+                None => errors.error(
+                    sig.paren_token.span.join(),
+                    "a `#[flow]` needs the node context: add `ctx: &mut FlowContext` as the first parameter",
+                ),
+            }
+            None
+        }
+    };
+
+    let mut params = Vec::new();
+    for arg in inputs {
+        let FnArg::Typed(pt) = arg else { continue };
+        if mentions_flow_context(&pt.ty) {
+            errors.error_at(
+                pt,
+                "only the first parameter may be the `FlowContext`: a flow has one context",
+            );
+            continue;
+        }
+        match &*pt.pat {
+            Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => params.push(Param {
+                name: pi.ident.clone(),
+                mutable: pi.mutability.is_some(),
+                ty: (*pt.ty).clone(),
+            }),
+            other => errors.error_at(
+                other,
+                "flow parameters must be plain names (they become fields of the `Start` state): bind the whole value and destructure it with `let` in the body",
+            ),
+        }
+        if contains_reference(&pt.ty) {
+            errors.error_at(
+                &pt.ty,
+                "a flow parameter cannot be a reference: it is stored in the flow's checkpoint; take it by value",
+            );
+        }
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Some(FlowSig {
+        ctx: ctx?,
+        params,
+        output: output?,
+    })
+}
+
+/// `T` if `ty` is `Result<T, FlowError>` (any path to either).
+fn result_ok_type(ty: &Type) -> Option<Type> {
+    let Type::Path(tp) = ty else { return None };
+    let last = tp.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    });
+    let ok = types.next()?.clone();
+    let err = types.next()?;
+    match err {
+        Type::Path(ep) if ep.path.segments.last()?.ident == "FlowError" => Some(ok),
+        _ => None,
+    }
+}
+
+fn is_flow_context_ref(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => r.mutability.is_some() && is_path_named(&r.elem, "FlowContext"),
+        _ => false,
+    }
+}
+
+fn mentions_flow_context(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => mentions_flow_context(&r.elem),
+        Type::Paren(p) => mentions_flow_context(&p.elem),
+        other => is_path_named(other, "FlowContext"),
+    }
+}
+
+fn is_path_named(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(tp) if tp.path.segments.last().is_some_and(|s| s.ident == name))
+}
+
+fn contains_reference(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'a> syn::visit::Visit<'a> for Finder {
+        fn visit_type_reference(&mut self, _: &'a syn::TypeReference) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}

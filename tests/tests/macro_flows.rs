@@ -1,0 +1,490 @@
+//! End-to-end tests of `#[flow]`: generated machines driven step by step
+//! with hand-fed events, the state serialized and deserialized with
+//! rmp-serde at every suspension (as the node does), covering every
+//! control-flow form the macro supports.
+
+use flow_runtime::prelude::*;
+use flow_runtime::{
+    Event, OpenedSession, Payload, SeededIds, SessionId, Step, StepEffects, Timestamp, Wait,
+    run_step,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------
+// A tiny driver: runs one flow, checkpointing it at every suspension.
+
+struct Driver<F: Flow> {
+    flow: F,
+    ctx: FlowContext,
+    opened: Vec<OpenedSession>,
+    sent: Vec<(SessionId, Payload)>,
+    wait: Option<Wait>,
+    result: Option<Result<F::Output, FlowError>>,
+    checkpoint_sizes: Vec<usize>,
+    states: Vec<&'static str>,
+}
+
+impl<F: Flow> Driver<F> {
+    fn start(flow: F) -> Self {
+        let me = Party::new("Alice", PublicKey([1; 32]));
+        let mut d = Driver {
+            flow,
+            ctx: FlowContext::new(me, Timestamp(0), Box::new(SeededIds::new(7))),
+            opened: Vec::new(),
+            sent: Vec::new(),
+            wait: None,
+            result: None,
+            checkpoint_sizes: Vec::new(),
+            states: Vec::new(),
+        };
+        d.step(Event::Start);
+        d
+    }
+
+    fn step(&mut self, event: Event) {
+        assert!(self.result.is_none(), "stepped a finished flow");
+        let (step, effects) =
+            run_step(&mut self.flow, &mut self.ctx, event, StepEffects::default());
+        self.opened.extend(effects.opened);
+        self.sent
+            .extend(effects.sends.into_iter().map(|m| (m.session, m.payload)));
+        match step {
+            Step::Suspended => {
+                self.wait = effects.wait;
+                assert!(
+                    self.wait.is_some(),
+                    "suspended without waiting for anything"
+                );
+                self.states.push(self.flow.state_name());
+                // Checkpoint round trip, as a node does at every suspension.
+                let bytes = rmp_serde::to_vec(&self.flow).expect("state serializes");
+                self.checkpoint_sizes.push(bytes.len());
+                self.flow = rmp_serde::from_slice(&bytes).expect("state deserializes");
+            }
+            Step::Done(r) => {
+                self.wait = None;
+                self.result = Some(r);
+            }
+        }
+    }
+
+    /// Delivers `value` on the session the flow waits on.
+    fn deliver<T: Serialize>(&mut self, value: &T) {
+        let Some(Wait::Receive(session)) = self.wait.clone() else {
+            panic!("flow is not waiting for a message: {:?}", self.wait)
+        };
+        self.step(Event::Message {
+            session,
+            payload: Payload::encode(value).unwrap(),
+        });
+    }
+
+    fn fire_timer(&mut self) {
+        assert!(
+            matches!(self.wait, Some(Wait::Timer(_))),
+            "not sleeping: {:?}",
+            self.wait
+        );
+        self.step(Event::Timer);
+    }
+
+    fn end_session(&mut self, error: FlowError) {
+        let Some(Wait::Receive(session)) = self.wait.clone() else {
+            panic!("flow is not waiting for a message")
+        };
+        self.step(Event::SessionEnded { session, error });
+    }
+
+    /// Everything sent so far, decoded as `T`.
+    fn sent<T: DeserializeOwned>(&self) -> Vec<T> {
+        self.sent
+            .iter()
+            .map(|(_, p)| p.decode::<T>().unwrap())
+            .collect()
+    }
+
+    fn done(&self) -> Option<&Result<F::Output, FlowError>> {
+        self.result.as_ref()
+    }
+}
+
+fn bob() -> Party {
+    Party::new("Bob", PublicKey([2; 32]))
+}
+
+fn session(id: u64) -> FlowSession {
+    FlowSession::from_id(SessionId(id))
+}
+
+// ---------------------------------------------------------------------------
+// The contract's ping and pong.
+
+#[flow]
+pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let mut total: u64 = 0;
+    let mut i: u32 = 0;
+    while i < rounds {
+        session.send(&i)?; // buffered, no suspension
+        let echo: u32 = session.receive::<u32>().await?.validate(|n| {
+            if n == i {
+                Ok(n)
+            } else {
+                Err(FlowError::new("wrong echo"))
+            }
+        })?;
+        total += u64::from(echo);
+        i += 1;
+    }
+    Ok(total)
+}
+
+#[flow]
+pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+    loop {
+        let n: u32 = session.receive::<u32>().await?.validate(Ok)?;
+        session.send(&n)?;
+    }
+}
+
+#[test]
+fn ping_echoes_every_round_and_sums() {
+    let mut d = Driver::start(ping(bob(), 10));
+    assert_eq!(d.opened.len(), 1);
+    assert_eq!(d.opened[0].counterparty, bob());
+    assert!(
+        d.opened[0].initiating_flow.ends_with("macro_flows::ping"),
+        "{}",
+        d.opened[0].initiating_flow
+    );
+    while d.done().is_none() {
+        let last: u32 = *d.sent::<u32>().last().unwrap();
+        d.deliver(&last);
+    }
+    assert_eq!(d.done(), Some(&Ok(45)));
+    assert_eq!(d.sent::<u32>(), (0..10).collect::<Vec<_>>());
+    assert!(d.states.iter().all(|s| *s == "AwaitEcho"), "{:?}", d.states);
+}
+
+#[test]
+fn ping_suspended_state_is_at_most_48_bytes() {
+    let d = Driver::start(ping(bob(), 1_000_000));
+    let size = d.checkpoint_sizes[0];
+    println!("suspended ping state: {size} bytes in rmp-serde");
+    assert!(size <= 48, "suspended ping state is {size} bytes");
+}
+
+#[test]
+fn ping_fails_on_a_wrong_echo_and_on_session_end() {
+    let mut d = Driver::start(ping(bob(), 3));
+    d.deliver(&7u32);
+    assert_eq!(d.done(), Some(&Err(FlowError::new("wrong echo"))));
+
+    let mut d = Driver::start(ping(bob(), 3));
+    d.end_session(FlowError::new("bye"));
+    assert_eq!(d.done(), Some(&Err(FlowError::new("bye"))));
+}
+
+#[test]
+fn pong_echoes_until_the_session_ends() {
+    let mut d = Driver::start(pong(session(5)));
+    for n in [3u32, 1, 4] {
+        d.deliver(&n);
+    }
+    assert_eq!(d.sent::<u32>(), vec![3, 1, 4]);
+    d.end_session(FlowError::counterparty_ended());
+    assert_eq!(d.done(), Some(&Err(FlowError::counterparty_ended())));
+}
+
+// ---------------------------------------------------------------------------
+// Control flow around suspension points.
+
+/// `if`/`else`, `if let`, `match` with awaits in branches and arms, and a
+/// value produced by an awaiting `if` in the middle of an expression.
+#[flow]
+pub async fn branches(
+    ctx: &mut FlowContext,
+    s: FlowSession,
+    mode: u8,
+) -> Result<Vec<u32>, FlowError> {
+    let mut out: Vec<u32> = Vec::new();
+    if mode == 0 {
+        let a: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        out.push(a);
+    } else if mode == 1 {
+        out.push(100);
+    } else {
+        let b: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        out.push(b * 2);
+    }
+    let maybe: Option<u32> = s.receive::<Option<u32>>().await?.validate(Ok)?;
+    if let Some(x) = maybe {
+        let x: u32 = x;
+        let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        out.push(x + y);
+    }
+    let kind: u8 = s.receive::<u8>().await?.validate(Ok)?;
+    match kind {
+        0 => out.push(0),
+        1 => {
+            let z: u32 = s.receive::<u32>().await?.validate(Ok)?;
+            out.push(z);
+        }
+        k => out.push(u32::from(k) + 1000),
+    }
+    let doubled = 2 * if mode == 0 {
+        s.receive::<u32>().await?.validate(Ok)?
+    } else {
+        7
+    };
+    out.push(doubled);
+    Ok(out)
+}
+
+#[test]
+fn branches_take_every_path() {
+    let mut d = Driver::start(branches(session(1), 0));
+    d.deliver(&5u32);
+    d.deliver(&Some(3u32));
+    d.deliver(&4u32);
+    d.deliver(&1u8);
+    d.deliver(&9u32);
+    d.deliver(&11u32);
+    assert_eq!(d.done(), Some(&Ok(vec![5, 7, 9, 22])));
+
+    let mut d = Driver::start(branches(session(1), 1));
+    d.deliver(&None::<u32>);
+    d.deliver(&0u8);
+    assert_eq!(d.done(), Some(&Ok(vec![100, 0, 14])));
+
+    let mut d = Driver::start(branches(session(1), 2));
+    d.deliver(&6u32);
+    d.deliver(&None::<u32>);
+    d.deliver(&5u8);
+    assert_eq!(d.done(), Some(&Ok(vec![12, 1005, 14])));
+}
+
+/// `loop` with a value-carrying `break`, `while let`, `for` over a `Vec` and
+/// over ranges, labelled `break`/`continue`.
+#[flow]
+pub async fn loops(
+    ctx: &mut FlowContext,
+    s: FlowSession,
+    items: Vec<u32>,
+) -> Result<Vec<u32>, FlowError> {
+    let mut out: Vec<u32> = Vec::new();
+    let first_big = loop {
+        let n: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        if n > 10 {
+            break n;
+        }
+        out.push(n);
+    };
+    out.push(first_big);
+    let mut queue: Vec<u32> = vec![1, 2];
+    while let Some(q) = queue.pop() {
+        let q: u32 = q;
+        let r: u32 = s.send_and_receive::<u32>(&q).await?.validate(Ok)?;
+        out.push(q + r);
+    }
+    for item in items {
+        let echoed: u32 = s.send_and_receive::<u32>(&item).await?.validate(Ok)?;
+        out.push(echoed);
+    }
+    let n: u32 = 3;
+    'outer: for i in 0..n {
+        for j in 1u32..=3 {
+            if j == 2 {
+                continue 'outer;
+            }
+            if i == 2 {
+                break 'outer;
+            }
+            let v: u32 = s.receive::<u32>().await?.validate(Ok)?;
+            out.push(i * 100 + j * 10 + v);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn loops_run_every_form() {
+    let mut d = Driver::start(loops(session(2), vec![7, 8]));
+    d.deliver(&1u32);
+    d.deliver(&2u32);
+    d.deliver(&30u32); // break 30
+    d.deliver(&5u32); // q = 2
+    d.deliver(&6u32); // q = 1
+    d.deliver(&70u32); // item 7
+    d.deliver(&80u32); // item 8
+    d.deliver(&1u32); // i = 0, j = 1
+    d.deliver(&2u32); // i = 1, j = 1
+    assert_eq!(d.done(), Some(&Ok(vec![1, 2, 30, 7, 7, 70, 80, 11, 112])));
+    assert_eq!(d.sent::<u32>(), vec![2, 1, 7, 8]);
+}
+
+/// Early `return`, `?` on a non-`FlowError` error, `let ... else`,
+/// shadowing across suspensions, and a labelled block.
+#[derive(Debug)]
+pub struct Rejected;
+
+impl From<Rejected> for FlowError {
+    fn from(_: Rejected) -> Self {
+        FlowError::new("rejected")
+    }
+}
+
+fn check(n: u32) -> Result<u32, Rejected> {
+    if n == 13 { Err(Rejected) } else { Ok(n) }
+}
+
+#[flow]
+pub async fn exits(ctx: &mut FlowContext, s: FlowSession) -> Result<String, FlowError> {
+    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+    let x: u32 = check(x)?;
+    if x == 0 {
+        return Ok("zero".to_string());
+    }
+    let label: String = {
+        let x: String = format!("inner{x}");
+        let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        format!("{x}-{y}")
+    };
+    // `x` is the outer `u32` again.
+    let Some(z) = s.receive::<Option<u32>>().await?.validate(Ok)? else {
+        return Ok(format!("none after {label} and {x}"));
+    };
+    let z: u32 = z;
+    let w: u32 = s.receive::<u32>().await?.validate(Ok)?;
+    let found = 'search: {
+        for k in 0..z {
+            if k * k == w {
+                break 'search Some(k);
+            }
+        }
+        None
+    };
+    Ok(format!("{label} {x} {z} {found:?}"))
+}
+
+#[test]
+fn exits_return_early_propagate_errors_and_shadow() {
+    let mut d = Driver::start(exits(session(3)));
+    d.deliver(&0u32);
+    assert_eq!(d.done(), Some(&Ok("zero".to_string())));
+
+    let mut d = Driver::start(exits(session(3)));
+    d.deliver(&13u32);
+    assert_eq!(d.done(), Some(&Err(FlowError::new("rejected"))));
+
+    let mut d = Driver::start(exits(session(3)));
+    d.deliver(&4u32);
+    d.deliver(&9u32);
+    d.deliver(&None::<u32>);
+    assert_eq!(d.done(), Some(&Ok("none after inner4-9 and 4".to_string())));
+
+    let mut d = Driver::start(exits(session(3)));
+    d.deliver(&4u32);
+    d.deliver(&9u32);
+    d.deliver(&Some(10u32));
+    d.deliver(&49u32);
+    assert_eq!(d.done(), Some(&Ok("inner4-9 4 10 Some(7)".to_string())));
+}
+
+/// Sub-flows (nested two deep) and sleep.
+#[flow]
+pub async fn child(ctx: &mut FlowContext, s: FlowSession, times: u32) -> Result<u32, FlowError> {
+    let mut sum: u32 = 0;
+    for _ in 0..times {
+        let v: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        sum += v;
+    }
+    Ok(sum)
+}
+
+#[flow]
+pub async fn middle(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+    ctx.sleep(Duration::from_secs(3600)).await;
+    let a: u32 = ctx.sub_flow(child(s.clone(), 2)).await?;
+    let b = ctx.sub_flow(child(s, 0)).await?; // finishes at once
+    Ok(a + b)
+}
+
+#[flow(version = 3)]
+pub async fn parent(ctx: &mut FlowContext, s: FlowSession) -> Result<(u32, u32), FlowError> {
+    let before: u32 = s.receive::<u32>().await?.validate(Ok)?;
+    let inner: u32 = ctx.sub_flow(middle(s.clone())).await?;
+    Ok((before, inner))
+}
+
+#[test]
+fn sub_flows_nest_and_sleep() {
+    assert_eq!(<parent::Flow as Flow>::VERSION, 3);
+    assert_eq!(<child::Flow as Flow>::VERSION, 1);
+    let mut d = Driver::start(parent(session(4)));
+    d.deliver(&1u32);
+    assert_eq!(d.states.last(), Some(&"AwaitInner"));
+    d.fire_timer();
+    d.deliver(&20u32);
+    d.deliver(&22u32);
+    assert_eq!(d.done(), Some(&Ok((1, 42))));
+}
+
+#[test]
+fn sub_flow_errors_reach_the_parent() {
+    let mut d = Driver::start(parent(session(4)));
+    d.deliver(&1u32);
+    d.fire_timer();
+    d.end_session(FlowError::new("child's peer failed"));
+    assert_eq!(d.done(), Some(&Err(FlowError::new("child's peer failed"))));
+}
+
+/// A million iterations without suspending: no stack growth, since the
+/// trampoline jumps instead of recursing.
+#[flow]
+pub async fn long_loop(ctx: &mut FlowContext, s: FlowSession, n: u64) -> Result<u64, FlowError> {
+    let mut acc: u64 = 0;
+    let mut i: u64 = 0;
+    loop {
+        if i == n {
+            break;
+        }
+        if i % 250_000 == 0 && i > 0 {
+            let k: u64 = s.receive::<u64>().await?.validate(Ok)?;
+            acc += k;
+        }
+        acc = acc.wrapping_add(i);
+        i += 1;
+    }
+    Ok(acc)
+}
+
+#[test]
+fn a_million_iterations_run_in_one_step_without_stack_growth() {
+    // On a small thread stack: recursion per iteration would overflow it.
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let mut d = Driver::start(long_loop(session(9), 1_000_000));
+            for _ in 0..3 {
+                d.deliver(&1u64);
+            }
+            let expected: u64 = (0..1_000_000u64).sum::<u64>() + 3;
+            assert_eq!(d.done(), Some(&Ok(expected)));
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn names_and_fingerprints() {
+    assert!(<ping::Flow as Flow>::NAME.ends_with("::ping"));
+    assert_ne!(
+        <ping::Flow as Flow>::FINGERPRINT,
+        <pong::Flow as Flow>::FINGERPRINT
+    );
+    assert_eq!(ping(bob(), 1).state_name(), "Start");
+}
