@@ -98,7 +98,9 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         let mut names = Vec::new();
         shape.push_str(&format!("{name}{{"));
         if let Some(child) = &v.child {
-            fields.push(quote!(child: #child));
+            fields.push(
+                quote!(#[serde(with = "::flow_runtime::__private::checkpoint")] child: #child),
+            );
             names.push(format_ident!("child"));
             shape.push_str(&format!(
                 "child:{};",
@@ -109,11 +111,14 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         for (f, b) in &v.fields {
             let ty = binding_type(cfg, *b);
             shape.push_str(&format!("{f}:{};", pretty_tokens(&ty.to_token_stream())));
-            fields.push(quote!(#f: #ty));
+            let span = ty_span(&ty);
+            fields.push(quote_spanned! {span=>
+                #[serde(with = "::flow_runtime::__private::checkpoint")]
+                #f: #ty
+            });
             names.push(f.clone());
             let key = pretty_tokens(&ty.to_token_stream());
             if checked.insert(key) {
-                let span = cfg.bindings[*b].name.span();
                 checks.push(quote_spanned! {span=>
                     const _: () = ::flow_runtime::__private::assert_checkpointable::<#ty>();
                 });
@@ -130,7 +135,7 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
             enum_variants.push(quote!(#[doc = #doc] #name { #(#fields),* }));
             debug_arms.push(quote! {
                 Flow::#name { #(#names),* } => f.debug_struct(#name_str)
-                    #(.field(#name_strs, #names))*
+                    #(.field(#name_strs, ::flow_runtime::__private::checkpoint::debug(#names)))*
                     .finish()
             });
             name_arms.push(quote!(Flow::#name { .. } => #name_str));
@@ -835,4 +840,12 @@ fn collect_value_slots(ts: TokenStream, out: &mut BTreeSet<Ident>) {
             _ => {}
         }
     }
+}
+
+/// The span errors about a stored type point at: the type as written.
+fn ty_span(ty: &Type) -> Span {
+    ty.to_token_stream()
+        .into_iter()
+        .next()
+        .map_or_else(Span::call_site, |t| t.span())
 }

@@ -1127,7 +1127,13 @@ impl Lowerer<'_> {
         let first = children.iter().position(|c| analyse::needs_lowering(c));
         let Some(first) = first else { return out };
         let mut children = children;
-        for c in &children[..first] {
+        // A closure, `async` block or macro holding an `.await` is an error
+        // of its own; the order rule would only add noise.
+        let hoistable = !matches!(
+            children[first],
+            Expr::Closure(_) | Expr::Async(_) | Expr::Macro(_)
+        );
+        for c in children[..first].iter().filter(|_| hoistable) {
             if !analyse::is_pure(c) {
                 self.errors.error_at(
                     &**c,

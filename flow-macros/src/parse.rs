@@ -178,10 +178,13 @@ pub fn parse_sig(item: &ItemFn, errors: &mut Errors) -> Option<FlowSig> {
     for arg in inputs {
         let FnArg::Typed(pt) = arg else { continue };
         if mentions_flow_context(&pt.ty) {
-            errors.error_at(
-                pt,
-                "only the first parameter may be the `FlowContext`: a flow has one context",
-            );
+            // Without a context first, "move it to the front" was said.
+            if ctx.is_some() {
+                errors.error_at(
+                    pt,
+                    "only the first parameter may be the `FlowContext`: a flow has one context",
+                );
+            }
             continue;
         }
         match &*pt.pat {

@@ -305,3 +305,30 @@ where
         next
     }
 }
+
+/// serde `with` functions for every stored field: they bound the field by
+/// [`Checkpointable`], so a field that cannot be stored is reported with
+/// that trait's message instead of raw serde errors from the derive.
+pub mod checkpoint {
+    use super::Checkpointable;
+
+    /// Serializes a stored field.
+    pub fn serialize<T: Checkpointable, S: serde::Serializer>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.serialize(serializer)
+    }
+
+    /// Deserializes a stored field.
+    pub fn deserialize<'de, T: Checkpointable, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        T::deserialize(deserializer)
+    }
+
+    /// A stored field as `Debug`, for the state's `Debug` impl.
+    pub fn debug<T: Checkpointable>(value: &T) -> &dyn std::fmt::Debug {
+        value
+    }
+}
