@@ -55,8 +55,12 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         used_slots: BTreeSet::new(),
         pcs: HashMap::new(),
     };
+    // Blocks that only jump on (an `if` without `else`, a `continue`) are
+    // threaded: jumps to them go straight to where they lead. Such a block
+    // names no binding, so it holds nothing to save, and its live-in set is
+    // its target's.
     let mut order: Vec<BlockId> = (0..cfg.blocks.len())
-        .filter(|b| live.reachable[*b])
+        .filter(|b| live.reachable[*b] && thread(cfg, *b) == *b)
         .collect();
     order.sort_by_key(|b| cfg.blocks[*b].order);
     for (pc, b) in order.iter().enumerate() {
@@ -319,10 +323,15 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
         let name = if *n == 1 { base } else { format!("{base}{n}") };
         let mut fields = Vec::new();
         let live_here: Vec<BindingId> = live.live_in[site.resume].iter().copied().collect();
-        let names: Vec<String> = live_here
+        let mut names: Vec<String> = live_here
             .iter()
             .map(|b| cfg.bindings[*b].name.to_string())
             .collect();
+        if matches!(site.op, Op::SubFlow { .. }) {
+            // The child's state is the field `child`; a local of that name
+            // gets a suffix like any other duplicate.
+            names.push("child".into());
+        }
         for (k, b) in live_here.iter().enumerate() {
             let binding = &cfg.bindings[*b];
             if binding.ty.is_none() {
@@ -333,9 +342,9 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
             let plain = &names[k];
             let later_same = names[k + 1..].iter().filter(|n| *n == plain).count();
             let field = if later_same == 0 {
-                Ident::new(plain, Span::call_site())
+                binding.name.clone()
             } else {
-                format_ident!("{}__{}", plain, later_same)
+                format_ident!("{}__{}", plain.trim_start_matches("r#"), later_same)
             };
             fields.push((field, *b));
         }
@@ -400,7 +409,10 @@ impl Gen<'_> {
     }
 
     fn pc(&self, b: BlockId) -> u32 {
-        self.pcs.get(&b).copied().unwrap_or(u32::MAX)
+        self.pcs
+            .get(&thread(self.cfg, b))
+            .copied()
+            .unwrap_or(u32::MAX)
     }
 
     fn variant_for_site(&self, site: usize) -> Option<&Variant> {
@@ -848,4 +860,20 @@ fn ty_span(ty: &Type) -> Span {
         .into_iter()
         .next()
         .map_or_else(Span::call_site, |t| t.span())
+}
+
+/// Where a jump to `b` really leads: past blocks with no code that only
+/// `Goto` another block.
+fn thread(cfg: &Cfg, mut b: BlockId) -> BlockId {
+    for _ in 0..cfg.blocks.len() {
+        match &cfg.blocks[b] {
+            lower::Block {
+                pieces,
+                term: Some(Term::Goto(next)),
+                ..
+            } if pieces.is_empty() && *next != b => b = *next,
+            _ => break,
+        }
+    }
+    b
 }

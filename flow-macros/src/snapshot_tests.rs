@@ -79,3 +79,82 @@ pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64
 "#,
     );
 }
+
+#[test]
+fn loops_and_match() {
+    check(
+        "loops_and_match",
+        r#"
+#[flow(version = 2)]
+pub async fn tally(ctx: &mut FlowContext, s: FlowSession, items: Vec<u32>) -> Result<u32, FlowError> {
+    let mut total: u32 = 0;
+    for item in items {
+        let reply: Reply = s.send_and_receive::<Reply>(&item).await?.validate(Ok)?;
+        match reply {
+            Reply::Skip => continue,
+            Reply::Stop => break,
+            Reply::Add(n) => total += n,
+        }
+    }
+    loop {
+        #[state(AwaitMore)]
+        let more: bool = s.receive::<bool>().await?.validate(Ok)?;
+        if !more {
+            break;
+        }
+        total += 1;
+    }
+    Ok(total)
+}
+"#,
+    );
+}
+
+#[test]
+fn sub_flow() {
+    check(
+        "sub_flow",
+        r#"
+#[flow]
+pub async fn buyer(ctx: &mut FlowContext, seller: Party, price: u64) -> Result<u64, FlowError> {
+    let session = ctx.initiate_flow(&seller);
+    let signed: u64 = ctx.sub_flow(signatures::collect(session.clone(), price)).await?;
+    ctx.sleep(std::time::Duration::from_secs(60)).await;
+    session.send(&signed)?;
+    Ok(signed)
+}
+"#,
+    );
+}
+
+/// The macro must never panic: every malformed input becomes a
+/// `compile_error!`.
+#[test]
+fn malformed_inputs_give_errors_not_panics() {
+    let cases = [
+        "fn not_async() {}",
+        "struct NotAFn;",
+        "async fn f() {}",
+        "async fn f(ctx: &mut FlowContext, (a, b): (u32, u32)) -> Result<(), FlowError> { Ok(()) }",
+        "async fn f(ctx: &mut FlowContext, r#type: u32) -> Result<u32, FlowError> { let r#fn: u32 = r#type; let x: u32 = ctx.sub_flow(c::d()).await?; Ok(r#fn + x) }",
+        "async fn f(ctx: &mut FlowContext) -> Result<(), FlowError> { x.await; (1, y.await); Ok(()) }",
+        "async fn f(ctx: &mut FlowContext) -> Result<(), FlowError> { break; continue 'a; Ok(()) }",
+        "async fn f(ctx: &mut FlowContext) -> Result<(), FlowError> { 'a: { continue 'a; } Ok(()) }",
+        "async fn f(ctx: &mut FlowContext) -> Result<(), FlowError> { let [a, b @ ..] = s.receive::<[u8; 2]>().await?; unsafe { s.receive().await }; Ok(()) }",
+        "async fn f(ctx: &mut FlowContext) -> Result<(), FlowError> { if let Some(x) = a && s.receive::<u8>().await? == 1 {} Ok(()) }",
+        "async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<(), FlowError> { let Some(x) = s.receive::<Option<u8>>().await? else { s.receive::<u8>().await; return Ok(()) }; Ok(()) }",
+    ];
+    for case in cases {
+        let item: TokenStream = case.parse().expect("case parses as tokens");
+        let out = expand(TokenStream::new(), item);
+        assert!(!out.is_empty(), "no output for {case}");
+    }
+    let bad_args: TokenStream = "version = 1, version = 2, other".parse().unwrap();
+    let out = expand(
+        bad_args,
+        "async fn f(ctx: &mut FlowContext) -> Result<(), FlowError> { Ok(()) }"
+            .parse()
+            .unwrap(),
+    );
+    assert!(out.to_string().contains("compile_error"));
+}

@@ -451,7 +451,7 @@ pub async fn long_loop(ctx: &mut FlowContext, s: FlowSession, n: u64) -> Result<
         if i == n {
             break;
         }
-        if i % 250_000 == 0 && i > 0 {
+        if i.is_multiple_of(250_000) && i > 0 {
             let k: u64 = s.receive::<u64>().await?.validate(Ok)?;
             acc += k;
         }
@@ -487,4 +487,206 @@ fn names_and_fingerprints() {
         <pong::Flow as Flow>::FINGERPRINT
     );
     assert_eq!(ping(bob(), 1).state_name(), "Start");
+}
+
+// ---------------------------------------------------------------------------
+// Harder shapes: awaits in conditions and operation arguments, shadowing
+// of a binding that is needed again after the inner scope, pattern
+// bindings crossing suspensions, `let ... else` leaving a loop.
+
+#[flow]
+pub async fn shapes(ctx: &mut FlowContext, s: FlowSession) -> Result<Vec<u64>, FlowError> {
+    let mut out: Vec<u64> = Vec::new();
+    // An await in a `while` condition and in an `if` condition.
+    while s.receive::<bool>().await?.validate(Ok)? {
+        out.push(1);
+    }
+    if s.receive::<u8>().await?.validate(Ok)? == 7 {
+        out.push(7);
+    }
+    // An await nested in the argument of another operation.
+    let echoed: u64 = s
+        .send_and_receive::<u64>(&(s.receive::<u64>().await?.validate(Ok)? + 1))
+        .await?
+        .validate(Ok)?;
+    out.push(echoed);
+    // Shadowing: the outer `v` is needed again after the inner block.
+    let v: u64 = 10;
+    {
+        let v: u64 = v * 2;
+        let w: u64 = s.receive::<u64>().await?.validate(Ok)?;
+        out.push(v + w);
+    }
+    out.push(v);
+    // A match arm's binding crossing a suspension (rebound with a type).
+    let pair: (u64, u64) = s.receive::<(u64, u64)>().await?.validate(Ok)?;
+    match pair {
+        (0, _) => out.push(0),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a, b);
+            let c: u64 = s.receive::<u64>().await?.validate(Ok)?;
+            out.push(a * 100 + b + c);
+        }
+    }
+    // `let ... else` that breaks out of a lowered loop.
+    let mut rounds: u32 = 0;
+    loop {
+        rounds += 1;
+        let Some(n) = s.receive::<Option<u64>>().await?.validate(Ok)? else {
+            break;
+        };
+        out.push(n);
+    }
+    out.push(u64::from(rounds));
+    // A `loop` used as a value, broken with an awaited value.
+    let got: u64 = loop {
+        let n: u64 = s.receive::<u64>().await?.validate(Ok)?;
+        if n.is_multiple_of(2) {
+            break n * 10;
+        }
+    };
+    out.push(got);
+    Ok(out)
+}
+
+#[test]
+fn harder_shapes_behave_like_the_async_fn() {
+    let mut d = Driver::start(shapes(session(6)));
+    d.deliver(&true);
+    d.deliver(&true);
+    d.deliver(&false); // while: two pushes
+    d.deliver(&7u8); // if: push 7
+    d.deliver(&41u64); // inner receive -> sends 42
+    assert_eq!(d.sent::<u64>(), vec![42]);
+    d.deliver(&99u64); // echo
+    d.deliver(&5u64); // w: push 20 + 5, then push outer v = 10
+    d.deliver(&(3u64, 4u64)); // pattern (a, b)
+    d.deliver(&6u64); // c: push 300 + 4 + 6
+    d.deliver(&Some(8u64));
+    d.deliver(&Some(9u64));
+    d.deliver(&None::<u64>); // break after 3 rounds
+    d.deliver(&3u64);
+    d.deliver(&4u64); // loop value 40
+    assert_eq!(
+        d.done(),
+        Some(&Ok(vec![1, 1, 7, 99, 25, 10, 310, 8, 9, 3, 40]))
+    );
+}
+
+mod shape_v1 {
+    use flow_runtime::prelude::*;
+
+    #[flow]
+    pub async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+        let a: u32 = 1;
+        let b: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        Ok(a + b)
+    }
+}
+
+mod shape_v1_again {
+    use flow_runtime::prelude::*;
+
+    #[flow]
+    pub async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+        let a: u32 = 1;
+        let b: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        Ok(a + b)
+    }
+}
+
+mod shape_v2 {
+    use flow_runtime::prelude::*;
+
+    // `a` is now a u64: the suspended state's shape changed.
+    #[flow]
+    pub async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+        let a: u64 = 1;
+        let b: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        Ok(a as u32 + b)
+    }
+}
+
+mod shape_v3 {
+    use flow_runtime::prelude::*;
+
+    // Same types, but the variant has another name.
+    #[flow]
+    pub async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+        let a: u32 = 1;
+        let c: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        Ok(a + c)
+    }
+}
+
+mod shape_child_changed {
+    use flow_runtime::prelude::*;
+
+    #[flow]
+    pub async fn parent(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+        let n: u32 = ctx.sub_flow(super::shape_v1::f(s)).await?;
+        Ok(n)
+    }
+
+    #[flow]
+    pub async fn parent2(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+        let n: u32 = ctx.sub_flow(super::shape_v2::f(s)).await?;
+        Ok(n)
+    }
+}
+
+#[test]
+fn fingerprint_follows_the_state_shape() {
+    let v1 = <shape_v1::f::Flow as Flow>::FINGERPRINT;
+    assert_eq!(
+        v1,
+        <shape_v1_again::f::Flow as Flow>::FINGERPRINT,
+        "same shape, same fingerprint"
+    );
+    assert_ne!(
+        v1,
+        <shape_v2::f::Flow as Flow>::FINGERPRINT,
+        "field type changed"
+    );
+    assert_ne!(
+        v1,
+        <shape_v3::f::Flow as Flow>::FINGERPRINT,
+        "variant name changed"
+    );
+    assert_ne!(
+        <shape_child_changed::parent::Flow as Flow>::FINGERPRINT,
+        <shape_child_changed::parent2::Flow as Flow>::FINGERPRINT,
+        "a child's shape is part of the parent's"
+    );
+    assert_ne!(
+        <shape_v1::f::Flow as Flow>::NAME,
+        <shape_v1_again::f::Flow as Flow>::NAME
+    );
+    assert!(<shape_v1::f::Flow as Flow>::NAME.ends_with("shape_v1::f"));
+}
+
+#[test]
+fn states_are_named_after_bindings_operations_and_labels() {
+    let mut d = Driver::start(labelled(session(8)));
+    d.deliver(&1u32);
+    d.deliver(&5u32);
+    d.deliver(&2u32);
+    d.deliver(&9u32);
+    d.fire_timer();
+    assert_eq!(
+        d.states,
+        vec!["AwaitPayment", "Receive", "AwaitB", "Receive2", "Sleep"]
+    );
+    assert_eq!(d.done(), Some(&Ok(3)));
+}
+
+#[flow]
+pub async fn labelled(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+    #[state(AwaitPayment)]
+    let a: u32 = s.receive::<u32>().await?.validate(Ok)?;
+    s.receive::<u32>().await?.validate(|_| Ok(()))?;
+    let b: u32 = a + s.receive::<u32>().await?.validate(Ok)?;
+    s.receive::<u32>().await?.validate(|_| Ok(()))?;
+    ctx.sleep(Duration::from_millis(1)).await;
+    Ok(b)
 }
