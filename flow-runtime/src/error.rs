@@ -36,6 +36,11 @@ pub enum FlowErrorKind {
     Refused,
     /// Something inside the runtime went wrong; see the node's log.
     Internal,
+    /// A temporary failure (a service or database briefly unavailable): the
+    /// node does not end the flow but retries the step from its last
+    /// checkpoint with backoff, then keeps it in the hospital for an
+    /// operator.
+    Transient,
 }
 
 impl FlowError {
@@ -70,6 +75,12 @@ impl FlowError {
             FlowErrorKind::CounterpartyEnded,
             "counterparty flow ended unexpectedly",
         )
+    }
+
+    /// A temporary failure: returning it from a flow step makes the node
+    /// retry the step from the last checkpoint instead of ending the flow.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::with_kind(FlowErrorKind::Transient, message)
     }
 
     /// An internal runtime error.

@@ -19,16 +19,22 @@
 mod context;
 mod error;
 mod flow;
+mod handle;
 mod party;
 mod session;
 mod untrustworthy;
 
+pub mod node;
+pub mod progress;
+pub mod registry;
 #[cfg(feature = "tcp")]
 pub mod runner;
 pub mod services;
+pub mod store;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 pub mod testing;
+pub mod wire;
 
 #[doc(hidden)]
 pub mod __private;
@@ -40,7 +46,10 @@ pub use context::{
 pub use error::{FlowError, FlowErrorKind};
 pub use flow::{Event, Flow, Step};
 pub use flow_macros::flow;
+pub use handle::FlowHandle;
+pub use node::{NodeConfig, NodeCore, RunId};
 pub use party::{Party, PublicKey};
+pub use progress::{ProgressStream, ProgressTracker};
 pub use session::{FlowSession, OutgoingMessage, Payload, Receive, SessionId};
 pub use untrustworthy::Untrustworthy;
 

@@ -2,3 +2,6 @@
 
 mod driver;
 pub use driver::{DriverError, FlowDriver, StepReport};
+
+mod mock;
+pub use mock::{Faults, MockNetwork, NetworkStats, NodeId};

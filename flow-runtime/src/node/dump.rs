@@ -1,0 +1,186 @@
+//! Operator views: the checkpoint dump (JSON), the hospital list, and the
+//! long-wait warning.
+
+use super::records::{SessionKey, Side};
+use super::{NodeCore, NodeError, RunId};
+use crate::{Timestamp, Wait};
+use serde::Serialize;
+use std::time::Duration;
+
+/// One suspended flow as an operator sees it. Serializes to JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointDump {
+    /// The run id (hex).
+    pub run_id: String,
+    /// `Flow::NAME`, or why the checkpoint cannot be read.
+    pub flow: String,
+    /// The state variant it is suspended in.
+    pub state: String,
+    /// What it waits on, in words.
+    pub waiting_on: String,
+    /// For how long, in milliseconds.
+    pub waiting_for_ms: u64,
+    /// Its sessions.
+    pub sessions: Vec<SessionDump>,
+    /// Its progress path (outermost step first).
+    pub progress: Vec<String>,
+    /// `None` if healthy; otherwise the hospital's record.
+    pub hospital: Option<HospitalEntry>,
+}
+
+/// One session of a dumped flow.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionDump {
+    /// Session id (hex).
+    pub id: String,
+    /// Whether this flow initiated it.
+    pub initiator: bool,
+    /// The counterparty's name.
+    pub counterparty: String,
+    /// The flow that opened it.
+    pub initiating_flow: String,
+    /// Next sequence numbers.
+    pub next_send: u64,
+    /// Next message the flow will consume.
+    pub next_receive: u64,
+    /// Received, not yet consumed.
+    pub buffered: usize,
+    /// Whether the counterparty has ended.
+    pub counterparty_ended: bool,
+}
+
+/// A flow kept by the hospital.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HospitalEntry {
+    /// The run.
+    pub run_id: RunId,
+    /// Why.
+    pub error: String,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// When the node retries on its own; `None`: waits for an operator's
+    /// `retry` or `kill`.
+    pub retry_at: Option<Timestamp>,
+}
+
+impl NodeCore {
+    /// Every flow with a checkpoint, for operators. Reads the whole
+    /// checkpoint table: an operator tool, not for hot paths.
+    pub fn dump(&self, now: Timestamp) -> Result<Vec<CheckpointDump>, NodeError> {
+        let mut out = Vec::new();
+        for (run, rec) in self.all_checkpoints()? {
+            let hospital = self.hospital_record(run)?.map(|h| HospitalEntry {
+                run_id: RunId(run),
+                error: h.error,
+                attempts: h.attempts,
+                retry_at: h.retry_at,
+            });
+            let rec = match rec {
+                Ok(rec) => rec,
+                Err(e) => {
+                    out.push(CheckpointDump {
+                        run_id: RunId(run).to_string(),
+                        flow: format!("<checkpoint {e}>"),
+                        state: String::new(),
+                        waiting_on: String::new(),
+                        waiting_for_ms: 0,
+                        sessions: Vec::new(),
+                        progress: Vec::new(),
+                        hospital,
+                    });
+                    continue;
+                }
+            };
+            let state = self
+                .flow_type(&rec.flow)
+                .and_then(|t| t.state_name(&rec.state))
+                .map(str::to_owned)
+                .unwrap_or_else(|| rec.state_name.clone());
+            let waiting_on = match (&rec.wait, rec.started) {
+                (_, false) => "its first step".to_owned(),
+                (Some(Wait::Receive(s)), _) => format!("a message on session {s}"),
+                (Some(Wait::Timer(t)), _) => format!("a timer at {} ms", t.0),
+                (None, _) => "nothing".to_owned(),
+            };
+            let sessions = rec
+                .sessions
+                .iter()
+                .map(|k: &SessionKey| {
+                    let s = self.session_record(*k);
+                    SessionDump {
+                        id: k.id.to_string(),
+                        initiator: k.side == Side::Initiator,
+                        counterparty: s
+                            .as_ref()
+                            .map_or_else(|| "<ended>".into(), |s| s.counterparty.to_string()),
+                        initiating_flow: s
+                            .as_ref()
+                            .map_or_else(String::new, |s| s.initiating_flow.clone()),
+                        next_send: s.as_ref().map_or(0, |s| s.next_send),
+                        next_receive: s.as_ref().map_or(0, |s| s.next_consume),
+                        buffered: s.as_ref().map_or(0, |s| s.inbox.len()),
+                        counterparty_ended: s.as_ref().is_none_or(|s| s.peer_ended()),
+                    }
+                })
+                .collect();
+            out.push(CheckpointDump {
+                run_id: RunId(run).to_string(),
+                flow: rec.flow,
+                state,
+                waiting_on,
+                waiting_for_ms: now.0.saturating_sub(rec.waiting_since.0),
+                sessions,
+                progress: rec.progress,
+                hospital,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The dump as pretty JSON.
+    pub fn dump_json(&self, now: Timestamp) -> Result<String, NodeError> {
+        serde_json::to_string_pretty(&self.dump(now)?)
+            .map_err(|e| NodeError::Store(format!("cannot render the dump: {e}")))
+    }
+
+    /// Every flow in the hospital.
+    pub fn hospital(&self) -> Result<Vec<HospitalEntry>, NodeError> {
+        Ok(self
+            .hospital_records()?
+            .into_iter()
+            .map(|(run, h)| HospitalEntry {
+                run_id: RunId(run),
+                error: h.error,
+                attempts: h.attempts,
+                retry_at: h.retry_at,
+            })
+            .collect())
+    }
+
+    /// Logs a warning for every flow waiting longer than `limit`; returns
+    /// their run ids. Scans all checkpoints: call it periodically (the tokio
+    /// node does), not per step.
+    pub fn warn_long_waits(
+        &self,
+        now: Timestamp,
+        limit: Duration,
+    ) -> Result<Vec<RunId>, NodeError> {
+        let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let mut slow = Vec::new();
+        for (run, rec) in self.all_checkpoints()? {
+            let Ok(rec) = rec else { continue };
+            let waited = now.0.saturating_sub(rec.waiting_since.0);
+            if waited > limit {
+                tracing::warn!(
+                    run = %RunId(run),
+                    flow = %rec.flow,
+                    state = %rec.state_name,
+                    wait = ?rec.wait,
+                    "flow has been waiting for {waited} ms"
+                );
+                slow.push(RunId(run));
+            }
+        }
+        Ok(slow)
+    }
+}

@@ -1,0 +1,104 @@
+//! The durable node: [`NodeCore`] (the synchronous step engine shared by the
+//! test network and the tokio node), its records, and operator views.
+//!
+//! See `docs/runtime.md` for the step, what commits when, and the session
+//! protocol.
+
+mod batch;
+mod core;
+mod dump;
+pub(crate) mod records;
+mod step_services;
+
+pub use self::core::NodeCore;
+pub use dump::{CheckpointDump, HospitalEntry, SessionDump};
+pub use step_services::{FlowStarter, StepWrites};
+
+use crate::{FlowError, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// A flow run's id on its node: random 64 bits, chosen when it starts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub u64);
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RunId({:016x})", self.0)
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Tunables of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// How many times a step failing with `FlowErrorKind::Transient` is
+    /// retried automatically (with doubling backoff) before the flow waits in
+    /// the hospital for an operator.
+    pub max_transient_retries: u32,
+    /// The first retry's delay; doubled on each further attempt.
+    pub retry_backoff: Duration,
+    /// Upper bound on steps in one group commit, so one busy flow cannot
+    /// starve the node's other work; the rest runs in the next batch.
+    pub max_steps_per_batch: usize,
+    /// A flow waiting longer than this is reported by
+    /// [`warn_long_waits`](crate::testing::MockNetwork::warn_long_waits).
+    pub long_wait_warning: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            max_transient_retries: 3,
+            retry_backoff: Duration::from_secs(1),
+            max_steps_per_batch: 10_000,
+            long_wait_warning: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What one committed batch released.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Frames for the transport: `(receiver, bytes)`.
+    pub frames: Vec<(PublicKey, Vec<u8>)>,
+    /// Flows that finished, with their outcome (output in MessagePack).
+    pub finished: Vec<(RunId, Result<Vec<u8>, FlowError>)>,
+    /// Progress changes.
+    pub progress: Vec<(RunId, Vec<String>)>,
+}
+
+/// A node operation that did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed; the operation's batch was not committed.
+    #[error("storage failed, the operation did not happen (retry it): {0}")]
+    Store(String),
+    /// No flow with that run id is on the node.
+    #[error("no flow {0} on this node (finished, killed, or never started)")]
+    UnknownRun(RunId),
+    /// `retry` on a flow that is not in the hospital.
+    #[error("flow {0} is not in the hospital; only hospitalised flows can be retried")]
+    NotInHospital(RunId),
+    /// The flow could not be prepared for starting.
+    #[error("cannot start the flow: {0}")]
+    Start(FlowError),
+}
+
+/// Session-id and run-id source backed by the operating system's randomness:
+/// ids a peer cannot guess.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsIds;
+
+impl crate::IdSource for OsIds {
+    fn next_id(&mut self) -> u64 {
+        rand::random()
+    }
+}

@@ -1,0 +1,188 @@
+//! The per-node flow registry: how a node that stores flows as bytes finds
+//! the code to run them.
+//!
+//! Checkpoints hold a flow's `NAME`, `FINGERPRINT`, `VERSION` and its state
+//! in MessagePack. The registry maps each `NAME` to a [`FlowType`] (a small
+//! vtable built from the concrete `F: Flow`) that decodes the state, runs one
+//! step with [`run_step`] and encodes the result. Responders are registered
+//! by the *initiating* flow's type. Registrations are code, not data: a
+//! restarted node is given the same registry again.
+
+use crate::{Event, Flow, FlowContext, FlowError, FlowSession, Step, StepEffects, run_step};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The outcome of one type-erased step.
+#[derive(Debug)]
+pub enum ErasedStep {
+    /// The flow suspended; its new state.
+    Suspended {
+        /// The encoded state.
+        state: Vec<u8>,
+        /// The name of the state variant, for dumps.
+        state_name: &'static str,
+    },
+    /// The flow finished; its encoded output or error.
+    Done(Result<Vec<u8>, FlowError>),
+}
+
+/// A flow type, with the concrete type erased: what the node needs to run,
+/// check and describe a stored flow.
+pub trait FlowType: Send + Sync {
+    /// `Flow::NAME`.
+    fn name(&self) -> &'static str;
+    /// `Flow::VERSION`.
+    fn version(&self) -> u32;
+    /// `Flow::FINGERPRINT`.
+    fn fingerprint(&self) -> u64;
+    /// Decodes `state`, runs one step with `event`, encodes the outcome.
+    /// `Err` if `state` does not decode (the checkpoint is then sent to the
+    /// hospital, never run).
+    fn step(
+        &self,
+        state: &[u8],
+        ctx: &mut FlowContext,
+        event: Event,
+        effects: StepEffects,
+    ) -> Result<(ErasedStep, StepEffects), String>;
+    /// The variant name of an encoded state, if it decodes.
+    fn state_name(&self, state: &[u8]) -> Option<&'static str>;
+}
+
+struct Typed<F>(std::marker::PhantomData<fn() -> F>);
+
+impl<F: Flow> FlowType for Typed<F> {
+    fn name(&self) -> &'static str {
+        F::NAME
+    }
+    fn version(&self) -> u32 {
+        F::VERSION
+    }
+    fn fingerprint(&self) -> u64 {
+        F::FINGERPRINT
+    }
+    fn step(
+        &self,
+        state: &[u8],
+        ctx: &mut FlowContext,
+        event: Event,
+        effects: StepEffects,
+    ) -> Result<(ErasedStep, StepEffects), String> {
+        let mut flow: F = rmp_serde::from_slice(state)
+            .map_err(|e| format!("the checkpoint of `{}` does not decode: {e}", F::NAME))?;
+        let (step, effects) = run_step(&mut flow, ctx, event, effects);
+        let erased = match step {
+            Step::Suspended => match rmp_serde::to_vec(&flow) {
+                Ok(state) => ErasedStep::Suspended {
+                    state,
+                    state_name: flow.state_name(),
+                },
+                Err(e) => ErasedStep::Done(Err(FlowError::internal(format!(
+                    "cannot serialize the state of `{}` (variant {}): {e}",
+                    F::NAME,
+                    flow.state_name()
+                )))),
+            },
+            Step::Done(Ok(output)) => ErasedStep::Done(rmp_serde::to_vec(&output).map_err(|e| {
+                FlowError::internal(format!("cannot serialize the output of `{}`: {e}", F::NAME))
+            })),
+            Step::Done(Err(e)) => ErasedStep::Done(Err(e)),
+        };
+        Ok((erased, effects))
+    }
+    fn state_name(&self, state: &[u8]) -> Option<&'static str> {
+        rmp_serde::from_slice::<F>(state)
+            .ok()
+            .map(|f| f.state_name())
+    }
+}
+
+/// The encoded start state of a flow, with its type.
+pub struct NewFlow {
+    /// Its type.
+    pub flow_type: Arc<dyn FlowType>,
+    /// Its encoded start state.
+    pub state: Vec<u8>,
+}
+
+impl NewFlow {
+    /// Encodes `flow` for starting.
+    pub fn new<F: Flow>(flow: &F) -> Result<Self, FlowError> {
+        let state = rmp_serde::to_vec(flow).map_err(|e| {
+            FlowError::internal(format!("cannot serialize the flow `{}`: {e}", F::NAME))
+        })?;
+        Ok(Self {
+            flow_type: Arc::new(Typed::<F>(std::marker::PhantomData)),
+            state,
+        })
+    }
+}
+
+/// A closure that builds a responder flow from the session it answers:
+/// `|session| pong(session)`. Implemented for every such closure; it exists
+/// so registration can be written `register_responder::<ping::Flow, _>(..)`
+/// with the responder's type inferred.
+pub trait ResponderFn: Fn(FlowSession) -> Self::Responder + Send + Sync + 'static {
+    /// The responder flow the closure builds.
+    type Responder: Flow;
+}
+
+impl<T, R> ResponderFn for T
+where
+    T: Fn(FlowSession) -> R + Send + Sync + 'static,
+    R: Flow,
+{
+    type Responder = R;
+}
+
+type ResponderFactory = dyn Fn(FlowSession) -> Result<NewFlow, FlowError> + Send + Sync;
+
+/// Flow types and responders known to one node.
+#[derive(Clone, Default)]
+pub struct Registry {
+    flows: HashMap<&'static str, Arc<dyn FlowType>>,
+    responders: HashMap<&'static str, Arc<ResponderFactory>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `F` runnable from checkpoints (replacing any other type
+    /// registered under the same `NAME`).
+    pub fn register_flow<F: Flow>(&mut self) {
+        self.flows
+            .insert(F::NAME, Arc::new(Typed::<F>(std::marker::PhantomData)));
+    }
+
+    /// Registers `responder` to answer sessions opened by the flow `I`; the
+    /// responder flow's own type is registered too.
+    pub fn register_responder<I: Flow, H: ResponderFn>(&mut self, responder: H) {
+        self.register_flow::<H::Responder>();
+        self.responders.insert(
+            I::NAME,
+            Arc::new(move |session| NewFlow::new(&responder(session))),
+        );
+    }
+
+    /// The type registered under `name`.
+    pub fn flow(&self, name: &str) -> Option<Arc<dyn FlowType>> {
+        self.flows.get(name).cloned()
+    }
+
+    /// Builds the responder for a session opened by the flow `initiating`.
+    pub fn responder(
+        &self,
+        initiating: &str,
+        session: FlowSession,
+    ) -> Option<Result<NewFlow, FlowError>> {
+        self.responders.get(initiating).map(|make| make(session))
+    }
+
+    /// Registers an already-erased type (used when starting a flow).
+    pub(crate) fn insert_type(&mut self, flow_type: Arc<dyn FlowType>) {
+        self.flows.insert(flow_type.name(), flow_type);
+    }
+}

@@ -1,0 +1,153 @@
+//! The checkpoint store: where a node keeps everything that must survive a
+//! crash (checkpoints, sessions, the outbox, timers, results, the hospital,
+//! and services' tables).
+//!
+//! The node talks to storage only through the small [`Store`] trait: keyed
+//! byte tables, point and range reads, and ONE atomic [`Store::commit`] of a
+//! whole [`WriteBatch`]. That is all the step logic needs (a batch of steps
+//! commits together or not at all), and it is small enough to implement on
+//! another database later (PostgreSQL for a node split over several worker
+//! processes) without touching the node. No redb type appears outside
+//! [`redb_store`].
+
+mod redb_store;
+
+pub use redb_store::{RedbOptions, RedbStore, SharedMemory};
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The name of one keyed table in a [`Store`]. Keys and values are opaque
+/// bytes; keys sort lexicographically (the node writes numbers big-endian so
+/// that byte order is numeric order).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Table(Cow<'static, str>);
+
+impl Table {
+    /// Suspended flows by run id.
+    pub const CHECKPOINTS: Table = Table(Cow::Borrowed("checkpoints"));
+    /// Session state (sequence numbers, buffered messages) by session key;
+    /// also the session → run index.
+    pub const SESSIONS: Table = Table(Cow::Borrowed("sessions"));
+    /// Session keys of ended sessions, so a late duplicate cannot restart one.
+    pub const TOMBSTONES: Table = Table(Cow::Borrowed("tombstones"));
+    /// Sent messages not yet acknowledged by their receiver.
+    pub const OUTBOX: Table = Table(Cow::Borrowed("outbox"));
+    /// Timers by (due time, run id).
+    pub const TIMERS: Table = Table(Cow::Borrowed("timers"));
+    /// Runs that have input waiting to be processed.
+    pub const RUNNABLE: Table = Table(Cow::Borrowed("runnable"));
+    /// Outcomes of finished flows, until removed.
+    pub const RESULTS: Table = Table(Cow::Borrowed("results"));
+    /// Flows kept by the hospital.
+    pub const HOSPITAL: Table = Table(Cow::Borrowed("hospital"));
+    /// Client-supplied ids → run ids.
+    pub const CLIENT_IDS: Table = Table(Cow::Borrowed("client_ids"));
+
+    /// The node's own tables, created when a store is opened.
+    pub const BUILT_IN: [Table; 9] = [
+        Table::CHECKPOINTS,
+        Table::SESSIONS,
+        Table::TOMBSTONES,
+        Table::OUTBOX,
+        Table::TIMERS,
+        Table::RUNNABLE,
+        Table::RESULTS,
+        Table::HOSPITAL,
+        Table::CLIENT_IDS,
+    ];
+
+    /// A table owned by a node service (e.g. the vault). Prefixed with
+    /// `svc/` so a service cannot clash with the node's own tables.
+    pub fn service(name: &str) -> Table {
+        Table(Cow::Owned(format!("svc/{name}")))
+    }
+
+    /// The table's name in the database.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Key/value pairs read from a table, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One change in a [`WriteBatch`]: `value: None` deletes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOp {
+    /// The table written.
+    pub table: Table,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Everything one group commit writes. Applied atomically, in order.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    /// The changes, applied in order (a later op on the same key wins).
+    pub ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// Adds an insert-or-replace.
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(WriteOp {
+            table,
+            key,
+            value: Some(value),
+        });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.ops.push(WriteOp {
+            table,
+            key,
+            value: None,
+        });
+    }
+
+    /// Whether the batch writes nothing (the node then skips the commit).
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A storage failure. The node treats it as "this batch did not happen":
+/// nothing of it is released, and senders redeliver.
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint store: {0}")]
+pub struct StoreError(pub String);
+
+/// Durable keyed tables with atomic batch commits: everything the node needs
+/// from a database. Implementations must make [`commit`](Store::commit)
+/// all-or-nothing and durable according to their documented settings, and
+/// must make reads see every committed batch.
+pub trait Store: Send + Sync {
+    /// The value at `key`, if any.
+    fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries with `from <= key < to` (`to: None`: no upper
+    /// bound), in key order.
+    fn range(
+        &self,
+        table: &Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
+
+    /// The number of entries in `table`.
+    fn len(&self, table: &Table) -> Result<u64, StoreError>;
+
+    /// Applies every op of `batch` in one atomic transaction.
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+}
