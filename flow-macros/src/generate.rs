@@ -297,6 +297,8 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
     }];
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut labels_seen: HashMap<String, Span> = HashMap::new();
+    // An untyped binding live at several suspensions is reported once.
+    let mut reported = BTreeSet::new();
     for (i, site) in cfg.sites.iter().enumerate() {
         // A suspension that cannot be reached has no state.
         if !live.reachable[site.resume] {
@@ -334,7 +336,7 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
         }
         for (k, b) in live_here.iter().enumerate() {
             let binding = &cfg.bindings[*b];
-            if binding.ty.is_none() {
+            if binding.ty.is_none() && reported.insert(*b) {
                 errors.error(binding.name.span(), untyped_message(binding, site.line));
             }
             // Two live bindings of one name (one shadows the other): the
@@ -564,6 +566,19 @@ impl Gen<'_> {
                 PieceKind::Code(ts) => {
                     out.extend(saves);
                     out.extend(ts.clone());
+                }
+                PieceKind::Let(local)
+                    if local.init.is_none()
+                        && !piece.declares.iter().any(|d| {
+                            block.pieces[i + 1..].iter().any(|p| p.mentions.contains(d))
+                                || block.term_mentions.contains(d)
+                        }) =>
+                {
+                    // `let x;` whose first assignment is in a later block:
+                    // that block declares it (an unused declaration here
+                    // would only draw an "unused variable" warning).
+                    out.extend(saves);
+                    continue;
                 }
                 PieceKind::Let(local) => {
                     let mut local = (**local).clone();

@@ -690,3 +690,126 @@ pub async fn labelled(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, Flow
     ctx.sleep(Duration::from_millis(1)).await;
     Ok(b)
 }
+
+// ---------------------------------------------------------------------------
+// More shapes: deferred initialisation, shadowing by patterns, awaits in
+// literals and receivers, an awaiting `if` as the tail, items in the body.
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pair {
+    pub a: u32,
+    pub b: u32,
+}
+
+#[flow]
+pub async fn more_shapes(
+    ctx: &mut FlowContext,
+    s: FlowSession,
+    flag: bool,
+) -> Result<Vec<u32>, FlowError> {
+    fn double(x: u32) -> u32 {
+        x * 2
+    }
+    let mut out: Vec<u32> = Vec::new();
+    // Deferred initialisation across a suspension.
+    let x: u32;
+    if flag {
+        x = s.receive::<u32>().await?.validate(Ok)?;
+    } else {
+        x = 2;
+    }
+    out.push(double(x));
+    // An `if let` and a match arm that shadow a local needed afterwards.
+    let n: u32 = 5;
+    let opt: Option<u32> = s.receive::<Option<u32>>().await?.validate(Ok)?;
+    if let Some(n) = opt {
+        let n: u32 = n;
+        let extra: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        out.push(n + extra);
+    }
+    match opt {
+        Some(n) if n > 100 => out.push(n),
+        _ => {
+            let again: u32 = s.receive::<u32>().await?.validate(Ok)?;
+            out.push(again + n);
+        }
+    }
+    out.push(n);
+    // Awaits in a struct literal, a tuple, an array and a method receiver.
+    let p = Pair {
+        a: 1u32,
+        b: s.receive::<u32>().await?.validate(Ok)?,
+    };
+    let t: (u32, u32) = (p.a, s.receive::<u32>().await?.validate(Ok)?);
+    let arr: [u32; 3] = [t.0, t.1, s.receive::<u32>().await?.validate(Ok)?];
+    let len = s.receive::<Vec<u32>>().await?.validate(Ok)?.len() as u32;
+    out.extend([p.b, t.1, arr[2], len]);
+    // Closures and verbatim blocks using restored locals.
+    let base: u32 = 1000;
+    let mut counter: u32 = 0;
+    {
+        counter += 1;
+    }
+    let _ack: bool = s.receive::<bool>().await?.validate(Ok)?;
+    out = out.iter().map(|v| v + base * counter).collect();
+    // `match` directly on an awaited value; `continue` in a lowered `while`.
+    let mut k: u32 = 0;
+    while k < 4 {
+        k += 1;
+        match s.receive::<u8>().await?.validate(Ok)? {
+            0 => continue,
+            v => out.push(u32::from(v)),
+        }
+    }
+    // The tail is an `if` that awaits in one branch.
+    if out.len() > 100 {
+        Ok(out)
+    } else {
+        let last: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        out.push(last);
+        Ok(out)
+    }
+}
+
+#[test]
+fn more_shapes_behave_like_the_async_fn() {
+    let mut d = Driver::start(more_shapes(session(11), true));
+    d.deliver(&21u32); // x
+    d.deliver(&Some(7u32)); // opt
+    d.deliver(&3u32); // extra: push 10
+    d.deliver(&4u32); // again: push 4 + 5 (outer n)
+    d.deliver(&8u32); // p.b
+    d.deliver(&9u32); // t.1
+    d.deliver(&10u32); // arr[2]
+    d.deliver(&vec![1u32, 2, 3]); // len 3
+    d.deliver(&true);
+    for v in [0u8, 6, 0, 7] {
+        d.deliver(&v);
+    }
+    d.deliver(&99u32);
+    assert_eq!(
+        d.done(),
+        Some(&Ok(vec![
+            1042, 1010, 1009, 1005, 1008, 1009, 1010, 1003, 6, 7, 99
+        ]))
+    );
+
+    let mut d = Driver::start(more_shapes(session(11), false));
+    d.deliver(&None::<u32>);
+    d.deliver(&1u32); // again
+    for v in [8u32, 9, 10] {
+        d.deliver(&v);
+    }
+    d.deliver(&Vec::<u32>::new());
+    d.deliver(&false);
+    for v in [1u8, 1, 1, 1] {
+        d.deliver(&v);
+    }
+    d.deliver(&5u32);
+    assert_eq!(
+        d.done(),
+        Some(&Ok(vec![
+            1004, 1006, 1005, 1008, 1009, 1010, 1000, 1, 1, 1, 1, 5
+        ]))
+    );
+}
