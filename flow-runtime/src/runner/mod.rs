@@ -6,8 +6,10 @@
 
 mod config;
 pub mod keys;
+mod node;
 
 pub use config::{Config, ConfigError, LoadedConfig, NodeSection, TransportSection};
+pub use node::{MAX_FRAMES_PER_BATCH, Node, NodeBuilder, RunnerError};
 
 /// Installs a `tracing` subscriber writing one line per event to stderr,
 /// filtered by the `RUST_LOG` environment variable (default `info`, e.g.

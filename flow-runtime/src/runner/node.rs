@@ -1,0 +1,822 @@
+//! [`Node`]: a durable node on tokio, talking to its peers over the TCP
+//! transport.
+//!
+//! The node's state-machine manager ([`NodeCore`]) is synchronous: each of
+//! its operations is one group commit (one fsync). This module drives it
+//! from one tokio task, the *driver*, which owns the core and reacts to:
+//!
+//! * frames from peers: every frame waiting in the transport's queue is
+//!   taken (up to [`MAX_FRAMES_PER_BATCH`]) and delivered as ONE batch, so
+//!   under load many steps share one fsync;
+//! * commands from [`Node`] handles (start a flow, wait for a result, drain,
+//!   operator actions);
+//! * the earliest timer (flow sleeps, hospital retries);
+//! * redelivery: unacknowledged outbox messages are sent again every
+//!   `redelivery_interval`, and at once when a connection to their peer is
+//!   (re-)established — that is what makes delivery survive dropped
+//!   connections and restarts of either side.
+//!
+//! Commits block for an fsync, so on a multi-threaded runtime they run
+//! inside `block_in_place`, letting the transport's tasks run meanwhile.
+//! Frames a commit releases are queued on the transport without waiting:
+//! if a peer's queue is full, the frame stays in the durable outbox and the
+//! next redelivery sends it. The driver never waits on a slow peer.
+
+use super::config::LoadedConfig;
+use crate::node::{NodeError, OsIds, Output};
+use crate::progress::ProgressStream;
+use crate::registry::{NewFlow, Registry, ResponderFn};
+use crate::services::Services;
+use crate::store::{RedbOptions, RedbStore, Store};
+use crate::tcp::{
+    Direction, Incoming, LinkEvent, SendError, SigningKey, TcpConfig, TcpTransport, TransportError,
+};
+use crate::wire::WireMessage;
+use crate::{
+    Flow, FlowError, FlowHandle, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp,
+};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+/// The most frames delivered in one group commit. Bounds the latency one
+/// batch adds to every flow in it.
+pub const MAX_FRAMES_PER_BATCH: usize = 1024;
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The database could not be opened.
+    #[error("cannot open the node database {path}: {message}")]
+    Database {
+        /// The file.
+        path: String,
+        /// The store's error.
+        message: String,
+    },
+    /// The node core could not be opened on the database.
+    #[error("cannot open the node: {0}")]
+    Node(NodeError),
+    /// The transport could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Installing the signal handlers failed.
+    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    Signals(std::io::Error),
+    /// The driver stopped on a fatal error (already logged).
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+}
+
+type Installer = Arc<dyn Fn(&mut Services) + Send + Sync>;
+
+/// Everything a node is built from: identity, network, database, flows.
+///
+/// ```ignore
+/// let loaded = Config::read(Path::new("alice.toml"))?.load()?;
+/// let mut builder = NodeBuilder::from_config(loaded);
+/// builder.flow::<ping::Flow>();
+/// builder.responder::<ping::Flow>(|session| pong(session));
+/// let node = builder.start().await?;
+/// node.run_until_signal().await?;
+/// ```
+pub struct NodeBuilder {
+    name: String,
+    identity: SigningKey,
+    listen: String,
+    database: PathBuf,
+    map: crate::tcp::NetworkMap,
+    tcp: TcpConfig,
+    redelivery: Duration,
+    node_config: NodeConfig,
+    store_options: RedbOptions,
+    registry: Registry,
+    installers: Vec<Installer>,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// A builder from a loaded configuration file.
+    pub fn from_config(loaded: LoadedConfig) -> Self {
+        let LoadedConfig {
+            config,
+            identity,
+            map,
+        } = loaded;
+        let mut builder = Self::new(identity, &config.listen, config.database, map);
+        builder.tcp = config.transport.tcp_config();
+        builder.redelivery = config.node.redelivery_interval();
+        builder
+    }
+
+    /// A builder from its parts, for programs that do not use a config
+    /// file (tests, benchmarks, embedding). The node's name is the one the
+    /// map gives `identity` (checked at start).
+    pub fn new(
+        identity: SigningKey,
+        listen: &str,
+        database: impl Into<PathBuf>,
+        map: crate::tcp::NetworkMap,
+    ) -> Self {
+        let key = PublicKey(identity.verifying_key().to_bytes());
+        let name = map
+            .by_key(&key)
+            .map_or_else(String::new, |e| e.name.clone());
+        NodeBuilder {
+            name,
+            identity,
+            listen: listen.to_owned(),
+            database: database.into(),
+            map,
+            tcp: TcpConfig::default(),
+            redelivery: Duration::from_secs(1),
+            node_config: NodeConfig::default(),
+            store_options: RedbOptions::default(),
+            registry: Registry::new(),
+            installers: Vec::new(),
+            listener: None,
+        }
+    }
+
+    /// Listens on an already bound socket instead of binding the configured
+    /// address (tests bind port 0 to learn their addresses first).
+    pub fn listener(&mut self, listener: std::net::TcpListener) -> &mut Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// How often unacknowledged messages are sent again (default 1 s).
+    pub fn redelivery_interval(&mut self, every: Duration) -> &mut Self {
+        self.redelivery = every;
+        self
+    }
+
+    /// Makes flow type `F` known, so its checkpoints can be resumed after a
+    /// restart. Every flow the node starts must be registered (flows started
+    /// with [`Node::start_flow`] are registered for the current run, but a
+    /// restarted node only knows what the builder registered).
+    pub fn flow<F: Flow>(&mut self) -> &mut Self {
+        self.registry.register_flow::<F>();
+        self
+    }
+
+    /// Answers sessions opened by flow `I` with the flow `responder` builds:
+    /// `builder.responder::<ping::Flow>(|session| pong(session))`. The
+    /// responder's own type is registered too.
+    pub fn responder<I: Flow>(&mut self, responder: impl ResponderFn) -> &mut Self {
+        self.registry.register_responder::<I, _>(responder);
+        self
+    }
+
+    /// Runs `install` on the node's services at start (e.g. a vault).
+    pub fn services(
+        &mut self,
+        install: impl Fn(&mut Services) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.installers.push(Arc::new(install));
+        self
+    }
+
+    /// Replaces the node core's tuning (retries, batch sizes).
+    pub fn node_config(&mut self, config: NodeConfig) -> &mut Self {
+        self.node_config = config;
+        self
+    }
+
+    /// Replaces the database options (e.g. `quick_repair`).
+    pub fn store_options(&mut self, options: RedbOptions) -> &mut Self {
+        self.store_options = options;
+        self
+    }
+
+    /// Replaces the transport tuning from the config file.
+    pub fn tcp_config(&mut self, config: TcpConfig) -> &mut Self {
+        self.tcp = config;
+        self
+    }
+
+    /// Opens the database, starts the transport and the driver. Flows that
+    /// were in flight when the node last stopped continue from their
+    /// checkpoints; unacknowledged messages are sent again.
+    pub async fn start(self) -> Result<Node, RunnerError> {
+        let path = self.database.display().to_string();
+        let store = RedbStore::open(&self.database, self.store_options).map_err(|e| {
+            RunnerError::Database {
+                path: path.clone(),
+                message: e.0,
+            }
+        })?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let party = Party::new(
+            self.name.clone(),
+            PublicKey(self.identity.verifying_key().to_bytes()),
+        );
+        let mut core = NodeCore::open(
+            party.clone(),
+            store,
+            self.registry,
+            Box::new(OsIds),
+            Box::new(OsIds),
+            self.node_config,
+            now(),
+        )
+        .map_err(RunnerError::Node)?;
+        for install in &self.installers {
+            install(core.services());
+        }
+        let (transport, incoming) = match self.listener {
+            None => TcpTransport::bind(self.identity, &self.listen, self.map, self.tcp).await?,
+            Some(listener) => {
+                let listener = listener
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                    .map_err(|source| TransportError::Bind {
+                        address: self.listen.clone(),
+                        source,
+                    })?;
+                TcpTransport::from_listener(self.identity, listener, self.map, self.tcp)?
+            }
+        };
+        let in_flight = core.flows_in_flight().unwrap_or(0);
+        info!(node = %party, listen = %transport.local_addr(), database = %path, flows_in_flight = in_flight,
+            "node started");
+
+        let (commands, command_rx) = mpsc::channel(256);
+        let observers: Observers = Arc::default();
+        let driver = Driver {
+            core: Box::new(core),
+            transport: transport.clone(),
+            incoming,
+            events: transport.events(),
+            commands: command_rx,
+            observers: observers.clone(),
+            waiters: HashMap::new(),
+            loopback: VecDeque::new(),
+            redelivery: self.redelivery,
+            drained_reported: false,
+            multi_thread: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(Node {
+            party,
+            transport,
+            commands,
+            observers,
+            task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+        })
+    }
+}
+
+type Observers = Arc<Mutex<HashMap<RunId, ProgressStream>>>;
+type Job = Box<dyn FnOnce(&mut NodeCore, Timestamp) -> Option<Output> + Send>;
+
+enum Command {
+    /// Run something on the core; its output (if any) is released.
+    Job(Job),
+    /// Reply when the run has a result.
+    Wait {
+        run: RunId,
+        reply: oneshot::Sender<Result<Vec<u8>, FlowError>>,
+    },
+    /// Stop the driver.
+    Shutdown,
+}
+
+/// A running node. Cheap to clone; all clones drive the same node.
+#[derive(Clone)]
+pub struct Node {
+    party: Party,
+    transport: TcpTransport,
+    commands: mpsc::Sender<Command>,
+    observers: Observers,
+    task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("party", &self.party)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> NodeError {
+    NodeError::Store("the node has shut down".into())
+}
+
+impl Node {
+    /// This node's identity.
+    pub fn party(&self) -> &Party {
+        &self.party
+    }
+
+    /// The node's transport (its address, connection events).
+    pub fn transport(&self) -> &TcpTransport {
+        &self.transport
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NodeCore, Timestamp) -> (R, Option<Output>) + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |core, now| {
+            let (r, out) = f(core, now);
+            let _ = tx.send(r);
+            out
+        });
+        self.commands
+            .send(Command::Job(job))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// Starts `flow`; it is committed to the database before this returns.
+    pub async fn start_flow<F: Flow>(&self, flow: F) -> Result<FlowHandle<F>, NodeError> {
+        self.start(flow, None).await
+    }
+
+    /// Starts `flow` under a client-chosen id, once: if a flow was already
+    /// started with `client_id` (even before a restart), returns a handle to
+    /// that one and starts nothing. Makes "start" safe to retry.
+    pub async fn start_flow_with_client_id<F: Flow>(
+        &self,
+        client_id: &str,
+        flow: F,
+    ) -> Result<FlowHandle<F>, NodeError> {
+        self.start(flow, Some(client_id.to_owned())).await
+    }
+
+    async fn start<F: Flow>(
+        &self,
+        flow: F,
+        client_id: Option<String>,
+    ) -> Result<FlowHandle<F>, NodeError> {
+        let new = NewFlow::new(&flow);
+        let run = self
+            .call(move |core, now| {
+                core.registry_mut().register_flow::<F>();
+                let started = match new {
+                    Ok(new) => core.start(now, new, client_id),
+                    Err(e) => core.record_failed_start(now, F::NAME, e),
+                };
+                match started {
+                    Ok((run, out)) => (Ok(run), Some(out)),
+                    Err(e) => (Err(e), None),
+                }
+            })
+            .await??;
+        Ok(self.handle(run))
+    }
+
+    /// A handle to the flow started with `client_id`, if there is one (in
+    /// flight, or finished with its result kept) — e.g. after a restart.
+    pub async fn reattach<F: Flow>(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<FlowHandle<F>>, NodeError> {
+        let id = client_id.to_owned();
+        let run = self
+            .call(move |core, _| (core.run_for_client_id(&id), None))
+            .await??;
+        Ok(run.map(|run| self.handle(run)))
+    }
+
+    fn handle<F>(&self, run: RunId) -> FlowHandle<F> {
+        let progress = self
+            .observers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(run)
+            .or_default()
+            .clone();
+        FlowHandle::new(run, 0, progress)
+    }
+
+    /// Waits for the flow to finish and returns its outcome. Can be called
+    /// any number of times; the result stays on the node until
+    /// [`remove_result`](Self::remove_result).
+    pub async fn result<F: Flow>(&self, handle: &FlowHandle<F>) -> Result<F::Output, FlowError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Wait {
+                run: handle.run_id(),
+                reply,
+            })
+            .await
+            .map_err(|_| FlowError::internal("the node shut down before the flow finished"))?;
+        let bytes = rx
+            .await
+            .map_err(|_| FlowError::internal("the node shut down before the flow finished"))??;
+        rmp_serde::from_slice(&bytes).map_err(|e| {
+            FlowError::internal(format!(
+                "the result of `{}` does not decode as its output type: {e}",
+                F::NAME
+            ))
+        })
+    }
+
+    /// The outcome if the flow has finished, without waiting.
+    pub async fn try_result<F: Flow>(
+        &self,
+        handle: &FlowHandle<F>,
+    ) -> Result<Option<Result<F::Output, FlowError>>, NodeError> {
+        let run = handle.run_id();
+        let r = self.call(move |core, _| (core.result(run), None)).await??;
+        Ok(r.map(|r| {
+            r.and_then(|bytes| {
+                rmp_serde::from_slice(&bytes).map_err(|e| {
+                    FlowError::internal(format!("the result of `{}` does not decode: {e}", F::NAME))
+                })
+            })
+        }))
+    }
+
+    /// Forgets a finished flow's result. `true` if there was one.
+    pub async fn remove_result<F>(&self, handle: &FlowHandle<F>) -> Result<bool, NodeError> {
+        let run = handle.run_id();
+        self.call(move |core, now| (core.remove_result(now, run), None))
+            .await?
+    }
+
+    /// Starts (`true`) or stops draining: a draining node takes no new
+    /// flows and no new sessions from peers, and finishes the ones in
+    /// flight. When none remain it logs "node drained".
+    pub async fn set_draining(&self, draining: bool) -> Result<(), NodeError> {
+        self.call(move |core, _| {
+            core.set_draining(draining);
+            info!(
+                draining,
+                "draining {}",
+                if draining { "started" } else { "stopped" }
+            );
+            ((), None)
+        })
+        .await
+    }
+
+    /// Flows with a checkpoint on this node (running, waiting, or in the
+    /// hospital). Zero while draining means it is safe to stop the node.
+    pub async fn flows_in_flight(&self) -> Result<u64, NodeError> {
+        self.call(|core, _| (core.flows_in_flight(), None)).await?
+    }
+
+    /// Drains the node: stops taking new work and waits until no flow is in
+    /// flight. A flow stuck in the hospital keeps this waiting; see
+    /// [`hospital`](Self::hospital).
+    pub async fn drain(&self) -> Result<(), NodeError> {
+        self.set_draining(true).await?;
+        loop {
+            if self.flows_in_flight().await? == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Flows kept for an operator after failing repeatedly.
+    pub async fn hospital(&self) -> Result<Vec<crate::node::HospitalEntry>, NodeError> {
+        self.call(|core, _| (core.hospital(), None)).await?
+    }
+
+    /// Ends a flow by operator decision (its counterparties are told).
+    pub async fn kill_flow(&self, run: RunId) -> Result<(), NodeError> {
+        self.call(move |core, now| match core.kill(now, run) {
+            Ok(out) => (Ok(()), Some(out)),
+            Err(e) => (Err(e), None),
+        })
+        .await?
+    }
+
+    /// Retries a hospitalised flow from its last checkpoint.
+    pub async fn retry_flow(&self, run: RunId) -> Result<(), NodeError> {
+        self.call(move |core, now| match core.retry(now, run) {
+            Ok(out) => (Ok(()), Some(out)),
+            Err(e) => (Err(e), None),
+        })
+        .await?
+    }
+
+    /// Stops the node cleanly: the driver finishes its current batch, the
+    /// database is closed, the transport's connections are closed. Flows in
+    /// flight resume from their checkpoints at the next start.
+    pub async fn shutdown(&self) -> Result<(), RunnerError> {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let outcome = match self.task.lock().await.take() {
+            Some(task) => match task.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(RunnerError::Stopped(e)),
+                Err(e) => Err(RunnerError::Stopped(format!(
+                    "the node driver panicked: {e}"
+                ))),
+            },
+            None => Ok(()),
+        };
+        self.transport.shutdown().await;
+        info!(node = %self.party, "node stopped");
+        outcome
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down cleanly. SIGUSR1
+    /// starts draining (the node logs "node drained" once no flow is in
+    /// flight; stop it then).
+    pub async fn run_until_signal(&self) -> Result<(), RunnerError> {
+        let signal = super::shutdown_signal();
+        tokio::pin!(signal);
+        #[cfg(unix)]
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .map_err(RunnerError::Signals)?;
+        loop {
+            #[cfg(unix)]
+            let drain_requested = usr1.recv();
+            #[cfg(not(unix))]
+            let drain_requested = std::future::pending::<Option<()>>();
+            tokio::select! {
+                received = &mut signal => {
+                    let name = received.map_err(RunnerError::Signals)?;
+                    info!(signal = name, "shutting down");
+                    return self.shutdown().await;
+                }
+                _ = drain_requested => {
+                    if let Err(e) = self.set_draining(true).await {
+                        warn!(error = %e, "cannot start draining");
+                    }
+                }
+                _ = self.finished() => {
+                    return self.shutdown().await;
+                }
+            }
+        }
+    }
+
+    /// Completes if the driver stops on its own (a fatal error).
+    async fn finished(&self) {
+        loop {
+            if self.commands.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the node's clock.
+fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+struct Driver {
+    core: Box<NodeCore>,
+    transport: TcpTransport,
+    incoming: Incoming,
+    events: broadcast::Receiver<LinkEvent>,
+    commands: mpsc::Receiver<Command>,
+    observers: Observers,
+    waiters: HashMap<RunId, Vec<oneshot::Sender<Result<Vec<u8>, FlowError>>>>,
+    /// Frames the node addressed to itself (a flow talking to its own
+    /// node), delivered in the next batch.
+    loopback: VecDeque<(PublicKey, Vec<u8>)>,
+    redelivery: Duration,
+    drained_reported: bool,
+    multi_thread: bool,
+}
+
+impl Driver {
+    async fn run(mut self) -> Result<(), String> {
+        let mut redeliver = tokio::time::interval(self.redelivery);
+        redeliver.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Flows left runnable by the last run (and any timers due) go first.
+        let mut ready = true;
+        loop {
+            let timer = self.next_timer_delay();
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Shutdown) => break,
+                    Some(Command::Job(job)) => {
+                        let out = self.blocking(|core| job(core, now()));
+                        if let Some(out) = out {
+                            self.release(out);
+                        }
+                    }
+                    Some(Command::Wait { run, reply }) => self.wait(run, reply),
+                },
+                frame = self.incoming.recv() => match frame {
+                    Some(first) => self.deliver(Some(first))?,
+                    None => {
+                        info!("the transport stopped; stopping the node driver");
+                        break;
+                    }
+                },
+                _ = std::future::ready(()), if !self.loopback.is_empty() => self.deliver(None)?,
+                event = self.events.recv() => self.on_link_event(event),
+                _ = redeliver.tick() => self.redeliver(None),
+                _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
+                    self.operate(|core| core.tick(now()))?;
+                }
+                _ = std::future::ready(()), if ready => self.operate(|core| core.tick(now()))?,
+            }
+            ready = self.core.has_ready();
+            self.report_drained();
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the core, letting other tasks use this worker thread
+    /// while it blocks on the database.
+    fn blocking<R>(&mut self, f: impl FnOnce(&mut NodeCore) -> R) -> R {
+        let core = &mut *self.core;
+        if self.multi_thread {
+            tokio::task::block_in_place(|| f(core))
+        } else {
+            f(core)
+        }
+    }
+
+    /// Runs a committing operation and releases its output. A storage error
+    /// is fatal for the driver: nothing of the batch happened, the database
+    /// is consistent, and a restart retries from there.
+    fn operate(
+        &mut self,
+        f: impl FnOnce(&mut NodeCore) -> Result<Output, NodeError>,
+    ) -> Result<(), String> {
+        match self.blocking(f) {
+            Ok(out) => {
+                self.release(out);
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "the node cannot commit; stopping (restart it once the database is writable again)");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn deliver(&mut self, first: Option<(PublicKey, Vec<u8>)>) -> Result<(), String> {
+        let mut frames: Vec<(PublicKey, Vec<u8>)> = self.loopback.drain(..).collect();
+        frames.extend(first);
+        while frames.len() < MAX_FRAMES_PER_BATCH {
+            match self.incoming.try_recv() {
+                Ok(frame) => frames.push(frame),
+                Err(_) => break,
+            }
+        }
+        // A frame that decrypted (so it really comes from `peer`) but is not
+        // a session message means a broken or hostile peer: drop the frame
+        // and close the peer's connection.
+        let me = *self.core.identity().key();
+        frames.retain(|(peer, frame)| match WireMessage::decode(frame) {
+            Ok(_) => true,
+            Err(e) => {
+                let name = self
+                    .transport
+                    .network_map()
+                    .by_key(peer)
+                    .map_or_else(|| hex::encode(peer.0), |p| p.name.clone());
+                warn!(peer = %name, error = %e, "dropped a frame that does not decode as a session message");
+                if *peer != me {
+                    self.transport.disconnect(peer, &e);
+                }
+                false
+            }
+        });
+        if frames.is_empty() {
+            return Ok(());
+        }
+        debug!(frames = frames.len(), "delivering a batch");
+        self.operate(|core| core.deliver(now(), frames))
+    }
+
+    fn wait(&mut self, run: RunId, reply: oneshot::Sender<Result<Vec<u8>, FlowError>>) {
+        match self.core.result(run) {
+            Ok(Some(result)) => {
+                let _ = reply.send(result);
+            }
+            Ok(None) => self.waiters.entry(run).or_default().push(reply),
+            Err(e) => {
+                let _ = reply.send(Err(FlowError::internal(e.to_string())));
+            }
+        }
+    }
+
+    /// Hands a committed batch's effects to the world: frames to the
+    /// transport, results to waiters, progress to observers.
+    fn release(&mut self, out: Output) {
+        let me = *self.core.identity().key();
+        for (to, frame) in out.frames {
+            if to == me {
+                self.loopback.push_back((me, frame));
+                continue;
+            }
+            self.send(&to, frame);
+        }
+        for (run, result) in out.finished {
+            for waiter in self.waiters.remove(&run).unwrap_or_default() {
+                let _ = waiter.send(result.clone());
+            }
+        }
+        if !out.progress.is_empty() {
+            let mut observers = self
+                .observers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (run, path) in out.progress {
+                observers.entry(run).or_default().push(path);
+            }
+        }
+    }
+
+    fn send(&self, to: &PublicKey, frame: Vec<u8>) {
+        match self.transport.try_send(to, frame) {
+            Ok(()) => {}
+            Err(SendError::QueueFull(peer)) => {
+                debug!(%peer, "peer queue full; the message stays in the outbox for redelivery");
+            }
+            Err(e) => warn!(error = %e, "cannot send a message; it stays in the outbox"),
+        }
+    }
+
+    /// Sends every unacknowledged message again (to `peer` only, if given).
+    fn redeliver(&mut self, peer: Option<PublicKey>) {
+        let unacked = match self.core.unacked() {
+            Ok(u) => u,
+            Err(e) => {
+                error!(error = %e, "cannot read the outbox for redelivery");
+                return;
+            }
+        };
+        let me = *self.core.identity().key();
+        let mut count = 0usize;
+        for (to, frame) in unacked {
+            if peer.is_some_and(|p| p != to) {
+                continue;
+            }
+            count += 1;
+            if to == me {
+                self.loopback.push_back((me, frame));
+            } else {
+                self.send(&to, frame);
+            }
+        }
+        if count > 0 {
+            debug!(messages = count, "redelivering unacknowledged messages");
+        }
+    }
+
+    fn on_link_event(&mut self, event: Result<LinkEvent, broadcast::error::RecvError>) {
+        match event {
+            Ok(LinkEvent::Connected {
+                peer,
+                direction: Direction::Outbound,
+            }) => self.redeliver(Some(peer)),
+            Ok(_) => {}
+            // Missed events: resend everything rather than guess.
+            Err(broadcast::error::RecvError::Lagged(_)) => self.redeliver(None),
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    fn next_timer_delay(&self) -> Option<Duration> {
+        match self.core.next_timer() {
+            Ok(Some(t)) => Some(Duration::from_millis(t.0.saturating_sub(now().0))),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot read the timer table; retrying in 1 s");
+                Some(Duration::from_secs(1))
+            }
+        }
+    }
+
+    fn report_drained(&mut self) {
+        if !self.core.is_draining() {
+            self.drained_reported = false;
+            return;
+        }
+        if self.drained_reported {
+            return;
+        }
+        if self.core.flows_in_flight().is_ok_and(|n| n == 0) {
+            info!("node drained: no flows in flight; it is safe to stop it now");
+            self.drained_reported = true;
+        }
+    }
+}

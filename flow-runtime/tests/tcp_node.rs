@@ -1,0 +1,211 @@
+//! Nodes on tokio over real TCP, in one process: the contract's ping/pong
+//! across two nodes, many flows at once, a peer restarting mid-run, a flow
+//! result that survives the initiator's restart, and draining.
+
+use flow_runtime::prelude::*;
+use flow_runtime::runner::{Node, NodeBuilder, keys};
+use flow_runtime::store::RedbOptions;
+use flow_runtime::tcp::{NetworkMap, PeerEntry, SigningKey, TcpConfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[flow]
+pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let mut total: u64 = 0;
+    let mut i: u32 = 0;
+    while i < rounds {
+        session.send(&i)?;
+        let echo: u32 = session.receive::<u32>().await?.validate(|n| {
+            if n == i {
+                Ok(n)
+            } else {
+                Err(FlowError::new("wrong echo"))
+            }
+        })?;
+        total += u64::from(echo);
+        i += 1;
+    }
+    Ok(total)
+}
+
+#[flow]
+pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+    loop {
+        let n: u32 = session.receive::<u32>().await?.validate(Ok)?;
+        session.send(&n)?;
+    }
+}
+
+struct Party2 {
+    key: SigningKey,
+    listener: Option<std::net::TcpListener>,
+    addr: String,
+    db: PathBuf,
+}
+
+fn parties(dir: &Path, names: &[&str]) -> (Vec<Party2>, NetworkMap) {
+    let mut out = Vec::new();
+    let mut entries = Vec::new();
+    for name in names {
+        let key = keys::generate_identity().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        entries.push(PeerEntry {
+            name: (*name).into(),
+            address: addr.clone(),
+            key: keys::public_key(&key),
+        });
+        out.push(Party2 {
+            key,
+            listener: Some(listener),
+            addr,
+            db: dir.join(format!("{name}.redb")),
+        });
+    }
+    (out, NetworkMap::new(entries).unwrap())
+}
+
+fn fast_tcp() -> TcpConfig {
+    TcpConfig {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..TcpConfig::default()
+    }
+}
+
+async fn start(p: &mut Party2, map: &NetworkMap) -> Node {
+    let key = SigningKey::from_bytes(&p.key.to_bytes());
+    let mut b = NodeBuilder::new(key, &p.addr, &p.db, map.clone());
+    if let Some(l) = p.listener.take() {
+        b.listener(l);
+    }
+    b.tcp_config(fast_tcp());
+    // One fsync per commit instead of two: these tests restart nodes only
+    // cleanly, so fast crash recovery is not what they measure.
+    b.store_options(RedbOptions {
+        quick_repair: false,
+        ..RedbOptions::default()
+    });
+    b.redelivery_interval(Duration::from_millis(200));
+    b.flow::<ping::Flow>();
+    b.responder::<ping::Flow>(pong);
+    b.start().await.unwrap()
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pings_between_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ps, map) = parties(dir.path(), &["Alice", "Bob"]);
+    let alice = start(&mut ps[0], &map).await;
+    let bob = start(&mut ps[1], &map).await;
+    let bob_party = bob.party().clone();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        handles.push(alice.start_flow(ping(bob_party.clone(), 50)).await.unwrap());
+    }
+    for h in &handles {
+        assert_eq!(within("ping", alice.result(h)).await, Ok(1225));
+    }
+    // Results stay readable.
+    assert_eq!(alice.try_result(&handles[0]).await.unwrap(), Some(Ok(1225)));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+/// How many ping rounds take about one second here and now: commit
+/// latency (an fsync) varies a hundredfold between an idle machine and a
+/// busy one, and the restart tests must restart *mid-run* on both.
+async fn rounds_for_one_second(alice: &Node, bob: &Party) -> u32 {
+    let t = std::time::Instant::now();
+    let h = alice.start_flow(ping(bob.clone(), 10)).await.unwrap();
+    within("warm-up", alice.result(&h)).await.unwrap();
+    let per_round = t.elapsed() / 10;
+    let rounds = Duration::from_secs(1).as_micros() / per_round.as_micros().max(1);
+    u32::try_from(rounds).unwrap_or(u32::MAX).clamp(30, 5000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_restarting_mid_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ps, map) = parties(dir.path(), &["Alice", "Bob"]);
+    let alice = start(&mut ps[0], &map).await;
+    let bob = start(&mut ps[1], &map).await;
+    let bob_party = bob.party().clone();
+    let rounds = rounds_for_one_second(&alice, &bob_party).await;
+    let h = alice.start_flow(ping(bob_party, rounds)).await.unwrap();
+    // Let it run a little, then stop Bob and start him again from his
+    // database on the same address.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        alice.try_result(&h).await.unwrap(),
+        None,
+        "finished before the restart"
+    );
+    bob.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bob = start(&mut ps[1], &map).await;
+    let expected = u64::from(rounds) * u64::from(rounds - 1) / 2;
+    assert_eq!(within("ping", alice.result(&h)).await, Ok(expected));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initiator_restarting_mid_run_finishes_its_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ps, map) = parties(dir.path(), &["Alice", "Bob"]);
+    let alice = start(&mut ps[0], &map).await;
+    let bob = start(&mut ps[1], &map).await;
+    let rounds = rounds_for_one_second(&alice, bob.party()).await;
+    let h = alice
+        .start_flow_with_client_id("trade-1", ping(bob.party().clone(), rounds))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        alice.try_result(&h).await.unwrap(),
+        None,
+        "finished before the restart"
+    );
+    alice.shutdown().await.unwrap();
+    let alice = start(&mut ps[0], &map).await;
+    let again = alice
+        .reattach::<ping::Flow>("trade-1")
+        .await
+        .unwrap()
+        .expect("the flow survives the restart");
+    assert_eq!(again.run_id(), h.run_id());
+    let expected = u64::from(rounds) * u64::from(rounds - 1) / 2;
+    assert_eq!(within("ping", alice.result(&again)).await, Ok(expected));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_new_flows_and_reports_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ps, map) = parties(dir.path(), &["Alice", "Bob"]);
+    let alice = start(&mut ps[0], &map).await;
+    let bob = start(&mut ps[1], &map).await;
+    let h = alice
+        .start_flow(ping(bob.party().clone(), 20))
+        .await
+        .unwrap();
+    within("drain", alice.drain()).await.unwrap();
+    assert_eq!(alice.try_result(&h).await.unwrap(), Some(Ok(190)));
+    let refused = alice
+        .start_flow(ping(bob.party().clone(), 1))
+        .await
+        .unwrap();
+    let err = within("refusal", alice.result(&refused)).await.unwrap_err();
+    assert!(err.to_string().contains("draining"), "{err}");
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
