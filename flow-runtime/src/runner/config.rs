@@ -17,6 +17,10 @@
 //!
 //! [node]                            # optional; defaults shown
 //! redelivery_interval_ms = 1000     # re-send unacknowledged messages this often
+//!
+//! [store]                           # optional; defaults shown
+//! quick_repair = true               # fast open after a crash, at a second fsync per commit
+//! cache_mb = 32                     # redb page cache
 //! ```
 //!
 //! Relative paths are relative to the directory holding the config file,
@@ -87,6 +91,9 @@ pub struct Config {
     /// Node tuning.
     #[serde(default)]
     pub node: NodeSection,
+    /// Database tuning.
+    #[serde(default)]
+    pub store: StoreSection,
 }
 
 /// `[transport]`: see [`TcpConfig`] for what each knob does.
@@ -115,6 +122,34 @@ pub struct NodeSection {
     /// They are also sent again whenever a connection to their peer is
     /// (re-)established.
     pub redelivery_interval_ms: Option<u64>,
+}
+
+/// `[store]`: how the redb database commits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Record redb's allocator state with every commit (default `true`):
+    /// opening after a crash then takes milliseconds instead of a repair
+    /// that grows with the file, at the cost of a second fsync per commit.
+    pub quick_repair: Option<bool>,
+    /// redb's page cache in MiB (default 32).
+    pub cache_mb: Option<usize>,
+}
+
+impl StoreSection {
+    /// The store options: defaults overridden by what is set. Commits are
+    /// always durable (fsync): a node that loses commits on a crash would
+    /// break exactly-once processing.
+    pub fn redb_options(&self) -> crate::store::RedbOptions {
+        let mut o = crate::store::RedbOptions::default();
+        if let Some(q) = self.quick_repair {
+            o.quick_repair = q;
+        }
+        if let Some(mb) = self.cache_mb {
+            o.cache_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        o
+    }
 }
 
 impl TransportSection {
@@ -272,6 +307,9 @@ backoff_max_ms = 300
 
 [node]
 redelivery_interval_ms = 250
+
+[store]
+quick_repair = false
 "#;
 
     #[test]

@@ -119,6 +119,7 @@ impl NodeBuilder {
         let mut builder = Self::new(identity, &config.listen, config.database, map);
         builder.tcp = config.transport.tcp_config();
         builder.redelivery = config.node.redelivery_interval();
+        builder.store_options = config.store.redb_options();
         builder
     }
 

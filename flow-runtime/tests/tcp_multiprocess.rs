@@ -1,0 +1,208 @@
+//! Three node processes on 127.0.0.1 (the `flow-ping-node` binary): Alice
+//! runs 1,000-round pings to Bob and to Carol in several concurrent flows.
+//! Bob is killed with SIGKILL mid-run and started again from his database;
+//! then Alice herself is killed mid-run and started again with the same
+//! arguments (her flows are found again by client id). Every flow must
+//! finish with the exact sum: a message lost, duplicated or processed twice
+//! would make a ping fail with "wrong echo" or hang.
+//!
+//! Takes ~10-60 s depending on the disk's fsync latency (every step is a
+//! durable commit); limited to two minutes.
+
+#![cfg(unix)]
+
+use flow_runtime::runner::keys;
+use flow_runtime::tcp::{NetworkMap, PeerEntry};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
+const ROUNDS: u64 = 1000;
+const FLOWS_PER_PEER: u32 = 3;
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A running node process whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(config: &Path, extra: &[&str], log: &Path) -> Proc {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(NODE)
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Waits for a line starting with `prefix`; returns it.
+    fn wait_for(&mut self, prefix: &str, deadline: Instant, logs: &Path) -> String {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no `{prefix}` line before the deadline; node logs in {}:\n{}",
+                    logs.display(),
+                    std::fs::read_to_string(logs).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL on unix
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+struct NodeFiles {
+    config: PathBuf,
+    log: PathBuf,
+}
+
+/// Keys, network map and one config per node in `dir`; ports picked by
+/// binding port 0 and releasing it just before the nodes start.
+fn setup(dir: &Path, names: &[&str]) -> Vec<NodeFiles> {
+    let mut entries = Vec::new();
+    let mut files = Vec::new();
+    for name in names {
+        let key = keys::generate_identity().unwrap();
+        let key_file = dir.join(format!("{name}.key"));
+        keys::write_key_file(&key_file, &key).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        entries.push(PeerEntry {
+            name: (*name).into(),
+            address: address.clone(),
+            key: keys::public_key(&key),
+        });
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
+                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\n\
+                 [transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
+                 [node]\nredelivery_interval_ms = 300\n\n\
+                 [store]\nquick_repair = false\n"
+            ),
+        )
+        .unwrap();
+        files.push(NodeFiles {
+            config,
+            log: dir.join(format!("{name}.log")),
+        });
+    }
+    let map = NetworkMap::new(entries).unwrap();
+    std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
+    files
+}
+
+#[test]
+fn three_processes_survive_sigkill_mid_run_with_exactly_once_results() {
+    let started = Instant::now();
+    let deadline = started + LIMIT;
+    let dir = tempfile::tempdir().unwrap();
+    let files = setup(dir.path(), &["Alice", "Bob", "Carol"]);
+    let (alice_f, bob_f, carol_f) = (&files[0], &files[1], &files[2]);
+    let ping_args = [
+        "--ping",
+        &format!("Bob={FLOWS_PER_PEER}"),
+        "--ping",
+        &format!("Carol={FLOWS_PER_PEER}"),
+        "--rounds",
+        &ROUNDS.to_string(),
+    ]
+    .map(|s| s.to_owned());
+    let ping_args: Vec<&str> = ping_args.iter().map(String::as_str).collect();
+
+    let mut bob = Proc::start(&bob_f.config, &[], &bob_f.log);
+    let carol = Proc::start(&carol_f.config, &[], &carol_f.log);
+    let mut alice = Proc::start(&alice_f.config, &ping_args, &alice_f.log);
+    alice.wait_for("STARTED", deadline, &alice_f.log);
+
+    // Kill Bob once his pongs are at round 300, then restart him.
+    bob.wait_for("MARK 300", deadline, &bob_f.log);
+    bob.sigkill();
+    let mut bob = Proc::start(&bob_f.config, &[], &bob_f.log);
+
+    // Kill Alice once Bob's pongs are at round 600, then restart her with
+    // the same arguments: she finds her flows again by client id.
+    bob.wait_for("MARK 600", deadline, &bob_f.log);
+    alice.sigkill();
+    let mut alice = Proc::start(&alice_f.config, &ping_args, &alice_f.log);
+    alice.wait_for("STARTED", deadline, &alice_f.log);
+
+    let expected = ROUNDS * (ROUNDS - 1) / 2;
+    let mut results = Vec::new();
+    for _ in 0..2 * FLOWS_PER_PEER {
+        let line = alice.wait_for("", deadline, &alice_f.log);
+        assert!(
+            line.starts_with("RESULT "),
+            "a ping failed: {line}; Alice's log:\n{}",
+            std::fs::read_to_string(&alice_f.log).unwrap_or_default()
+        );
+        results.push(line);
+    }
+    results.sort();
+    for (line, peer_i) in results.iter().zip(
+        ["Bob", "Carol"]
+            .iter()
+            .flat_map(|p| (0..FLOWS_PER_PEER).map(move |i| format!("ping-{p}-{i}"))),
+    ) {
+        assert_eq!(line, &format!("RESULT {peer_i} {expected}"));
+    }
+    alice.wait_for("DONE", deadline, &alice_f.log);
+    assert!(alice.child.wait().unwrap().success(), "Alice exited with an error");
+
+    // The responders stop cleanly on SIGTERM.
+    for (p, f) in [(bob, bob_f), (carol, carol_f)] {
+        let status = p.sigterm();
+        assert!(status.success(), "{} did not exit cleanly: {status}", f.config.display());
+        let log = std::fs::read_to_string(&f.log).unwrap();
+        assert!(log.contains("signal=\"SIGTERM\"") || log.contains("signal=SIGTERM"), "{log}");
+        assert!(log.contains("node stopped"), "{log}");
+    }
+    assert!(started.elapsed() < LIMIT);
+    eprintln!("multi-process run took {:?}", started.elapsed());
+}
