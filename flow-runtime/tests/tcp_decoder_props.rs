@@ -7,6 +7,7 @@ use flow_runtime::tcp::codec;
 use flow_runtime::tcp::wire::{
     IdentityProof, NOISE_MAX_MESSAGE, in_memory_transport_pair, open_frame, seal_frame, sealed_len,
 };
+use flow_runtime::wire::WireMessage;
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
@@ -45,6 +46,14 @@ proptest! {
     fn random_handshake_payloads_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(proof) = IdentityProof::decode(&data) {
             prop_assert!(proof.verify(&[7u8; 32]).is_err());
+        }
+    }
+
+    #[test]
+    fn random_session_messages_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(message) = WireMessage::decode(&data) {
+            let again = WireMessage::decode(&message.encode().unwrap()).unwrap();
+            prop_assert_eq!(again, message);
         }
     }
 

@@ -82,10 +82,7 @@ impl Proc {
 
     fn sigterm(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
         self.child.wait().unwrap()
     }
@@ -193,14 +190,24 @@ fn three_processes_survive_sigkill_mid_run_with_exactly_once_results() {
         assert_eq!(line, &format!("RESULT {peer_i} {expected}"));
     }
     alice.wait_for("DONE", deadline, &alice_f.log);
-    assert!(alice.child.wait().unwrap().success(), "Alice exited with an error");
+    assert!(
+        alice.child.wait().unwrap().success(),
+        "Alice exited with an error"
+    );
 
     // The responders stop cleanly on SIGTERM.
     for (p, f) in [(bob, bob_f), (carol, carol_f)] {
         let status = p.sigterm();
-        assert!(status.success(), "{} did not exit cleanly: {status}", f.config.display());
+        assert!(
+            status.success(),
+            "{} did not exit cleanly: {status}",
+            f.config.display()
+        );
         let log = std::fs::read_to_string(&f.log).unwrap();
-        assert!(log.contains("signal=\"SIGTERM\"") || log.contains("signal=SIGTERM"), "{log}");
+        assert!(
+            log.contains("signal=\"SIGTERM\"") || log.contains("signal=SIGTERM"),
+            "{log}"
+        );
         assert!(log.contains("node stopped"), "{log}");
     }
     assert!(started.elapsed() < LIMIT);

@@ -8,9 +8,7 @@ mod config;
 pub mod keys;
 mod node;
 
-pub use config::{
-    Config, ConfigError, LoadedConfig, NodeSection, StoreSection, TransportSection,
-};
+pub use config::{Config, ConfigError, LoadedConfig, NodeSection, StoreSection, TransportSection};
 pub use node::{MAX_FRAMES_PER_BATCH, Node, NodeBuilder, RunnerError};
 
 /// Installs a `tracing` subscriber writing one line per event to stderr,

@@ -283,6 +283,10 @@ impl NodeBuilder {
 }
 
 type Observers = Arc<Mutex<HashMap<RunId, ProgressStream>>>;
+/// A finished flow's outcome, its output still in MessagePack.
+type RawResult = Result<Vec<u8>, FlowError>;
+/// The driver task, taken by the first `shutdown`.
+type DriverTask = Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>>;
 type Job = Box<dyn FnOnce(&mut NodeCore, Timestamp) -> Option<Output> + Send>;
 
 enum Command {
@@ -291,7 +295,7 @@ enum Command {
     /// Reply when the run has a result.
     Wait {
         run: RunId,
-        reply: oneshot::Sender<Result<Vec<u8>, FlowError>>,
+        reply: oneshot::Sender<RawResult>,
     },
     /// Stop the driver.
     Shutdown,
@@ -304,7 +308,7 @@ pub struct Node {
     transport: TcpTransport,
     commands: mpsc::Sender<Command>,
     observers: Observers,
-    task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>>,
+    task: DriverTask,
 }
 
 impl std::fmt::Debug for Node {
@@ -592,7 +596,7 @@ struct Driver {
     events: broadcast::Receiver<LinkEvent>,
     commands: mpsc::Receiver<Command>,
     observers: Observers,
-    waiters: HashMap<RunId, Vec<oneshot::Sender<Result<Vec<u8>, FlowError>>>>,
+    waiters: HashMap<RunId, Vec<oneshot::Sender<RawResult>>>,
     /// Frames the node addressed to itself (a flow talking to its own
     /// node), delivered in the next batch.
     loopback: VecDeque<(PublicKey, Vec<u8>)>,
@@ -707,7 +711,7 @@ impl Driver {
         self.operate(|core| core.deliver(now(), frames))
     }
 
-    fn wait(&mut self, run: RunId, reply: oneshot::Sender<Result<Vec<u8>, FlowError>>) {
+    fn wait(&mut self, run: RunId, reply: oneshot::Sender<RawResult>) {
         match self.core.result(run) {
             Ok(Some(result)) => {
                 let _ = reply.send(result);
