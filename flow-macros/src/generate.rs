@@ -296,6 +296,7 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
         site: None,
     }];
     let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut taken: BTreeSet<String> = ["Start".to_string(), "Done".to_string()].into();
     let mut labels_seen: HashMap<String, Span> = HashMap::new();
     // An untyped binding live at several suspensions is reported once.
     let mut reported = BTreeSet::new();
@@ -320,9 +321,22 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
             Some((name, false)) => name.clone(),
             None => site.op.default_state_name(),
         };
+        // The k-th site of a name gets the suffix k (counted among sites of
+        // that name only, so edits elsewhere do not rename it), skipping
+        // suffixes that would collide with another name (`AwaitV1` twice
+        // next to `AwaitV12`).
         let n = counts.entry(base.clone()).or_insert(0);
         *n += 1;
-        let name = if *n == 1 { base } else { format!("{base}{n}") };
+        let mut name = if *n == 1 {
+            base.clone()
+        } else {
+            format!("{base}{n}")
+        };
+        while taken.contains(&name) {
+            *n += 1;
+            name = format!("{base}{n}");
+        }
+        taken.insert(name.clone());
         let mut fields = Vec::new();
         let live_here: Vec<BindingId> = live.live_in[site.resume].iter().copied().collect();
         let mut names: Vec<String> = live_here

@@ -813,3 +813,46 @@ fn more_shapes_behave_like_the_async_fn() {
         ]))
     );
 }
+
+// ---------------------------------------------------------------------------
+// The contract of DESIGN section 3, on the mock network: generated machines
+// checkpointed in each node's store, a restart of either side included.
+
+#[test]
+fn contract_ping_pong_on_the_mock_network() {
+    use flow_runtime::testing::MockNetwork;
+    let mut net = MockNetwork::new(42);
+    let alice = net.create_node("Alice");
+    let bob = net.create_node("Bob");
+    net.register_responder::<ping::Flow, _>(bob, |session| pong(session));
+    let handle = net.start_flow(alice, ping(net.party(bob), 10));
+    let mut steps: u32 = 0;
+    while net.step() {
+        steps += 1;
+        if steps.is_multiple_of(3) {
+            net.restart_node(if steps.is_multiple_of(2) { alice } else { bob });
+        }
+    }
+    net.run_network();
+    assert_eq!(net.result(&handle), Some(Ok(45)));
+}
+
+/// `AwaitV1` twice would be `AwaitV12`, which is also the name of the
+/// state of `v12`: the duplicate suffix skips names already taken.
+#[flow]
+pub async fn name_clash(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+    let v12: u32 = s.receive::<u32>().await?.validate(Ok)?;
+    let v1: u32 = s.receive::<u32>().await?.validate(Ok)?;
+    let v1: u32 = v1 + s.receive::<u32>().await?.validate(Ok)?;
+    Ok(v12 + v1)
+}
+
+#[test]
+fn duplicate_state_names_never_collide() {
+    let mut d = Driver::start(name_clash(session(12)));
+    for v in [1u32, 2, 3] {
+        d.deliver(&v);
+    }
+    assert_eq!(d.states, vec!["AwaitV12", "AwaitV1", "AwaitV13"]);
+    assert_eq!(d.done(), Some(&Ok(6)));
+}
