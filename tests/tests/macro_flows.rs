@@ -819,6 +819,7 @@ fn more_shapes_behave_like_the_async_fn() {
 // checkpointed in each node's store, a restart of either side included.
 
 #[test]
+#[allow(clippy::redundant_closure)] // written exactly as in the contract
 fn contract_ping_pong_on_the_mock_network() {
     use flow_runtime::testing::MockNetwork;
     let mut net = MockNetwork::new(42);
