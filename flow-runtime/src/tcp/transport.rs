@@ -145,7 +145,9 @@ pub enum LinkEvent {
         /// Who dialled.
         direction: Direction,
     },
-    /// A connection ended. `peer` is `None` if it never authenticated.
+    /// A connection ended: an inbound one (`peer` is `None` if it never
+    /// authenticated), or an established outbound one. Failed dial attempts
+    /// are only logged.
     Closed {
         /// The peer, if the handshake had succeeded.
         peer: Option<PublicKey>,
@@ -601,17 +603,6 @@ async fn run_peer(inner: Arc<Inner>, peer: PeerEntry, mut rx: mpsc::Receiver<Vec
                 warn!(peer = %peer.name, address = %peer.address, %error,
                     retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     queued = unsent.len() + rx.len(), "cannot connect to peer; will retry");
-                if let DialError::Handshake(e) = &error {
-                    emit(
-                        &inner,
-                        LinkEvent::Closed {
-                            peer: None,
-                            remote: inner.local_addr,
-                            direction: Direction::Outbound,
-                            error: Some(e.to_string()),
-                        },
-                    );
-                }
                 Some(wait)
             }
             Ok((mut framed, mut noise, remote)) => {
