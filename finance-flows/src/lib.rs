@@ -11,7 +11,10 @@
 //! `sha2` (ids), the RustCrypto/dalek crates the Rust community audits and
 //! relies on.
 
+pub mod cluster;
 pub mod crypto;
+pub mod demo;
+pub mod flows;
 pub mod keys;
 pub mod ledger;
 pub mod notary;

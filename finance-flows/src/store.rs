@@ -35,16 +35,19 @@ pub enum Table {
     /// `StateRef` key -> id of the transaction that consumed it: the notary's
     /// uniqueness log.
     NotaryCommits,
+    /// Small settings by name, e.g. the node's ledger identity.
+    Config,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Transactions,
         Table::Unconsumed,
         Table::SoftLocks,
         Table::Keys,
         Table::NotaryCommits,
+        Table::Config,
     ];
 
     /// A stable name, for database backends.
@@ -55,6 +58,7 @@ impl Table {
             Table::SoftLocks => "finance_soft_locks",
             Table::Keys => "finance_keys",
             Table::NotaryCommits => "finance_notary_commits",
+            Table::Config => "finance_config",
         }
     }
 }

@@ -1,0 +1,288 @@
+//! A durable cluster of nodes in one process, for benchmarks: each node is
+//! the runtime's real [`NodeCore`] on its own redb *file* (fsync on every
+//! commit), and the cluster moves frames between them with group commit —
+//! every frame waiting for a node is handed to it in one batch, which the
+//! node commits in one transaction.
+//!
+//! Unlike `MockNetwork` (one frame per step, in-memory databases, built for
+//! deterministic tests) this measures what a node's step engine and storage
+//! do under load. It is single-threaded: the three nodes share one core's
+//! worth of time slices, with no thread wake-ups or sockets in between.
+
+use flow_runtime::node::OsIds;
+use flow_runtime::registry::{NewFlow, Registry};
+use flow_runtime::store::{RedbOptions, RedbStore, Store};
+use flow_runtime::{Flow, FlowError, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+type Register = Arc<dyn Fn(&mut Registry) + Send + Sync>;
+
+struct Member {
+    party: Party,
+    path: PathBuf,
+    register: Register,
+    core: Option<NodeCore>,
+    store: Option<Arc<dyn Store>>,
+}
+
+/// The fields of the runtime's checkpoint record, in its order, keeping only
+/// what the size report needs (the others are skipped undecoded).
+#[derive(serde::Deserialize)]
+struct CheckpointView {
+    flow: String,
+    _fingerprint: serde::de::IgnoredAny,
+    _version: serde::de::IgnoredAny,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
+    state_name: String,
+    _started: serde::de::IgnoredAny,
+    _wait: serde::de::IgnoredAny,
+    _waiting_since: serde::de::IgnoredAny,
+    _progress: serde::de::IgnoredAny,
+    _sessions: serde::de::IgnoredAny,
+    _keep_result: serde::de::IgnoredAny,
+    _client_id: serde::de::IgnoredAny,
+}
+
+/// The size of one suspended flow's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointSize {
+    /// `Flow::NAME` of the top-level flow.
+    pub flow: String,
+    /// The state variant it is suspended in.
+    pub state: String,
+    /// Bytes of the encoded state machine.
+    pub state_bytes: usize,
+    /// Bytes of the whole checkpoint record (state, sessions, progress, ...).
+    pub record_bytes: usize,
+}
+
+/// Counters of what the cluster did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Group commits (one database transaction each).
+    pub commits: u64,
+    /// Frames delivered.
+    pub frames: u64,
+    /// Bytes in those frames.
+    pub frame_bytes: u64,
+}
+
+/// Several durable nodes in one process; see the module docs.
+pub struct Cluster {
+    members: Vec<Member>,
+    by_key: HashMap<PublicKey, usize>,
+    in_flight: Vec<(usize, usize, Vec<u8>)>,
+    started: Instant,
+    options: RedbOptions,
+    stats: ClusterStats,
+}
+
+impl Cluster {
+    /// An empty cluster whose databases use `options` (e.g. `durable: false`
+    /// to measure without fsync).
+    pub fn new(options: RedbOptions) -> Self {
+        Self {
+            members: Vec::new(),
+            by_key: HashMap::new(),
+            in_flight: Vec::new(),
+            started: Instant::now(),
+            options,
+            stats: ClusterStats::default(),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Adds a node named `name` with its database at `path`; `register`
+    /// registers its flows and responders (run again after each restart).
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        path: &Path,
+        register: impl Fn(&mut Registry) + Send + Sync + 'static,
+    ) -> Result<usize, String> {
+        let key = PublicKey(rand::random());
+        let index = self.members.len();
+        self.members.push(Member {
+            party: Party::new(name, key),
+            path: path.to_owned(),
+            register: Arc::new(register),
+            core: None,
+            store: None,
+        });
+        self.by_key.insert(key, index);
+        self.open(index)?;
+        Ok(index)
+    }
+
+    fn open(&mut self, index: usize) -> Result<(), String> {
+        let now = self.now();
+        let m = &mut self.members[index];
+        m.core = None;
+        m.store = None;
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&m.path, self.options).map_err(|e| e.to_string())?);
+        m.store = Some(store.clone());
+        let mut registry = Registry::new();
+        (m.register)(&mut registry);
+        let core = NodeCore::open(
+            m.party.clone(),
+            store,
+            registry,
+            Box::new(OsIds),
+            Box::new(OsIds),
+            NodeConfig::default(),
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        m.core = Some(core);
+        Ok(())
+    }
+
+    /// The checkpoint of every flow suspended on node `index`. Reads the
+    /// runtime's checkpoint table directly: a measurement tool, tied to the
+    /// record layout of this runtime version (a record that does not decode
+    /// is reported with its size and an empty name).
+    pub fn checkpoint_sizes(&self, index: usize) -> Result<Vec<CheckpointSize>, String> {
+        let Some(store) = &self.members[index].store else {
+            return Err(format!("node {index} is not open"));
+        };
+        let rows = store
+            .range(
+                &flow_runtime::store::Table::CHECKPOINTS,
+                &[],
+                None,
+                usize::MAX,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .into_iter()
+            .map(|(_, v)| match rmp_serde::from_slice::<CheckpointView>(&v) {
+                Ok(view) => CheckpointSize {
+                    flow: view.flow,
+                    state: view.state_name,
+                    state_bytes: view.state.len(),
+                    record_bytes: v.len(),
+                },
+                Err(_) => CheckpointSize {
+                    flow: String::new(),
+                    state: String::new(),
+                    state_bytes: 0,
+                    record_bytes: v.len(),
+                },
+            })
+            .collect())
+    }
+
+    /// The network identity of node `index`.
+    pub fn party(&self, index: usize) -> Party {
+        self.members[index].party.clone()
+    }
+
+    fn core(&mut self, index: usize) -> Result<&mut NodeCore, String> {
+        self.members[index]
+            .core
+            .as_mut()
+            .ok_or_else(|| format!("node {index} is not open"))
+    }
+
+    /// Starts `flow` on node `index` (committed before this returns).
+    pub fn start<F: Flow>(&mut self, index: usize, flow: F) -> Result<RunId, String> {
+        let now = self.now();
+        let new = NewFlow::new(&flow).map_err(|e| e.to_string())?;
+        let (run, out) = self
+            .core(index)?
+            .start(now, new, None)
+            .map_err(|e| e.to_string())?;
+        self.stats.commits += 1;
+        self.absorb(index, out.frames);
+        Ok(run)
+    }
+
+    fn absorb(&mut self, from: usize, frames: Vec<(PublicKey, Vec<u8>)>) {
+        for (to, frame) in frames {
+            match self.by_key.get(&to) {
+                Some(&to) => self.in_flight.push((from, to, frame)),
+                None => tracing::warn!(?to, "frame for a node outside the cluster dropped"),
+            }
+        }
+    }
+
+    /// Runs until no frame is in flight and no node has runnable work:
+    /// each round hands every node all frames waiting for it (one group
+    /// commit per node), then lets nodes with work left run it.
+    pub fn run_until_idle(&mut self) -> Result<(), String> {
+        while self.run_round()? {}
+        Ok(())
+    }
+
+    /// One round of [`run_until_idle`](Self::run_until_idle); `false` when
+    /// there was nothing to do.
+    pub fn run_round(&mut self) -> Result<bool, String> {
+        {
+            let frames = std::mem::take(&mut self.in_flight);
+            let mut per_node: Vec<Vec<(PublicKey, Vec<u8>)>> = vec![Vec::new(); self.members.len()];
+            for (from, to, frame) in frames {
+                self.stats.frames += 1;
+                self.stats.frame_bytes += frame.len() as u64;
+                per_node[to].push((self.members[from].party.key().to_owned(), frame));
+            }
+            let mut worked = false;
+            for (index, batch) in per_node.into_iter().enumerate() {
+                let now = self.now();
+                let core = self.core(index)?;
+                let out = if !batch.is_empty() {
+                    core.deliver(now, batch).map_err(|e| e.to_string())?
+                } else if core.has_ready() {
+                    core.tick(now).map_err(|e| e.to_string())?
+                } else {
+                    continue;
+                };
+                worked = true;
+                self.stats.commits += 1;
+                self.absorb(index, out.frames);
+            }
+            Ok(worked || !self.in_flight.is_empty())
+        }
+    }
+
+    /// Crashes node `index` (drops everything it holds in memory, without
+    /// any shutdown) and reopens it from its database file; then every node
+    /// retransmits what its peers have not acknowledged, as a real transport
+    /// does on reconnection.
+    pub fn crash_and_restart(&mut self, index: usize) -> Result<(), String> {
+        self.in_flight.retain(|(_, to, _)| *to != index);
+        self.open(index)?;
+        for i in 0..self.members.len() {
+            let frames = self.core(i)?.unacked().map_err(|e| e.to_string())?;
+            self.absorb(i, frames);
+        }
+        Ok(())
+    }
+
+    /// The outcome of run `run` on node `index`, once it has finished.
+    pub fn result<F: Flow>(
+        &mut self,
+        index: usize,
+        run: RunId,
+    ) -> Result<Option<Result<F::Output, FlowError>>, String> {
+        let Some(outcome) = self.core(index)?.result(run).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        Ok(Some(outcome.and_then(|bytes| {
+            rmp_serde::from_slice(&bytes)
+                .map_err(|e| FlowError::internal(format!("undecodable result: {e}")))
+        })))
+    }
+
+    /// What the cluster did so far.
+    pub fn stats(&self) -> ClusterStats {
+        self.stats
+    }
+}

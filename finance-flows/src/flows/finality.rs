@@ -1,0 +1,71 @@
+//! Finality: get the notary's signature, record the transaction, and give
+//! it to every other participant, who verify it and record it too.
+
+use super::notarise::notarise;
+use super::resolve::{dependencies, resolve_transactions, serve_transactions};
+use super::{fail, store};
+use crate::crypto::{SecureHash, TxSignature};
+use crate::ledger::SignedTransaction;
+use crate::vault;
+use flow_runtime::prelude::*;
+
+/// Verifies `stx` (all signatures but the notary's), notarises it through
+/// `notary_node` if it needs a notary, records it in the vault, then sends
+/// it on each of `sessions` and serves the dependencies each peer asks for
+/// (each peer runs [`receive_finality`]). Returns the final transaction.
+#[flow]
+pub async fn finality(
+    ctx: &mut FlowContext,
+    stx: SignedTransaction,
+    notary_node: Party,
+    sessions: Vec<FlowSession>,
+) -> Result<SignedTransaction, FlowError> {
+    ctx.set_progress("Verifying the transaction");
+    let notary_key = *stx.tx.notary.key();
+    stx.verify_except(&[notary_key], vault::resolver(store(ctx)?))
+        .map_err(fail)?;
+    let mut fin: SignedTransaction = stx;
+    if fin.tx.needs_notary() {
+        ctx.set_progress("Notarising");
+        let to_notarise: SignedTransaction = fin.clone();
+        let sig: TxSignature = ctx.sub_flow(notarise(notary_node, to_notarise)).await?;
+        fin.add_signature(sig);
+    }
+    vault::record(store(ctx)?, &fin).map_err(fail)?;
+    ctx.set_progress("Sending the final transaction");
+    for session in sessions {
+        session.send(&fin)?;
+        let _served: u32 = ctx.sub_flow(serve_transactions(session)).await?;
+    }
+    Ok(fin)
+}
+
+/// The other end of [`finality`]: receives the final transaction (which must
+/// have the id `expected`, if given), resolves its dependencies, verifies it
+/// fully and records it.
+#[flow]
+pub async fn receive_finality(
+    ctx: &mut FlowContext,
+    session: FlowSession,
+    expected: Option<SecureHash>,
+) -> Result<SignedTransaction, FlowError> {
+    ctx.set_progress("Waiting for the final transaction");
+    let stx: SignedTransaction = session
+        .receive::<SignedTransaction>()
+        .await?
+        .validate(|stx| match expected {
+            Some(id) if stx.id() != id => Err(FlowError::new(format!(
+                "expected the final transaction {id} but received {}",
+                stx.id()
+            ))),
+            _ => Ok(stx),
+        })?;
+    let deps: Vec<SecureHash> = dependencies(&stx);
+    let fetching: FlowSession = session.clone();
+    let _resolved: u32 = ctx.sub_flow(resolve_transactions(fetching, deps)).await?;
+    ctx.set_progress("Recording the final transaction");
+    let db = store(ctx)?;
+    stx.verify(vault::resolver(db)).map_err(fail)?;
+    vault::record(db, &stx).map_err(fail)?;
+    Ok(stx)
+}

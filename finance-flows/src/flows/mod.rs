@@ -1,0 +1,111 @@
+//! The finance flows, each a `#[flow]`:
+//!
+//! * [`identity`]: the node's ledger identity (the key it signs
+//!   issuances and notarisations with).
+//! * [`resolve`]: `resolve_transactions` / `serve_transactions` — download
+//!   and verify a transaction's dependencies from a peer.
+//! * [`signatures`]: `collect_signatures` / `receive_to_sign` +
+//!   [`signatures::sign_and_reply`] — a signature round, with the signer's
+//!   own check between the two.
+//! * [`notarise`]: `notarise` / `notary_service` — the notary round trip.
+//! * [`finality`]: `finality` / `receive_finality` — notarise, record,
+//!   and hand the final transaction to the other participants.
+//! * [`trade`]: `sell` / `buy` — the two-party trade.
+//! * [`issue`]: `issue_cash` / `issue_paper` — self-issuance.
+//!
+//! Flows reach the node's finance tables through [`store`]; every write they
+//! make there commits in the same database transaction as the step's
+//! checkpoint (the runtime's `StepWrites`).
+
+pub mod finality;
+pub mod identity;
+pub mod issue;
+pub mod notarise;
+pub mod report;
+pub mod resolve;
+pub mod signatures;
+pub mod trade;
+
+use crate::store::{MemStore, Store};
+use flow_runtime::node::StepWrites;
+use flow_runtime::{FlowContext, FlowError, Party};
+use serde::{Deserialize, Serialize};
+
+/// The node's finance storage for this step: the runtime's `StepWrites`
+/// (writes commit with the step), or else a [`MemStore`] service (for
+/// driving a flow by hand in a test, e.g. with `FlowDriver`). Fails rather
+/// than panics on a context with neither.
+pub fn store(ctx: &mut FlowContext) -> Result<&mut dyn Store, FlowError> {
+    let services = ctx.services();
+    let missing = || {
+        FlowError::internal(
+            "this node has no StepWrites service: finance flows must run on a flow_runtime node or MockNetwork",
+        )
+    };
+    if services.get::<StepWrites>().is_some() {
+        return services
+            .get_mut::<StepWrites>()
+            .map(|db| db as &mut dyn Store)
+            .ok_or_else(missing);
+    }
+    services
+        .get_mut::<MemStore>()
+        .map(|db| db as &mut dyn Store)
+        .ok_or_else(missing)
+}
+
+/// Turns any error into a protocol error that ends the flow and is sent to
+/// the counterparty.
+pub fn fail(e: impl std::fmt::Display) -> FlowError {
+    FlowError::new(e.to_string())
+}
+
+/// A notary as the trade flows need it: its ledger identity (named in
+/// transactions, signs with its ledger key) and its node (where the
+/// notarisation flow is sent). The two differ because a node's network key
+/// belongs to the transport; the ledger key is the finance key manager's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Notary {
+    /// The identity transactions name as their notary.
+    pub party: Party,
+    /// The network identity of the node that runs the notary service.
+    pub node: Party,
+}
+
+impl Store for StepWrites {
+    fn get(
+        &self,
+        table: crate::store::Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        StepWrites::get(self, table.name(), key)
+            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))
+    }
+
+    fn put(
+        &mut self,
+        table: crate::store::Table,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), crate::store::StoreError> {
+        StepWrites::put(self, table.name(), key, value);
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        table: crate::store::Table,
+        key: &[u8],
+    ) -> Result<(), crate::store::StoreError> {
+        StepWrites::delete(self, table.name(), key);
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        table: crate::store::Table,
+    ) -> Result<crate::store::Entries, crate::store::StoreError> {
+        StepWrites::range(self, table.name(), &[], None, usize::MAX)
+            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))
+    }
+}

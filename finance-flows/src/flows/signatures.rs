@@ -1,0 +1,118 @@
+//! A signature round: the initiator sends a partly signed transaction, the
+//! signer resolves its dependencies, checks it (its own rules, in its own
+//! code between [`receive_to_sign`] and [`sign_and_reply`]), and returns its
+//! signatures.
+
+use super::resolve::{dependencies, resolve_transactions, serve_transactions};
+use super::{fail, store};
+use crate::crypto::{SecureHash, TxSignature};
+use crate::keys;
+use crate::ledger::SignedTransaction;
+use crate::vault;
+use flow_runtime::prelude::*;
+
+/// Sends `stx` to the peer on `session`, serves the dependencies it asks
+/// for, and adds the signatures it returns. Each returned signature must be
+/// valid and by a key whose signature is still missing. Returns the
+/// transaction with the peer's signatures added.
+#[flow]
+pub async fn collect_signatures(
+    ctx: &mut FlowContext,
+    session: FlowSession,
+    stx: SignedTransaction,
+) -> Result<SignedTransaction, FlowError> {
+    ctx.set_progress("Sending the transaction for signing");
+    session.send(&stx)?;
+    let serving: FlowSession = session.clone();
+    let _served: u32 = ctx.sub_flow(serve_transactions(serving)).await?;
+    ctx.set_progress("Waiting for signatures");
+    let id: SecureHash = stx.id();
+    let missing: Vec<PublicKey> = stx.missing_signers().into_iter().collect();
+    let sigs: Vec<TxSignature> = session
+        .receive::<Vec<TxSignature>>()
+        .await?
+        .validate(|sigs| check_returned_signatures(sigs, &id, &missing))?;
+    let mut signed: SignedTransaction = stx;
+    for sig in sigs {
+        signed.add_signature(sig);
+    }
+    Ok(signed)
+}
+
+fn check_returned_signatures(
+    sigs: Vec<TxSignature>,
+    id: &SecureHash,
+    missing: &[PublicKey],
+) -> Result<Vec<TxSignature>, FlowError> {
+    if sigs.is_empty() {
+        return Err(FlowError::new("the counterparty returned no signature"));
+    }
+    for sig in &sigs {
+        if !missing.contains(&sig.by) {
+            return Err(FlowError::new(format!(
+                "the counterparty signed with {:?}, which the transaction does not need",
+                sig.by
+            )));
+        }
+        if !sig.is_valid_for(&id.0) {
+            tracing::warn!(tx = %id, key = ?sig.by, "counterparty returned an invalid signature");
+            return Err(FlowError::new(format!(
+                "the counterparty's signature by {:?} is invalid (tampered)",
+                sig.by
+            )));
+        }
+    }
+    Ok(sigs)
+}
+
+/// The signer's first half: receives the transaction to sign and resolves
+/// its dependencies from the peer. The caller then applies its own checks
+/// and, if satisfied, calls [`sign_and_reply`].
+#[flow]
+pub async fn receive_to_sign(
+    ctx: &mut FlowContext,
+    session: FlowSession,
+) -> Result<SignedTransaction, FlowError> {
+    ctx.set_progress("Receiving the transaction to sign");
+    let stx: SignedTransaction = session.receive::<SignedTransaction>().await?.validate(Ok)?;
+    let deps: Vec<SecureHash> = dependencies(&stx);
+    let fetching: FlowSession = session.clone();
+    let _resolved: u32 = ctx.sub_flow(resolve_transactions(fetching, deps)).await?;
+    Ok(stx)
+}
+
+/// The signer's second half (does not suspend): verifies `stx` — every
+/// signature present valid, contracts satisfied, only the signatures of this
+/// node's keys and of `notary_key` missing — signs with every required key
+/// this node holds, and sends the signatures on `session`. Returns the
+/// signatures made.
+pub fn sign_and_reply(
+    ctx: &mut FlowContext,
+    session: &FlowSession,
+    stx: &SignedTransaction,
+    notary_key: &PublicKey,
+) -> Result<Vec<TxSignature>, FlowError> {
+    let db = store(ctx)?;
+    let mut ours = Vec::new();
+    for key in stx.missing_signers() {
+        if keys::is_ours(db, &key).map_err(fail)? {
+            ours.push(key);
+        }
+    }
+    if ours.is_empty() {
+        return Err(FlowError::new(
+            "this node holds none of the keys the transaction still needs",
+        ));
+    }
+    let mut allowed = ours.clone();
+    allowed.push(*notary_key);
+    stx.verify_except(&allowed, vault::resolver(db))
+        .map_err(fail)?;
+    let id = stx.id();
+    let mut sigs = Vec::with_capacity(ours.len());
+    for key in &ours {
+        sigs.push(keys::sign(db, key, &id.0).map_err(fail)?);
+    }
+    session.send(&sigs)?;
+    Ok(sigs)
+}

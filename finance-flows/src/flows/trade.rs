@@ -1,0 +1,176 @@
+//! The two-party trade: the seller offers an asset for a price, the buyer
+//! checks the offer and the asset's history, proposes a transaction that
+//! pays for it, the seller checks it is paid exactly and signs, and the
+//! buyer notarises the transaction and hands it back (finality).
+//!
+//! ```text
+//!   seller                                   buyer
+//!   sell(buyer, asset, price, notary)
+//!     TradeOffer ───────────────────────────▶ buy(session, max price, kind, notary)
+//!     serve_transactions ◀──── fetch ───────  resolve_transactions (asset history)
+//!     receive_to_sign ◀────── proposal ────── collect_signatures
+//!       resolve_transactions ─── fetch ─────▶   serve_transactions (cash history)
+//!     check_proposal; sign_and_reply ────────▶
+//!                                             finality: notarise, record
+//!     receive_finality ◀───── final tx ──────
+//! ```
+//!
+//! Both sides soft-lock what they put in (the seller its asset, the buyer
+//! its coins) under the session's id and release the locks if the trade
+//! fails, so concurrent trades never pick the same states and a failed
+//! trade leaves nothing reserved.
+
+use super::finality::{finality, receive_finality};
+use super::resolve::resolve_transactions;
+use super::signatures::{collect_signatures, receive_to_sign, sign_and_reply};
+use super::{Notary, fail, store};
+use crate::crypto::SecureHash;
+use crate::keys;
+use crate::ledger::{Amount, AssetKind, SignedTransaction, StateRef};
+use crate::trade::{self, TradeOffer};
+use crate::vault::{self, LockId};
+use flow_runtime::prelude::*;
+
+/// Releases the trade's soft locks after a failure; the failure itself is
+/// what the flow returns, so a release error is only logged.
+fn release(ctx: &mut FlowContext, lock: LockId) {
+    match store(ctx).map(|db| vault::release_locks(db, lock)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(lock, "cannot release the trade's soft locks: {e}"),
+        Err(e) => tracing::error!(lock, "cannot release the trade's soft locks: {e}"),
+    }
+}
+
+/// Sells the state at `asset` (which this node must own) to `buyer` for
+/// `price`, with `notary`. Returns the final transaction. The buyer's node
+/// must have [`buy`] registered as the responder to `sell::Flow`.
+#[flow]
+pub async fn sell(
+    ctx: &mut FlowContext,
+    buyer: Party,
+    asset: StateRef,
+    price: Amount,
+    notary: Notary,
+) -> Result<SignedTransaction, FlowError> {
+    ctx.set_progress("Offering the asset");
+    let session: FlowSession = ctx.initiate_flow(&buyer);
+    let lock: LockId = session.id().0;
+    let offer: TradeOffer = make_offer(ctx, asset, price, lock)?;
+    let steps: FlowSession = session.clone();
+    let outcome: Result<SignedTransaction, FlowError> =
+        ctx.sub_flow(sell_steps(steps, offer, notary)).await;
+    if outcome.is_err() {
+        release(ctx, lock);
+    }
+    outcome
+}
+
+/// Locks the asset and builds the offer, with a fresh key to be paid to.
+fn make_offer(
+    ctx: &mut FlowContext,
+    asset: StateRef,
+    price: Amount,
+    lock: LockId,
+) -> Result<TradeOffer, FlowError> {
+    let db = store(ctx)?;
+    let state = vault::state(db, &asset).map_err(fail)?.ok_or_else(|| {
+        FlowError::new(format!(
+            "cannot sell {asset}: it is not an unconsumed state of this node"
+        ))
+    })?;
+    vault::lock_states(db, &[asset], lock).map_err(fail)?;
+    let pay_to = keys::fresh_key(db).map_err(fail)?;
+    Ok(TradeOffer {
+        asset: state,
+        price,
+        pay_to,
+    })
+}
+
+/// The seller's conversation, after the offer is prepared.
+#[flow]
+pub async fn sell_steps(
+    ctx: &mut FlowContext,
+    session: FlowSession,
+    offer: TradeOffer,
+    notary: Notary,
+) -> Result<SignedTransaction, FlowError> {
+    session.send(&offer)?;
+    ctx.set_progress("Sending the asset's history");
+    let serving: FlowSession = session.clone();
+    let _served: u32 = ctx
+        .sub_flow(super::resolve::serve_transactions(serving))
+        .await?;
+    ctx.set_progress("Checking the buyer's proposal");
+    let signing: FlowSession = session.clone();
+    let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing)).await?;
+    trade::check_proposal(store(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
+    ctx.set_progress("Signing");
+    sign_and_reply(ctx, &session, &proposal, notary.party.key())?;
+    ctx.set_progress("Waiting for the final transaction");
+    let expected: Option<SecureHash> = Some(proposal.id());
+    let fin: SignedTransaction = ctx.sub_flow(receive_finality(session, expected)).await?;
+    Ok(fin)
+}
+
+/// Buys what the seller on `session` offers, if it is of kind `wanted` and
+/// costs at most `acceptable_price`, paying from this node's vault. Returns
+/// the final transaction. Register it as the responder to `sell::Flow`.
+#[flow]
+pub async fn buy(
+    ctx: &mut FlowContext,
+    session: FlowSession,
+    acceptable_price: Amount,
+    wanted: AssetKind,
+    notary: Notary,
+) -> Result<SignedTransaction, FlowError> {
+    ctx.set_progress("Buying");
+    let lock: LockId = session.id().0;
+    let steps: FlowSession = session.clone();
+    let outcome: Result<SignedTransaction, FlowError> = ctx
+        .sub_flow(buy_steps(steps, acceptable_price, wanted, notary, lock))
+        .await;
+    if outcome.is_err() {
+        release(ctx, lock);
+    }
+    outcome
+}
+
+/// The buyer's conversation; its coins are soft-locked under `lock`.
+#[flow]
+pub async fn buy_steps(
+    ctx: &mut FlowContext,
+    session: FlowSession,
+    acceptable_price: Amount,
+    wanted: AssetKind,
+    notary: Notary,
+    lock: LockId,
+) -> Result<SignedTransaction, FlowError> {
+    ctx.set_progress("Checking the offer");
+    let offer: TradeOffer = session.receive::<TradeOffer>().await?.validate(|offer| {
+        match trade::check_offer(&offer, acceptable_price, wanted) {
+            Ok(()) => Ok(offer),
+            Err(e) => Err(fail(e)),
+        }
+    })?;
+    ctx.set_progress("Verifying the asset's history");
+    let fetching: FlowSession = session.clone();
+    let asset_tx: Vec<SecureHash> = vec![offer.asset.state_ref.tx_id];
+    let _resolved: u32 = ctx
+        .sub_flow(resolve_transactions(fetching, asset_tx))
+        .await?;
+    trade::check_offered_state(store(ctx)?, &offer).map_err(fail)?;
+    ctx.set_progress("Building the transaction");
+    let proposal: SignedTransaction =
+        trade::build_proposal(store(ctx)?, &offer, &notary.party, lock).map_err(fail)?;
+    ctx.set_progress("Collecting the seller's signature");
+    let signing: FlowSession = session.clone();
+    let signed: SignedTransaction = ctx.sub_flow(collect_signatures(signing, proposal)).await?;
+    ctx.set_progress("Finalising");
+    let sessions: Vec<FlowSession> = vec![session];
+    let notary_node: Party = notary.node;
+    let fin: SignedTransaction = ctx
+        .sub_flow(finality(signed, notary_node, sessions))
+        .await?;
+    Ok(fin)
+}
