@@ -7,6 +7,7 @@
 //! counterparty inputs and compares their [`trace::Trace`]s.
 
 pub mod differential;
+pub mod generated_support;
 pub mod plain;
 pub mod trace;
 

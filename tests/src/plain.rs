@@ -15,7 +15,7 @@
 //! until pending, record what it waits on, hand it the next event, poll
 //! again" is all a flow needs.
 
-use crate::trace::{Counterparty, Outcome, StepTrace, Trace, TraceBuilder};
+use crate::trace::{Counterparty, Outcome, StepTrace, Trace, TraceBuilder, panic_message};
 use flow_runtime::{
     Event, FlowError, IdSource, Party, Payload, PublicKey, SeededIds, SessionId, Timestamp,
     Untrustworthy, Wait,
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -248,7 +249,7 @@ impl<T: DeserializeOwned> Future for Receive<T> {
 /// `sessions` are sessions the flow was given as arguments (a responder's),
 /// made with [`plain_session`] beforehand.
 pub fn run_plain<O: 'static>(
-    make: impl FnOnce(&mut FlowContext) -> PlainFlow<O>,
+    make: &dyn Fn(&mut FlowContext) -> PlainFlow<O>,
     counterparty: &mut dyn Counterparty,
 ) -> Trace<O> {
     let world: Shared = Rc::new(RefCell::new(World {
@@ -270,7 +271,19 @@ pub fn run_plain<O: 'static>(
     let mut cx = Context::from_waker(Waker::noop());
     let mut steps = Vec::new();
     loop {
-        let poll = future.as_mut().poll(&mut cx);
+        let poll =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
+                Ok(poll) => poll,
+                Err(payload) => {
+                    // The step's effects are lost with the panic, as on a node.
+                    world.borrow_mut().step = StepTrace::default();
+                    steps.push(StepTrace::default());
+                    return Trace {
+                        steps,
+                        outcome: Outcome::Panicked(panic_message(payload.as_ref())),
+                    };
+                }
+            };
         let mut w = world.borrow_mut();
         let mut step = std::mem::take(&mut w.step);
         match poll {

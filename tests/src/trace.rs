@@ -61,6 +61,20 @@ pub enum Outcome<O> {
     SuspendedWithoutWait,
     /// The driver refused to go on, e.g. a checkpoint did not round-trip.
     Broken(String),
+    /// The body panicked (e.g. an arithmetic overflow) with this message:
+    /// both twins must panic at the same step with the same message.
+    Panicked(String),
+}
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<a panic without a message>".to_owned()
+    }
 }
 
 /// The whole observable behaviour of one run.

@@ -6,8 +6,7 @@
 use flow_runtime::__private as rt;
 use flow_runtime::prelude::*;
 use flow_runtime::{Event, Step};
-use flow_tests::differential::{check_flow, check_flow_with, compare};
-use flow_tests::plain::PlainFlow;
+use flow_tests::differential::{Twins, check_flow, check_flow_with, compare};
 use flow_tests::trace::{Input, Outcome, WaitTrace};
 use proptest::test_runner::{Config, RngSeed};
 use serde::{Deserialize, Serialize};
@@ -117,18 +116,20 @@ fn bob() -> Party {
     Party::new("Bob", PublicKey([2; 32]))
 }
 
-#[test]
-fn handwritten_ping_and_plain_ping_agree_on_every_input() {
-    let coverage = check_flow(
-        "ping",
-        6,
-        &|| Ping::Start {
+/// The hand-written machine and the plain ping skewed by `skew`.
+fn twins(skew: u32) -> Twins<'static, u64> {
+    Twins::new(
+        || Ping::Start {
             peer: bob(),
             rounds: 4,
         },
-        &|_| plain::ping(bob(), 4, 0),
+        move |_| plain::ping(bob(), 4, skew),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn handwritten_ping_and_plain_ping_agree_on_every_input() {
+    let coverage = check_flow("ping", 6, &twins(0)).unwrap_or_else(|e| panic!("{e}"));
     // Random inputs rarely echo correctly; what matters is that both ways of
     // ending were compared.
     assert!(coverage.err > 0 && coverage.waiting > 0, "{coverage:?}");
@@ -137,12 +138,7 @@ fn handwritten_ping_and_plain_ping_agree_on_every_input() {
 #[test]
 fn an_echoing_counterparty_gets_the_sum() {
     let inputs: Vec<Input> = (0..4).map(Input::Value).collect();
-    let make = || Ping::Start {
-        peer: bob(),
-        rounds: 4,
-    };
-    let trace = compare(&make, &|_: &mut _| plain::ping(bob(), 4, 0), &inputs)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let trace = compare(&twins(0), &inputs).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(trace.outcome, Outcome::Done(Ok(6)));
     assert_eq!(trace.steps.len(), 5);
     assert_eq!(trace.steps[0].opened.len(), 1);
@@ -156,14 +152,7 @@ fn an_echoing_counterparty_gets_the_sum() {
 fn a_twin_that_sends_something_else_is_caught() {
     let inputs: Vec<Input> = (0..4).map(Input::Value).collect();
     for skew in [1, 2] {
-        let plain = move |_: &mut flow_tests::plain::FlowContext| -> PlainFlow<u64> {
-            plain::ping(bob(), 4, skew)
-        };
-        let make = || Ping::Start {
-            peer: bob(),
-            rounds: 4,
-        };
-        let err = compare(&make, &plain, &inputs).expect_err("the twins differ");
+        let err = compare(&twins(skew), &inputs).expect_err("the twins differ");
         assert!(err.to_string().contains("disagree"), "{err}");
     }
 }
@@ -178,16 +167,7 @@ fn a_twin_that_differs_only_on_some_inputs_is_found_by_proptest() {
         failure_persistence: None,
         ..Config::default()
     };
-    let result = check_flow_with(
-        config,
-        "ping",
-        6,
-        &|| Ping::Start {
-            peer: bob(),
-            rounds: 4,
-        },
-        &|_| plain::ping(bob(), 4, 1),
-    );
+    let result = check_flow_with(config, "ping", 6, &twins(1));
     let err = result.expect_err("proptest must find the diverging input");
     assert!(err.contains("minimal inputs: [Value(0), Value(1)"), "{err}");
 }

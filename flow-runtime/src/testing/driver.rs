@@ -232,6 +232,12 @@ impl<F: Flow> FlowDriver<F> {
         self.outcome
     }
 
+    /// Takes the flow's outcome out of the driver (`None` if it has not
+    /// ended, or was already taken).
+    pub fn take_result(&mut self) -> Option<Result<F::Output, FlowError>> {
+        self.outcome.take()
+    }
+
     /// The current state (before start or while suspended), e.g. to look at
     /// `state_name()`.
     pub fn state(&self) -> Option<&F> {

@@ -1,0 +1,252 @@
+//! The contract's `ping` as a `#[flow]` state machine vs the same machine
+//! written by hand: time per round-trip step and checkpoint size.
+//!
+//! One "round-trip step" is what a node does for every echo a suspended
+//! ping receives: deserialize the checkpoint (rmp-serde), resume the flow
+//! with the message (decode, validate, add, send the next number, register
+//! the next receive), serialize the new checkpoint. `resume_only` measures
+//! the resume alone, on a state kept in memory.
+//!
+//! Run: `cargo bench -p flow-runtime --bench ping`. Target (issue 2): the
+//! generated machine within 10% of the hand-written one, and the suspended
+//! ping state at most 48 bytes. The sizes are printed before the timings
+//! and asserted, so a regression fails the bench (and its smoke run under
+//! `cargo test --benches`).
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use flow_runtime::__private as rt;
+use flow_runtime::prelude::*;
+use flow_runtime::{
+    Event, Payload, SeededIds, SessionId, Step, StepEffects, Timestamp, Wait, run_step,
+};
+use serde::{Deserialize, Serialize};
+use std::hint::black_box;
+
+/// The contract's `ping`, generated.
+#[flow]
+pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let mut total: u64 = 0;
+    let mut i: u32 = 0;
+    while i < rounds {
+        session.send(&i)?;
+        let echo: u32 = session.receive::<u32>().await?.validate(|n| {
+            if n == i {
+                Ok(n)
+            } else {
+                Err(FlowError::new("wrong echo"))
+            }
+        })?;
+        total += u64::from(echo);
+        i += 1;
+    }
+    Ok(total)
+}
+
+/// The same flow as a hand-written enum state machine: the baseline.
+#[derive(Debug, Serialize, Deserialize)]
+enum HandPing {
+    Start {
+        peer: Party,
+        rounds: u32,
+    },
+    AwaitEcho {
+        session: FlowSession,
+        total: u64,
+        i: u32,
+        rounds: u32,
+    },
+    Done,
+}
+
+impl Flow for HandPing {
+    type Output = u64;
+    const NAME: &'static str = "bench::hand_ping";
+    const VERSION: u32 = 1;
+    const FINGERPRINT: u64 = 1;
+
+    fn resume(&mut self, ctx: &mut FlowContext, event: Event) -> Step<u64> {
+        let (session, total, i, rounds) = match std::mem::replace(self, HandPing::Done) {
+            HandPing::Start { peer, rounds } => (ctx.initiate_flow(&peer), 0u64, 0u32, rounds),
+            HandPing::AwaitEcho {
+                session,
+                total,
+                i,
+                rounds,
+            } => {
+                let echo = rt::complete_receive::<u32>(ctx, event).and_then(|u| {
+                    u.validate(|n| {
+                        if n == i {
+                            Ok(n)
+                        } else {
+                            Err(FlowError::new("wrong echo"))
+                        }
+                    })
+                });
+                match echo {
+                    Ok(echo) => (session, total + u64::from(echo), i + 1, rounds),
+                    Err(e) => return Step::Done(Err(e)),
+                }
+            }
+            HandPing::Done => return Step::Done(Err(FlowError::internal("resumed after end"))),
+        };
+        if i < rounds {
+            if let Err(e) = session.send(&i) {
+                return Step::Done(Err(e));
+            }
+            if let Some(Err(e)) = rt::start_receive(session.receive::<u32>(), ctx) {
+                return Step::Done(Err(e));
+            }
+            *self = HandPing::AwaitEcho {
+                session,
+                total,
+                i,
+                rounds,
+            };
+            return Step::Suspended;
+        }
+        Step::Done(Ok(total))
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self {
+            HandPing::Start { .. } => "Start",
+            HandPing::AwaitEcho { .. } => "AwaitEcho",
+            HandPing::Done => "Done",
+        }
+    }
+}
+
+fn context() -> FlowContext {
+    FlowContext::new(
+        Party::new("Alice", PublicKey([1; 32])),
+        Timestamp(0),
+        Box::new(SeededIds::new(0)),
+    )
+}
+
+/// A flow suspended in its receive, as a node holds it between steps.
+struct Suspended<F> {
+    flow: F,
+    ctx: FlowContext,
+    session: SessionId,
+    /// The number the flow expects next.
+    next: u32,
+    effects: StepEffects,
+}
+
+/// Starts `flow` (built with practically endless rounds) and runs it into
+/// its first receive.
+fn suspend<F: Flow>(mut flow: F) -> Suspended<F> {
+    let mut ctx = context();
+    let (step, effects) = run_step(&mut flow, &mut ctx, Event::Start, StepEffects::default());
+    assert!(
+        matches!(step, Step::Suspended),
+        "ping must suspend in its first receive"
+    );
+    let session = match (&effects.wait, effects.opened.first()) {
+        (Some(Wait::Receive(s)), Some(opened)) if *s == opened.id => *s,
+        other => panic!("ping must wait on the session it opened, got {other:?}"),
+    };
+    Suspended {
+        flow,
+        ctx,
+        session,
+        next: 0,
+        effects,
+    }
+}
+
+impl<F: Flow> Suspended<F> {
+    /// Delivers the expected echo and runs one step: the flow sends the next
+    /// number and suspends again.
+    fn step(&mut self) {
+        let payload = Payload::encode(&self.next).unwrap_or_else(|e| panic!("{e}"));
+        let event = Event::Message {
+            session: self.session,
+            payload,
+        };
+        let mut effects = std::mem::take(&mut self.effects);
+        effects.sends.clear();
+        let (step, effects) = run_step(&mut self.flow, &mut self.ctx, event, effects);
+        if let Step::Done(result) = step {
+            panic!("ping ended early (ok: {})", result.is_ok());
+        }
+        self.effects = effects;
+        self.next += 1;
+    }
+
+    /// One round trip through a checkpoint: decode the state, step,
+    /// encode the new state.
+    fn checkpointed_step(&mut self, bytes: &mut Vec<u8>) {
+        self.flow = rmp_serde::from_slice(bytes).unwrap_or_else(|e| panic!("{e}"));
+        self.step();
+        bytes.clear();
+        rmp_serde::encode::write(bytes, &self.flow).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn checkpoint_bytes<F: Flow>(flow: F) -> usize {
+    let mut s = suspend(flow);
+    s.step();
+    rmp_serde::to_vec(&s.flow)
+        .map(|b| b.len())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn peer() -> Party {
+    Party::new("Bob", PublicKey([2; 32]))
+}
+
+fn bench(c: &mut Criterion) {
+    let generated_bytes = checkpoint_bytes(ping(peer(), u32::MAX));
+    let hand_bytes = checkpoint_bytes(HandPing::Start {
+        peer: peer(),
+        rounds: u32::MAX,
+    });
+    eprintln!(
+        "suspended ping checkpoint (rmp-serde): generated {generated_bytes} B, hand-written {hand_bytes} B"
+    );
+    assert!(
+        generated_bytes <= 48,
+        "the suspended generated ping must checkpoint in at most 48 bytes, got {generated_bytes}"
+    );
+
+    let mut group = c.benchmark_group("ping_round_trip_step");
+    {
+        let mut s = suspend(ping(peer(), u32::MAX));
+        let mut bytes = rmp_serde::to_vec(&s.flow).unwrap_or_else(|e| panic!("{e}"));
+        group.bench_function(BenchmarkId::new("checkpointed", "generated"), |b| {
+            b.iter(|| s.checkpointed_step(black_box(&mut bytes)))
+        });
+    }
+    {
+        let mut s = suspend(HandPing::Start {
+            peer: peer(),
+            rounds: u32::MAX,
+        });
+        let mut bytes = rmp_serde::to_vec(&s.flow).unwrap_or_else(|e| panic!("{e}"));
+        group.bench_function(BenchmarkId::new("checkpointed", "hand_written"), |b| {
+            b.iter(|| s.checkpointed_step(black_box(&mut bytes)))
+        });
+    }
+    {
+        let mut s = suspend(ping(peer(), u32::MAX));
+        group.bench_function(BenchmarkId::new("resume_only", "generated"), |b| {
+            b.iter(|| s.step())
+        });
+    }
+    {
+        let mut s = suspend(HandPing::Start {
+            peer: peer(),
+            rounds: u32::MAX,
+        });
+        group.bench_function(BenchmarkId::new("resume_only", "hand_written"), |b| {
+            b.iter(|| s.step())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
