@@ -25,7 +25,7 @@ pub(crate) struct Batch {
     /// Frames to release after the commit (new outbox entries, acks, refusals).
     pub emit: Vec<(PublicKey, Vec<u8>)>,
     /// Runs finished in this batch, with their outcome.
-    pub finished: Vec<(u64, Result<Vec<u8>, FlowError>)>,
+    pub finished: Vec<(u64, String, Result<Vec<u8>, FlowError>)>,
     /// Progress changes in this batch.
     pub progress: Vec<(u64, Vec<String>)>,
     /// Steps run in this batch.

@@ -179,7 +179,7 @@ impl NodeCore {
         self.registry.insert_type(flow.flow_type.clone());
         let run = self.fresh_run_id()?;
         let draining = self.draining;
-        let out = self.batch(now, |core, b| {
+        let out = self.batch_inner(now, false, |core, b| {
             if let Some(id) = &client_id {
                 b.put(Table::CLIENT_IDS, id.as_bytes().to_vec(), run_key(run));
             }
@@ -440,22 +440,45 @@ impl NodeCore {
         now: Timestamp,
         f: impl FnOnce(&mut Self, &mut Batch) -> Result<(), NodeError>,
     ) -> Result<Output, NodeError> {
+        self.batch_inner(now, true, f)
+    }
+
+    /// [`batch`](Self::batch); with `run: false` the runs `f` woke are only
+    /// committed as runnable and left for the next operation (a start
+    /// commits the new flow without running its first step).
+    fn batch_inner(
+        &mut self,
+        now: Timestamp,
+        run: bool,
+        f: impl FnOnce(&mut Self, &mut Batch) -> Result<(), NodeError>,
+    ) -> Result<Output, NodeError> {
         self.now = now;
         let mut b = Batch::default();
-        let mut retry_later = std::mem::take(&mut self.ready);
+        let retry_later = if run {
+            std::mem::take(&mut self.ready)
+        } else {
+            BTreeSet::new()
+        };
         let result = (|| {
             f(self, &mut b)?;
-            self.fire_timers(&mut b)?;
-            b.wake.append(&mut retry_later.clone());
-            self.run_woken(&mut b)?;
-            self.commit(&mut b)
+            if run {
+                self.fire_timers(&mut b)?;
+                // (`extend`, not `append`: append rebuilds the whole set.)
+                b.wake.extend(retry_later.iter().copied());
+                self.run_woken(&mut b)?;
+            }
+            self.commit(&mut b)?;
+            if !run {
+                self.ready.extend(std::mem::take(&mut b.wake));
+            }
+            Ok(())
         })();
         match result {
             Ok(()) => Ok(Output {
                 frames: std::mem::take(&mut b.emit),
                 finished: std::mem::take(&mut b.finished)
                     .into_iter()
-                    .map(|(r, o)| (RunId(r), o))
+                    .map(|(r, name, o)| (RunId(r), name, o))
                     .collect(),
                 progress: std::mem::take(&mut b.progress)
                     .into_iter()
@@ -469,7 +492,7 @@ impl NodeCore {
                     let mut sink = crate::store::WriteBatch::default();
                     w.drain_into(&mut sink);
                 }
-                self.ready.append(&mut retry_later);
+                self.ready.extend(retry_later);
                 self.ready.extend(b.wake.iter().copied());
                 Err(e)
             }
@@ -628,14 +651,14 @@ impl NodeCore {
             tracing::warn!(peer = ?from, session = %key.id, "dropped a malformed session init");
             return Ok(());
         }
-        if let Some(existing) = b.session(&*self.store, key).map_err(store_err)? {
-            if existing.counterparty.key() == from {
+        let collision = match b.session(&*self.store, key).map_err(store_err)? {
+            Some(existing) if existing.counterparty.key() == from => {
                 self.emit(b, from, &ack); // duplicate: already processed
-            } else {
-                tracing::warn!(peer = ?from, session = %key.id, "refused an init reusing another peer's session id");
+                return Ok(());
             }
-            return Ok(());
-        }
+            Some(_) => true,
+            None => false,
+        };
         if self.tombstoned(b, key)? {
             self.emit(b, from, &ack);
             return Ok(());
@@ -650,6 +673,20 @@ impl NodeCore {
             };
             core.emit(b, from, &end);
         };
+        if collision {
+            refuse(
+                self,
+                b,
+                FlowError::with_kind(
+                    FlowErrorKind::Refused,
+                    format!(
+                        "{} already has a session {} with another peer: `{flow}` was not started; start the flow again (it will pick a new session id)",
+                        self.identity, key.id
+                    ),
+                ),
+            );
+            return Ok(());
+        }
         if self.draining {
             refuse(
                 self,
@@ -1241,6 +1278,8 @@ impl NodeCore {
         }
         if rec.keep_result {
             self.store_result(b, run, &rec.flow, rec.client_id.clone(), outcome);
+        } else {
+            b.finished.push((run, rec.flow.clone(), outcome));
         }
     }
 
@@ -1260,6 +1299,6 @@ impl NodeCore {
         b.put(Table::RESULTS, run_key(run), encode(&rec));
         b.progress
             .push((run, vec![crate::progress::ProgressTracker::DONE.to_owned()]));
-        b.finished.push((run, outcome));
+        b.finished.push((run, flow.to_owned(), outcome));
     }
 }

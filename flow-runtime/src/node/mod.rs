@@ -69,8 +69,10 @@ impl Default for NodeConfig {
 pub struct Output {
     /// Frames for the transport: `(receiver, bytes)`.
     pub frames: Vec<(PublicKey, Vec<u8>)>,
-    /// Flows that finished, with their outcome (output in MessagePack).
-    pub finished: Vec<(RunId, Result<Vec<u8>, FlowError>)>,
+    /// Flows that finished (top-level and responders), with their `NAME`
+    /// and outcome (output in MessagePack). Only top-level flows' outcomes
+    /// are also kept in the store for `result`.
+    pub finished: Vec<(RunId, String, Result<Vec<u8>, FlowError>)>,
     /// Progress changes.
     pub progress: Vec<(RunId, Vec<String>)>,
 }

@@ -14,12 +14,12 @@
 use super::{Entries, Store, StoreError, Table, WriteBatch};
 use redb::backends::InMemoryBackend;
 use redb::{
-    Builder, Database, Durability, ReadableDatabase, ReadableTableMetadata, StorageBackend,
-    TableDefinition, TableError,
+    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTableMetadata,
+    StorageBackend, TableDefinition, TableError,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 type Def<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
@@ -50,6 +50,9 @@ impl Default for RedbOptions {
 pub struct RedbStore {
     db: Database,
     options: RedbOptions,
+    /// A read transaction reused by reads until the next commit: beginning
+    /// one per lookup costs more than the lookup.
+    reader: Mutex<Option<Arc<ReadTransaction>>>,
 }
 
 fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
@@ -78,7 +81,11 @@ impl RedbStore {
     }
 
     fn init(db: Database, options: RedbOptions) -> Result<Self, StoreError> {
-        let store = Self { db, options };
+        let store = Self {
+            db,
+            options,
+            reader: Mutex::new(None),
+        };
         // Create the node's tables so reads never meet a missing table.
         let txn = store.db.begin_write().map_err(|e| err("begin", e))?;
         for table in Table::BUILT_IN {
@@ -90,9 +97,41 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    /// Makes every earlier commit durable with one empty durable commit
+    /// (only needed when `durable` is off).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| err("durability", e))?;
+        txn.commit().map_err(|e| err("commit", e))
+    }
+}
+
+impl RedbStore {
+    fn reader(&self) -> Result<Arc<ReadTransaction>, StoreError> {
+        let mut slot = self
+            .reader
+            .lock()
+            .map_err(|_| StoreError("reader lock poisoned".into()))?;
+        if let Some(txn) = slot.as_ref() {
+            return Ok(txn.clone());
+        }
+        let txn = Arc::new(self.db.begin_read().map_err(|e| err("begin read", e))?);
+        *slot = Some(txn.clone());
+        Ok(txn)
+    }
+
+    fn invalidate_reader(&self) {
+        if let Ok(mut slot) = self.reader.lock() {
+            *slot = None;
+        }
+    }
+}
+
 impl Store for RedbStore {
     fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let txn = self.reader()?;
         let t = match txn.open_table(Def::new(table.name())) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -109,7 +148,7 @@ impl Store for RedbStore {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let txn = self.reader()?;
         let t = match txn.open_table(Def::new(table.name())) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -129,7 +168,7 @@ impl Store for RedbStore {
     }
 
     fn len(&self, table: &Table) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let txn = self.reader()?;
         match txn.open_table(Def::new(table.name())) {
             Ok(t) => t.len().map_err(|e| err("len", e)),
             Err(TableError::TableDoesNotExist(_)) => Ok(0),
@@ -172,7 +211,9 @@ impl Store for RedbStore {
                 }
             }
         }
-        txn.commit().map_err(|e| err("commit", e))
+        let result = txn.commit().map_err(|e| err("commit", e));
+        self.invalidate_reader();
+        result
     }
 }
 

@@ -9,8 +9,9 @@
 //! 1. a node with runnable work left from an earlier batch runs it; else
 //! 2. one frame in flight is delivered (with seeded faults: dropped,
 //!    duplicated, or taken out of order); else
-//! 3. if some node has unacknowledged messages and something changed since
-//!    the last redelivery round, every node redelivers its outbox; else
+//! 3. if some node has unacknowledged messages, every node redelivers its
+//!    outbox (up to 30 rounds in a row in which no node commits anything,
+//!    so an undeliverable frame cannot keep the network busy); else
 //! 4. the virtual clock jumps to the earliest timer and fires it; else
 //! 5. the network is idle: `step` returns `false`.
 //!
@@ -25,6 +26,13 @@ use crate::{Flow, FlowError, FlowHandle, IdSource, Party, PublicKey, SeededIds, 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Redelivery rounds in a row that may pass without any node committing
+/// anything before the network counts as idle. Redelivery has to repeat
+/// when fault injection drops the redelivered frames too; but a frame no
+/// node will ever accept (addressed to a node that does not exist) must not
+/// keep the network busy forever.
+const MAX_FRUITLESS_REDELIVERIES: u32 = 30;
 
 /// A node of a [`MockNetwork`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +50,21 @@ pub struct Faults {
     pub reorder: f64,
     /// Before a step, a random node crashes and restarts.
     pub restart: f64,
+}
+
+/// A flow that finished on a node of a [`MockNetwork`] (responders too,
+/// whose results a node does not keep): for tests that check what a
+/// counterparty saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// The node it ran on.
+    pub node: NodeId,
+    /// Its run id.
+    pub run_id: RunId,
+    /// Its `Flow::NAME`.
+    pub flow: String,
+    /// Its outcome; the output is MessagePack (decode with rmp-serde).
+    pub outcome: Result<Vec<u8>, FlowError>,
 }
 
 /// Counters of what the network did, for tests and simulations.
@@ -68,6 +91,7 @@ struct Slot {
     memory: SharedMemory,
     registry: Registry,
     core: Option<NodeCore>,
+    store: Option<Arc<RedbStore>>,
     incarnation: u64,
     observers: HashMap<RunId, ProgressStream>,
     draining: bool,
@@ -95,7 +119,9 @@ pub struct MockNetwork {
     config: NodeConfig,
     commits: u64,
     redelivered_at: Option<u64>,
+    fruitless_redeliveries: u32,
     stats: NetworkStats,
+    finished: Vec<Finished>,
 }
 
 impl MockNetwork {
@@ -112,7 +138,9 @@ impl MockNetwork {
             config: NodeConfig::default(),
             commits: 0,
             redelivered_at: None,
+            fruitless_redeliveries: 0,
             stats: NetworkStats::default(),
+            finished: Vec::new(),
         }
     }
 
@@ -157,6 +185,7 @@ impl MockNetwork {
             memory: SharedMemory::new(),
             registry: Registry::new(),
             core: None,
+            store: None,
             incarnation: 0,
             observers: HashMap::new(),
             draining: false,
@@ -292,6 +321,16 @@ impl MockNetwork {
         }
     }
 
+    /// Every flow that has finished on `node` so far (responders included),
+    /// in order. Kept by the network, so it survives node restarts.
+    pub fn finished(&self, node: NodeId) -> Vec<Finished> {
+        self.finished
+            .iter()
+            .filter(|f| f.node == node)
+            .cloned()
+            .collect()
+    }
+
     /// Forgets a finished flow's result. `true` if there was one.
     pub fn remove_result<F>(&mut self, handle: &FlowHandle<F>) -> bool {
         let now = self.clock;
@@ -307,6 +346,11 @@ impl MockNetwork {
     pub fn restart_node(&mut self, node: NodeId) {
         let slot = &mut self.nodes[node.0];
         slot.core = None;
+        if let Some(store) = slot.store.take()
+            && let Err(e) = store.sync()
+        {
+            tracing::error!("MockNetwork: {e}");
+        }
         slot.incarnation += 1;
         self.stats.restarts += 1;
         self.open_node(node.0);
@@ -358,6 +402,10 @@ impl MockNetwork {
             return true;
         }
         if self.redelivered_at != Some(self.commits) {
+            self.fruitless_redeliveries = 0;
+        }
+        if self.fruitless_redeliveries < MAX_FRUITLESS_REDELIVERIES {
+            self.fruitless_redeliveries += 1;
             let mut any = false;
             for i in 0..self.nodes.len() {
                 let from = *self.nodes[i].party.key();
@@ -502,24 +550,37 @@ impl MockNetwork {
 
     fn open_node(&mut self, i: usize) {
         let slot = &mut self.nodes[i];
+        // Memory-backed. Every batch a real node commits is durable; here a
+        // process crash cannot lose what was written to memory, so batches
+        // commit without redb's durable-commit work and `restart_node`
+        // makes them durable before dropping the database: the reopened
+        // node sees exactly the committed batches, as after a real crash.
         let options = RedbOptions {
-            // Memory-backed: fsync is free, and a restart reopens the same
-            // committed bytes either way.
-            durable: true,
+            durable: false,
             quick_repair: false,
             cache_bytes: 4 * 1024 * 1024,
         };
-        let store: Arc<dyn Store> = match RedbStore::open_in_memory(&slot.memory, options) {
+        let store = match RedbStore::open_in_memory(&slot.memory, options) {
             Ok(s) => Arc::new(s),
             Err(e) => panic!(
                 "MockNetwork: cannot open the database of {}: {e}",
                 slot.party
             ),
         };
-        let base = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let session_ids =
-            SeededIds::new(base ^ slot.incarnation.wrapping_mul(0xA24B_AED4_963E_E407));
-        let run_ids = SeededIds::new(!base ^ slot.incarnation.wrapping_mul(0x9FB2_1C65_1E98_DF25));
+        slot.store = Some(store.clone());
+        let store: Arc<dyn Store> = store;
+        // Independent streams per node, incarnation and purpose: the parts
+        // are hashed (SplitMix64 streams whose seeds differ by a multiple of
+        // its increment would be shifted copies of each other).
+        let mix = |parts: [u64; 4]| {
+            let mut x = 0u64;
+            for p in parts {
+                x = SeededIds::new(x ^ p).next_id();
+            }
+            SeededIds::new(x)
+        };
+        let session_ids = mix([self.seed, i as u64, slot.incarnation, 1]);
+        let run_ids = mix([self.seed, i as u64, slot.incarnation, 2]);
         let mut core = match NodeCore::open(
             slot.party.clone(),
             store,
@@ -569,6 +630,14 @@ impl MockNetwork {
         let from = *self.nodes[i].party.key();
         for (to, frame) in out.frames {
             self.in_flight.push_back(InFlight { from, to, frame });
+        }
+        for (run_id, flow, outcome) in out.finished {
+            self.finished.push(Finished {
+                node: NodeId(i),
+                run_id,
+                flow,
+                outcome,
+            });
         }
         let slot = &mut self.nodes[i];
         for (run, path) in out.progress {

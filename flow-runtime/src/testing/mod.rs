@@ -4,4 +4,4 @@ mod driver;
 pub use driver::{DriverError, FlowDriver, StepReport};
 
 mod mock;
-pub use mock::{Faults, MockNetwork, NetworkStats, NodeId};
+pub use mock::{Faults, Finished, MockNetwork, NetworkStats, NodeId};

@@ -164,6 +164,8 @@ pub enum Op {
     /// End with a protocol error while a `FailBudget` service's counter is
     /// positive (decrementing it).
     FailWhileBudget(String),
+    /// Start another (empty) flow from inside the node; fail if refused.
+    StartFlow,
     /// Panic.
     Panic(String),
     /// Write `key = value` to the service table "test" (committed with the step).
@@ -310,6 +312,16 @@ impl<const K: u8> Flow for Script<K> {
                     {
                         f.0 -= 1;
                         return Step::Done(Err(FlowError::new(m)));
+                    }
+                }
+                Op::StartFlow => {
+                    let started = match ctx.services().get_mut::<flow_runtime::node::FlowStarter>()
+                    {
+                        Some(s) => s.start(script::<3>(vec![])),
+                        None => Err(FlowError::internal("no FlowStarter")),
+                    };
+                    if let Err(e) = started {
+                        return Step::Done(Err(e));
                     }
                 }
                 Op::Panic(m) => panic!("{m}"),
