@@ -734,7 +734,7 @@ impl Driver {
             }
             self.send(&to, frame);
         }
-        for (run, result) in out.finished {
+        for (run, _flow, result) in out.finished {
             for waiter in self.waiters.remove(&run).unwrap_or_default() {
                 let _ = waiter.send(result.clone());
             }
