@@ -11,6 +11,8 @@
 //! `sha2` (ids), the RustCrypto/dalek crates the Rust community audits and
 //! relies on.
 
+#![warn(missing_docs)]
+
 pub mod cluster;
 pub mod crypto;
 pub mod demo;

@@ -102,9 +102,11 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         let mut names = Vec::new();
         shape.push_str(&format!("{name}{{"));
         if let Some(child) = &v.child {
-            fields.push(
-                quote!(#[serde(with = "::flow_runtime::__private::checkpoint")] child: #child),
-            );
+            fields.push(quote!(
+                #[doc = "The running sub-flow's own state, nested in this one's checkpoint."]
+                #[serde(with = "::flow_runtime::__private::checkpoint")]
+                child: #child
+            ));
             names.push(format_ident!("child"));
             shape.push_str(&format!(
                 "child:{};",
@@ -116,7 +118,13 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
             let ty = binding_type(cfg, *b);
             shape.push_str(&format!("{f}:{};", pretty_tokens(&ty.to_token_stream())));
             let span = ty_span(&ty);
+            let field_doc = if name == "Start" {
+                format!("The argument `{f}`.")
+            } else {
+                format!("The local `{f}`, still needed after this suspension.")
+            };
             fields.push(quote_spanned! {span=>
+                #[doc = #field_doc]
                 #[serde(with = "::flow_runtime::__private::checkpoint")]
                 #f: #ty
             });

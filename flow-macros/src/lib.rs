@@ -16,6 +16,8 @@
 //! * [`errors`](crate::errors) collects spanned errors so every problem is
 //!   reported in one compile, and nothing panics.
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 
 mod analyse;
