@@ -14,12 +14,11 @@
 //! `cargo test --benches`).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use flow_runtime::__private as rt;
 use flow_runtime::prelude::*;
+use flow_runtime::testing::HandwrittenPing;
 use flow_runtime::{
     Event, Payload, SeededIds, SessionId, Step, StepEffects, Timestamp, Wait, run_step,
 };
-use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 
 /// The contract's `ping`, generated.
@@ -41,80 +40,6 @@ pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64
         i += 1;
     }
     Ok(total)
-}
-
-/// The same flow as a hand-written enum state machine: the baseline.
-#[derive(Debug, Serialize, Deserialize)]
-enum HandPing {
-    Start {
-        peer: Party,
-        rounds: u32,
-    },
-    AwaitEcho {
-        session: FlowSession,
-        total: u64,
-        i: u32,
-        rounds: u32,
-    },
-    Done,
-}
-
-impl Flow for HandPing {
-    type Output = u64;
-    const NAME: &'static str = "bench::hand_ping";
-    const VERSION: u32 = 1;
-    const FINGERPRINT: u64 = 1;
-
-    fn resume(&mut self, ctx: &mut FlowContext, event: Event) -> Step<u64> {
-        let (session, total, i, rounds) = match std::mem::replace(self, HandPing::Done) {
-            HandPing::Start { peer, rounds } => (ctx.initiate_flow(&peer), 0u64, 0u32, rounds),
-            HandPing::AwaitEcho {
-                session,
-                total,
-                i,
-                rounds,
-            } => {
-                let echo = rt::complete_receive::<u32>(ctx, event).and_then(|u| {
-                    u.validate(|n| {
-                        if n == i {
-                            Ok(n)
-                        } else {
-                            Err(FlowError::new("wrong echo"))
-                        }
-                    })
-                });
-                match echo {
-                    Ok(echo) => (session, total + u64::from(echo), i + 1, rounds),
-                    Err(e) => return Step::Done(Err(e)),
-                }
-            }
-            HandPing::Done => return Step::Done(Err(FlowError::internal("resumed after end"))),
-        };
-        if i < rounds {
-            if let Err(e) = session.send(&i) {
-                return Step::Done(Err(e));
-            }
-            if let Some(Err(e)) = rt::start_receive(session.receive::<u32>(), ctx) {
-                return Step::Done(Err(e));
-            }
-            *self = HandPing::AwaitEcho {
-                session,
-                total,
-                i,
-                rounds,
-            };
-            return Step::Suspended;
-        }
-        Step::Done(Ok(total))
-    }
-
-    fn state_name(&self) -> &'static str {
-        match self {
-            HandPing::Start { .. } => "Start",
-            HandPing::AwaitEcho { .. } => "AwaitEcho",
-            HandPing::Done => "Done",
-        }
-    }
 }
 
 fn context() -> FlowContext {
@@ -200,7 +125,7 @@ fn peer() -> Party {
 
 fn bench(c: &mut Criterion) {
     let generated_bytes = checkpoint_bytes(ping(peer(), u32::MAX));
-    let hand_bytes = checkpoint_bytes(HandPing::Start {
+    let hand_bytes = checkpoint_bytes(HandwrittenPing::Start {
         peer: peer(),
         rounds: u32::MAX,
     });
@@ -221,7 +146,7 @@ fn bench(c: &mut Criterion) {
         });
     }
     {
-        let mut s = suspend(HandPing::Start {
+        let mut s = suspend(HandwrittenPing::Start {
             peer: peer(),
             rounds: u32::MAX,
         });
@@ -237,7 +162,7 @@ fn bench(c: &mut Criterion) {
         });
     }
     {
-        let mut s = suspend(HandPing::Start {
+        let mut s = suspend(HandwrittenPing::Start {
             peer: peer(),
             rounds: u32::MAX,
         });

@@ -3,86 +3,9 @@
 //! `Flow` trait's protocol (what `#[flow]` must generate) independently of
 //! the macro.
 
-use flow_runtime::__private as rt;
 use flow_runtime::prelude::*;
+use flow_runtime::testing::HandwrittenPing;
 use flow_runtime::{Event, Payload, SeededIds, StepEffects, Timestamp, Wait, run_step};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Ping {
-    Start {
-        peer: Party,
-        rounds: u32,
-    },
-    AwaitEcho {
-        session: FlowSession,
-        total: u64,
-        i: u32,
-        rounds: u32,
-    },
-    Done,
-}
-
-impl Flow for Ping {
-    type Output = u64;
-    const NAME: &'static str = "handwritten::ping";
-    const VERSION: u32 = 1;
-    const FINGERPRINT: u64 = 1;
-
-    fn resume(&mut self, ctx: &mut FlowContext, event: Event) -> flow_runtime::Step<u64> {
-        let (session, mut total, i, rounds) = match std::mem::replace(self, Ping::Done) {
-            Ping::Start { peer, rounds } => (ctx.initiate_flow(&peer), 0u64, 0u32, rounds),
-            Ping::AwaitEcho {
-                session,
-                total,
-                i,
-                rounds,
-            } => {
-                let echo = rt::complete_receive::<u32>(ctx, event).and_then(|u| {
-                    u.validate(|n| {
-                        if n == i {
-                            Ok(n)
-                        } else {
-                            Err(FlowError::new("wrong echo"))
-                        }
-                    })
-                });
-                match echo {
-                    Ok(echo) => (session, total + u64::from(echo), i + 1, rounds),
-                    Err(e) => return flow_runtime::Step::Done(Err(e)),
-                }
-            }
-            Ping::Done => {
-                return flow_runtime::Step::Done(Err(FlowError::internal("resumed after end")));
-            }
-        };
-        if i < rounds {
-            if let Err(e) = session.send(&i) {
-                return flow_runtime::Step::Done(Err(e));
-            }
-            if let Some(Err(e)) = rt::start_receive(session.receive::<u32>(), ctx) {
-                return flow_runtime::Step::Done(Err(e));
-            }
-            *self = Ping::AwaitEcho {
-                session,
-                total,
-                i,
-                rounds,
-            };
-            return flow_runtime::Step::Suspended;
-        }
-        total += 0;
-        flow_runtime::Step::Done(Ok(total))
-    }
-
-    fn state_name(&self) -> &'static str {
-        match self {
-            Ping::Start { .. } => "Start",
-            Ping::AwaitEcho { .. } => "AwaitEcho",
-            Ping::Done => "Done",
-        }
-    }
-}
 
 fn ctx() -> FlowContext {
     let me = Party::new("Alice", PublicKey([1; 32]));
@@ -93,7 +16,7 @@ fn ctx() -> FlowContext {
 fn handwritten_ping_echoes_every_round_and_sums() {
     let mut ctx = ctx();
     let bob = Party::new("Bob", PublicKey([2; 32]));
-    let mut flow = Ping::Start {
+    let mut flow = HandwrittenPing::Start {
         peer: bob.clone(),
         rounds: 3,
     };
@@ -101,7 +24,7 @@ fn handwritten_ping_echoes_every_round_and_sums() {
     assert_eq!(step, flow_runtime::Step::Suspended);
     assert_eq!(effects.opened.len(), 1);
     assert_eq!(effects.opened[0].counterparty, bob);
-    assert_eq!(effects.opened[0].initiating_flow, "handwritten::ping");
+    assert_eq!(effects.opened[0].initiating_flow, HandwrittenPing::NAME);
     let session = effects.opened[0].id;
     assert_eq!(effects.wait, Some(Wait::Receive(session)));
     let mut sent: Vec<u32> = effects
@@ -137,7 +60,7 @@ fn handwritten_ping_echoes_every_round_and_sums() {
 #[test]
 fn wrong_message_type_names_both_types() {
     let mut ctx = ctx();
-    let mut flow = Ping::Start {
+    let mut flow = HandwrittenPing::Start {
         peer: Party::new("Bob", PublicKey([2; 32])),
         rounds: 1,
     };

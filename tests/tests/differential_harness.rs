@@ -3,87 +3,11 @@
 //! plain `async` ping, and a plain twin that differs in one send, one wait or
 //! the result must be caught.
 
-use flow_runtime::__private as rt;
 use flow_runtime::prelude::*;
-use flow_runtime::{Event, Step};
+use flow_runtime::testing::HandwrittenPing;
 use flow_tests::differential::{Twins, check_flow, check_flow_with, compare};
 use flow_tests::trace::{Input, Outcome, WaitTrace};
 use proptest::test_runner::{Config, RngSeed};
-use serde::{Deserialize, Serialize};
-
-/// The contract's `ping`, written by hand as the macro would generate it.
-#[derive(Debug, Serialize, Deserialize)]
-enum Ping {
-    Start {
-        peer: Party,
-        rounds: u32,
-    },
-    AwaitEcho {
-        session: FlowSession,
-        total: u64,
-        i: u32,
-        rounds: u32,
-    },
-    Done,
-}
-
-impl Flow for Ping {
-    type Output = u64;
-    const NAME: &'static str = "differential_harness::ping";
-    const VERSION: u32 = 1;
-    const FINGERPRINT: u64 = 1;
-
-    fn resume(&mut self, ctx: &mut FlowContext, event: Event) -> Step<u64> {
-        let (session, total, i, rounds) = match std::mem::replace(self, Ping::Done) {
-            Ping::Start { peer, rounds } => (ctx.initiate_flow(&peer), 0u64, 0u32, rounds),
-            Ping::AwaitEcho {
-                session,
-                total,
-                i,
-                rounds,
-            } => {
-                let echo = rt::complete_receive::<u32>(ctx, event).and_then(|u| {
-                    u.validate(|n| {
-                        if n == i {
-                            Ok(n)
-                        } else {
-                            Err(FlowError::new("wrong echo"))
-                        }
-                    })
-                });
-                match echo {
-                    Ok(echo) => (session, total + u64::from(echo), i + 1, rounds),
-                    Err(e) => return Step::Done(Err(e)),
-                }
-            }
-            Ping::Done => return Step::Done(Err(FlowError::internal("resumed after end"))),
-        };
-        if i < rounds {
-            if let Err(e) = session.send(&i) {
-                return Step::Done(Err(e));
-            }
-            if let Some(Err(e)) = rt::start_receive(session.receive::<u32>(), ctx) {
-                return Step::Done(Err(e));
-            }
-            *self = Ping::AwaitEcho {
-                session,
-                total,
-                i,
-                rounds,
-            };
-            return Step::Suspended;
-        }
-        Step::Done(Ok(total))
-    }
-
-    fn state_name(&self) -> &'static str {
-        match self {
-            Ping::Start { .. } => "Start",
-            Ping::AwaitEcho { .. } => "AwaitEcho",
-            Ping::Done => "Done",
-        }
-    }
-}
 
 mod plain {
     use flow_tests::plain::prelude::*;
@@ -119,7 +43,7 @@ fn bob() -> Party {
 /// The hand-written machine and the plain ping skewed by `skew`.
 fn twins(skew: u32) -> Twins<'static, u64> {
     Twins::new(
-        || Ping::Start {
+        || HandwrittenPing::Start {
             peer: bob(),
             rounds: 4,
         },

@@ -5,3 +5,6 @@ pub use driver::{DriverError, FlowDriver, StepReport};
 
 mod mock;
 pub use mock::{Faults, Finished, MockNetwork, NetworkStats, NodeId};
+
+mod handwritten;
+pub use handwritten::HandwrittenPing;
