@@ -36,6 +36,8 @@ pub mod store;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 pub mod testing;
+#[cfg(feature = "tcp")]
+pub mod transport;
 pub mod wire;
 
 #[doc(hidden)]

@@ -1,5 +1,8 @@
-//! [`Node`]: a durable node on tokio, talking to its peers over the TCP
-//! transport.
+//! [`Node`]: a durable node on tokio, talking to its peers over a
+//! [`Transport`] — TCP by default ([`NodeBuilder::new`],
+//! [`NodeBuilder::from_config`]), or any other implementation
+//! ([`NodeBuilder::with_transport`], e.g. the in-process
+//! [`MemoryTransport`](crate::transport::MemoryTransport)).
 //!
 //! The node's state-machine manager ([`NodeCore`]) is synchronous: each of
 //! its operations is one group commit (one fsync). This module drives it
@@ -23,20 +26,22 @@
 //! next redelivery sends it. The driver never waits on a slow peer.
 
 use super::config::LoadedConfig;
+use crate::handle::{RawResult, RawResultFuture, ResultSource, decode_output};
 use crate::node::{NodeError, OsIds, Output};
 use crate::progress::ProgressStream;
 use crate::registry::{NewFlow, Registry, ResponderFn};
 use crate::services::Services;
 use crate::store::{RedbOptions, RedbStore, Store};
-use crate::tcp::{
-    Direction, Incoming, LinkEvent, SendError, SigningKey, TcpConfig, TcpTransport, TransportError,
-};
+use crate::tcp::{SigningKey, TcpConfig, TcpTransport, TransportError};
+use crate::transport::{Incoming, SendError, Transport, TransportEvent};
 use crate::wire::WireMessage;
 use crate::{
     Flow, FlowError, FlowHandle, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp,
 };
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -73,7 +78,11 @@ pub enum RunnerError {
 
 type Installer = Arc<dyn Fn(&mut Services) + Send + Sync>;
 
-/// Everything a node is built from: identity, network, database, flows.
+/// Everything a node is built from: identity, transport, database, flows.
+///
+/// The transport is a type parameter so that [`Node::transport`] gives the
+/// concrete transport back (its address, its events); it defaults to TCP,
+/// so `NodeBuilder` and `Node` without parameters are the TCP node.
 ///
 /// ```ignore
 /// let loaded = Config::read(Path::new("alice.toml"))?.load()?;
@@ -83,32 +92,109 @@ type Installer = Arc<dyn Fn(&mut Services) + Send + Sync>;
 /// let node = builder.start().await?;
 /// node.run_until_signal().await?;
 /// ```
-pub struct NodeBuilder {
-    name: String,
-    identity: SigningKey,
-    listen: String,
+pub struct NodeBuilder<T: Transport = TcpTransport> {
+    party: Party,
     database: PathBuf,
-    map: crate::tcp::NetworkMap,
-    tcp: TcpConfig,
     redelivery: Duration,
     node_config: NodeConfig,
     store_options: RedbOptions,
     registry: Registry,
     installers: Vec<Installer>,
-    listener: Option<std::net::TcpListener>,
+    connect: Box<dyn Connect<T>>,
 }
 
-impl std::fmt::Debug for NodeBuilder {
+impl<T: Transport> std::fmt::Debug for NodeBuilder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeBuilder")
-            .field("name", &self.name)
-            .field("listen", &self.listen)
+            .field("name", &self.party.name())
+            .field("transport", &self.connect.describe())
             .field("database", &self.database)
             .finish_non_exhaustive()
     }
 }
 
-impl NodeBuilder {
+/// A transport starting up.
+type Connecting<T> = Pin<Box<dyn Future<Output = Result<(T, Incoming), TransportError>> + Send>>;
+
+/// How a builder gets its transport when the node starts: TCP binds its
+/// listener then (so a builder can be configured before any socket is
+/// opened), other transports are handed over ready-made.
+trait Connect<T>: Send {
+    /// For `Debug` and log lines.
+    fn describe(&self) -> String;
+    /// Starts the transport.
+    fn connect(self: Box<Self>) -> Connecting<T>;
+    /// The TCP settings, if this is a TCP transport still to be started.
+    fn tcp(&mut self) -> Option<&mut TcpSetup> {
+        None
+    }
+}
+
+/// The TCP transport's settings until the node starts.
+struct TcpSetup {
+    identity: SigningKey,
+    listen: String,
+    map: crate::tcp::NetworkMap,
+    config: TcpConfig,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl Connect<TcpTransport> for TcpSetup {
+    fn describe(&self) -> String {
+        format!("tcp://{}", self.listen)
+    }
+
+    fn connect(self: Box<Self>) -> Connecting<TcpTransport> {
+        let TcpSetup {
+            identity,
+            listen,
+            map,
+            config,
+            listener,
+        } = *self;
+        Box::pin(async move {
+            match listener {
+                None => TcpTransport::bind(identity, &listen, map, config).await,
+                Some(listener) => {
+                    let listener = listener
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                        .map_err(|source| TransportError::Bind {
+                            address: listen.clone(),
+                            source,
+                        })?;
+                    TcpTransport::from_listener(identity, listener, map, config)
+                }
+            }
+        })
+    }
+
+    fn tcp(&mut self) -> Option<&mut TcpSetup> {
+        Some(self)
+    }
+}
+
+/// A transport the caller already started.
+struct Ready<T> {
+    transport: T,
+    incoming: Incoming,
+}
+
+impl<T: Transport> Connect<T> for Ready<T> {
+    fn describe(&self) -> String {
+        self.transport.endpoint()
+    }
+
+    fn connect(self: Box<Self>) -> Connecting<T> {
+        let Ready {
+            transport,
+            incoming,
+        } = *self;
+        Box::pin(std::future::ready(Ok((transport, incoming))))
+    }
+}
+
+impl NodeBuilder<TcpTransport> {
     /// A builder from a loaded configuration file.
     pub fn from_config(loaded: LoadedConfig) -> Self {
         let LoadedConfig {
@@ -117,7 +203,7 @@ impl NodeBuilder {
             map,
         } = loaded;
         let mut builder = Self::new(identity, &config.listen, config.database, map);
-        builder.tcp = config.transport.tcp_config();
+        builder.tcp_config(config.transport.tcp_config());
         builder.redelivery = config.node.redelivery_interval();
         builder.store_options = config.store.redb_options();
         builder
@@ -136,27 +222,69 @@ impl NodeBuilder {
         let name = map
             .by_key(&key)
             .map_or_else(String::new, |e| e.name.clone());
-        NodeBuilder {
-            name,
+        let setup = TcpSetup {
             identity,
             listen: listen.to_owned(),
-            database: database.into(),
             map,
-            tcp: TcpConfig::default(),
-            redelivery: Duration::from_secs(1),
-            node_config: NodeConfig::default(),
-            store_options: RedbOptions::default(),
-            registry: Registry::new(),
-            installers: Vec::new(),
+            config: TcpConfig::default(),
             listener: None,
-        }
+        };
+        Self::with_connect(Party::new(name, key), database.into(), Box::new(setup))
     }
 
     /// Listens on an already bound socket instead of binding the configured
     /// address (tests bind port 0 to learn their addresses first).
     pub fn listener(&mut self, listener: std::net::TcpListener) -> &mut Self {
-        self.listener = Some(listener);
+        match self.connect.tcp() {
+            Some(tcp) => tcp.listener = Some(listener),
+            None => {
+                warn!("NodeBuilder::listener ignored: the builder was given a running transport")
+            }
+        }
         self
+    }
+
+    /// Replaces the transport tuning from the config file.
+    pub fn tcp_config(&mut self, config: TcpConfig) -> &mut Self {
+        match self.connect.tcp() {
+            Some(tcp) => tcp.config = config,
+            None => {
+                warn!("NodeBuilder::tcp_config ignored: the builder was given a running transport")
+            }
+        }
+        self
+    }
+}
+
+impl<T: Transport> NodeBuilder<T> {
+    /// A builder for a node that talks over `transport`, which the caller
+    /// has already started (`incoming` is its queue of received frames),
+    /// e.g. `MemoryNetwork::join`. `party` is the node's identity; the
+    /// transport must deliver frames for `party.key()` to `incoming`.
+    pub fn with_transport(
+        party: Party,
+        database: impl Into<PathBuf>,
+        transport: T,
+        incoming: Incoming,
+    ) -> Self {
+        let ready = Ready {
+            transport,
+            incoming,
+        };
+        Self::with_connect(party, database.into(), Box::new(ready))
+    }
+
+    fn with_connect(party: Party, database: PathBuf, connect: Box<dyn Connect<T>>) -> Self {
+        NodeBuilder {
+            party,
+            database,
+            redelivery: Duration::from_secs(1),
+            node_config: NodeConfig::default(),
+            store_options: RedbOptions::default(),
+            registry: Registry::new(),
+            installers: Vec::new(),
+            connect,
+        }
     }
 
     /// How often unacknowledged messages are sent again (default 1 s).
@@ -203,16 +331,10 @@ impl NodeBuilder {
         self
     }
 
-    /// Replaces the transport tuning from the config file.
-    pub fn tcp_config(&mut self, config: TcpConfig) -> &mut Self {
-        self.tcp = config;
-        self
-    }
-
     /// Opens the database, starts the transport and the driver. Flows that
     /// were in flight when the node last stopped continue from their
     /// checkpoints; unacknowledged messages are sent again.
-    pub async fn start(self) -> Result<Node, RunnerError> {
+    pub async fn start(self) -> Result<Node<T>, RunnerError> {
         let path = self.database.display().to_string();
         let store = RedbStore::open(&self.database, self.store_options).map_err(|e| {
             RunnerError::Database {
@@ -221,10 +343,7 @@ impl NodeBuilder {
             }
         })?;
         let store: Arc<dyn Store> = Arc::new(store);
-        let party = Party::new(
-            self.name.clone(),
-            PublicKey(self.identity.verifying_key().to_bytes()),
-        );
+        let party = self.party;
         let mut core = NodeCore::open(
             party.clone(),
             store,
@@ -238,21 +357,10 @@ impl NodeBuilder {
         for install in &self.installers {
             install(core.services());
         }
-        let (transport, incoming) = match self.listener {
-            None => TcpTransport::bind(self.identity, &self.listen, self.map, self.tcp).await?,
-            Some(listener) => {
-                let listener = listener
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpListener::from_std(listener))
-                    .map_err(|source| TransportError::Bind {
-                        address: self.listen.clone(),
-                        source,
-                    })?;
-                TcpTransport::from_listener(self.identity, listener, self.map, self.tcp)?
-            }
-        };
+        let (transport, incoming) = self.connect.connect().await?;
+        let transport = Arc::new(transport);
         let in_flight = core.flows_in_flight().unwrap_or(0);
-        info!(node = %party, listen = %transport.local_addr(), database = %path, flows_in_flight = in_flight,
+        info!(node = %party, endpoint = %transport.endpoint(), database = %path, flows_in_flight = in_flight,
             "node started");
 
         let (commands, command_rx) = mpsc::channel(256);
@@ -261,7 +369,7 @@ impl NodeBuilder {
             core: Box::new(core),
             transport: transport.clone(),
             incoming,
-            events: transport.events(),
+            events: transport.link_events(),
             commands: command_rx,
             observers: observers.clone(),
             waiters: HashMap::new(),
@@ -271,11 +379,15 @@ impl NodeBuilder {
             multi_thread: tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread,
         };
+        let results: Arc<dyn ResultSource> = Arc::new(NodeResults {
+            commands: commands.downgrade(),
+        });
         let task = tokio::spawn(driver.run());
         Ok(Node {
             party,
             transport,
             commands,
+            results,
             observers,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
         })
@@ -283,8 +395,6 @@ impl NodeBuilder {
 }
 
 type Observers = Arc<Mutex<HashMap<RunId, ProgressStream>>>;
-/// A finished flow's outcome, its output still in MessagePack.
-type RawResult = Result<Vec<u8>, FlowError>;
 /// The driver task, taken by the first `shutdown`.
 type DriverTask = Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>>;
 type Job = Box<dyn FnOnce(&mut NodeCore, Timestamp) -> Option<Output> + Send>;
@@ -301,17 +411,72 @@ enum Command {
     Shutdown,
 }
 
+/// How a [`FlowHandle`] of a tokio node waits for its result: through the
+/// node's command queue, held weakly so that a handle does not keep a node
+/// alive (a handle outliving its node reports that the node shut down).
+struct NodeResults {
+    commands: mpsc::WeakSender<Command>,
+}
+
+impl ResultSource for NodeResults {
+    fn wait(&self, run: RunId) -> RawResultFuture {
+        let commands = self.commands.upgrade();
+        Box::pin(async move {
+            match commands {
+                Some(commands) => wait_for_result(commands, run).await,
+                None => Err(node_gone()),
+            }
+        })
+    }
+}
+
+fn node_gone() -> FlowError {
+    FlowError::internal(
+        "the node shut down before the flow finished; start the node again and re-attach \
+         (Node::reattach with the flow's client id) to read the result",
+    )
+}
+
+/// Asks the driver for `run`'s result and waits for it. Takes the sender by
+/// value and lets go of it once the request is queued, so a waiting caller
+/// does not keep the driver running after every `Node` is gone.
+async fn wait_for_result(commands: mpsc::Sender<Command>, run: RunId) -> RawResult {
+    let (reply, rx) = oneshot::channel();
+    commands
+        .send(Command::Wait { run, reply })
+        .await
+        .map_err(|_| node_gone())?;
+    drop(commands);
+    rx.await.map_err(|_| node_gone())?
+}
+
 /// A running node. Cheap to clone; all clones drive the same node.
-#[derive(Clone)]
-pub struct Node {
+///
+/// Generic over its [`Transport`] (TCP by default) so that
+/// [`transport`](Self::transport) returns the concrete one.
+pub struct Node<T: Transport = TcpTransport> {
     party: Party,
-    transport: TcpTransport,
+    transport: Arc<T>,
     commands: mpsc::Sender<Command>,
+    results: Arc<dyn ResultSource>,
     observers: Observers,
     task: DriverTask,
 }
 
-impl std::fmt::Debug for Node {
+impl<T: Transport> Clone for Node<T> {
+    fn clone(&self) -> Self {
+        Node {
+            party: self.party.clone(),
+            transport: self.transport.clone(),
+            commands: self.commands.clone(),
+            results: self.results.clone(),
+            observers: self.observers.clone(),
+            task: self.task.clone(),
+        }
+    }
+}
+
+impl<T: Transport> std::fmt::Debug for Node<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("party", &self.party)
@@ -323,14 +488,14 @@ fn stopped() -> NodeError {
     NodeError::Store("the node has shut down".into())
 }
 
-impl Node {
+impl<T: Transport> Node<T> {
     /// This node's identity.
     pub fn party(&self) -> &Party {
         &self.party
     }
 
     /// The node's transport (its address, connection events).
-    pub fn transport(&self) -> &TcpTransport {
+    pub fn transport(&self) -> &T {
         &self.transport
     }
 
@@ -410,30 +575,16 @@ impl Node {
             .entry(run)
             .or_default()
             .clone();
-        FlowHandle::new(run, 0, progress)
+        FlowHandle::new(run, 0, progress, self.results.clone())
     }
 
     /// Waits for the flow to finish and returns its outcome. Can be called
     /// any number of times; the result stays on the node until
-    /// [`remove_result`](Self::remove_result).
+    /// [`remove_result`](Self::remove_result). The same as
+    /// [`FlowHandle::result`], for a handle of this node.
     pub async fn result<F: Flow>(&self, handle: &FlowHandle<F>) -> Result<F::Output, FlowError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Wait {
-                run: handle.run_id(),
-                reply,
-            })
-            .await
-            .map_err(|_| FlowError::internal("the node shut down before the flow finished"))?;
-        let bytes = rx
-            .await
-            .map_err(|_| FlowError::internal("the node shut down before the flow finished"))??;
-        rmp_serde::from_slice(&bytes).map_err(|e| {
-            FlowError::internal(format!(
-                "the result of `{}` does not decode as its output type: {e}",
-                F::NAME
-            ))
-        })
+        let bytes = wait_for_result(self.commands.clone(), handle.run_id()).await?;
+        decode_output::<F>(&bytes)
     }
 
     /// The outcome if the flow has finished, without waiting.
@@ -589,11 +740,11 @@ fn now() -> Timestamp {
     Timestamp(ms)
 }
 
-struct Driver {
+struct Driver<T> {
     core: Box<NodeCore>,
-    transport: TcpTransport,
+    transport: Arc<T>,
     incoming: Incoming,
-    events: broadcast::Receiver<LinkEvent>,
+    events: broadcast::Receiver<TransportEvent>,
     commands: mpsc::Receiver<Command>,
     observers: Observers,
     waiters: HashMap<RunId, Vec<oneshot::Sender<RawResult>>>,
@@ -605,7 +756,7 @@ struct Driver {
     multi_thread: bool,
 }
 
-impl Driver {
+impl<T: Transport> Driver<T> {
     async fn run(mut self) -> Result<(), String> {
         let mut redeliver = tokio::time::interval(self.redelivery);
         redeliver.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -692,11 +843,7 @@ impl Driver {
         frames.retain(|(peer, frame)| match WireMessage::decode(frame) {
             Ok(_) => true,
             Err(e) => {
-                let name = self
-                    .transport
-                    .network_map()
-                    .by_key(peer)
-                    .map_or_else(|| hex::encode(peer.0), |p| p.name.clone());
+                let name = self.transport.peer_name(peer);
                 warn!(peer = %name, error = %e, "dropped a frame that does not decode as a session message");
                 if *peer != me {
                     self.transport.disconnect(peer, &e);
@@ -756,6 +903,9 @@ impl Driver {
             Err(SendError::QueueFull(peer)) => {
                 debug!(%peer, "peer queue full; the message stays in the outbox for redelivery");
             }
+            Err(SendError::Unreachable(peer)) => {
+                debug!(%peer, "peer unreachable; the message stays in the outbox for redelivery");
+            }
             Err(e) => warn!(error = %e, "cannot send a message; it stays in the outbox"),
         }
     }
@@ -787,13 +937,10 @@ impl Driver {
         }
     }
 
-    fn on_link_event(&mut self, event: Result<LinkEvent, broadcast::error::RecvError>) {
+    fn on_link_event(&mut self, event: Result<TransportEvent, broadcast::error::RecvError>) {
         match event {
-            Ok(LinkEvent::Connected {
-                peer,
-                direction: Direction::Outbound,
-            }) => self.redeliver(Some(peer)),
-            Ok(_) => {}
+            Ok(TransportEvent::Connected { peer }) => self.redeliver(Some(peer)),
+            Ok(TransportEvent::Disconnected { .. }) => {}
             // Missed events: resend everything rather than guess.
             Err(broadcast::error::RecvError::Lagged(_)) => self.redeliver(None),
             Err(broadcast::error::RecvError::Closed) => {}

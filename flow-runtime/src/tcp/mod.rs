@@ -1,4 +1,6 @@
-//! The TCP transport: flows between separate processes and machines.
+//! The TCP transport: flows between separate processes and machines. It
+//! implements [`Transport`](crate::transport::Transport) and is the
+//! default transport of the node runner.
 //!
 //! * **Framing**: length-delimited records (tokio-util), with a maximum
 //!   size checked before a record is read.
@@ -34,6 +36,7 @@ pub mod wire;
 pub use ed25519_dalek::SigningKey;
 pub use handshake::{HandshakeError, codec};
 pub use network_map::{NetworkMap, NetworkMapError, PeerEntry, parse_public_key};
-pub use transport::{
-    Direction, Incoming, LinkEvent, SendError, TcpConfig, TcpTransport, TransportError,
-};
+pub use transport::{Direction, LinkEvent, TcpConfig, TcpTransport, TransportError};
+// Defined with the transport trait (every transport shares them); re-exported
+// here where they were first introduced.
+pub use crate::transport::{Incoming, SendError};

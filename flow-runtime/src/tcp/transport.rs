@@ -19,6 +19,7 @@ use super::handshake::{self, HandshakeError, LocalIdentity, is_oversized};
 use super::network_map::{NetworkMap, PeerEntry};
 use super::wire::{NOISE_MAX_MESSAGE, WireError, open_frame, seal_frame, sealed_len};
 use crate::PublicKey;
+use crate::transport::{Incoming, SendError, Transport, TransportEvent};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
@@ -33,10 +34,6 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-
-/// Frames received from peers: the authenticated sender's identity key and
-/// the frame's bytes, exactly as the sender passed them to `send`.
-pub type Incoming = mpsc::Receiver<(PublicKey, Vec<u8>)>;
 
 /// Tuning knobs. The defaults suit a node on a LAN or the internet; tests
 /// shorten the timeouts.
@@ -97,32 +94,6 @@ pub enum TransportError {
     /// `bind` was called outside a tokio runtime.
     #[error("the TCP transport must be started inside a tokio runtime")]
     NoRuntime,
-}
-
-/// Why a frame was not queued.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The destination is not in the network map.
-    #[error("no party with identity key {} in the network map", hex::encode(.0.0))]
-    UnknownPeer(PublicKey),
-    /// The destination is this node itself.
-    #[error("a node does not send frames to itself over TCP: deliver them locally")]
-    ToSelf,
-    /// The frame exceeds `TcpConfig::max_frame_len`.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes (TcpConfig::max_frame_len)")]
-    TooLarge {
-        /// The frame's size.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// `try_send` only: the peer's queue is full (the peer is slow or
-    /// unreachable). The node keeps the message in its outbox and retries.
-    #[error("the queue to `{0}` is full")]
-    QueueFull(String),
-    /// The transport has shut down.
-    #[error("the transport has shut down")]
-    ShutDown,
 }
 
 /// Which side dialled a connection.
@@ -187,6 +158,8 @@ struct Inner {
     next_connection: AtomicU64,
     incoming: mpsc::Sender<(PublicKey, Vec<u8>)>,
     events: broadcast::Sender<LinkEvent>,
+    /// The same events as the node sees them (outbound links only).
+    link_events: broadcast::Sender<TransportEvent>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -234,6 +207,7 @@ impl TcpTransport {
             })?;
         let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue_len.max(1));
         let (events, _) = broadcast::channel(256);
+        let (link_events, _) = broadcast::channel(256);
         let inner = Arc::new(Inner {
             local,
             map,
@@ -245,6 +219,7 @@ impl TcpTransport {
             next_connection: AtomicU64::new(0),
             incoming,
             events,
+            link_events,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -368,8 +343,55 @@ impl TcpTransport {
 }
 
 fn emit(inner: &Inner, event: LinkEvent) {
+    // Only the sending side of a link matters to the node: frames for a
+    // peer travel over the connection we dialled.
+    let node_event = match &event {
+        LinkEvent::Connected {
+            peer,
+            direction: Direction::Outbound,
+        } => Some(TransportEvent::Connected { peer: *peer }),
+        LinkEvent::Closed {
+            peer: Some(peer),
+            direction: Direction::Outbound,
+            error,
+            ..
+        } => Some(TransportEvent::Disconnected {
+            peer: *peer,
+            error: error.clone(),
+        }),
+        _ => None,
+    };
     // No subscribers is the normal case.
+    if let Some(e) = node_event {
+        let _ = inner.link_events.send(e);
+    }
     let _ = inner.events.send(event);
+}
+
+impl Transport for TcpTransport {
+    fn try_send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
+        TcpTransport::try_send(self, to, frame)
+    }
+
+    fn disconnect(&self, peer: &PublicKey, reason: &str) {
+        TcpTransport::disconnect(self, peer, reason);
+    }
+
+    fn peer_name(&self, peer: &PublicKey) -> String {
+        TcpTransport::peer_name(self, peer)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("tcp://{}", self.inner.local_addr)
+    }
+
+    fn link_events(&self) -> broadcast::Receiver<TransportEvent> {
+        self.inner.link_events.subscribe()
+    }
+
+    async fn shutdown(&self) {
+        TcpTransport::shutdown(self).await;
+    }
 }
 
 // ---------------------------------------------------------------- inbound

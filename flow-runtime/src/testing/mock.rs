@@ -17,6 +17,7 @@
 //!
 //! Nothing waits on the wall clock.
 
+use crate::handle::{RawResult, RawResultFuture, ResultSource};
 use crate::node::{CheckpointDump, HospitalEntry, NodeConfig, NodeCore, NodeError, Output, RunId};
 use crate::progress::ProgressStream;
 use crate::registry::{NewFlow, Registry, ResponderFn};
@@ -24,7 +25,7 @@ use crate::services::Services;
 use crate::store::{RedbOptions, RedbStore, SharedMemory, Store};
 use crate::{Flow, FlowError, FlowHandle, IdSource, Party, PublicKey, SeededIds, Timestamp};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Redelivery rounds in a row that may pass without any node committing
@@ -86,6 +87,39 @@ pub struct NetworkStats {
 
 type ServiceInstaller = Arc<dyn Fn(&mut Services) + Send + Sync>;
 
+/// The outcomes of flows finished on the network, shared with its handles
+/// so that `FlowHandle::result().await` can answer without the network:
+/// the network moves only when the test steps it, so a handle never waits,
+/// it reports what is known now.
+#[derive(Default)]
+struct MockResults {
+    finished: Mutex<HashMap<(usize, RunId), RawResult>>,
+}
+
+/// A handle's view of [`MockResults`] for the flows of one node.
+struct MockResultSource {
+    results: Arc<MockResults>,
+    node: usize,
+}
+
+impl ResultSource for MockResultSource {
+    fn wait(&self, run: RunId) -> RawResultFuture {
+        let known = self
+            .results
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(self.node, run))
+            .cloned();
+        Box::pin(std::future::ready(known.unwrap_or_else(|| {
+            Err(FlowError::internal(
+                "the flow has not finished yet, and a MockNetwork moves only when the test steps it: \
+                 call `net.run_network()` (or `net.step()`) and read the outcome with `net.result(&handle)`",
+            ))
+        })))
+    }
+}
+
 struct Slot {
     party: Party,
     memory: SharedMemory,
@@ -122,6 +156,7 @@ pub struct MockNetwork {
     fruitless_redeliveries: u32,
     stats: NetworkStats,
     finished: Vec<Finished>,
+    results: Arc<MockResults>,
 }
 
 impl MockNetwork {
@@ -141,6 +176,7 @@ impl MockNetwork {
             fruitless_redeliveries: 0,
             stats: NetworkStats::default(),
             finished: Vec::new(),
+            results: Arc::default(),
         }
     }
 
@@ -270,7 +306,15 @@ impl MockNetwork {
 
     fn handle<F>(&mut self, node: NodeId, run: RunId) -> FlowHandle<F> {
         let progress = self.nodes[node.0].observers.entry(run).or_default().clone();
-        FlowHandle::new(run, node.0, progress)
+        FlowHandle::new(
+            run,
+            node.0,
+            progress,
+            Arc::new(MockResultSource {
+                results: self.results.clone(),
+                node: node.0,
+            }),
+        )
     }
 
     fn start<F: Flow>(
@@ -335,6 +379,11 @@ impl MockNetwork {
     pub fn remove_result<F>(&mut self, handle: &FlowHandle<F>) -> bool {
         let now = self.clock;
         let node = NodeId(handle.node_index());
+        self.results
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(node.0, handle.run_id()));
         self.core(node)
             .remove_result(now, handle.run_id())
             .unwrap_or(false)
@@ -632,6 +681,11 @@ impl MockNetwork {
             self.in_flight.push_back(InFlight { from, to, frame });
         }
         for (run_id, flow, outcome) in out.finished {
+            self.results
+                .finished
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((i, run_id), outcome.clone());
             self.finished.push(Finished {
                 node: NodeId(i),
                 run_id,

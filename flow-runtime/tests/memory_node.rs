@@ -1,0 +1,209 @@
+//! Tokio nodes over the in-memory transport (`MemoryNetwork`): the real
+//! node runner — driver, group commit, redb files, redelivery — without
+//! sockets. Also `FlowHandle::result().await` on tokio nodes.
+
+use flow_runtime::prelude::*;
+use flow_runtime::runner::{Node, NodeBuilder};
+use flow_runtime::store::RedbOptions;
+use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
+use std::path::Path;
+use std::time::Duration;
+
+#[flow]
+pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let mut total: u64 = 0;
+    let mut i: u32 = 0;
+    while i < rounds {
+        session.send(&i)?;
+        let echo: u32 = session.receive::<u32>().await?.validate(|n| {
+            if n == i {
+                Ok(n)
+            } else {
+                Err(FlowError::new("wrong echo"))
+            }
+        })?;
+        total += u64::from(echo);
+        i += 1;
+    }
+    Ok(total)
+}
+
+#[flow]
+pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+    loop {
+        let n: u32 = session.receive::<u32>().await?.validate(Ok)?;
+        session.send(&n)?;
+    }
+}
+
+fn party(name: &str, byte: u8) -> Party {
+    Party::new(name, PublicKey([byte; 32]))
+}
+
+/// Starts (or restarts) `who` on `net`, on the redb file `dir/<name>.redb`.
+async fn start(
+    net: &MemoryNetwork,
+    who: &Party,
+    dir: &Path,
+    redelivery: Duration,
+) -> Node<MemoryTransport> {
+    let (transport, incoming) = net.join(who);
+    let db = dir.join(format!("{}.redb", who.name()));
+    let mut b = NodeBuilder::with_transport(who.clone(), db, transport, incoming);
+    b.store_options(RedbOptions {
+        quick_repair: false,
+        ..RedbOptions::default()
+    });
+    b.redelivery_interval(redelivery);
+    b.flow::<ping::Flow>();
+    b.responder::<ping::Flow>(pong);
+    b.start().await.unwrap()
+}
+
+async fn within<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
+}
+
+fn sum(rounds: u32) -> u64 {
+    u64::from(rounds) * u64::from(rounds.saturating_sub(1)) / 2
+}
+
+/// Rounds that take about one second here and now (commit latency varies
+/// a hundredfold with machine load; restarts must land mid-run).
+async fn rounds_for_one_second(alice: &Node<MemoryTransport>, bob: &Party) -> u32 {
+    let t = std::time::Instant::now();
+    let h = alice.start_flow(ping(bob.clone(), 10)).await.unwrap();
+    within("warm-up", 30, h.result()).await.unwrap();
+    let per_round = t.elapsed() / 10;
+    let rounds = Duration::from_secs(1).as_micros() / per_round.as_micros().max(1);
+    u32::try_from(rounds).unwrap_or(u32::MAX).clamp(30, 5000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_finish_and_handles_await_their_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    assert_eq!(alice.transport().endpoint(), "memory://Alice");
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        handles.push(alice.start_flow(ping(b.clone(), 20)).await.unwrap());
+    }
+    for h in &handles {
+        // The handle's own `result()`, and the node's, agree, as often as
+        // asked.
+        assert_eq!(within("ping", 30, h.result()).await, Ok(sum(20)));
+        assert_eq!(h.result().await, Ok(sum(20)));
+        assert_eq!(alice.result(h).await, Ok(sum(20)));
+    }
+    // A clone of the handle works too.
+    assert_eq!(handles[0].clone().result().await, Ok(sum(20)));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let rounds = rounds_for_one_second(&alice, &b).await;
+    let h = alice.start_flow(ping(b.clone(), rounds)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        alice.try_result(&h).await.unwrap(),
+        None,
+        "finished before the restart"
+    );
+    bob.shutdown().await.unwrap();
+    assert!(!net.is_online(b.key()));
+    assert_eq!(
+        alice.transport().try_send(b.key(), vec![0]),
+        Err(SendError::Unreachable("Bob".into())),
+        "a stopped node refuses frames; the outbox keeps them"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    assert_eq!(within("ping", 60, h.result()).await, Ok(sum(rounds)));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let rounds = rounds_for_one_second(&alice, &b).await;
+    let h = alice
+        .start_flow_with_client_id("trade-7", ping(b.clone(), rounds))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.shutdown().await.unwrap();
+    // The old handle's node is gone: it says so instead of waiting.
+    let err = within("stale handle", 5, h.result()).await.unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
+
+    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let again = alice
+        .reattach::<ping::Flow>("trade-7")
+        .await
+        .unwrap()
+        .expect("the flow survives the restart");
+    assert_eq!(again.run_id(), h.run_id());
+    assert_eq!(within("ping", 60, again.result()).await, Ok(sum(rounds)));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+/// With a redelivery interval far beyond the test's timeout, only the
+/// transport's `Connected` event can make Alice resend what Bob missed
+/// while he was down: this checks that the driver listens to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_a_peer_is_down_are_redelivered_when_it_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let bob = start(&net, &b, dir.path(), Duration::from_secs(3600)).await;
+    bob.shutdown().await.unwrap();
+    let alice = start(&net, &a, dir.path(), Duration::from_secs(3600)).await;
+    let h = alice.start_flow(ping(b.clone(), 10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(alice.try_result(&h).await.unwrap(), None);
+    let bob = start(&net, &b, dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(within("ping", 20, h.result()).await, Ok(sum(10)));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_node_ends_a_waiting_handle_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    // Bob never joins: the flow waits forever.
+    let h = alice.start_flow(ping(b.clone(), 1)).await.unwrap();
+    let waiting = tokio::spawn({
+        let h = h.clone();
+        async move { h.result().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    alice.shutdown().await.unwrap();
+    let err = within("waiting handle", 5, waiting)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
+}
