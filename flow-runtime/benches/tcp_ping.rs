@@ -12,7 +12,13 @@
 //!   at once; one iteration is one round trip of any of them. Group commit
 //!   lets many steps share one fsync, so this is the node's throughput.
 //!
-//! Prints `round trips/s` for both and their ratio after criterion's report.
+//! Each node variant runs twice in the same process: with the driver's
+//! default of deferring ack-only commits, and with it turned off
+//! (`NodeBuilder::defer_ack_commits(false)`), so the saving is measured
+//! side by side on the same machine state.
+//!
+//! Prints `round trips/s`, the ratio to the echo, and the group commits per
+//! round trip on each node after criterion's report.
 //! Run: `cargo bench -p flow-runtime --bench tcp_ping`.
 
 use criterion::{Criterion, criterion_group};
@@ -48,16 +54,37 @@ pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), Flo
     }
 }
 
-/// (total elapsed, total round trips) per benchmark, for the ratio line.
-static TOTALS: Mutex<[(Duration, u64); 3]> = Mutex::new([(Duration::ZERO, 0); 3]);
+/// Per benchmark, for the summary: total elapsed, total round trips, and
+/// the commits Alice and Bob made meanwhile.
+#[derive(Clone, Copy)]
+struct Total {
+    elapsed: Duration,
+    round_trips: u64,
+    commits: (u64, u64),
+}
+
+const ZERO: Total = Total {
+    elapsed: Duration::ZERO,
+    round_trips: 0,
+    commits: (0, 0),
+};
+
+/// Index 0: the echo; then per variant (ack commits deferred, not
+/// deferred): one flow, 16 flows.
+static TOTALS: Mutex<[Total; 5]> = Mutex::new([ZERO; 5]);
 
 /// Concurrent pings in the throughput variant.
 const CONCURRENT: u64 = 16;
 
-fn record(which: usize, elapsed: Duration, iters: u64) {
+/// Fewest rounds each concurrent ping runs per sample.
+const MIN_ROUNDS_PER_FLOW: u64 = 50;
+
+fn record(which: usize, elapsed: Duration, iters: u64, commits: (u64, u64)) {
     let mut t = TOTALS.lock().unwrap();
-    t[which].0 += elapsed;
-    t[which].1 += iters;
+    t[which].elapsed += elapsed;
+    t[which].round_trips += iters;
+    t[which].commits.0 += commits.0;
+    t[which].commits.1 += commits.1;
 }
 
 /// The size of one ping message as the node puts it on the wire (before
@@ -108,7 +135,7 @@ fn tcp_echo(c: &mut Criterion) {
                     client.read_exact(&mut buf).await.unwrap();
                 }
                 let elapsed = t.elapsed();
-                record(0, elapsed, iters);
+                record(0, elapsed, iters, (0, 0));
                 elapsed
             })
         })
@@ -121,10 +148,19 @@ struct TwoNodes {
     alice: Node,
     bob_party: Party,
     _bob_rt: tokio::runtime::Runtime,
-    _bob: Node,
+    bob: Node,
 }
 
-fn two_nodes() -> TwoNodes {
+impl TwoNodes {
+    async fn commits(&self) -> (u64, u64) {
+        (
+            self.alice.commits().await.unwrap(),
+            self.bob.commits().await.unwrap(),
+        )
+    }
+}
+
+fn two_nodes(defer_acks: bool) -> TwoNodes {
     let dir = tempfile::tempdir().unwrap();
     let ka = keys::generate_identity().unwrap();
     let kb = keys::generate_identity().unwrap();
@@ -155,6 +191,7 @@ fn two_nodes() -> TwoNodes {
         b.listener(l);
         b.flow::<ping::Flow>();
         b.responder::<ping::Flow>(pong);
+        b.defer_ack_commits(defer_acks);
         rt.block_on(b.start()).unwrap()
     };
     let alice_rt = runtime();
@@ -167,60 +204,115 @@ fn two_nodes() -> TwoNodes {
         alice_rt,
         alice,
         _bob_rt: bob_rt,
-        _bob: bob,
+        bob,
+    }
+}
+
+fn label(defer: bool) -> &'static str {
+    if defer {
+        "acks deferred"
+    } else {
+        "every batch committed"
     }
 }
 
 fn durable_nodes(c: &mut Criterion) {
-    let nodes = two_nodes();
-    c.bench_function("durable_nodes ping round trip", |b| {
-        b.iter_custom(|iters| {
-            nodes.alice_rt.block_on(async {
-                let t = Instant::now();
-                let h = nodes
-                    .alice
-                    .start_flow(ping(nodes.bob_party.clone(), iters))
-                    .await
-                    .unwrap();
-                assert_eq!(nodes.alice.result(&h).await, Ok(iters));
-                let elapsed = t.elapsed();
-                record(1, elapsed, iters);
-                elapsed
+    // Both variants side by side, each workload run on one right after the
+    // other, so a change in machine load hits both alike.
+    let pairs = [(0, true, two_nodes(true)), (1, false, two_nodes(false))];
+    for (variant, defer, nodes) in &pairs {
+        let (variant, label) = (*variant, label(*defer));
+        c.bench_function(&format!("durable_nodes ping round trip ({label})"), |b| {
+            b.iter_custom(|iters| {
+                nodes.alice_rt.block_on(async {
+                    let before = nodes.commits().await;
+                    let t = Instant::now();
+                    let h = nodes
+                        .alice
+                        .start_flow(ping(nodes.bob_party.clone(), iters))
+                        .await
+                        .unwrap();
+                    assert_eq!(h.result().await, Ok(iters));
+                    let elapsed = t.elapsed();
+                    let after = nodes.commits().await;
+                    record(
+                        1 + 2 * variant,
+                        elapsed,
+                        iters,
+                        (after.0 - before.0, after.1 - before.1),
+                    );
+                    elapsed
+                })
             })
-        })
-    });
-    c.bench_function("durable_nodes ping round trip, 16 concurrent flows", |b| {
-        b.iter_custom(|iters| {
-            nodes.alice_rt.block_on(async {
-                let per_flow = iters.div_ceil(CONCURRENT);
-                let t = Instant::now();
-                let mut handles = Vec::new();
-                for _ in 0..CONCURRENT {
-                    let flow = ping(nodes.bob_party.clone(), per_flow);
-                    handles.push(nodes.alice.start_flow(flow).await.unwrap());
-                }
-                for h in &handles {
-                    assert_eq!(nodes.alice.result(h).await, Ok(per_flow));
-                }
-                let elapsed = t.elapsed();
-                let done = per_flow * CONCURRENT;
-                record(2, elapsed, done);
-                // Scale to the iterations criterion asked for.
-                elapsed.mul_f64(iters as f64 / done as f64)
-            })
-        })
-    });
+        });
+    }
+    for (variant, defer, nodes) in &pairs {
+        let (variant, label) = (*variant, label(*defer));
+        c.bench_function(
+            &format!("durable_nodes ping round trip, {CONCURRENT} concurrent flows ({label})"),
+            |b| {
+                b.iter_custom(|iters| {
+                    nodes.alice_rt.block_on(async {
+                        // At least 50 rounds per flow: criterion asks for a
+                        // few hundred iterations per sample here, and 16
+                        // flows of a few rounds would measure starting and
+                        // ending flows rather than round trips.
+                        let per_flow = iters.div_ceil(CONCURRENT).max(MIN_ROUNDS_PER_FLOW);
+                        let before = nodes.commits().await;
+                        let t = Instant::now();
+                        let mut handles = Vec::new();
+                        for _ in 0..CONCURRENT {
+                            let flow = ping(nodes.bob_party.clone(), per_flow);
+                            handles.push(nodes.alice.start_flow(flow).await.unwrap());
+                        }
+                        for h in &handles {
+                            assert_eq!(h.result().await, Ok(per_flow));
+                        }
+                        let elapsed = t.elapsed();
+                        let after = nodes.commits().await;
+                        let done = per_flow * CONCURRENT;
+                        record(
+                            2 + 2 * variant,
+                            elapsed,
+                            done,
+                            (after.0 - before.0, after.1 - before.1),
+                        );
+                        // Scale to the iterations criterion asked for.
+                        elapsed.mul_f64(iters as f64 / done as f64)
+                    })
+                })
+            },
+        );
+    }
 }
 
 fn summary() {
     let t = TOTALS.lock().unwrap();
-    let rate = |(d, n): (Duration, u64)| n as f64 / d.as_secs_f64().max(1e-9);
-    let (echo, nodes, concurrent) = (rate(t[0]), rate(t[1]), rate(t[2]));
+    let rate = |x: &Total| x.round_trips as f64 / x.elapsed.as_secs_f64().max(1e-9);
+    let per_rt = |commits: u64, x: &Total| commits as f64 / x.round_trips.max(1) as f64;
+    let echo = rate(&t[0]);
+    println!("round trips/s: tcp echo {echo:.0}");
+    let names = [
+        "1 flow, acks deferred",
+        &format!("{CONCURRENT} flows, acks deferred"),
+        "1 flow, every batch committed",
+        &format!("{CONCURRENT} flows, every batch committed"),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let x = &t[i + 1];
+        println!(
+            "durable nodes, {name}: {:.0} round trips/s (ratio to echo {:.4}); \
+             commits per round trip: Alice {:.2}, Bob {:.2}",
+            rate(x),
+            rate(x) / echo,
+            per_rt(x.commits.0, x),
+            per_rt(x.commits.1, x),
+        );
+    }
     println!(
-        "round trips/s: tcp echo {echo:.0}; durable nodes, 1 flow {nodes:.0} (ratio {:.4}), \
-         {CONCURRENT} concurrent flows {concurrent:.0} (ratio {:.4})",
-        nodes / echo,
-        concurrent / echo
+        "deferring ack commits: {:.2}x (1 flow), {:.2}x ({CONCURRENT} flows)",
+        rate(&t[1]) / rate(&t[3]).max(1e-9),
+        rate(&t[2]) / rate(&t[4]).max(1e-9),
     );
 }
 

@@ -6,6 +6,7 @@ use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder};
 use flow_runtime::store::RedbOptions;
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
+use flow_runtime::wire::WireMessage;
 use std::path::Path;
 use std::time::Duration;
 
@@ -206,4 +207,124 @@ async fn a_dropped_node_ends_a_waiting_handle_with_an_error() {
         .unwrap()
         .unwrap_err();
     assert!(err.to_string().contains("shut down"), "{err}");
+}
+
+/// A hand-driven peer: joins the network as `who` and speaks the wire
+/// protocol directly, to see exactly what a node sends.
+struct RawPeer {
+    transport: MemoryTransport,
+    incoming: flow_runtime::transport::Incoming,
+}
+
+impl RawPeer {
+    /// Acks for every distinct session message received so far.
+    fn acks_for_received(&mut self) -> Vec<WireMessage> {
+        let mut acks = Vec::new();
+        while let Ok((_, frame)) = self.incoming.try_recv() {
+            if let WireMessage::Session {
+                session,
+                from_initiator,
+                seq,
+                ..
+            } = WireMessage::decode(&frame).unwrap()
+            {
+                let ack = WireMessage::Ack {
+                    session,
+                    from_initiator,
+                    seq,
+                };
+                if !acks.contains(&ack) {
+                    acks.push(ack);
+                }
+            }
+        }
+        acks
+    }
+}
+
+/// Polls `alice`'s commit count until it exceeds `before` or `limit`
+/// passes; returns how many commits were made by then.
+async fn commits_within(alice: &Node<MemoryTransport>, before: u64, limit: Duration) -> u64 {
+    let t = std::time::Instant::now();
+    loop {
+        let n = alice.commits().await.unwrap() - before;
+        if n > 0 || t.elapsed() > limit {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What `NodeBuilder::defer_ack_commits` changes: acks arriving alone are
+/// committed at once when off, at the next redelivery tick when on — and
+/// either way, once committed, the acknowledged messages are not sent
+/// again.
+async fn ack_commits(defer: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let (transport, incoming) = net.join(&b);
+    let mut bob = RawPeer {
+        transport,
+        incoming,
+    };
+    let (t, inc) = net.join(&a);
+    let mut builder = NodeBuilder::with_transport(a.clone(), dir.path().join("a.redb"), t, inc);
+    // Ticks at start, then every second.
+    builder.redelivery_interval(Duration::from_secs(1));
+    builder.defer_ack_commits(defer);
+    builder.flow::<ping::Flow>();
+    let alice = builder.start().await.unwrap();
+    let started = std::time::Instant::now();
+    let _h = alice.start_flow(ping(b.clone(), 1)).await.unwrap();
+    // The flow's first step sends the init and the first ping; acknowledge
+    // them — acks only, nothing else.
+    let mut acks = Vec::new();
+    while acks.len() < 2 {
+        assert!(started.elapsed() < Duration::from_millis(800), "too slow");
+        for ack in bob.acks_for_received() {
+            if !acks.contains(&ack) {
+                acks.push(ack);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = alice.commits().await.unwrap();
+    for ack in acks {
+        bob.transport
+            .try_send(a.key(), ack.encode().unwrap())
+            .unwrap();
+    }
+    let to_tick = Duration::from_secs(1).saturating_sub(started.elapsed());
+    if defer {
+        // Nothing until the tick...
+        tokio::time::sleep(to_tick.saturating_sub(Duration::from_millis(150))).await;
+        assert_eq!(alice.commits().await.unwrap() - before, 0);
+        // ...then one commit for both acks.
+        let n = commits_within(&alice, before, Duration::from_secs(10)).await;
+        assert_eq!(n, 1);
+    } else {
+        // At once: one commit, or two if the driver woke between the acks.
+        let n = commits_within(&alice, before, to_tick).await;
+        assert!((1..=2).contains(&n), "{n} commits before the tick");
+    }
+    // Past the next tick: the acknowledged messages are not sent again.
+    bob.acks_for_received();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        bob.acks_for_received(),
+        Vec::new(),
+        "an acknowledged message was sent again"
+    );
+    alice.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_alone_wait_for_the_next_commit_when_deferred() {
+    ack_commits(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_alone_are_committed_at_once_when_not_deferred() {
+    ack_commits(false).await;
 }

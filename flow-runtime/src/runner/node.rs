@@ -10,7 +10,10 @@
 //!
 //! * frames from peers: every frame waiting in the transport's queue is
 //!   taken (up to [`MAX_FRAMES_PER_BATCH`]) and delivered as ONE batch, so
-//!   under load many steps share one fsync;
+//!   under load many steps share one fsync. A batch of nothing but acks is
+//!   not committed on its own: it only deletes outbox entries, so it waits
+//!   for the next batch with real work (or the next redelivery tick) — see
+//!   [`NodeBuilder::defer_ack_commits`];
 //! * commands from [`Node`] handles (start a flow, wait for a result, drain,
 //!   operator actions);
 //! * the earliest timer (flow sleeps, hospital retries);
@@ -96,6 +99,7 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     party: Party,
     database: PathBuf,
     redelivery: Duration,
+    defer_acks: bool,
     node_config: NodeConfig,
     store_options: RedbOptions,
     registry: Registry,
@@ -279,6 +283,7 @@ impl<T: Transport> NodeBuilder<T> {
             party,
             database,
             redelivery: Duration::from_secs(1),
+            defer_acks: true,
             node_config: NodeConfig::default(),
             store_options: RedbOptions::default(),
             registry: Registry::new(),
@@ -290,6 +295,25 @@ impl<T: Transport> NodeBuilder<T> {
     /// How often unacknowledged messages are sent again (default 1 s).
     pub fn redelivery_interval(&mut self, every: Duration) -> &mut Self {
         self.redelivery = every;
+        self
+    }
+
+    /// Whether a batch of received frames that are all acks waits to be
+    /// committed with the next batch that does real work (default `true`).
+    ///
+    /// Why: an ack only deletes the acknowledged message from the sender's
+    /// durable outbox. Committing that alone costs a full commit (one or two
+    /// fsyncs) for nothing the flows are waiting on; in a ping between two
+    /// nodes it is a second commit per round trip on the side whose acks
+    /// arrive apart from the data. Deferring is safe: if the node crashes
+    /// before the acks are committed, it redelivers those messages and the
+    /// peer, which already processed them, drops the duplicates and acks
+    /// again. Deferred acks are committed at the latest at the next
+    /// redelivery tick (before the outbox is read), when the driver stops,
+    /// or when [`MAX_FRAMES_PER_BATCH`] of them have accumulated. Turn it
+    /// off only to measure what it saves.
+    pub fn defer_ack_commits(&mut self, defer: bool) -> &mut Self {
+        self.defer_acks = defer;
         self
     }
 
@@ -370,11 +394,14 @@ impl<T: Transport> NodeBuilder<T> {
             transport: transport.clone(),
             incoming,
             events: transport.link_events(),
+            events_open: true,
             commands: command_rx,
             observers: observers.clone(),
             waiters: HashMap::new(),
             loopback: VecDeque::new(),
             redelivery: self.redelivery,
+            defer_acks: self.defer_acks,
+            pending_acks: Vec::new(),
             drained_reported: false,
             multi_thread: tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread,
@@ -645,6 +672,14 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// Group commits (database write transactions) since the node
+    /// started. Commits, not messages, are what a node's disk pays for, so
+    /// "commits per round trip" is the figure to watch when tuning
+    /// throughput (the `tcp_ping` benchmark prints it).
+    pub async fn commits(&self) -> Result<u64, NodeError> {
+        self.call(|core, _| (core.commits(), None)).await
+    }
+
     /// Flows kept for an operator after failing repeatedly.
     pub async fn hospital(&self) -> Result<Vec<crate::node::HospitalEntry>, NodeError> {
         self.call(|core, _| (core.hospital(), None)).await?
@@ -745,6 +780,8 @@ struct Driver<T> {
     transport: Arc<T>,
     incoming: Incoming,
     events: broadcast::Receiver<TransportEvent>,
+    /// `false` once `events` is closed.
+    events_open: bool,
     commands: mpsc::Receiver<Command>,
     observers: Observers,
     waiters: HashMap<RunId, Vec<oneshot::Sender<RawResult>>>,
@@ -752,6 +789,10 @@ struct Driver<T> {
     /// node), delivered in the next batch.
     loopback: VecDeque<(PublicKey, Vec<u8>)>,
     redelivery: Duration,
+    /// See [`NodeBuilder::defer_ack_commits`].
+    defer_acks: bool,
+    /// Received acks not yet committed (only deletions from the outbox).
+    pending_acks: Vec<(PublicKey, Vec<u8>)>,
     drained_reported: bool,
     multi_thread: bool,
 }
@@ -767,7 +808,10 @@ impl<T: Transport> Driver<T> {
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
-                    None | Some(Command::Shutdown) => break,
+                    None | Some(Command::Shutdown) => {
+                        self.flush_acks()?;
+                        break;
+                    }
                     Some(Command::Job(job)) => {
                         let out = self.blocking(|core| job(core, now()));
                         if let Some(out) = out {
@@ -780,12 +824,13 @@ impl<T: Transport> Driver<T> {
                     Some(first) => self.deliver(Some(first))?,
                     None => {
                         info!("the transport stopped; stopping the node driver");
+                        self.flush_acks()?;
                         break;
                     }
                 },
                 _ = std::future::ready(()), if !self.loopback.is_empty() => self.deliver(None)?,
-                event = self.events.recv() => self.on_link_event(event),
-                _ = redeliver.tick() => self.redeliver(None),
+                event = self.events.recv(), if self.events_open => self.on_link_event(event)?,
+                _ = redeliver.tick() => self.redeliver(None)?,
                 _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
                     self.operate(|core| core.tick(now()))?;
                 }
@@ -840,8 +885,12 @@ impl<T: Transport> Driver<T> {
         // a session message means a broken or hostile peer: drop the frame
         // and close the peer's connection.
         let me = *self.core.identity().key();
+        let mut only_acks = true;
         frames.retain(|(peer, frame)| match WireMessage::decode(frame) {
-            Ok(_) => true,
+            Ok(message) => {
+                only_acks &= matches!(message, WireMessage::Ack { .. });
+                true
+            }
             Err(e) => {
                 let name = self.transport.peer_name(peer);
                 warn!(peer = %name, error = %e, "dropped a frame that does not decode as a session message");
@@ -854,8 +903,27 @@ impl<T: Transport> Driver<T> {
         if frames.is_empty() {
             return Ok(());
         }
-        debug!(frames = frames.len(), "delivering a batch");
-        self.operate(|core| core.deliver(now(), frames))
+        if self.defer_acks
+            && only_acks
+            && self.pending_acks.len() + frames.len() < MAX_FRAMES_PER_BATCH
+        {
+            self.pending_acks.append(&mut frames);
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.pending_acks);
+        batch.append(&mut frames);
+        debug!(frames = batch.len(), "delivering a batch");
+        self.operate(|core| core.deliver(now(), batch))
+    }
+
+    /// Commits the acks held back by [`deliver`](Self::deliver).
+    fn flush_acks(&mut self) -> Result<(), String> {
+        if self.pending_acks.is_empty() {
+            return Ok(());
+        }
+        let acks = std::mem::take(&mut self.pending_acks);
+        debug!(acks = acks.len(), "committing deferred acks");
+        self.operate(|core| core.deliver(now(), acks))
     }
 
     fn wait(&mut self, run: RunId, reply: oneshot::Sender<RawResult>) {
@@ -911,12 +979,15 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Sends every unacknowledged message again (to `peer` only, if given).
-    fn redeliver(&mut self, peer: Option<PublicKey>) {
+    /// Deferred acks are committed first, so that what they acknowledge is
+    /// not sent again.
+    fn redeliver(&mut self, peer: Option<PublicKey>) -> Result<(), String> {
+        self.flush_acks()?;
         let unacked = match self.core.unacked() {
             Ok(u) => u,
             Err(e) => {
                 error!(error = %e, "cannot read the outbox for redelivery");
-                return;
+                return Ok(());
             }
         };
         let me = *self.core.identity().key();
@@ -935,15 +1006,26 @@ impl<T: Transport> Driver<T> {
         if count > 0 {
             debug!(messages = count, "redelivering unacknowledged messages");
         }
+        Ok(())
     }
 
-    fn on_link_event(&mut self, event: Result<TransportEvent, broadcast::error::RecvError>) {
+    fn on_link_event(
+        &mut self,
+        event: Result<TransportEvent, broadcast::error::RecvError>,
+    ) -> Result<(), String> {
         match event {
             Ok(TransportEvent::Connected { peer }) => self.redeliver(Some(peer)),
-            Ok(TransportEvent::Disconnected { .. }) => {}
+            Ok(TransportEvent::Disconnected { .. }) => Ok(()),
             // Missed events: resend everything rather than guess.
             Err(broadcast::error::RecvError::Lagged(_)) => self.redeliver(None),
-            Err(broadcast::error::RecvError::Closed) => {}
+            Err(broadcast::error::RecvError::Closed) => {
+                // The transport will send no more events; the redelivery
+                // tick alone keeps delivery going. Stop polling a closed
+                // channel (it would be ready forever).
+                debug!("the transport's link events ended");
+                self.events_open = false;
+                Ok(())
+            }
         }
     }
 
