@@ -83,6 +83,18 @@ async fn rounds_for_one_second(alice: &Node<MemoryTransport>, bob: &Party) -> u3
     u32::try_from(rounds).unwrap_or(u32::MAX).clamp(30, 5000)
 }
 
+/// Waits until `node` has made a few commits since `base` (one per round
+/// on either side of a ping), so a restart lands mid-run however fast or
+/// slow the machine is right now.
+async fn some_rounds_done(node: &Node<MemoryTransport>, base: u64) {
+    within("a few rounds", 30, async {
+        while node.commits().await.unwrap() < base + 5 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_finish_and_handles_await_their_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,8 +128,9 @@ async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
     let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
     let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
     let rounds = rounds_for_one_second(&alice, &b).await;
+    let base = bob.commits().await.unwrap();
     let h = alice.start_flow(ping(b.clone(), rounds)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    some_rounds_done(&bob, base).await;
     assert_eq!(
         alice.try_result(&h).await.unwrap(),
         None,
@@ -145,11 +158,13 @@ async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
     let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
     let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
     let rounds = rounds_for_one_second(&alice, &b).await;
+    let base = alice.commits().await.unwrap();
     let h = alice
         .start_flow_with_client_id("trade-7", ping(b.clone(), rounds))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    some_rounds_done(&alice, base).await;
+    assert_eq!(alice.try_result(&h).await.unwrap(), None);
     alice.shutdown().await.unwrap();
     // The old handle's node is gone: it says so instead of waiting.
     let err = within("stale handle", 5, h.result()).await.unwrap_err();
@@ -255,6 +270,9 @@ async fn commits_within(alice: &Node<MemoryTransport>, before: u64, limit: Durat
     }
 }
 
+/// The redelivery interval of the ack tests.
+const TICK: Duration = Duration::from_secs(2);
+
 /// What `NodeBuilder::defer_ack_commits` changes: acks arriving alone are
 /// committed at once when off, at the next redelivery tick when on — and
 /// either way, once committed, the acknowledged messages are not sent
@@ -270,8 +288,8 @@ async fn ack_commits(defer: bool) {
     };
     let (t, inc) = net.join(&a);
     let mut builder = NodeBuilder::with_transport(a.clone(), dir.path().join("a.redb"), t, inc);
-    // Ticks at start, then every second.
-    builder.redelivery_interval(Duration::from_secs(1));
+    // Ticks at start, then every TICK.
+    builder.redelivery_interval(TICK);
     builder.defer_ack_commits(defer);
     builder.flow::<ping::Flow>();
     let alice = builder.start().await.unwrap();
@@ -295,10 +313,11 @@ async fn ack_commits(defer: bool) {
             .try_send(a.key(), ack.encode().unwrap())
             .unwrap();
     }
-    let to_tick = Duration::from_secs(1).saturating_sub(started.elapsed());
+    let to_tick = TICK.saturating_sub(started.elapsed());
     if defer {
-        // Nothing until the tick...
-        tokio::time::sleep(to_tick.saturating_sub(Duration::from_millis(150))).await;
+        // Nothing until the tick (checked well before it, so a slow machine
+        // cannot make the check late)...
+        tokio::time::sleep(to_tick.saturating_sub(TICK / 2)).await;
         assert_eq!(alice.commits().await.unwrap() - before, 0);
         // ...then one commit for both acks.
         let n = commits_within(&alice, before, Duration::from_secs(10)).await;
@@ -310,7 +329,7 @@ async fn ack_commits(defer: bool) {
     }
     // Past the next tick: the acknowledged messages are not sent again.
     bob.acks_for_received();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(TICK + TICK / 4).await;
     assert_eq!(
         bob.acks_for_received(),
         Vec::new(),

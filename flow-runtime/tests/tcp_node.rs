@@ -131,6 +131,18 @@ async fn rounds_for_one_second(alice: &Node, bob: &Party) -> u32 {
     u32::try_from(rounds).unwrap_or(u32::MAX).clamp(30, 5000)
 }
 
+/// Waits until `node` has made a few commits since `base` (one per round
+/// on either side of a ping), so a restart lands mid-run however fast or
+/// slow the machine is right now.
+async fn some_rounds_done(node: &Node, base: u64) {
+    within("a few rounds", async {
+        while node.commits().await.unwrap() < base + 5 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_restarting_mid_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,10 +151,11 @@ async fn a_responder_restarting_mid_run_loses_nothing() {
     let bob = start(&mut ps[1], &map).await;
     let bob_party = bob.party().clone();
     let rounds = rounds_for_one_second(&alice, &bob_party).await;
+    let base = bob.commits().await.unwrap();
     let h = alice.start_flow(ping(bob_party, rounds)).await.unwrap();
     // Let it run a little, then stop Bob and start him again from his
     // database on the same address.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    some_rounds_done(&bob, base).await;
     assert_eq!(
         alice.try_result(&h).await.unwrap(),
         None,
@@ -164,11 +177,12 @@ async fn an_initiator_restarting_mid_run_finishes_its_flow() {
     let alice = start(&mut ps[0], &map).await;
     let bob = start(&mut ps[1], &map).await;
     let rounds = rounds_for_one_second(&alice, bob.party()).await;
+    let base = alice.commits().await.unwrap();
     let h = alice
         .start_flow_with_client_id("trade-1", ping(bob.party().clone(), rounds))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    some_rounds_done(&alice, base).await;
     assert_eq!(
         alice.try_result(&h).await.unwrap(),
         None,

@@ -140,3 +140,39 @@ async fn shutdown_ends_the_incoming_stream_and_refuses_sends() {
     let end = tokio::time::timeout(Duration::from_secs(5), alice_in.recv()).await;
     assert_eq!(end.unwrap(), None);
 }
+
+/// What a node sees through the `Transport` trait: only the link it sends
+/// on (outbound), as `Connected` when it is up and `Disconnected` when it
+/// drops — the cue to redeliver.
+#[tokio::test]
+async fn the_trait_reports_the_sending_link_coming_and_going() {
+    use flow_runtime::transport::{Transport, TransportEvent};
+    let mut net = Net::new(2).await;
+    let (alice, _a) = net.start(0);
+    let (bob, mut bob_in) = net.start(1);
+    let mut events = Transport::link_events(&alice);
+    let mut bob_events = Transport::link_events(&bob);
+    assert_eq!(
+        Transport::endpoint(&alice),
+        format!("tcp://{}", net.addrs[0])
+    );
+    Transport::try_send(&alice, &net.key(1), b"hi".to_vec()).unwrap();
+    assert_eq!(recv(&mut bob_in).await.1, b"hi");
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event, TransportEvent::Connected { peer: net.key(1) });
+    // Bob only received on an inbound connection: nothing for his node.
+    assert!(bob_events.try_recv().is_err());
+    Transport::shutdown(&bob).await;
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(event, TransportEvent::Disconnected { peer, error: Some(_) } if peer == net.key(1)),
+        "{event:?}"
+    );
+    assert_eq!(Transport::peer_name(&alice, &net.key(1)), "Bob");
+}
