@@ -237,7 +237,9 @@ impl NodeBuilder<TcpTransport> {
     }
 
     /// Listens on an already bound socket instead of binding the configured
-    /// address (tests bind port 0 to learn their addresses first).
+    /// address (tests bind port 0 to learn their addresses first). Ignored,
+    /// with a warning, on a builder given a running transport
+    /// ([`with_transport`](NodeBuilder::with_transport)).
     pub fn listener(&mut self, listener: std::net::TcpListener) -> &mut Self {
         match self.connect.tcp() {
             Some(tcp) => tcp.listener = Some(listener),
@@ -248,7 +250,8 @@ impl NodeBuilder<TcpTransport> {
         self
     }
 
-    /// Replaces the transport tuning from the config file.
+    /// Replaces the transport tuning from the config file. Ignored, with a
+    /// warning, on a builder given a running transport.
     pub fn tcp_config(&mut self, config: TcpConfig) -> &mut Self {
         match self.connect.tcp() {
             Some(tcp) => tcp.config = config,
