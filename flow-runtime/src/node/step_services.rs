@@ -5,10 +5,18 @@
 use crate::registry::NewFlow;
 use crate::store::{Entries, Store, Table, WriteBatch};
 use crate::{Flow, FlowError, FlowErrorKind};
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
-type Overlay = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
+/// Uncommitted writes of one table: `None` is a deletion.
+type TableOverlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Uncommitted writes, per table, so a read of one table's range walks
+/// only that table's writes in that range (O(log n + k)), however many
+/// steps the group commit already holds.
+type Overlay = BTreeMap<Table, TableOverlay>;
 
 /// Key/value tables for node services (a vault, a notary's spent-input
 /// index, ...) whose writes commit in the SAME store transaction as the step
@@ -38,17 +46,24 @@ impl StepWrites {
 
     /// The value of `key` in the service table `table`.
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, FlowError> {
-        let k = (Table::service(table), key.to_vec());
-        if let Some(v) = self.step.get(&k).or_else(|| self.batch.get(&k)) {
+        let t = Table::service(table);
+        let pending = [&self.step, &self.batch]
+            .into_iter()
+            .find_map(|o| o.get(&t).and_then(|m| m.get(key)));
+        if let Some(v) = pending {
             return Ok(v.clone());
         }
         self.store
-            .get(&k.0, key)
+            .get(&t, key)
             .map_err(|e| FlowError::with_kind(FlowErrorKind::Transient, e.to_string()))
     }
 
     /// Up to `limit` entries of `table` with `from <= key < to`, in key
     /// order, including uncommitted writes of this step and batch.
+    ///
+    /// Cost: a range walk of this table's uncommitted writes, stopping once
+    /// `limit` of them are values, then one bounded store range — never a
+    /// pass over the whole batch.
     pub fn range(
         &self,
         table: &str,
@@ -56,23 +71,66 @@ impl StepWrites {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, FlowError> {
+        if limit == 0 || to.is_some_and(|to| to <= from) {
+            return Ok(Vec::new());
+        }
         let t = Table::service(table);
-        let in_range = |k: &[u8]| k >= from && to.is_none_or(|to| k < to);
-        let pending: Vec<_> = self
-            .batch
-            .iter()
-            .chain(self.step.iter())
-            .filter(|((tt, k), _)| *tt == t && in_range(k))
-            .collect();
+        let bounds = (
+            Bound::Included(from),
+            to.map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        // Merge the batch's and the step's writes in key order (the step's
+        // write wins on the same key); stop at the `limit`-th value, past
+        // which nothing can be returned.
+        let (mut batch, mut step) = (
+            walk(&self.batch, &t, bounds).peekable(),
+            walk(&self.step, &t, bounds).peekable(),
+        );
+        let mut pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = Vec::new();
+        let mut values = 0;
+        loop {
+            let next = match (batch.peek(), step.peek()) {
+                (None, None) => break,
+                (Some(_), None) => batch.next(),
+                (None, Some(_)) => step.next(),
+                (Some((kb, _)), Some((ks, _))) => match kb.cmp(ks) {
+                    Ordering::Less => batch.next(),
+                    Ordering::Greater => step.next(),
+                    Ordering::Equal => {
+                        batch.next();
+                        step.next()
+                    }
+                },
+            };
+            let Some((k, v)) = next else { break };
+            pending.push((k, v));
+            if v.is_some() {
+                values += 1;
+                if values == limit {
+                    break;
+                }
+            }
+        }
+        // Every result lies at or below the last pending key once `limit`
+        // pending values were found: bound the store read there.
+        let cut = (values == limit).then(|| {
+            let mut end = pending
+                .last()
+                .map(|(k, _)| (*k).clone())
+                .unwrap_or_default();
+            end.push(0);
+            end
+        });
+        let store_to = cut.as_deref().or(to);
+        // Each pending write hides or replaces at most one stored entry.
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
             .store
-            .range(&t, from, to, limit.saturating_add(pending.len()))
+            .range(&t, from, store_to, limit.saturating_add(pending.len()))
             .map_err(|e| FlowError::with_kind(FlowErrorKind::Transient, e.to_string()))?
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
             .collect();
-        // Batch first, then step: the step's writes win.
-        for ((_, k), v) in pending {
+        for (k, v) in pending {
             merged.insert(k.clone(), v.clone());
         }
         Ok(merged
@@ -85,18 +143,28 @@ impl StepWrites {
     /// Stages `key = value` in `table`; committed with the step.
     pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) {
         self.step
-            .insert((Table::service(table), key.to_vec()), Some(value.to_vec()));
+            .entry(Table::service(table))
+            .or_default()
+            .insert(key.to_vec(), Some(value.to_vec()));
     }
 
     /// Stages the deletion of `key` from `table`; committed with the step.
     pub fn delete(&mut self, table: &str, key: &[u8]) {
         self.step
-            .insert((Table::service(table), key.to_vec()), None);
+            .entry(Table::service(table))
+            .or_default()
+            .insert(key.to_vec(), None);
     }
 
     pub(crate) fn keep_step(&mut self) {
-        let step = std::mem::take(&mut self.step);
-        self.batch.extend(step);
+        for (table, writes) in std::mem::take(&mut self.step) {
+            let kept = self.batch.entry(table).or_default();
+            if kept.is_empty() {
+                *kept = writes;
+            } else {
+                kept.extend(writes);
+            }
+        }
     }
 
     pub(crate) fn discard_step(&mut self) {
@@ -105,13 +173,27 @@ impl StepWrites {
 
     pub(crate) fn drain_into(&mut self, batch: &mut WriteBatch) {
         self.step.clear();
-        for ((table, key), value) in std::mem::take(&mut self.batch) {
-            match value {
-                Some(v) => batch.put(table, key, v),
-                None => batch.delete(table, key),
+        for (table, writes) in std::mem::take(&mut self.batch) {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => batch.put(table.clone(), key, v),
+                    None => batch.delete(table.clone(), key),
+                }
             }
         }
     }
+}
+
+/// The writes of `table` in `overlay` within `bounds`, in key order.
+fn walk<'a>(
+    overlay: &'a Overlay,
+    table: &Table,
+    bounds: (Bound<&'a [u8]>, Bound<&'a [u8]>),
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a {
+    overlay
+        .get(table)
+        .into_iter()
+        .flat_map(move |m| m.range::<[u8], _>(bounds))
 }
 
 /// Starts flows from inside the node: a service or flow step calls
@@ -138,5 +220,87 @@ impl FlowStarter {
         }
         self.requests.push(NewFlow::new(&flow)?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RedbOptions, RedbStore, SharedMemory};
+
+    /// A tiny deterministic generator, so the test needs no seed plumbing.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn store_with(committed: &[(u8, u8)]) -> Arc<dyn Store> {
+        let store = RedbStore::open_in_memory(&SharedMemory::new(), RedbOptions::default())
+            .expect("in-memory store");
+        let mut batch = WriteBatch::default();
+        for (k, v) in committed {
+            batch.put(Table::service("t"), vec![*k], vec![*v]);
+        }
+        store.commit(batch).expect("commit");
+        Arc::new(store)
+    }
+
+    #[test]
+    fn range_sees_step_over_batch_over_store_and_honours_limits() {
+        let mut rng = Lcg(7);
+        for round in 0..40 {
+            // The model: what a reader must see, key -> value.
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let committed: Vec<(u8, u8)> = (0..rng.next(12))
+                .map(|_| (rng.next(32) as u8, rng.next(255) as u8))
+                .collect();
+            for (k, v) in &committed {
+                model.insert(vec![*k], vec![*v]);
+            }
+            let mut w = StepWrites::new(store_with(&committed));
+            for phase in 0..2 {
+                for _ in 0..rng.next(20) {
+                    let k = vec![rng.next(32) as u8];
+                    if rng.next(3) == 0 {
+                        w.delete("t", &k);
+                        model.remove(&k);
+                    } else {
+                        let v = vec![rng.next(255) as u8];
+                        w.put("t", &k, &v);
+                        model.insert(k, v);
+                    }
+                }
+                // A write to another table never shows up.
+                w.put("other", &[5], &[5]);
+                if phase == 0 {
+                    w.keep_step();
+                }
+            }
+            for _ in 0..20 {
+                let from = vec![rng.next(34) as u8];
+                let to = (rng.next(4) != 0).then(|| vec![rng.next(34) as u8]);
+                let limit = rng.next(10) as usize;
+                let expected: Entries = model
+                    .iter()
+                    .filter(|(k, _)| **k >= from && to.as_ref().is_none_or(|to| *k < to))
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let got = w.range("t", &from, to.as_deref(), limit).expect("range");
+                assert_eq!(
+                    got, expected,
+                    "round {round}: {from:?}..{to:?} limit {limit}"
+                );
+            }
+            for k in 0..34u8 {
+                assert_eq!(w.get("t", &[k]).expect("get"), model.get(&vec![k]).cloned());
+            }
+        }
     }
 }
