@@ -11,9 +11,10 @@
 //! chain accepted.
 
 use crate::crypto::SecureHash;
-use crate::ledger::{SignedTransaction, VerifyError};
+use crate::ledger::{ContractState, InputResolver, SignedTransaction, StateRef, VerifyError};
 use crate::store::{Store, StoreError};
 use crate::vault;
+use flow_runtime::Party;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -163,11 +164,9 @@ impl Resolution {
         let mut verified: BTreeMap<SecureHash, &SignedTransaction> = BTreeMap::new();
         for id in &order {
             let stx = &self.downloaded[id];
-            let lookup = |dep: &SecureHash| {
-                verified
-                    .get(dep)
-                    .map(|s| s.tx.clone())
-                    .or_else(|| vault::transaction(store, dep).ok().flatten().map(|s| s.tx))
+            let lookup = ResolveFrom {
+                verified: &verified,
+                vault: vault::resolver(store),
             };
             stx.verify(lookup)
                 .map_err(|error| ResolveError::Invalid { tx: *id, error })?;
@@ -177,6 +176,25 @@ impl Resolution {
             vault::record_dependency(store, &self.downloaded[id])?;
         }
         Ok(order.len())
+    }
+}
+
+/// Inputs resolved from the transactions verified so far in this
+/// resolution, then from the vault.
+struct ResolveFrom<'a> {
+    verified: &'a BTreeMap<SecureHash, &'a SignedTransaction>,
+    vault: vault::VaultResolver<'a>,
+}
+
+impl InputResolver for ResolveFrom<'_> {
+    fn resolve_input(&mut self, input: &StateRef) -> Option<(ContractState, Party)> {
+        match self.verified.get(&input.tx_id) {
+            Some(stx) => {
+                let state = stx.tx.outputs.get(input.index as usize)?.clone();
+                Some((state, stx.tx.notary.clone()))
+            }
+            None => self.vault.resolve_input(input),
+        }
     }
 }
 

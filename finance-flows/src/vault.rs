@@ -7,9 +7,11 @@
 use crate::crypto::SecureHash;
 use crate::keys;
 use crate::ledger::{
-    Amount, ContractState, SignedTransaction, StateAndRef, StateRef, WireTransaction,
+    Amount, Cash, ContractState, InputResolver, SignedTransaction, StateAndRef, StateRef,
 };
-use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::store::{Store, StoreError, Table, decode, encode, prefix_end, prefix_range};
+use flow_runtime::Party;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Why a vault operation failed.
@@ -32,10 +34,91 @@ pub enum VaultError {
 /// they can be released together if the spend fails.
 pub type LockId = u64;
 
+/// What [`Table::Outputs`] keeps for every output of a recorded
+/// transaction: the state and the notary of the transaction that created it
+/// (everything verification needs to resolve an input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// The notary that guards the state.
+    pub notary: Party,
+    /// The state.
+    pub state: ContractState,
+}
+
+/// [`OutputRecord`] by reference, to encode one without cloning the state
+/// (same field order, so the same bytes).
+#[derive(Serialize)]
+struct OutputRecordRef<'a> {
+    notary: &'a Party,
+    state: &'a ContractState,
+}
+
+/// The [`Table::AvailableCash`] key of a coin: currency, then the quantity
+/// inverted (largest coins first), then the state's reference.
+fn available_key(cash: &Cash, state_ref: &StateRef) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + 8 + 36);
+    key.extend_from_slice(&cash.amount.currency.0);
+    key.extend_from_slice(&(!cash.amount.quantity).to_be_bytes());
+    key.extend_from_slice(&state_ref.to_key());
+    key
+}
+
+/// The [`Table::LocksByHolder`] key of a state held by `lock`.
+fn holder_key(lock: LockId, state_ref: &StateRef) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + 36);
+    key.extend_from_slice(&lock.to_be_bytes());
+    key.extend_from_slice(&state_ref.to_key());
+    key
+}
+
+/// The `StateRef` at the end of an index key, or a corruption error.
+fn ref_at_end(table: Table, key: &[u8]) -> Result<StateRef, StoreError> {
+    key.len()
+        .checked_sub(36)
+        .and_then(|start| StateRef::from_key(&key[start..]))
+        .ok_or_else(|| StoreError::Corrupt {
+            table: table.name(),
+            detail: format!("an index key is {} bytes, too short for a state", key.len()),
+        })
+}
+
+/// Writes the [`Table::Outputs`] records of every output of `stx`.
+fn record_outputs(
+    store: &mut dyn Store,
+    stx: &SignedTransaction,
+    id: &SecureHash,
+) -> Result<(), StoreError> {
+    for (state, index) in stx.tx.outputs.iter().zip(0u32..) {
+        let record = OutputRecordRef {
+            notary: &stx.tx.notary,
+            state,
+        };
+        let state_ref = StateRef { tx_id: *id, index };
+        store.put(Table::Outputs, &state_ref.to_key(), &encode(&record)?)?;
+    }
+    Ok(())
+}
+
+/// Marks `input` consumed: no longer unconsumed, available or locked.
+fn consume(store: &mut dyn Store, input: &StateRef) -> Result<(), StoreError> {
+    let key = input.to_key();
+    if let Some(owned) = state(store, input)? {
+        if let Some(cash) = owned.state.as_cash() {
+            store.remove(Table::AvailableCash, &available_key(cash, input))?;
+        }
+        store.remove(Table::Unconsumed, &key)?;
+    }
+    if let Some(holder) = lock_of(store, input)? {
+        store.remove(Table::LocksByHolder, &holder_key(holder, input))?;
+        store.remove(Table::SoftLocks, &key)?;
+    }
+    Ok(())
+}
+
 /// Records a verified transaction: stores it, marks its inputs consumed
 /// (and unlocked), and adds the outputs owned by the node's keys to the
-/// unconsumed states. Recording the same transaction again does nothing.
-/// Returns whether it was new.
+/// unconsumed states (cash also to the coin-selection index). Recording the
+/// same transaction again does nothing. Returns whether it was new.
 ///
 /// The caller must have verified `stx` (signatures and contracts, its
 /// dependencies recorded first): the vault trusts what it records.
@@ -45,17 +128,17 @@ pub fn record(store: &mut dyn Store, stx: &SignedTransaction) -> Result<bool, St
         return Ok(false);
     }
     store.put(Table::Transactions, &id.0, &encode(stx)?)?;
+    record_outputs(store, stx, &id)?;
     for input in &stx.tx.inputs {
-        store.remove(Table::Unconsumed, &input.to_key())?;
-        store.remove(Table::SoftLocks, &input.to_key())?;
+        consume(store, input)?;
     }
-    for out in stx.tx.out_refs() {
-        if keys::is_ours(store, out.state.owner())? {
-            store.put(
-                Table::Unconsumed,
-                &out.state_ref.to_key(),
-                &encode(&out.state)?,
-            )?;
+    for (state, index) in stx.tx.outputs.iter().zip(0u32..) {
+        if keys::is_ours(store, state.owner())? {
+            let state_ref = StateRef { tx_id: id, index };
+            store.put(Table::Unconsumed, &state_ref.to_key(), &encode(state)?)?;
+            if let Some(cash) = state.as_cash() {
+                store.put(Table::AvailableCash, &available_key(cash, &state_ref), &[])?;
+            }
         }
     }
     tracing::debug!(tx = %id, "recorded transaction");
@@ -69,6 +152,7 @@ pub fn record_dependency(store: &mut dyn Store, stx: &SignedTransaction) -> Resu
     let id = stx.id();
     if store.get(Table::Transactions, &id.0)?.is_none() {
         store.put(Table::Transactions, &id.0, &encode(stx)?)?;
+        record_outputs(store, stx, &id)?;
     }
     Ok(())
 }
@@ -98,11 +182,37 @@ pub fn transactions(store: &dyn Store) -> Result<Vec<SignedTransaction>, StoreEr
         .collect()
 }
 
-/// A lookup for [`SignedTransaction::verify`] over the recorded
-/// transactions. A storage error reads as "unknown", which fails
+/// An [`InputResolver`] over the recorded transactions, for
+/// [`SignedTransaction::verify`]: one point read of [`Table::Outputs`] per
+/// input (falling back to the whole producing transaction if its outputs
+/// were not indexed). A storage error reads as "unknown", which fails
 /// verification with an unresolved input (and is logged by [`decode`]).
-pub fn resolver(store: &dyn Store) -> impl FnMut(&SecureHash) -> Option<WireTransaction> + '_ {
-    move |id| transaction(store, id).ok().flatten().map(|stx| stx.tx)
+pub fn resolver(store: &dyn Store) -> VaultResolver<'_> {
+    VaultResolver { store }
+}
+
+/// See [`resolver`].
+pub struct VaultResolver<'a> {
+    store: &'a dyn Store,
+}
+
+impl InputResolver for VaultResolver<'_> {
+    fn resolve_input(&mut self, input: &StateRef) -> Option<(ContractState, Party)> {
+        match self.store.get(Table::Outputs, &input.to_key()) {
+            Ok(Some(bytes)) => decode::<OutputRecord>(Table::Outputs, &bytes)
+                .ok()
+                .map(|r| (r.state, r.notary)),
+            Ok(None) => {
+                let tx = transaction(self.store, &input.tx_id).ok().flatten()?.tx;
+                let state = tx.outputs.into_iter().nth(input.index as usize)?;
+                Some((state, tx.notary))
+            }
+            Err(e) => {
+                tracing::error!(%input, "cannot read a recorded output: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// The unconsumed state at `state_ref`, if this node owns it.
@@ -169,36 +279,55 @@ fn lock_of(store: &dyn Store, state_ref: &StateRef) -> Result<Option<LockId>, St
 
 /// Picks unlocked cash of `amount`'s currency worth at least `amount`
 /// (largest coins first, so spends stay small) and soft-locks it under
-/// `lock`. Coins already locked by `lock` are selected again, so a retried
-/// step picks the same coins.
+/// `lock`. Coins already locked by `lock` are selected first, so a spend
+/// that asks again keeps what it holds.
+///
+/// Cost: a range read of `lock`'s holdings and one of the coin-selection
+/// index, stopping at the first coins that cover `amount` — independent of
+/// how many coins the vault holds or other spends have locked.
 pub fn select_coins(
     store: &mut dyn Store,
     amount: Amount,
     lock: LockId,
 ) -> Result<Vec<StateAndRef>, VaultError> {
-    let mut candidates = Vec::new();
-    for s in unconsumed(store)? {
-        let Some(cash) = s.state.as_cash() else {
-            continue;
-        };
-        if cash.amount.currency != amount.currency {
-            continue;
-        }
-        match lock_of(store, &s.state_ref)? {
-            Some(holder) if holder != lock => continue,
-            _ => candidates.push(s),
-        }
-    }
-    candidates
-        .sort_by_key(|s| std::cmp::Reverse(s.state.as_cash().map_or(0, |c| c.amount.quantity)));
     let mut chosen = Vec::new();
     let mut total: u64 = 0;
-    for s in candidates {
-        if total >= amount.quantity {
+    for (key, _) in prefix_range(store, Table::LocksByHolder, &lock.to_be_bytes(), usize::MAX)? {
+        let r = ref_at_end(Table::LocksByHolder, &key)?;
+        if let Some(s) = state(store, &r)?
+            && let Some(cash) = s.state.as_cash()
+            && cash.amount.currency == amount.currency
+        {
+            total = total.saturating_add(cash.amount.quantity);
+            chosen.push(s);
+        }
+    }
+    const PAGE: usize = 16;
+    let end = prefix_end(&amount.currency.0);
+    let mut from = amount.currency.0.to_vec();
+    let mut new_coins = Vec::new();
+    'pages: while total < amount.quantity {
+        let page = store.range(Table::AvailableCash, &from, end.as_deref(), PAGE)?;
+        let full = page.len() == PAGE;
+        for (key, _) in page {
+            if total >= amount.quantity {
+                break 'pages;
+            }
+            let r = ref_at_end(Table::AvailableCash, &key)?;
+            let s = state(store, &r)?.ok_or_else(|| StoreError::Corrupt {
+                table: Table::AvailableCash.name(),
+                detail: format!("the coin index names {r}, which is not an unconsumed state"),
+            })?;
+            let quantity = s.state.as_cash().map_or(0, |c| c.amount.quantity);
+            total = total.saturating_add(quantity);
+            chosen.push(s);
+            new_coins.push(key.clone());
+            from = key;
+            from.push(0);
+        }
+        if !full {
             break;
         }
-        total = total.saturating_add(s.state.as_cash().map_or(0, |c| c.amount.quantity));
-        chosen.push(s);
     }
     if total < amount.quantity {
         return Err(VaultError::InsufficientFunds {
@@ -206,8 +335,11 @@ pub fn select_coins(
             available: Amount::new(total, amount.currency),
         });
     }
-    for s in &chosen {
-        store.put(Table::SoftLocks, &s.state_ref.to_key(), &encode(&lock)?)?;
+    let lock_bytes = encode(&lock)?;
+    for (s, key) in chosen.iter().rev().zip(new_coins.iter().rev()) {
+        store.put(Table::SoftLocks, &s.state_ref.to_key(), &lock_bytes)?;
+        store.put(Table::LocksByHolder, &holder_key(lock, &s.state_ref), &[])?;
+        store.remove(Table::AvailableCash, key)?;
     }
     Ok(chosen)
 }
@@ -219,18 +351,25 @@ pub fn lock_states(
     refs: &[StateRef],
     lock: LockId,
 ) -> Result<(), VaultLockError> {
+    let mut states = Vec::with_capacity(refs.len());
     for r in refs {
-        if state(store, r)?.is_none() {
+        let Some(s) = state(store, r)? else {
             return Err(VaultLockError::NotInVault(*r));
-        }
+        };
         if let Some(holder) = lock_of(store, r)?
             && holder != lock
         {
             return Err(VaultLockError::Locked(*r));
         }
+        states.push(s);
     }
-    for r in refs {
-        store.put(Table::SoftLocks, &r.to_key(), &encode(&lock)?)?;
+    let lock_bytes = encode(&lock)?;
+    for s in &states {
+        store.put(Table::SoftLocks, &s.state_ref.to_key(), &lock_bytes)?;
+        store.put(Table::LocksByHolder, &holder_key(lock, &s.state_ref), &[])?;
+        if let Some(cash) = s.state.as_cash() {
+            store.remove(Table::AvailableCash, &available_key(cash, &s.state_ref))?;
+        }
     }
     Ok(())
 }
@@ -249,16 +388,22 @@ pub enum VaultLockError {
     Store(#[from] StoreError),
 }
 
-/// Releases every state locked under `lock` (a spend that failed).
+/// Releases every state locked under `lock` (a spend that failed); its
+/// unconsumed cash becomes selectable again. A range read of `lock`'s
+/// holdings, not a scan of every lock.
 pub fn release_locks(store: &mut dyn Store, lock: LockId) -> Result<usize, StoreError> {
-    let mut released = 0;
-    for (k, v) in store.scan(Table::SoftLocks)? {
-        if decode::<LockId>(Table::SoftLocks, &v)? == lock {
-            store.remove(Table::SoftLocks, &k)?;
-            released += 1;
+    let held = prefix_range(store, Table::LocksByHolder, &lock.to_be_bytes(), usize::MAX)?;
+    for (key, _) in &held {
+        let r = ref_at_end(Table::LocksByHolder, key)?;
+        store.remove(Table::SoftLocks, &r.to_key())?;
+        store.remove(Table::LocksByHolder, key)?;
+        if let Some(s) = state(store, &r)?
+            && let Some(cash) = s.state.as_cash()
+        {
+            store.put(Table::AvailableCash, &available_key(cash, &r), &[])?;
         }
     }
-    Ok(released)
+    Ok(held.len())
 }
 
 /// How many states are soft-locked (for reconciliation: zero once every

@@ -110,6 +110,54 @@ fn soft_locks_keep_concurrent_spends_apart() {
     );
 }
 
+fn quantities(coins: &[StateAndRef]) -> Vec<u64> {
+    coins
+        .iter()
+        .map(|c| c.state.as_cash().unwrap().amount.quantity)
+        .collect()
+}
+
+#[test]
+fn coin_index_follows_locks_spends_and_releases() {
+    let mut s = setup();
+    issue_to_node(&mut s, &[10, 50, 30, 20, 40], 1);
+    let usd = |q| Amount::new(q, Currency::USD);
+    // Largest unlocked coins first, skipping what other spends hold.
+    assert_eq!(
+        quantities(&vault::select_coins(&mut s.node, usd(60), 1).unwrap()),
+        [50, 40]
+    );
+    assert_eq!(
+        quantities(&vault::select_coins(&mut s.node, usd(35), 2).unwrap()),
+        [30, 20]
+    );
+    assert_eq!(
+        quantities(&vault::select_coins(&mut s.node, usd(5), 3).unwrap()),
+        [10]
+    );
+    assert!(vault::select_coins(&mut s.node, usd(1), 4).is_err());
+    assert!(vault::select_coins(&mut s.node, Amount::new(1, Currency::EUR), 4).is_err());
+    assert_eq!(vault::locked_count(&s.node).unwrap(), 5);
+    // A released spend's coins are selectable again.
+    assert_eq!(vault::release_locks(&mut s.node, 2).unwrap(), 2);
+    assert_eq!(vault::release_locks(&mut s.node, 2).unwrap(), 0);
+    assert_eq!(
+        quantities(&vault::select_coins(&mut s.node, usd(45), 4).unwrap()),
+        [30, 20]
+    );
+    // Spending lock 3's coin: it leaves the vault and its lock; the change
+    // (a fresh coin) is selectable at once.
+    assert_eq!(vault::release_locks(&mut s.node, 3).unwrap(), 1);
+    let stx = pay(&mut s, 4, 5).unwrap();
+    assert!(vault::record(&mut s.node, &stx).unwrap());
+    assert_eq!(vault::locked_count(&s.node).unwrap(), 4);
+    assert_eq!(
+        quantities(&vault::select_coins(&mut s.node, usd(6), 6).unwrap()),
+        [6]
+    );
+    assert_eq!(vault::cash_total(&s.node, Currency::USD).unwrap(), 146);
+}
+
 #[test]
 fn notary_rejects_a_double_spend_and_accepts_a_retry() {
     let mut s = setup();

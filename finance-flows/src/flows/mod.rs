@@ -101,11 +101,14 @@ impl Store for StepWrites {
         Ok(())
     }
 
-    fn scan(
+    fn range(
         &self,
         table: crate::store::Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
     ) -> Result<crate::store::Entries, crate::store::StoreError> {
-        StepWrites::range(self, table.name(), &[], None, usize::MAX)
+        StepWrites::range(self, table.name(), from, to, limit)
             .map_err(|e| crate::store::StoreError::Backend(e.to_string()))
     }
 }

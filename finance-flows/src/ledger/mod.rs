@@ -16,4 +16,4 @@ pub use states::{AssetKind, Cash, CommercialPaper, ContractState, StateAndRef, S
 pub use transaction::{
     Command, CommandData, SignedTransaction, TimeWindow, TransactionBuilder, WireTransaction,
 };
-pub use verify::{LedgerTransaction, VerifyError};
+pub use verify::{InputResolver, LedgerTransaction, VerifyError};
