@@ -52,7 +52,8 @@ impl World {
         b.add_command(CommandData::CashIssue, vec![self.bank.1.public()]);
         let stx = SignedTransaction::new(b.to_wire())
             .with_signature(self.bank.1.sign(&b.to_wire().id().0));
-        stx.verify(|id| self.txs.get(id).cloned()).unwrap();
+        stx.verify(|id: &SecureHash| self.txs.get(id).cloned())
+            .unwrap();
         self.txs.insert(stx.id(), stx.tx.clone());
         stx.tx.out_refs()
     }
@@ -67,7 +68,7 @@ impl World {
     }
 
     fn verify(&self, stx: &SignedTransaction) -> Result<LedgerTransaction, VerifyError> {
-        stx.verify(|id| self.txs.get(id).cloned())
+        stx.verify(|id: &SecureHash| self.txs.get(id).cloned())
     }
 }
 
@@ -136,8 +137,62 @@ fn missing_notary_signature_is_reported() {
         other => panic!("expected a missing notary signature, got {other:?}"),
     }
     // Allowed while collecting.
-    stx.verify_except(&[w.notary.1.public()], |id| w.txs.get(id).cloned())
+    stx.verify_except(&[w.notary.1.public()], |id: &SecureHash| {
+        w.txs.get(id).cloned()
+    })
+    .unwrap();
+}
+
+#[test]
+fn trusting_signatures_still_checks_signers_and_contracts() {
+    let mut w = World::new();
+    let coins = w.issue(&[600], w.alice.public());
+    let lookup = |w: &World| {
+        let txs = w.txs.clone();
+        move |id: &SecureHash| txs.get(id).cloned()
+    };
+    let mut b = TransactionBuilder::with_salt(w.notary.0.clone(), 1);
+    b.add_cash_payment(
+        &coins,
+        Amount::new(600, Currency::USD),
+        w.bob.public(),
+        w.alice.public(),
+    )
+    .unwrap();
+    let notary = [w.notary.1.public()];
+    let good = w.sign_all(b.to_wire(), &[&w.alice]);
+    good.verify_trusting_signatures(&notary, lookup(&w))
         .unwrap();
+    // What it skips: the cryptographic check (full verification catches it).
+    let mut tampered = good.clone();
+    tampered.sigs[0].bytes[0] ^= 1;
+    tampered
+        .verify_trusting_signatures(&notary, lookup(&w))
+        .unwrap();
+    assert!(matches!(
+        tampered.verify_except(&notary, lookup(&w)),
+        Err(VerifyError::InvalidSignature { .. })
+    ));
+    // What it keeps: the signer set and the contracts.
+    let unsigned = w.sign_all(b.to_wire(), &[]);
+    assert!(matches!(
+        unsigned.verify_trusting_signatures(&notary, lookup(&w)),
+        Err(VerifyError::MissingSignatures { .. })
+    ));
+    let stranger = w.sign_all(b.to_wire(), &[&w.alice, &w.bob]);
+    assert!(matches!(
+        stranger.verify_trusting_signatures(&notary, lookup(&w)),
+        Err(VerifyError::UnexpectedSignature { .. })
+    ));
+    let mut inflating = TransactionBuilder::with_salt(w.notary.0.clone(), 2);
+    inflating.add_input(coins[0].clone());
+    inflating.add_output(w.usd(601, w.bob.public()));
+    inflating.add_command(CommandData::CashMove, vec![w.alice.public()]);
+    let inflating = w.sign_all(inflating.to_wire(), &[&w.alice]);
+    assert!(matches!(
+        inflating.verify_trusting_signatures(&notary, lookup(&w)),
+        Err(VerifyError::Contract(_))
+    ));
 }
 
 #[test]

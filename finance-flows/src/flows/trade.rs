@@ -10,7 +10,7 @@
 //!     serve_transactions ◀──── fetch ───────  resolve_transactions (asset history)
 //!     receive_to_sign ◀────── proposal ────── collect_signatures
 //!       resolve_transactions ─── fetch ─────▶   serve_transactions (cash history)
-//!     check_proposal; sign_and_reply ────────▶
+//!     check_proposal; sign ────────────────▶
 //!                                             finality: notarise, record
 //!     receive_finality ◀───── final tx ──────
 //! ```
@@ -22,7 +22,7 @@
 
 use super::finality::{finality, receive_finality};
 use super::resolve::resolve_transactions;
-use super::signatures::{collect_signatures, receive_to_sign, sign_and_reply};
+use super::signatures::{collect_signatures, receive_to_sign, sign_verified_and_reply};
 use super::{Notary, fail, store};
 use crate::crypto::SecureHash;
 use crate::keys;
@@ -106,7 +106,8 @@ pub async fn sell_steps(
     let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing)).await?;
     trade::check_proposal(store(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
     ctx.set_progress("Signing");
-    sign_and_reply(ctx, &session, &proposal, notary.party.key())?;
+    // check_proposal verified the proposal in full: sign without a second pass.
+    sign_verified_and_reply(ctx, &session, &proposal)?;
     ctx.set_progress("Waiting for the final transaction");
     let expected: Option<SecureHash> = Some(proposal.id());
     let fin: SignedTransaction = ctx.sub_flow(receive_finality(session, expected)).await?;
