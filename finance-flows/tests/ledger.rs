@@ -173,6 +173,21 @@ fn trusting_signatures_still_checks_signers_and_contracts() {
         tampered.verify_except(&notary, lookup(&w)),
         Err(VerifyError::InvalidSignature { .. })
     ));
+    // Known signatures are skipped; any other is still checked.
+    let full = w.sign_all(b.to_wire(), &[&w.alice, &w.notary.1]);
+    full.verify_knowing(&full.sigs[..1], lookup(&w)).unwrap();
+    let mut bad_notary = full.clone();
+    bad_notary.sigs[1].bytes[5] ^= 1;
+    assert!(matches!(
+        bad_notary.verify_knowing(&full.sigs[..1], lookup(&w)),
+        Err(VerifyError::InvalidSignature { .. })
+    ));
+    let mut bad_alice = full.clone();
+    bad_alice.sigs[0].bytes[5] ^= 1;
+    assert!(matches!(
+        bad_alice.verify_knowing(&full.sigs[..1], lookup(&w)),
+        Err(VerifyError::InvalidSignature { .. })
+    ));
     // What it keeps: the signer set and the contracts.
     let unsigned = w.sign_all(b.to_wire(), &[]);
     assert!(matches!(

@@ -24,7 +24,7 @@ use super::finality::{finality, receive_finality};
 use super::resolve::resolve_transactions;
 use super::signatures::{collect_signatures, receive_to_sign, sign_verified_and_reply};
 use super::{Notary, fail, store};
-use crate::crypto::SecureHash;
+use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::{Amount, AssetKind, SignedTransaction, StateRef};
 use crate::trade::{self, TradeOffer};
@@ -107,10 +107,16 @@ pub async fn sell_steps(
     trade::check_proposal(store(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
     ctx.set_progress("Signing");
     // check_proposal verified the proposal in full: sign without a second pass.
-    sign_verified_and_reply(ctx, &session, &proposal)?;
+    let ours: Vec<TxSignature> = sign_verified_and_reply(ctx, &session, &proposal)?;
     ctx.set_progress("Waiting for the final transaction");
     let expected: Option<SecureHash> = Some(proposal.id());
-    let fin: SignedTransaction = ctx.sub_flow(receive_finality(session, expected)).await?;
+    // The buyer's signatures were verified above and ours we just made: the
+    // final transaction's copies of them need no second check.
+    let mut verified: Vec<TxSignature> = proposal.sigs.clone();
+    verified.extend(ours);
+    let fin: SignedTransaction = ctx
+        .sub_flow(receive_finality(session, expected, verified))
+        .await?;
     Ok(fin)
 }
 

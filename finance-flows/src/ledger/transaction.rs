@@ -198,10 +198,24 @@ impl SignedTransaction {
         &self,
         allowed_missing: &[PublicKey],
     ) -> Result<(), VerifyError> {
+        self.verify_signatures_knowing(allowed_missing, &[])
+    }
+
+    /// As [`verify_signatures_except`](Self::verify_signatures_except), but
+    /// a signature equal (key and bytes) to one in `known` is not checked
+    /// cryptographically again. `known` must hold only signatures over this
+    /// transaction's id that the caller has verified or made itself — e.g.
+    /// the proposal's signatures, once the final transaction's id has been
+    /// checked to be the proposal's.
+    pub fn verify_signatures_knowing(
+        &self,
+        allowed_missing: &[PublicKey],
+        known: &[TxSignature],
+    ) -> Result<(), VerifyError> {
         let id = self.id();
         self.check_signers_except(&id, allowed_missing)?;
         for sig in &self.sigs {
-            if !sig.is_valid_for(&id.0) {
+            if !known.contains(sig) && !sig.is_valid_for(&id.0) {
                 return Err(VerifyError::InvalidSignature {
                     key: sig.by,
                     tx: id,

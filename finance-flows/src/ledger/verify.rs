@@ -161,6 +161,21 @@ impl SignedTransaction {
         Ok(ltx)
     }
 
+    /// Full verification, like [`verify`](Self::verify), except that the
+    /// signatures in `known` are not checked cryptographically again (see
+    /// [`verify_signatures_knowing`](Self::verify_signatures_knowing) for
+    /// what `known` may hold).
+    pub fn verify_knowing(
+        &self,
+        known: &[crate::crypto::TxSignature],
+        lookup: impl InputResolver,
+    ) -> Result<LedgerTransaction, VerifyError> {
+        self.verify_signatures_knowing(&[], known)?;
+        let ltx = self.tx.to_ledger(lookup)?;
+        contracts::verify(&ltx)?;
+        Ok(ltx)
+    }
+
     /// As [`verify_except`](Self::verify_except) but without checking the
     /// signatures cryptographically: the signer set must be right (see
     /// [`check_signers_except`](Self::check_signers_except)), the inputs
