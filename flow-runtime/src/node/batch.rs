@@ -3,10 +3,14 @@
 //! one's checkpoint) and writes into it; nothing reaches the store until the
 //! whole batch commits in one transaction.
 
-use super::records::{CheckpointRecord, SessionKey, SessionRecord, run_key};
-use crate::store::{Store, StoreError, Table, WriteBatch};
+use super::records::{
+    CheckpointRecord, SessionKey, SessionRecord, encode_timer_runs, parse_timer_runs, run_key,
+    timer_key,
+};
+use crate::Timestamp;
+use crate::store::{RangeRemoval, Store, StoreError, Table, WriteBatch};
 use crate::{FlowError, PublicKey};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A checkpoint as loaded: decoded, or the raw bytes with the reason they do
 /// not decode.
@@ -17,9 +21,24 @@ pub(crate) enum Loaded {
 
 #[derive(Default)]
 pub(crate) struct Batch {
-    checkpoints: HashMap<u64, Option<CheckpointRecord>>,
-    sessions: HashMap<SessionKey, Option<SessionRecord>>,
-    raw: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    checkpoints: BTreeMap<u64, Option<CheckpointRecord>>,
+    sessions: BTreeMap<SessionKey, Option<SessionRecord>>,
+    /// Plain table writes by table, then key (`None`: delete).
+    raw: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Timer rows this batch changes, whole (committed runs merged in):
+    /// due time -> runs. An empty row is deleted.
+    timers: BTreeMap<u64, BTreeSet<u64>>,
+    /// Whether the committed hospital table was empty when the batch began
+    /// (the usual case): then only this batch's own writes can have put a
+    /// run there, and the check every step makes needs no store read.
+    hospital_empty: bool,
+    /// Key ranges removed; writes in `raw` are applied after them.
+    removed_ranges: Vec<RangeRemoval>,
+    /// Whether each run touched by this batch has unprocessed input at the
+    /// end of it. Only the net change against the committed `runnable`
+    /// index is written: a run woken and stepped to quiescence in the same
+    /// batch costs no index write at all.
+    runnable: BTreeMap<u64, bool>,
     /// Runs to try in this batch.
     pub wake: BTreeSet<u64>,
     /// Frames to release after the commit (new outbox entries, acks, refusals).
@@ -37,6 +56,14 @@ fn decode_err(what: &str, e: impl std::fmt::Display) -> String {
 }
 
 impl Batch {
+    /// An empty batch over `store`'s committed state.
+    pub fn new(store: &dyn Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            hospital_empty: store.len(&Table::HOSPITAL)? == 0,
+            ..Self::default()
+        })
+    }
+
     pub fn checkpoint(
         &mut self,
         store: &dyn Store,
@@ -91,24 +118,118 @@ impl Batch {
         self.sessions.insert(key, None);
     }
 
+    /// Records whether `run` has unprocessed input (see `runnable`).
+    pub fn set_runnable(&mut self, run: u64, runnable: bool) {
+        self.runnable.insert(run, runnable);
+    }
+
+    /// The runnable-index changes against `committed` (the runs the store's
+    /// index holds): `(run, now runnable)` for every run whose entry must be
+    /// written or removed.
+    pub fn runnable_changes(&mut self, committed: &BTreeSet<u64>) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.runnable)
+            .into_iter()
+            .filter(|(run, want)| committed.contains(run) != *want)
+            .collect()
+    }
+
     pub fn get(
         &self,
         store: &dyn Store,
         table: &Table,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.raw.get(&(table.clone(), key.to_vec())) {
-            Some(v) => Ok(v.clone()),
-            None => store.get(table, key),
+        if let Some(v) = self.raw.get(table).and_then(|t| t.get(key)) {
+            return Ok(v.clone());
         }
+        if self.in_removed_range(table, key) || (self.hospital_empty && *table == Table::HOSPITAL) {
+            return Ok(None);
+        }
+        store.get(table, key)
+    }
+
+    fn in_removed_range(&self, table: &Table, key: &[u8]) -> bool {
+        self.removed_ranges
+            .iter()
+            .any(|r| r.table == *table && r.from.as_slice() <= key && key < r.to.as_slice())
     }
 
     pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
-        self.raw.insert((table, key), Some(value));
+        self.raw.entry(table).or_default().insert(key, Some(value));
     }
 
     pub fn delete(&mut self, table: Table, key: Vec<u8>) {
-        self.raw.insert((table, key), None);
+        self.raw.entry(table).or_default().insert(key, None);
+    }
+
+    /// The staged timer row due at `at`, loaded from the store on first use.
+    fn timer_row(
+        &mut self,
+        store: &dyn Store,
+        at: Timestamp,
+    ) -> Result<&mut BTreeSet<u64>, StoreError> {
+        let key = timer_key(at);
+        let fired = self.in_removed_range(&Table::TIMERS, &key);
+        Ok(match self.timers.entry(at.0) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let committed = if fired {
+                    None
+                } else {
+                    store.get(&Table::TIMERS, &key)?
+                };
+                e.insert(
+                    committed
+                        .map(|v| parse_timer_runs(&v).into_iter().collect())
+                        .unwrap_or_default(),
+                )
+            }
+        })
+    }
+
+    /// Schedules a wake-up of `run` at `at`.
+    pub fn add_timer(
+        &mut self,
+        store: &dyn Store,
+        at: Timestamp,
+        run: u64,
+    ) -> Result<(), StoreError> {
+        self.timer_row(store, at)?.insert(run);
+        Ok(())
+    }
+
+    /// Cancels the wake-up of `run` at `at`.
+    pub fn remove_timer(
+        &mut self,
+        store: &dyn Store,
+        at: Timestamp,
+        run: u64,
+    ) -> Result<(), StoreError> {
+        self.timer_row(store, at)?.remove(&run);
+        Ok(())
+    }
+
+    /// Takes every timer due by `now` out of the batch and returns the runs
+    /// of those staged in it so far. With `committed_due` (the caller found
+    /// committed rows due), those rows are removed with one range removal.
+    pub fn fire_timers(&mut self, now: Timestamp, committed_due: bool) -> Vec<u64> {
+        let upper = now.0.saturating_add(1);
+        let later = self.timers.split_off(&upper);
+        let due = std::mem::replace(&mut self.timers, later);
+        if committed_due {
+            self.remove_range(Table::TIMERS, Vec::new(), timer_key(Timestamp(upper)));
+        }
+        due.into_values().flatten().collect()
+    }
+
+    /// Deletes every committed key `from <= key < to` of `table` with one
+    /// range operation (keys written later in this batch stay).
+    pub fn remove_range(&mut self, table: Table, from: Vec<u8>, to: Vec<u8>) {
+        if let Some(t) = self.raw.get_mut(&table) {
+            // Staged deletes inside the range are now implied.
+            t.retain(|k, v| v.is_some() || k.as_slice() < from.as_slice() || k >= &to);
+        }
+        self.removed_ranges.push(RangeRemoval { table, from, to });
     }
 
     /// Keys of `table` starting with `prefix`, committed or staged, minus
@@ -136,9 +257,10 @@ impl Batch {
             .range(table, prefix, upper.as_deref(), usize::MAX)?
             .into_iter()
             .map(|(k, _)| k)
+            .filter(|k| !self.in_removed_range(table, k))
             .collect();
-        for ((t, k), v) in &self.raw {
-            if t == table && k.starts_with(prefix) {
+        for (k, v) in self.raw.get(table).into_iter().flatten() {
+            if k.starts_with(prefix) {
                 if v.is_some() {
                     keys.insert(k.clone());
                 } else {
@@ -152,18 +274,20 @@ impl Batch {
     /// Everything to write, encoded.
     pub fn take_write_batch(&mut self) -> Result<WriteBatch, StoreError> {
         let mut w = WriteBatch::default();
-        for (run, rec) in self.checkpoints.drain() {
+        for (run, rec) in std::mem::take(&mut self.checkpoints) {
             match rec {
-                Some(rec) => w.put(
-                    Table::CHECKPOINTS,
-                    run_key(run),
-                    rmp_serde::to_vec(&rec)
-                        .map_err(|e| StoreError(format!("cannot encode checkpoint: {e}")))?,
-                ),
+                Some(rec) => {
+                    // Sized up front: growing the buffer field by field
+                    // costs more than the encoding.
+                    let mut bytes = Vec::with_capacity(rec.state.len() + 128);
+                    rmp_serde::encode::write(&mut bytes, &rec)
+                        .map_err(|e| StoreError(format!("cannot encode checkpoint: {e}")))?;
+                    w.put(Table::CHECKPOINTS, run_key(run), bytes)
+                }
                 None => w.delete(Table::CHECKPOINTS, run_key(run)),
             }
         }
-        for (key, rec) in self.sessions.drain() {
+        for (key, rec) in std::mem::take(&mut self.sessions) {
             match rec {
                 Some(rec) => w.put(
                     Table::SESSIONS,
@@ -174,12 +298,23 @@ impl Batch {
                 None => w.delete(Table::SESSIONS, key.bytes()),
             }
         }
-        for ((table, key), value) in std::mem::take(&mut self.raw) {
-            match value {
-                Some(v) => w.put(table, key, v),
-                None => w.delete(table, key),
+        for (table, writes) in std::mem::take(&mut self.raw) {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => w.put(table.clone(), key, v),
+                    None => w.delete(table.clone(), key),
+                }
             }
         }
+        for (at, runs) in std::mem::take(&mut self.timers) {
+            let key = timer_key(Timestamp(at));
+            if runs.is_empty() {
+                w.delete(Table::TIMERS, key);
+            } else {
+                w.put(Table::TIMERS, key, encode_timer_runs(&runs));
+            }
+        }
+        w.removed_ranges = std::mem::take(&mut self.removed_ranges);
         Ok(w)
     }
 }

@@ -23,10 +23,6 @@ use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-/// A checkpoint read for operators: its run id, and the record or why it
-/// does not decode.
-pub(crate) type StoredCheckpoint = (u64, Result<CheckpointRecord, String>);
-
 /// What a runnable flow is woken with, and what that consumes.
 struct Wake {
     event: Event,
@@ -44,6 +40,9 @@ pub struct NodeCore {
     config: NodeConfig,
     draining: bool,
     ready: BTreeSet<u64>,
+    /// The runs the store's `runnable` index holds (committed), so a batch
+    /// writes only the index's net changes.
+    runnable_index: BTreeSet<u64>,
     now: Timestamp,
     commits: u64,
 }
@@ -71,12 +70,20 @@ impl NodeCore {
         config: NodeConfig,
         now: Timestamp,
     ) -> Result<Self, NodeError> {
-        let ready = store
+        let ready: BTreeSet<u64> = store
             .range(&Table::RUNNABLE, &[], None, usize::MAX)
             .map_err(store_err)?
             .into_iter()
             .filter_map(|(k, _)| parse_run_key(&k))
             .collect();
+        let runnable_index = ready.iter().copied().collect();
+        let draining = store
+            .get(&Table::META, META_DRAINING)
+            .map_err(store_err)?
+            .is_some();
+        if draining {
+            tracing::info!(node = %identity, "the node is draining (set before the restart): it takes no new flows or sessions until an operator stops draining");
+        }
         let mut ctx = FlowContext::new(identity.clone(), now, session_ids);
         ctx.services().insert(StepWrites::new(store.clone()));
         Ok(Self {
@@ -86,8 +93,9 @@ impl NodeCore {
             ctx,
             run_ids,
             config,
-            draining: false,
+            draining,
             ready,
+            runnable_index,
             now,
             commits: 0,
         })
@@ -118,9 +126,37 @@ impl NodeCore {
         !self.ready.is_empty()
     }
 
-    /// Stops (or resumes) taking new flows and sessions.
+    /// Stops (or resumes) taking new flows and sessions. The setting is
+    /// stored with the node, so a node restarted while draining is still
+    /// draining. If the store cannot record it, the node switches anyway
+    /// (for this process's life) and logs an error; use
+    /// [`try_set_draining`](Self::try_set_draining) to see the failure.
     pub fn set_draining(&mut self, draining: bool) {
+        if let Err(e) = self.try_set_draining(draining) {
+            tracing::error!(
+                draining,
+                "draining switched in memory only, it will not survive a restart: {e}"
+            );
+            self.draining = draining;
+        }
+    }
+
+    /// [`set_draining`](Self::set_draining), committed to the store before
+    /// it takes effect: on `Err` nothing changed.
+    pub fn try_set_draining(&mut self, draining: bool) -> Result<(), NodeError> {
+        if self.draining == draining {
+            return Ok(());
+        }
+        let mut w = crate::store::WriteBatch::default();
+        if draining {
+            w.put(Table::META, META_DRAINING.to_vec(), vec![1]);
+        } else {
+            w.delete(Table::META, META_DRAINING.to_vec());
+        }
+        self.store.commit(w).map_err(store_err)?;
+        self.commits += 1;
         self.draining = draining;
+        Ok(())
     }
 
     /// Whether the node is draining.
@@ -135,8 +171,7 @@ impl NodeCore {
             .range(&Table::TIMERS, &[], None, 1)
             .map_err(store_err)?
             .first()
-            .and_then(|(k, _)| parse_timer_key(k))
-            .map(|(t, _)| t))
+            .and_then(|(k, _)| parse_timer_key(k)))
     }
 
     /// Every unacknowledged frame, for redelivery (at start-up and on a
@@ -362,21 +397,38 @@ impl NodeCore {
         })
     }
 
-    /// Every checkpoint, for operators: (run, record or why it is corrupt).
-    pub(crate) fn all_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, NodeError> {
-        Ok(self
-            .store
-            .range(&Table::CHECKPOINTS, &[], None, usize::MAX)
-            .map_err(store_err)?
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let run = parse_run_key(&k)?;
-                Some((
-                    run,
-                    rmp_serde::from_slice(&v).map_err(|e| format!("does not decode: {e}")),
-                ))
-            })
-            .collect())
+    /// Calls `f` for every checkpoint, in run-id order, with the record or
+    /// why it does not decode. Reads the table in chunks, so memory stays
+    /// small however many flows are suspended.
+    pub(crate) fn for_each_checkpoint(
+        &self,
+        mut f: impl FnMut(u64, Result<CheckpointRecord, String>),
+    ) -> Result<(), NodeError> {
+        const CHUNK: usize = 1024;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let chunk = self
+                .store
+                .range(&Table::CHECKPOINTS, &from, None, CHUNK)
+                .map_err(store_err)?;
+            let done = chunk.len() < CHUNK;
+            if let Some((last, _)) = chunk.last() {
+                // The smallest key after `last`.
+                from = last.clone();
+                from.push(0);
+            }
+            for (k, v) in chunk {
+                if let Some(run) = parse_run_key(&k) {
+                    f(
+                        run,
+                        rmp_serde::from_slice(&v).map_err(|e| format!("does not decode: {e}")),
+                    );
+                }
+            }
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     /// The hospital's record of `run`, if it is there.
@@ -453,7 +505,7 @@ impl NodeCore {
         f: impl FnOnce(&mut Self, &mut Batch) -> Result<(), NodeError>,
     ) -> Result<Output, NodeError> {
         self.now = now;
-        let mut b = Batch::default();
+        let mut b = Batch::new(&*self.store).map_err(store_err)?;
         let retry_later = if run {
             std::mem::take(&mut self.ready)
         } else {
@@ -501,6 +553,14 @@ impl NodeCore {
 
     fn commit(&mut self, b: &mut Batch) -> Result<(), NodeError> {
         let mut w = b.take_write_batch().map_err(store_err)?;
+        let index_changes = b.runnable_changes(&self.runnable_index);
+        for &(run, runnable) in &index_changes {
+            if runnable {
+                w.put(Table::RUNNABLE, run_key(run), Vec::new());
+            } else {
+                w.delete(Table::RUNNABLE, run_key(run));
+            }
+        }
         if let Some(writes) = self.ctx.services().get_mut::<StepWrites>() {
             writes.drain_into(&mut w);
         }
@@ -509,18 +569,29 @@ impl NodeCore {
         }
         self.store.commit(w).map_err(store_err)?;
         self.commits += 1;
+        for (run, runnable) in index_changes {
+            if runnable {
+                self.runnable_index.insert(run);
+            } else {
+                self.runnable_index.remove(&run);
+            }
+        }
         Ok(())
     }
 
     fn fire_timers(&mut self, b: &mut Batch) -> Result<(), NodeError> {
-        let upper = timer_key(Timestamp(self.now.0.saturating_add(1)), 0);
+        let upper = timer_key(Timestamp(self.now.0.saturating_add(1)));
         let due = self
             .store
             .range(&Table::TIMERS, &[], Some(&upper), usize::MAX)
             .map_err(store_err)?;
-        for (k, _) in due {
-            if let Some((_, run)) = parse_timer_key(&k) {
-                b.delete(Table::TIMERS, k);
+        // Every due timer fires now: the committed rows go with one range
+        // removal (timer keys are due times), staged ones with them.
+        for run in b.fire_timers(self.now, !due.is_empty()) {
+            self.wake(b, run);
+        }
+        for (_, runs) in due {
+            for run in parse_timer_runs(&runs) {
                 self.wake(b, run);
             }
         }
@@ -529,7 +600,7 @@ impl NodeCore {
 
     fn wake(&self, b: &mut Batch, run: u64) {
         b.wake.insert(run);
-        b.put(Table::RUNNABLE, run_key(run), Vec::new());
+        b.set_runnable(run, true);
     }
 
     fn run_woken(&mut self, b: &mut Batch) -> Result<(), NodeError> {
@@ -864,7 +935,7 @@ impl NodeCore {
         match retry_at {
             Some(t) => {
                 tracing::warn!(run = %RunId(run), attempt = attempts, "flow failed transiently, retrying from its last checkpoint at {}: {error}", t.0);
-                b.put(Table::TIMERS, timer_key(t, run), vec![TIMER_HOSPITAL]);
+                b.add_timer(&*self.store, t, run).map_err(store_err)?;
             }
             None => {
                 tracing::error!(run = %RunId(run), "flow kept in the hospital for an operator (retry or kill): {error}")
@@ -877,7 +948,7 @@ impl NodeCore {
             since: previous.map_or(self.now, |p| p.since),
         };
         b.put(Table::HOSPITAL, run_key(run), encode(&rec));
-        b.delete(Table::RUNNABLE, run_key(run));
+        b.set_runnable(run, false);
         Ok(())
     }
 
@@ -952,29 +1023,33 @@ impl NodeCore {
     }
 
     fn try_run(&mut self, b: &mut Batch, run: u64) -> Result<(), NodeError> {
-        if let Some(h) = b
+        let in_hospital = match b
             .get(&*self.store, &Table::HOSPITAL, &run_key(run))
             .map_err(store_err)?
         {
-            let due = rmp_serde::from_slice::<HospitalRecord>(&h)
-                .ok()
-                .and_then(|h| h.retry_at)
-                .is_some_and(|t| t <= self.now);
-            if !due {
-                b.delete(Table::RUNNABLE, run_key(run));
-                return Ok(());
+            None => false,
+            Some(h) => {
+                let due = rmp_serde::from_slice::<HospitalRecord>(&h)
+                    .ok()
+                    .and_then(|h| h.retry_at)
+                    .is_some_and(|t| t <= self.now);
+                if !due {
+                    b.set_runnable(run, false);
+                    return Ok(());
+                }
+                true
             }
-        }
+        };
         let rec = match b.checkpoint(&*self.store, run).map_err(store_err)? {
             None => {
-                b.delete(Table::RUNNABLE, run_key(run));
+                b.set_runnable(run, false);
                 return Ok(());
             }
             Some(Loaded::Corrupt(e)) => return self.hospitalize(b, run, e, false),
             Some(Loaded::Ok(rec)) => rec,
         };
         let Some(wake) = self.next_event(b, &rec)? else {
-            b.delete(Table::RUNNABLE, run_key(run));
+            b.set_runnable(run, false);
             return Ok(());
         };
         let Some(flow_type) = self.registry.flow(&rec.flow) else {
@@ -995,7 +1070,7 @@ impl NodeCore {
             );
             return self.hospitalize(b, run, e, false);
         }
-        self.step(b, run, rec, flow_type, wake)
+        self.step(b, run, rec, flow_type, wake, in_hospital)
     }
 
     fn step(
@@ -1005,6 +1080,7 @@ impl NodeCore {
         mut rec: CheckpointRecord,
         flow_type: Arc<dyn FlowType>,
         wake: Wake,
+        in_hospital: bool,
     ) -> Result<(), NodeError> {
         b.steps += 1;
         self.ctx.set_now(self.now);
@@ -1081,10 +1157,7 @@ impl NodeCore {
         if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
             w.keep_step();
         }
-        if b.get(&*self.store, &Table::HOSPITAL, &run_key(run))
-            .map_err(store_err)?
-            .is_some()
-        {
+        if in_hospital {
             b.delete(Table::HOSPITAL, run_key(run));
         }
         // The consumed message.
@@ -1170,7 +1243,7 @@ impl NodeCore {
                     b.progress.push((run, effects.progress.clone()));
                 }
                 if let Wait::Timer(t) = wait {
-                    b.put(Table::TIMERS, timer_key(t, run), vec![TIMER_FLOW]);
+                    b.add_timer(&*self.store, t, run).map_err(store_err)?;
                 }
                 rec.state = state;
                 rec.state_name = state_name.to_owned();
@@ -1178,9 +1251,14 @@ impl NodeCore {
                 rec.wait = Some(wait);
                 rec.waiting_since = self.now;
                 rec.progress = effects.progress;
+                // It may be runnable at once (a message already buffered, a
+                // zero sleep): then it runs again in this batch.
+                if self.next_event(b, &rec)?.is_some() {
+                    self.wake(b, run);
+                } else {
+                    b.set_runnable(run, false);
+                }
                 b.put_checkpoint(run, rec);
-                // It may be runnable at once (a message already buffered).
-                self.wake(b, run);
             }
             ErasedStep::Done(result) => {
                 let to_peers = match &result {
@@ -1256,19 +1334,25 @@ impl NodeCore {
             b.delete_session(*key);
             b.put(Table::TOMBSTONES, key.bytes(), Vec::new());
         }
-        if let Some(Wait::Timer(t)) = rec.wait {
-            b.delete(Table::TIMERS, timer_key(t, run));
+        // (A timer left behind would only wake a run that is gone, which
+        // does nothing: a failed read here is logged, not fatal.)
+        if let Some(Wait::Timer(t)) = rec.wait
+            && let Err(e) = b.remove_timer(&*self.store, t, run)
+        {
+            tracing::error!("{e}");
         }
         if let Ok(Some(h)) = b.get(&*self.store, &Table::HOSPITAL, &run_key(run)) {
             if let Some(t) = rmp_serde::from_slice::<HospitalRecord>(&h)
                 .ok()
                 .and_then(|h| h.retry_at)
             {
-                b.delete(Table::TIMERS, timer_key(t, run));
+                if let Err(e) = b.remove_timer(&*self.store, t, run) {
+                    tracing::error!("{e}");
+                }
             }
             b.delete(Table::HOSPITAL, run_key(run));
         }
-        b.delete(Table::RUNNABLE, run_key(run));
+        b.set_runnable(run, false);
         b.delete_checkpoint(run);
         match &outcome {
             Ok(_) => tracing::debug!(run = %RunId(run), flow = %rec.flow, "flow finished"),

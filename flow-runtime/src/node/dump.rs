@@ -1,7 +1,7 @@
 //! Operator views: the checkpoint dump (JSON), the hospital list, and the
 //! long-wait warning.
 
-use super::records::{SessionKey, Side};
+use super::records::{CheckpointRecord, SessionKey, Side};
 use super::{NodeCore, NodeError, RunId};
 use crate::{Timestamp, Wait};
 use serde::Serialize;
@@ -68,73 +68,92 @@ impl NodeCore {
     /// checkpoint table: an operator tool, not for hot paths.
     pub fn dump(&self, now: Timestamp) -> Result<Vec<CheckpointDump>, NodeError> {
         let mut out = Vec::new();
-        for (run, rec) in self.all_checkpoints()? {
-            let hospital = self.hospital_record(run)?.map(|h| HospitalEntry {
-                run_id: RunId(run),
-                error: h.error,
-                attempts: h.attempts,
-                retry_at: h.retry_at,
-            });
-            let rec = match rec {
-                Ok(rec) => rec,
-                Err(e) => {
-                    out.push(CheckpointDump {
-                        run_id: RunId(run).to_string(),
-                        flow: format!("<checkpoint {e}>"),
-                        state: String::new(),
-                        waiting_on: String::new(),
-                        waiting_for_ms: 0,
-                        sessions: Vec::new(),
-                        progress: Vec::new(),
-                        hospital,
-                    });
-                    continue;
-                }
-            };
-            let state = self
-                .flow_type(&rec.flow)
-                .and_then(|t| t.state_name(&rec.state))
-                .map(str::to_owned)
-                .unwrap_or_else(|| rec.state_name.clone());
-            let waiting_on = match (&rec.wait, rec.started) {
-                (_, false) => "its first step".to_owned(),
-                (Some(Wait::Receive(s)), _) => format!("a message on session {s}"),
-                (Some(Wait::Timer(t)), _) => format!("a timer at {} ms", t.0),
-                (None, _) => "nothing".to_owned(),
-            };
-            let sessions = rec
-                .sessions
-                .iter()
-                .map(|k: &SessionKey| {
-                    let s = self.session_record(*k);
-                    SessionDump {
-                        id: k.id.to_string(),
-                        initiator: k.side == Side::Initiator,
-                        counterparty: s
-                            .as_ref()
-                            .map_or_else(|| "<ended>".into(), |s| s.counterparty.to_string()),
-                        initiating_flow: s
-                            .as_ref()
-                            .map_or_else(String::new, |s| s.initiating_flow.clone()),
-                        next_send: s.as_ref().map_or(0, |s| s.next_send),
-                        next_receive: s.as_ref().map_or(0, |s| s.next_consume),
-                        buffered: s.as_ref().map_or(0, |s| s.inbox.len()),
-                        counterparty_ended: s.as_ref().is_none_or(|s| s.peer_ended()),
-                    }
-                })
-                .collect();
-            out.push(CheckpointDump {
-                run_id: RunId(run).to_string(),
-                flow: rec.flow,
-                state,
-                waiting_on,
-                waiting_for_ms: now.0.saturating_sub(rec.waiting_since.0),
-                sessions,
-                progress: rec.progress,
-                hospital,
-            });
+        let mut error = None;
+        self.for_each_checkpoint(|run, rec| {
+            if error.is_none()
+                && let Err(e) = self.dump_one(now, run, rec, &mut out)
+            {
+                error = Some(e);
+            }
+        })?;
+        match error {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
+    }
+
+    fn dump_one(
+        &self,
+        now: Timestamp,
+        run: u64,
+        rec: Result<CheckpointRecord, String>,
+        out: &mut Vec<CheckpointDump>,
+    ) -> Result<(), NodeError> {
+        let hospital = self.hospital_record(run)?.map(|h| HospitalEntry {
+            run_id: RunId(run),
+            error: h.error,
+            attempts: h.attempts,
+            retry_at: h.retry_at,
+        });
+        let rec = match rec {
+            Ok(rec) => rec,
+            Err(e) => {
+                out.push(CheckpointDump {
+                    run_id: RunId(run).to_string(),
+                    flow: format!("<checkpoint {e}>"),
+                    state: String::new(),
+                    waiting_on: String::new(),
+                    waiting_for_ms: 0,
+                    sessions: Vec::new(),
+                    progress: Vec::new(),
+                    hospital,
+                });
+                return Ok(());
+            }
+        };
+        let state = self
+            .flow_type(&rec.flow)
+            .and_then(|t| t.state_name(&rec.state))
+            .map(str::to_owned)
+            .unwrap_or_else(|| rec.state_name.clone());
+        let waiting_on = match (&rec.wait, rec.started) {
+            (_, false) => "its first step".to_owned(),
+            (Some(Wait::Receive(s)), _) => format!("a message on session {s}"),
+            (Some(Wait::Timer(t)), _) => format!("a timer at {} ms", t.0),
+            (None, _) => "nothing".to_owned(),
+        };
+        let sessions = rec
+            .sessions
+            .iter()
+            .map(|k: &SessionKey| {
+                let s = self.session_record(*k);
+                SessionDump {
+                    id: k.id.to_string(),
+                    initiator: k.side == Side::Initiator,
+                    counterparty: s
+                        .as_ref()
+                        .map_or_else(|| "<ended>".into(), |s| s.counterparty.to_string()),
+                    initiating_flow: s
+                        .as_ref()
+                        .map_or_else(String::new, |s| s.initiating_flow.clone()),
+                    next_send: s.as_ref().map_or(0, |s| s.next_send),
+                    next_receive: s.as_ref().map_or(0, |s| s.next_consume),
+                    buffered: s.as_ref().map_or(0, |s| s.inbox.len()),
+                    counterparty_ended: s.as_ref().is_none_or(|s| s.peer_ended()),
+                }
+            })
+            .collect();
+        out.push(CheckpointDump {
+            run_id: RunId(run).to_string(),
+            flow: rec.flow,
+            state,
+            waiting_on,
+            waiting_for_ms: now.0.saturating_sub(rec.waiting_since.0),
+            sessions,
+            progress: rec.progress,
+            hospital,
+        });
+        Ok(())
     }
 
     /// The dump as pretty JSON.
@@ -167,8 +186,8 @@ impl NodeCore {
     ) -> Result<Vec<RunId>, NodeError> {
         let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         let mut slow = Vec::new();
-        for (run, rec) in self.all_checkpoints()? {
-            let Ok(rec) = rec else { continue };
+        self.for_each_checkpoint(|run, rec| {
+            let Ok(rec) = rec else { return };
             let waited = now.0.saturating_sub(rec.waiting_since.0);
             if waited > limit {
                 tracing::warn!(
@@ -180,7 +199,7 @@ impl NodeCore {
                 );
                 slow.push(RunId(run));
             }
-        }
+        })?;
         Ok(slow)
     }
 }

@@ -56,18 +56,41 @@ pub fn run_key(run: u64) -> Vec<u8> {
     run.to_be_bytes().to_vec()
 }
 
-/// Timer key: due time, then run id.
-pub fn timer_key(at: Timestamp, run: u64) -> Vec<u8> {
-    let mut k = at.0.to_be_bytes().to_vec();
-    k.extend_from_slice(&run.to_be_bytes());
-    k
+/// Timer key: the due time. One row holds every run with a timer due at
+/// that millisecond (flow sleeps and hospital retries alike), so the flows
+/// of a group commit that sleep until the same moment cost one row, and
+/// firing everything due is one range removal.
+pub fn timer_key(at: Timestamp) -> Vec<u8> {
+    at.0.to_be_bytes().to_vec()
 }
 
-/// Splits a timer key.
-pub fn parse_timer_key(k: &[u8]) -> Option<(Timestamp, u64)> {
-    let at = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    let run = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
-    Some((Timestamp(at), run))
+/// The due time of a timer key.
+pub fn parse_timer_key(k: &[u8]) -> Option<Timestamp> {
+    Some(Timestamp(u64::from_be_bytes(k.get(..8)?.try_into().ok()?)))
+}
+
+/// A timer row's value: its run ids, 8 bytes each, ascending.
+pub fn encode_timer_runs<'a>(runs: impl IntoIterator<Item = &'a u64>) -> Vec<u8> {
+    runs.into_iter().flat_map(|r| r.to_be_bytes()).collect()
+}
+
+/// The run ids of a timer row. Bytes that are not a whole number of ids
+/// (never written by this code) are reported and the whole ids kept.
+pub fn parse_timer_runs(v: &[u8]) -> Vec<u64> {
+    let chunks = v.chunks_exact(8);
+    if !chunks.remainder().is_empty() {
+        tracing::error!(
+            len = v.len(),
+            "timer row is not a whole number of run ids; the trailing bytes are ignored"
+        );
+    }
+    chunks
+        .map(|c| {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(c);
+            u64::from_be_bytes(id)
+        })
+        .collect()
 }
 
 /// Parses an 8-byte run key.
@@ -177,7 +200,5 @@ pub struct HospitalRecord {
     pub since: Timestamp,
 }
 
-/// Timer kinds (the value of a timer entry).
-pub const TIMER_FLOW: u8 = 0;
-/// A hospital retry.
-pub const TIMER_HOSPITAL: u8 = 1;
+/// `meta` key: present while the node is draining.
+pub const META_DRAINING: &[u8] = b"draining";

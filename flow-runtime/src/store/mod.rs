@@ -43,9 +43,12 @@ impl Table {
     pub const HOSPITAL: Table = Table(Cow::Borrowed("hospital"));
     /// Client-supplied ids → run ids.
     pub const CLIENT_IDS: Table = Table(Cow::Borrowed("client_ids"));
+    /// The node's own settings that must survive a restart (e.g. whether it
+    /// is draining), by name.
+    pub const META: Table = Table(Cow::Borrowed("meta"));
 
     /// The node's own tables, created when a store is opened.
-    pub const BUILT_IN: [Table; 9] = [
+    pub const BUILT_IN: [Table; 10] = [
         Table::CHECKPOINTS,
         Table::SESSIONS,
         Table::TOMBSTONES,
@@ -55,6 +58,7 @@ impl Table {
         Table::RESULTS,
         Table::HOSPITAL,
         Table::CLIENT_IDS,
+        Table::META,
     ];
 
     /// A table owned by a node service (e.g. the vault). Prefixed with
@@ -89,9 +93,25 @@ pub struct WriteOp {
     pub value: Option<Vec<u8>>,
 }
 
-/// Everything one group commit writes. Applied atomically, in order.
+/// Removal of every key `from <= key < to` of a table (e.g. all timers due
+/// by now): one range operation instead of one delete per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRemoval {
+    /// The table.
+    pub table: Table,
+    /// The first key removed.
+    pub from: Vec<u8>,
+    /// The first key kept (exclusive end).
+    pub to: Vec<u8>,
+}
+
+/// Everything one group commit writes. Applied atomically: first the
+/// `removed_ranges`, then the `ops` in order.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
+    /// Key ranges to empty, applied before `ops` (so a put of a key inside
+    /// a removed range, in the same batch, stays).
+    pub removed_ranges: Vec<RangeRemoval>,
     /// The changes, applied in order (a later op on the same key wins).
     pub ops: Vec<WriteOp>,
 }
@@ -115,9 +135,14 @@ impl WriteBatch {
         });
     }
 
+    /// Adds the removal of every key `from <= key < to` of `table`.
+    pub fn remove_range(&mut self, table: Table, from: Vec<u8>, to: Vec<u8>) {
+        self.removed_ranges.push(RangeRemoval { table, from, to });
+    }
+
     /// Whether the batch writes nothing (the node then skips the commit).
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.removed_ranges.is_empty()
     }
 }
 

@@ -14,8 +14,8 @@
 use super::{Entries, Store, StoreError, Table, WriteBatch};
 use redb::backends::InMemoryBackend;
 use redb::{
-    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTableMetadata,
-    StorageBackend, TableDefinition, TableError,
+    Builder, Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase,
+    ReadableTableMetadata, StorageBackend, TableDefinition, TableError,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,9 +50,20 @@ impl Default for RedbOptions {
 pub struct RedbStore {
     db: Database,
     options: RedbOptions,
-    /// A read transaction reused by reads until the next commit: beginning
-    /// one per lookup costs more than the lookup.
-    reader: Mutex<Option<Arc<ReadTransaction>>>,
+    /// A read snapshot reused by reads until the next commit: beginning a
+    /// transaction (and opening a table in it) per lookup costs more than
+    /// the lookup itself.
+    reader: Mutex<Option<Reader>>,
+}
+
+type ReadTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// The current read snapshot and the tables opened in it so far (a short
+/// list scanned by name: cheaper than hashing the name for a dozen tables).
+struct Reader {
+    txn: ReadTransaction,
+    /// `None`: the table does not exist in this snapshot.
+    tables: Vec<(Table, Option<ReadTable>)>,
 }
 
 fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
@@ -86,13 +97,28 @@ impl RedbStore {
             options,
             reader: Mutex::new(None),
         };
-        // Create the node's tables so reads never meet a missing table.
-        let txn = store.db.begin_write().map_err(|e| err("begin", e))?;
-        for table in Table::BUILT_IN {
-            txn.open_table(Def::new(table.name()))
-                .map_err(|e| err("create table", e))?;
+        // Create the node's tables so reads never meet a missing table. Only
+        // a new (or older) database needs the write: reopening an existing
+        // node must not cost a commit, and a commit here without quick
+        // repair would make the NEXT crash-restart run redb's full repair.
+        let missing = {
+            let txn = store.db.begin_read().map_err(|e| err("begin read", e))?;
+            Table::BUILT_IN.iter().any(|t| {
+                matches!(
+                    txn.open_table(Def::new(t.name())),
+                    Err(TableError::TableDoesNotExist(_))
+                )
+            })
+        };
+        if missing {
+            let mut txn = store.db.begin_write().map_err(|e| err("begin", e))?;
+            txn.set_quick_repair(options.quick_repair);
+            for table in Table::BUILT_IN {
+                txn.open_table(Def::new(table.name()))
+                    .map_err(|e| err("create table", e))?;
+            }
+            txn.commit().map_err(|e| err("commit", e))?;
         }
-        txn.commit().map_err(|e| err("commit", e))?;
         Ok(store)
     }
 }
@@ -104,22 +130,47 @@ impl RedbStore {
         let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| err("durability", e))?;
+        // The last durable commit decides how the next crash-open repairs.
+        txn.set_quick_repair(self.options.quick_repair);
         txn.commit().map_err(|e| err("commit", e))
     }
 }
 
 impl RedbStore {
-    fn reader(&self) -> Result<Arc<ReadTransaction>, StoreError> {
+    /// Runs `read` on `table` in the current read snapshot (the table is
+    /// opened once per snapshot); `None` if the table does not exist.
+    fn with_table<R>(
+        &self,
+        table: &Table,
+        read: impl FnOnce(&ReadTable) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
         let mut slot = self
             .reader
             .lock()
             .map_err(|_| StoreError("reader lock poisoned".into()))?;
-        if let Some(txn) = slot.as_ref() {
-            return Ok(txn.clone());
+        let reader = match slot.as_mut() {
+            Some(r) => r,
+            None => slot.insert(Reader {
+                txn: self.db.begin_read().map_err(|e| err("begin read", e))?,
+                tables: Vec::new(),
+            }),
+        };
+        let i = match reader.tables.iter().position(|(t, _)| t == table) {
+            Some(i) => i,
+            None => {
+                let t = match reader.txn.open_table(Def::new(table.name())) {
+                    Ok(t) => Some(t),
+                    Err(TableError::TableDoesNotExist(_)) => None,
+                    Err(e) => return Err(err("open table", e)),
+                };
+                reader.tables.push((table.clone(), t));
+                reader.tables.len() - 1
+            }
+        };
+        match &reader.tables[i].1 {
+            Some(t) => read(t).map(Some),
+            None => Ok(None),
         }
-        let txn = Arc::new(self.db.begin_read().map_err(|e| err("begin read", e))?);
-        *slot = Some(txn.clone());
-        Ok(txn)
     }
 
     fn invalidate_reader(&self) {
@@ -131,14 +182,12 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.reader()?;
-        let t = match txn.open_table(Def::new(table.name())) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err("open table", e)),
-        };
-        let value = t.get(key).map_err(|e| err("get", e))?;
-        Ok(value.map(|v| v.value().to_vec()))
+        Ok(self
+            .with_table(table, |t| {
+                let value = t.get(key).map_err(|e| err("get", e))?;
+                Ok(value.map(|v| v.value().to_vec()))
+            })?
+            .flatten())
     }
 
     fn range(
@@ -148,32 +197,27 @@ impl Store for RedbStore {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let txn = self.reader()?;
-        let t = match txn.open_table(Def::new(table.name())) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(err("open table", e)),
-        };
-        let iter = match to {
-            Some(to) => t.range::<&[u8]>(from..to),
-            None => t.range::<&[u8]>(from..),
-        }
-        .map_err(|e| err("range", e))?;
-        let mut out = Vec::new();
-        for entry in iter.take(limit) {
-            let (k, v) = entry.map_err(|e| err("range", e))?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        Ok(self
+            .with_table(table, |t| {
+                let iter = match to {
+                    Some(to) => t.range::<&[u8]>(from..to),
+                    None => t.range::<&[u8]>(from..),
+                }
+                .map_err(|e| err("range", e))?;
+                let mut out = Vec::new();
+                for entry in iter.take(limit) {
+                    let (k, v) = entry.map_err(|e| err("range", e))?;
+                    out.push((k.value().to_vec(), v.value().to_vec()));
+                }
+                Ok(out)
+            })?
+            .unwrap_or_default())
     }
 
     fn len(&self, table: &Table) -> Result<u64, StoreError> {
-        let txn = self.reader()?;
-        match txn.open_table(Def::new(table.name())) {
-            Ok(t) => t.len().map_err(|e| err("len", e)),
-            Err(TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(err("open table", e)),
-        }
+        Ok(self
+            .with_table(table, |t| t.len().map_err(|e| err("len", e)))?
+            .unwrap_or(0))
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
@@ -185,6 +229,13 @@ impl Store for RedbStore {
         })
         .map_err(|e| err("durability", e))?;
         txn.set_quick_repair(self.options.quick_repair && self.options.durable);
+        for r in &batch.removed_ranges {
+            let mut t = txn
+                .open_table(Def::new(r.table.name()))
+                .map_err(|e| err("open table", e))?;
+            t.retain_in::<&[u8], _>(r.from.as_slice()..r.to.as_slice(), |_, _| false)
+                .map_err(|e| err("remove range", e))?;
+        }
         // Group by table (keeping each table's order) so every table is
         // opened once.
         type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -195,7 +246,10 @@ impl Store for RedbStore {
                 .or_default()
                 .push((op.key, op.value));
         }
-        for (table, ops) in by_table {
+        for (table, mut ops) in by_table {
+            // Key order walks the B-tree once instead of jumping around it;
+            // the sort is stable, so ops on one key keep their order.
+            ops.sort_by(|a, b| a.0.cmp(&b.0));
             let mut t = txn
                 .open_table(Def::new(table.name()))
                 .map_err(|e| err("open table", e))?;
