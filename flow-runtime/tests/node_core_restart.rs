@@ -104,7 +104,10 @@ fn draining_survives_a_crash_and_undraining_is_remembered_too() {
     let accepted = start(&mut core);
     core.tick(Timestamp(2)).expect("its first step");
     assert_eq!(core.result(accepted).expect("read"), None, "it runs");
-    assert!(!refused(&init_from_bob(&mut core, 78)), "sessions are taken again");
+    assert!(
+        !refused(&init_from_bob(&mut core, 78)),
+        "sessions are taken again"
+    );
     assert_eq!(core.flows_in_flight().expect("count"), 3);
 }
 

@@ -1345,10 +1345,9 @@ impl NodeCore {
             if let Some(t) = rmp_serde::from_slice::<HospitalRecord>(&h)
                 .ok()
                 .and_then(|h| h.retry_at)
+                && let Err(e) = b.remove_timer(&*self.store, t, run)
             {
-                if let Err(e) = b.remove_timer(&*self.store, t, run) {
-                    tracing::error!("{e}");
-                }
+                tracing::error!("{e}");
             }
             b.delete(Table::HOSPITAL, run_key(run));
         }
