@@ -137,25 +137,6 @@ struct Member {
     store: Option<Arc<dyn Store>>,
 }
 
-/// The fields of the runtime's checkpoint record, in its order, keeping only
-/// what the size report needs (the others are skipped undecoded).
-#[derive(serde::Deserialize)]
-struct CheckpointView {
-    flow: String,
-    _fingerprint: serde::de::IgnoredAny,
-    _version: serde::de::IgnoredAny,
-    #[serde(with = "serde_bytes")]
-    state: Vec<u8>,
-    state_name: String,
-    _started: serde::de::IgnoredAny,
-    _wait: serde::de::IgnoredAny,
-    _waiting_since: serde::de::IgnoredAny,
-    _progress: serde::de::IgnoredAny,
-    _sessions: serde::de::IgnoredAny,
-    _keep_result: serde::de::IgnoredAny,
-    _client_id: serde::de::IgnoredAny,
-}
-
 /// The size of one suspended flow's checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointSize {
@@ -280,9 +261,9 @@ impl Cluster {
     }
 
     /// The checkpoint of every flow suspended on node `index`. Reads the
-    /// runtime's checkpoint table directly: a measurement tool, tied to the
-    /// record layout of this runtime version (a record that does not decode
-    /// is reported with its size and an empty name).
+    /// runtime's checkpoint table directly (a measurement tool) and decodes
+    /// each record with the runtime's `CheckpointSummary` (a record that does
+    /// not decode is reported with its size and an empty name).
     pub fn checkpoint_sizes(&self, index: usize) -> Result<Vec<CheckpointSize>, String> {
         let Some(store) = &self.members[index].store else {
             return Err(format!("node {index} is not open"));
@@ -297,20 +278,22 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         Ok(rows
             .into_iter()
-            .map(|(_, v)| match rmp_serde::from_slice::<CheckpointView>(&v) {
-                Ok(view) => CheckpointSize {
-                    flow: view.flow,
-                    state: view.state_name,
-                    state_bytes: view.state.len(),
-                    record_bytes: v.len(),
+            .map(
+                |(_, v)| match flow_runtime::node::CheckpointSummary::decode(&v) {
+                    Ok(view) => CheckpointSize {
+                        flow: view.flow,
+                        state: view.state_name,
+                        state_bytes: view.state_bytes,
+                        record_bytes: v.len(),
+                    },
+                    Err(_) => CheckpointSize {
+                        flow: String::new(),
+                        state: String::new(),
+                        state_bytes: 0,
+                        record_bytes: v.len(),
+                    },
                 },
-                Err(_) => CheckpointSize {
-                    flow: String::new(),
-                    state: String::new(),
-                    state_bytes: 0,
-                    record_bytes: v.len(),
-                },
-            })
+            )
             .collect())
     }
 

@@ -72,12 +72,12 @@ impl Batch {
         if let Some(c) = self.checkpoints.get(&run) {
             return Ok(c.clone().map(Loaded::Ok));
         }
-        Ok(store
-            .get(&Table::CHECKPOINTS, &run_key(run))?
-            .map(|bytes| match rmp_serde::from_slice(&bytes) {
+        Ok(store.get(&Table::CHECKPOINTS, &run_key(run))?.map(
+            |bytes| match CheckpointRecord::decode(&bytes) {
                 Ok(rec) => Loaded::Ok(rec),
                 Err(e) => Loaded::Corrupt(decode_err("checkpoint", e)),
-            }))
+            },
+        ))
     }
 
     pub fn put_checkpoint(&mut self, run: u64, rec: CheckpointRecord) {
@@ -276,14 +276,7 @@ impl Batch {
         let mut w = WriteBatch::default();
         for (run, rec) in std::mem::take(&mut self.checkpoints) {
             match rec {
-                Some(rec) => {
-                    // Sized up front: growing the buffer field by field
-                    // costs more than the encoding.
-                    let mut bytes = Vec::with_capacity(rec.state.len() + 128);
-                    rmp_serde::encode::write(&mut bytes, &rec)
-                        .map_err(|e| StoreError(format!("cannot encode checkpoint: {e}")))?;
-                    w.put(Table::CHECKPOINTS, run_key(run), bytes)
-                }
+                Some(rec) => w.put(Table::CHECKPOINTS, run_key(run), rec.encode()),
                 None => w.delete(Table::CHECKPOINTS, run_key(run)),
             }
         }

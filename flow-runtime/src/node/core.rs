@@ -421,7 +421,7 @@ impl NodeCore {
                 if let Some(run) = parse_run_key(&k) {
                     f(
                         run,
-                        rmp_serde::from_slice(&v).map_err(|e| format!("does not decode: {e}")),
+                        CheckpointRecord::decode(&v).map_err(|e| format!("does not decode: {e}")),
                     );
                 }
             }

@@ -12,6 +12,7 @@ mod step_services;
 
 pub use self::core::NodeCore;
 pub use dump::{CheckpointDump, HospitalEntry, SessionDump};
+pub use records::CheckpointSummary;
 pub use step_services::{FlowStarter, StepWrites};
 
 use crate::{FlowError, PublicKey};

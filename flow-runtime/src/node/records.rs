@@ -1,7 +1,9 @@
 //! What the node stores, record by record, and how keys are laid out.
 //!
-//! Records are MessagePack (rmp-serde); numeric keys are big-endian so that
-//! byte order is numeric order (timers are scanned by due time).
+//! Records are MessagePack (rmp-serde), except the checkpoint record, which
+//! every step rewrites and so has its own compact binary layout
+//! ([`CheckpointRecord::encode`]); numeric keys are big-endian so that byte
+//! order is numeric order (timers are scanned by due time).
 
 use crate::{FlowError, Party, Payload, PublicKey, SessionId, Timestamp, Wait};
 use serde::{Deserialize, Serialize};
@@ -98,8 +100,9 @@ pub fn parse_run_key(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.get(..8)?.try_into().ok()?))
 }
 
-/// A suspended (or not yet started) flow.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A suspended (or not yet started) flow. Stored in its own binary layout
+/// ([`CheckpointRecord::encode`]), not MessagePack.
+#[derive(Debug, Clone)]
 pub struct CheckpointRecord {
     /// `Flow::NAME`.
     pub flow: String,
@@ -108,7 +111,6 @@ pub struct CheckpointRecord {
     /// `Flow::VERSION` of that code.
     pub version: u32,
     /// The state machine, MessagePack.
-    #[serde(with = "serde_bytes")]
     pub state: Vec<u8>,
     /// The state's variant name when it was written (dumps read this without
     /// decoding the state).
@@ -128,6 +130,216 @@ pub struct CheckpointRecord {
     pub keep_result: bool,
     /// The client-supplied id it was started with.
     pub client_id: Option<String>,
+}
+
+/// The first byte of an encoded [`CheckpointRecord`]: the layout version, so
+/// a later layout can still read (or at least recognise) older records.
+const CHECKPOINT_FORMAT: u8 = 1;
+
+impl CheckpointRecord {
+    /// Encodes the record in its fixed binary layout (written on every step,
+    /// so it is hand-rolled: a generic encoder costs more than the rest of
+    /// the step's bookkeeping together). Layout, numbers big-endian:
+    /// `format u8 | fingerprint u64 | version u32 | waiting_since u64 |
+    /// flags u8 (1 started, 2 keep_result, 4 client_id present) |
+    /// wait tag u8 (0 none, 1 receive, 2 timer) + u64 | flow str |
+    /// state_name str | state bytes | progress: u32 count + str each |
+    /// sessions: u32 count + (id u64, side u8) each | client_id str (if
+    /// flagged)`, where `str`/`bytes` are a u32 length and the bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            48 + self.flow.len()
+                + self.state_name.len()
+                + self.state.len()
+                + self.progress.iter().map(|p| p.len() + 4).sum::<usize>()
+                + self.sessions.len() * 9
+                + self.client_id.as_ref().map_or(0, |c| c.len() + 4),
+        );
+        out.push(CHECKPOINT_FORMAT);
+        out.extend_from_slice(&self.fingerprint.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.waiting_since.0.to_be_bytes());
+        let flags = u8::from(self.started)
+            | (u8::from(self.keep_result) << 1)
+            | (u8::from(self.client_id.is_some()) << 2);
+        out.push(flags);
+        let (tag, value) = match &self.wait {
+            None => (0u8, 0u64),
+            Some(Wait::Receive(s)) => (1, s.0),
+            Some(Wait::Timer(t)) => (2, t.0),
+        };
+        out.push(tag);
+        out.extend_from_slice(&value.to_be_bytes());
+        put_bytes(&mut out, self.flow.as_bytes());
+        put_bytes(&mut out, self.state_name.as_bytes());
+        put_bytes(&mut out, &self.state);
+        put_len(&mut out, self.progress.len());
+        for p in &self.progress {
+            put_bytes(&mut out, p.as_bytes());
+        }
+        put_len(&mut out, self.sessions.len());
+        for k in &self.sessions {
+            out.extend_from_slice(&k.id.0.to_be_bytes());
+            out.push(k.side.byte());
+        }
+        if let Some(c) = &self.client_id {
+            put_bytes(&mut out, c.as_bytes());
+        }
+        out
+    }
+
+    /// Decodes [`encode`](Self::encode)'s layout. Bytes from disk are not
+    /// trusted: any inconsistency is an error naming what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let mut r = Reader(bytes);
+        let format = r.u8("format")?;
+        if format != CHECKPOINT_FORMAT {
+            return Err(format!(
+                "checkpoint layout {format} is not one this node reads (it reads {CHECKPOINT_FORMAT})"
+            ));
+        }
+        let fingerprint = r.u64("fingerprint")?;
+        let version = r.u32("version")?;
+        let waiting_since = Timestamp(r.u64("waiting_since")?);
+        let flags = r.u8("flags")?;
+        let wait = match (r.u8("wait")?, r.u64("wait")?) {
+            (0, _) => None,
+            (1, s) => Some(Wait::Receive(SessionId(s))),
+            (2, t) => Some(Wait::Timer(Timestamp(t))),
+            (tag, _) => return Err(format!("unknown wait kind {tag}")),
+        };
+        let flow = r.string("flow name")?;
+        let state_name = r.string("state name")?;
+        let state = r.bytes("state")?.to_vec();
+        let n = r.len("progress")?;
+        let mut progress = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            progress.push(r.string("progress step")?);
+        }
+        let n = r.len("sessions")?;
+        let mut sessions = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let id = SessionId(r.u64("session id")?);
+            let side = match r.u8("session side")? {
+                0 => Side::Initiator,
+                1 => Side::Responder,
+                s => return Err(format!("unknown session side {s}")),
+            };
+            sessions.push(SessionKey { id, side });
+        }
+        let client_id = if flags & 4 != 0 {
+            Some(r.string("client id")?)
+        } else {
+            None
+        };
+        if !r.0.is_empty() {
+            return Err(format!("{} unexpected bytes after the record", r.0.len()));
+        }
+        Ok(Self {
+            flow,
+            fingerprint,
+            version,
+            state,
+            state_name,
+            started: flags & 1 != 0,
+            wait,
+            waiting_since,
+            progress,
+            sessions,
+            keep_result: flags & 2 != 0,
+            client_id,
+        })
+    }
+}
+
+/// What an operator report needs from a stored checkpoint, read without
+/// decoding the rest (see [`CheckpointSummary::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointSummary {
+    /// `Flow::NAME` of the top-level flow.
+    pub flow: String,
+    /// The state variant it was suspended in.
+    pub state_name: String,
+    /// Bytes of the encoded state machine (the rest of the record is the
+    /// node's bookkeeping).
+    pub state_bytes: usize,
+}
+
+impl CheckpointSummary {
+    /// Reads the summary of a value of the `checkpoints` table. The layout
+    /// is the runtime's own and may change between versions: read stored
+    /// checkpoints through this, never by mirroring it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let mut r = Reader(bytes);
+        let format = r.u8("format")?;
+        if format != CHECKPOINT_FORMAT {
+            return Err(format!(
+                "checkpoint layout {format} is not one this node reads"
+            ));
+        }
+        // fingerprint, version, waiting_since, flags, wait tag + value.
+        r.take(8 + 4 + 8 + 1 + 1 + 8, "header")?;
+        let flow = r.string("flow name")?;
+        let state_name = r.string("state name")?;
+        let state_bytes = r.bytes("state")?.len();
+        Ok(Self {
+            flow,
+            state_name,
+            state_bytes,
+        })
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    // Records are far below 4 GiB (a step's checkpoint is one redb value).
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// A cursor over untrusted record bytes.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err(format!(
+                "record ends inside its {what} (needs {n} bytes, {} left)",
+                self.0.len()
+            ));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+    fn len(&mut self, what: &str) -> Result<usize, String> {
+        usize::try_from(self.u32(what)?).map_err(|_| format!("{what} length too large"))
+    }
+    fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+        let n = self.len(what)?;
+        self.take(n, what)
+    }
+    fn string(&mut self, what: &str) -> Result<String, String> {
+        let b = self.bytes(what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+    }
 }
 
 /// A message received on a session and not yet consumed by the flow.
@@ -202,3 +414,114 @@ pub struct HospitalRecord {
 
 /// `meta` key: present while the node is draining.
 pub const META_DRAINING: &[u8] = b"draining";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> CheckpointRecord {
+        CheckpointRecord {
+            flow: "finance::trade".into(),
+            fingerprint: 0x0123_4567_89ab_cdef,
+            version: 7,
+            state: vec![1, 2, 3, 255],
+            state_name: "AwaitSignature".into(),
+            started: true,
+            wait: Some(Wait::Receive(SessionId(42))),
+            waiting_since: Timestamp(1_000),
+            progress: vec!["Signing".into(), "Collecting".into()],
+            sessions: vec![
+                SessionKey {
+                    id: SessionId(42),
+                    side: Side::Initiator,
+                },
+                SessionKey {
+                    id: SessionId(u64::MAX),
+                    side: Side::Responder,
+                },
+            ],
+            keep_result: true,
+            client_id: Some("trade-1".into()),
+        }
+    }
+
+    fn same(a: &CheckpointRecord, b: &CheckpointRecord) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+
+    #[test]
+    fn checkpoint_records_round_trip() {
+        let rec = full();
+        assert!(same(
+            &CheckpointRecord::decode(&rec.encode()).unwrap(),
+            &rec
+        ));
+        let bare = CheckpointRecord {
+            wait: Some(Wait::Timer(Timestamp(9))),
+            started: false,
+            keep_result: false,
+            client_id: None,
+            progress: Vec::new(),
+            sessions: Vec::new(),
+            state: Vec::new(),
+            ..full()
+        };
+        assert!(same(
+            &CheckpointRecord::decode(&bare.encode()).unwrap(),
+            &bare
+        ));
+        let none = CheckpointRecord {
+            wait: None,
+            ..full()
+        };
+        assert!(same(
+            &CheckpointRecord::decode(&none.encode()).unwrap(),
+            &none
+        ));
+        let summary = CheckpointSummary::decode(&rec.encode()).unwrap();
+        assert_eq!(
+            summary,
+            CheckpointSummary {
+                flow: "finance::trade".into(),
+                state_name: "AwaitSignature".into(),
+                state_bytes: 4,
+            }
+        );
+    }
+
+    #[test]
+    fn damaged_checkpoint_bytes_are_errors_not_panics() {
+        let bytes = full().encode();
+        for cut in 0..bytes.len() {
+            let err = CheckpointRecord::decode(&bytes[..cut]).unwrap_err();
+            assert!(
+                err.contains("ends inside") || err.contains("layout"),
+                "{err}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(
+            CheckpointRecord::decode(&longer)
+                .unwrap_err()
+                .contains("unexpected bytes")
+        );
+        let mut other_format = bytes.clone();
+        other_format[0] = 99;
+        assert!(
+            CheckpointRecord::decode(&other_format)
+                .unwrap_err()
+                .contains("layout 99")
+        );
+        let mut huge_len = bytes;
+        // The flow name's length (after the 31-byte header) claims 4 GiB.
+        huge_len[31..35].copy_from_slice(&[0xff; 4]);
+        assert!(CheckpointRecord::decode(&huge_len).is_err());
+        // MessagePack (the old layout) is refused with a clear error.
+        assert!(
+            CheckpointRecord::decode(&[0x9c, 0xa3])
+                .unwrap_err()
+                .contains("layout")
+        );
+    }
+}
