@@ -152,6 +152,26 @@ fn print_summary(summary: &DemoSummary, in_process: bool) {
         summary.elapsed.as_secs_f64()
     );
     println!("trades/s                {:.0}", summary.trades_per_second());
+    if let Some(start) = summary.start_phase {
+        println!(
+            "  of which starting     {:.3} s (the seller commits each trade's start separately)",
+            start.as_secs_f64()
+        );
+    }
+    if !summary.cpu.is_empty() {
+        let total: Duration = summary.cpu.iter().map(|(_, d)| *d).sum();
+        let per_node: Vec<String> = summary
+            .cpu
+            .iter()
+            .map(|(name, d)| format!("{name} {:.2} s", d.as_secs_f64()))
+            .collect();
+        println!(
+            "node CPU during trades  {:.2} s = {:.0} us per trade ({})",
+            total.as_secs_f64(),
+            total.as_secs_f64() * 1e6 / f64::from(summary.completed.max(1)),
+            per_node.join(", ")
+        );
+    }
     println!("node restarts (crash)   {}", summary.restarts);
     println!("rejected double spends  {}", summary.rejected_double_spends);
     for (name, vault) in [("seller", &summary.seller), ("buyer", &summary.buyer)] {

@@ -151,6 +151,8 @@ pub fn run_in_process(
         seller: seller_report,
         buyer: buyer_report,
         notarised_inputs: Some(run(&mut net, notary_node, vault_report())?.notarised_inputs),
+        start_phase: None,
+        cpu: Vec::new(),
         problems,
     })
 }

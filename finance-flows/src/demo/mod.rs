@@ -94,6 +94,14 @@ pub struct DemoSummary {
     pub buyer: VaultReport,
     /// Inputs the notary recorded as consumed (`None` if not asked).
     pub notarised_inputs: Option<u32>,
+    /// Part of `elapsed` spent starting the trades (multi-process mode:
+    /// until the seller's node had committed every `sell` flow, one
+    /// commit each, as a client starting trades one request at a time).
+    pub start_phase: Option<Duration>,
+    /// CPU time each node process used during the trades (multi-process
+    /// mode on Linux; empty otherwise). With a crash, the buyer's is the
+    /// sum of both its processes.
+    pub cpu: Vec<(String, Duration)>,
     /// Every reconciliation failure (empty when all is well).
     pub problems: Vec<String>,
 }
@@ -318,6 +326,8 @@ mod tests {
             seller: vault(0, &[]),
             buyer: vault(0, &[]),
             notarised_inputs: None,
+            start_phase: None,
+            cpu: Vec::new(),
             problems,
         }
     }

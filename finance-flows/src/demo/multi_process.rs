@@ -204,6 +204,7 @@ async fn demo(
             paper: *paper,
         })
         .collect();
+    cluster.start_cpu_accounting();
     let started = Instant::now();
     cluster
         .request(
@@ -216,6 +217,7 @@ async fn demo(
             },
         )
         .await?;
+    let start_phase = started.elapsed();
     let mut restarts = 0;
     let mut drawn = Instant::now();
     let mut ended = started;
@@ -240,6 +242,7 @@ async fn demo(
         cluster.absorb(from, event);
     }
     let elapsed = ended.duration_since(started);
+    let cpu = cluster.stop_cpu_accounting();
     cluster.draw(observe);
 
     let mut completed = 0;
@@ -305,6 +308,8 @@ async fn demo(
         seller,
         buyer,
         notarised_inputs: Some(notary_report.notarised_inputs),
+        start_phase: Some(start_phase),
+        cpu,
         problems,
     })
 }
@@ -412,6 +417,8 @@ struct NodeProcess {
     generation: u32,
     /// It has reported [`Event::Ready`].
     ready: bool,
+    /// Its CPU clock ticks when CPU accounting started (or it started).
+    cpu_base: Option<u64>,
     child: Child,
     stdin: ChildStdin,
 }
@@ -437,6 +444,8 @@ struct Cluster {
     done: BTreeMap<u32, Result<Settled, String>>,
     /// Notable events not yet shown.
     notes: Vec<String>,
+    /// CPU clock ticks used per node while accounting is on.
+    cpu: Option<HashMap<Role, u64>>,
 }
 
 impl Cluster {
@@ -457,6 +466,7 @@ impl Cluster {
             steps: HashMap::new(),
             done: BTreeMap::new(),
             notes: Vec::new(),
+            cpu: None,
         })
     }
 
@@ -511,6 +521,7 @@ impl Cluster {
             NodeProcess {
                 generation,
                 ready: false,
+                cpu_base: None,
                 child,
                 stdin,
             },
@@ -669,6 +680,49 @@ impl Cluster {
         }
     }
 
+    /// Starts counting the CPU time the node processes use from now on.
+    fn start_cpu_accounting(&mut self) {
+        self.cpu = Some(HashMap::new());
+        for proc in self.procs.values_mut() {
+            proc.cpu_base = proc.child.id().and_then(cpu_ticks);
+        }
+    }
+
+    /// Adds what `role`'s process used since its base to the count (before
+    /// it is killed, or at the end).
+    fn account_cpu(&mut self, role: Role) {
+        let Some(cpu) = &mut self.cpu else { return };
+        let Some(proc) = self.procs.get_mut(&role) else {
+            return;
+        };
+        let now = proc.child.id().and_then(cpu_ticks);
+        if let Some(now) = now {
+            *cpu.entry(role).or_default() += now.saturating_sub(proc.cpu_base.unwrap_or(0));
+        }
+        proc.cpu_base = now;
+    }
+
+    /// Stops counting; the CPU time each node used meanwhile (empty where
+    /// `/proc` is not available).
+    fn stop_cpu_accounting(&mut self) -> Vec<(String, Duration)> {
+        for role in Role::ALL {
+            self.account_cpu(role);
+        }
+        let Some(cpu) = self.cpu.take() else {
+            return Vec::new();
+        };
+        Role::ALL
+            .iter()
+            .filter_map(|role| {
+                let ticks = cpu.get(role)?;
+                Some((
+                    role.name().to_owned(),
+                    Duration::from_millis(ticks.saturating_mul(1000) / CLOCK_TICKS_PER_S),
+                ))
+            })
+            .collect()
+    }
+
     /// Shows `text` now, with the current progress.
     fn note(&mut self, observe: &mut dyn FnMut(&DemoProgress), text: &str) {
         self.notes.push(text.to_owned());
@@ -678,6 +732,7 @@ impl Cluster {
     /// Kills `role`'s process with SIGKILL and starts it again on the same
     /// files.
     async fn crash(&mut self, role: Role) -> Result<(), String> {
+        self.account_cpu(role);
         let Some(mut proc) = self.procs.remove(&role) else {
             return Err(format!("the {role} node is not running"));
         };
@@ -762,6 +817,24 @@ async fn read_lines(
             }
         }
     }
+}
+
+/// The unit of the CPU times in `/proc/PID/stat` (`USER_HZ`, fixed at 100
+/// in Linux's user-space ABI).
+const CLOCK_TICKS_PER_S: u64 = 100;
+
+/// User plus system CPU time of process `pid` so far, in clock ticks, from
+/// `/proc/PID/stat`; `None` where that is not available.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count fields after its closing parenthesis. utime and stime are
+    // fields 14 and 15 of the line, so 12th and 13th after it.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 /// The last `n` lines of a log file, for an error message.
