@@ -16,31 +16,11 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use flow_runtime::prelude::*;
 use flow_runtime::testing::HandwrittenPing;
+use flow_runtime::testing::ping_pong::ping;
 use flow_runtime::{
     Event, Payload, SeededIds, SessionId, Step, StepEffects, Timestamp, Wait, run_step,
 };
 use std::hint::black_box;
-
-/// The contract's `ping`, generated.
-#[flow]
-pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
-    let session = ctx.initiate_flow(&peer);
-    let mut total: u64 = 0;
-    let mut i: u32 = 0;
-    while i < rounds {
-        session.send(&i)?;
-        let echo: u32 = session.receive::<u32>().await?.validate(|n| {
-            if n == i {
-                Ok(n)
-            } else {
-                Err(FlowError::new("wrong echo"))
-            }
-        })?;
-        total += u64::from(echo);
-        i += 1;
-    }
-    Ok(total)
-}
 
 fn context() -> FlowContext {
     FlowContext::new(

@@ -18,6 +18,10 @@
 
 #![warn(missing_docs)]
 
+// `#[flow]` names this crate `::flow_runtime`; this lets the runtime's own
+// `testing::ping_pong` flows use the macro too.
+extern crate self as flow_runtime;
+
 mod context;
 mod error;
 mod flow;

@@ -5,31 +5,10 @@
 
 use flow_runtime::prelude::*;
 use flow_runtime::testing::MockNetwork;
+use flow_runtime::testing::ping_pong::{ping, pong};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-
-#[flow]
-pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
-    let session = ctx.initiate_flow(&peer);
-    let mut total: u64 = 0;
-    let mut i: u32 = 0;
-    while i < rounds {
-        session.send(&i)?;
-        let echo: u32 = session.receive::<u32>().await?.validate(Ok)?;
-        total += u64::from(echo);
-        i += 1;
-    }
-    Ok(total)
-}
-
-#[flow]
-pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
-    loop {
-        let n: u32 = session.receive::<u32>().await?.validate(Ok)?;
-        session.send(&n)?;
-    }
-}
 
 /// Polls `f` once: a mock handle's `result()` must be ready at once (a
 /// synchronous `#[test]` has no runtime to wait in).

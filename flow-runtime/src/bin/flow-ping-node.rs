@@ -22,29 +22,10 @@
 use clap::Parser;
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{self, Config, NodeBuilder};
+use flow_runtime::testing::ping_pong::ping;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-
-#[flow]
-pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
-    let session = ctx.initiate_flow(&peer);
-    let mut total: u64 = 0;
-    let mut i: u32 = 0;
-    while i < rounds {
-        session.send(&i)?;
-        let echo: u32 = session.receive::<u32>().await?.validate(|n| {
-            if n == i {
-                Ok(n)
-            } else {
-                Err(FlowError::new("wrong echo"))
-            }
-        })?;
-        total += u64::from(echo);
-        i += 1;
-    }
-    Ok(total)
-}
 
 /// Rounds at which `pong` prints a `MARK` line.
 const MARKS: [u32; 2] = [300, 600];

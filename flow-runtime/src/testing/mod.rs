@@ -8,3 +8,5 @@ pub use mock::{Faults, Finished, MockNetwork, NetworkStats, NodeId};
 
 mod handwritten;
 pub use handwritten::HandwrittenPing;
+
+pub mod ping_pong;
