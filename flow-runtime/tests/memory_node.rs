@@ -347,3 +347,58 @@ async fn acks_alone_wait_for_the_next_commit_when_deferred() {
 async fn acks_alone_are_committed_at_once_when_not_deferred() {
     ack_commits(false).await;
 }
+
+/// `start_flows_with_client_ids`: one commit for the whole batch, handles
+/// that work like single starts' (result, progress), and a repeated client
+/// id — in the batch or from before — is the same flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_flows_start_in_one_commit_and_their_handles_await_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let earlier = alice
+        .start_flow_with_client_id("t-0", ping(b.clone(), 5))
+        .await
+        .unwrap();
+    // Bob is stopped, so Alice's flows cannot progress (and commit) while
+    // the batch is counted.
+    bob.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = alice.commits().await.unwrap();
+    let batch: Vec<(String, ping::Flow)> = (0..10)
+        .map(|i| (format!("t-{}", i % 8), ping(b.clone(), 5)))
+        .collect();
+    let handles = alice.start_flows_with_client_ids(batch).await.unwrap();
+    let after = alice.commits().await.unwrap();
+    assert!(
+        after - before <= 2,
+        "10 starts: one commit (plus at most the first steps' one), got {}",
+        after - before
+    );
+    assert_eq!(handles.len(), 10);
+    assert_eq!(
+        handles[0].run_id(),
+        earlier.run_id(),
+        "t-0 was started before"
+    );
+    assert_eq!(handles[8].run_id(), handles[0].run_id(), "t-0 repeated");
+    assert_eq!(handles[9].run_id(), handles[1].run_id(), "t-1 repeated");
+    let distinct: std::collections::HashSet<_> = handles.iter().map(|h| h.run_id()).collect();
+    assert_eq!(distinct.len(), 8);
+
+    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    for h in &handles {
+        assert_eq!(within("ping", 30, h.result()).await, Ok(sum(5)));
+        assert_eq!(alice.result(h).await, Ok(sum(5)));
+    }
+    let again = alice
+        .reattach::<ping::Flow>("t-3")
+        .await
+        .unwrap()
+        .expect("started by the batch");
+    assert_eq!(again.run_id(), handles[3].run_id());
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}

@@ -123,3 +123,137 @@ fn setting_draining_to_its_current_value_writes_nothing() {
     core.set_draining(true);
     assert_eq!(core.commits(), commits + 1, "already draining: no write");
 }
+
+fn ping_flow() -> NewFlow {
+    NewFlow::new(&HandwrittenPing::new(bob(), 3)).expect("encode the flow")
+}
+
+/// `start_many`: N flows cost one commit, and a crash right after it loses
+/// none of them — the restarted node runs every one's first step.
+#[test]
+fn start_many_is_one_commit_and_a_restart_runs_every_flow() {
+    let memory = SharedMemory::new();
+    let mut core = open(&memory);
+    let commits = core.commits();
+    let flows = (0..50)
+        .map(|i| (ping_flow(), Some(format!("order-{i}"))))
+        .collect();
+    let (runs, _) = core.start_many(Timestamp(1), flows).expect("start many");
+    assert_eq!(core.commits(), commits + 1, "50 starts, one commit");
+    assert_eq!(runs.len(), 50);
+    let distinct: std::collections::HashSet<_> = runs.iter().collect();
+    assert_eq!(distinct.len(), 50, "every flow has its own run");
+    drop(core); // crash before any first step ran
+
+    let mut core = open(&memory);
+    assert_eq!(core.flows_in_flight().expect("count"), 50);
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(
+            core.run_for_client_id(&format!("order-{i}")).expect("read"),
+            Some(*run),
+            "client ids survive the crash"
+        );
+    }
+    let out = core.tick(Timestamp(2)).expect("first steps");
+    let inits = out
+        .frames
+        .iter()
+        .filter(|(to, bytes)| {
+            to == bob().key()
+                && matches!(
+                    WireMessage::decode(bytes),
+                    Ok(WireMessage::Session {
+                        body: Body::Init { .. },
+                        ..
+                    })
+                )
+        })
+        .count();
+    assert_eq!(inits, 50, "each started flow opened its session to Bob");
+}
+
+/// A client id used before, or earlier in the same call, gives the existing
+/// run and starts nothing; an empty or all-known call commits nothing.
+#[test]
+fn start_many_dedups_client_ids_within_and_across_calls() {
+    let memory = SharedMemory::new();
+    let mut core = open(&memory);
+    let (first, _) = core
+        .start(Timestamp(1), ping_flow(), Some("a".into()))
+        .expect("start a");
+    let commits = core.commits();
+    let (runs, _) = core
+        .start_many(
+            Timestamp(1),
+            vec![
+                (ping_flow(), Some("a".into())), // used by `start` before
+                (ping_flow(), Some("b".into())),
+                (ping_flow(), Some("b".into())), // repeated in this call
+                (ping_flow(), None),
+                (ping_flow(), None),
+            ],
+        )
+        .expect("start many");
+    assert_eq!(core.commits(), commits + 1);
+    assert_eq!(runs[0], first);
+    assert_eq!(runs[1], runs[2], "a repeated id is one flow");
+    assert_ne!(runs[1], first);
+    assert_ne!(runs[3], runs[4], "flows without an id are all new");
+    assert_eq!(
+        core.flows_in_flight().expect("count"),
+        4,
+        "a, b and the two without an id"
+    );
+
+    let commits = core.commits();
+    let (again, _) = core
+        .start_many(
+            Timestamp(2),
+            vec![
+                (ping_flow(), Some("b".into())),
+                (ping_flow(), Some("a".into())),
+            ],
+        )
+        .expect("start known ids");
+    assert_eq!(again, vec![runs[1], first], "across calls too");
+    let (none, _) = core.start_many(Timestamp(2), Vec::new()).expect("empty");
+    assert!(none.is_empty());
+    assert_eq!(core.commits(), commits, "nothing new: nothing written");
+    assert_eq!(core.flows_in_flight().expect("count"), 4);
+    // `start` sees the ids `start_many` claimed.
+    let (b, _) = core
+        .start(Timestamp(3), ping_flow(), Some("b".into()))
+        .expect("start b");
+    assert_eq!(b, runs[1]);
+}
+
+/// A draining node refuses every flow of a batch, each with `Refused`, and
+/// keeps their client ids (a retry gets the same refusal, not a new flow).
+#[test]
+fn start_many_on_a_draining_node_refuses_each_flow() {
+    let memory = SharedMemory::new();
+    let mut core = open(&memory);
+    core.try_set_draining(true).expect("drain");
+    let (runs, _) = core
+        .start_many(
+            Timestamp(1),
+            vec![
+                (ping_flow(), Some("x".into())),
+                (ping_flow(), Some("y".into())),
+                (ping_flow(), None),
+            ],
+        )
+        .expect("start many");
+    assert_eq!(runs.len(), 3);
+    for run in &runs {
+        match core.result(*run).expect("read the result") {
+            Some(Err(e)) => assert_eq!(e.kind(), FlowErrorKind::Refused, "{e}"),
+            other => panic!("a flow started while draining must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(core.flows_in_flight().expect("count"), 0);
+    let (again, _) = core
+        .start_many(Timestamp(2), vec![(ping_flow(), Some("y".into()))])
+        .expect("retry");
+    assert_eq!(again, vec![runs[1]]);
+}

@@ -562,6 +562,73 @@ impl<T: Transport> Node<T> {
         self.start(flow, Some(client_id.to_owned())).await
     }
 
+    /// Starts many flows under client-chosen ids in ONE database commit
+    /// and returns their handles in the order given. Why: each start on its
+    /// own is a durable commit (two fsyncs), which caps how fast a client
+    /// can hand work to the node; a batch pays for one. Each flow behaves
+    /// exactly as with [`start_flow_with_client_id`](Self::start_flow_with_client_id):
+    /// an id already used (before, or earlier in this list) gives a handle
+    /// to that flow and starts nothing; a draining node refuses each one; a
+    /// flow whose state does not serialize gets a handle reporting that
+    /// error. On `Err` retrying the same call is safe: flows that were
+    /// started are found again by their client ids.
+    pub async fn start_flows_with_client_ids<F: Flow>(
+        &self,
+        flows: Vec<(String, F)>,
+    ) -> Result<Vec<FlowHandle<F>>, NodeError> {
+        // Prepare outside the node task (serialization is the caller's CPU).
+        let prepared: Vec<(String, Result<NewFlow, FlowError>)> = flows
+            .into_iter()
+            .map(|(client_id, flow)| (client_id, NewFlow::new(&flow)))
+            .collect();
+        let runs = self
+            .call(move |core, now| {
+                core.registry_mut().register_flow::<F>();
+                let mut slots: Vec<Option<RunId>> = vec![None; prepared.len()];
+                let mut good = Vec::with_capacity(prepared.len());
+                let mut good_slots = Vec::with_capacity(prepared.len());
+                let mut failed = Vec::new();
+                for (i, (client_id, new)) in prepared.into_iter().enumerate() {
+                    match new {
+                        Ok(new) => {
+                            good.push((new, Some(client_id)));
+                            good_slots.push(i);
+                        }
+                        Err(e) => failed.push((i, e)),
+                    }
+                }
+                let mut out = Output::default();
+                if !good.is_empty() {
+                    match core.start_many(now, good) {
+                        Ok((runs, o)) => {
+                            for (i, run) in good_slots.into_iter().zip(runs) {
+                                slots[i] = Some(run);
+                            }
+                            merge_output(&mut out, o);
+                        }
+                        Err(e) => return (Err(e), None),
+                    }
+                }
+                // Rare: a state that does not serialize, recorded as failed
+                // like `start_flow_with_client_id` does (its own commit).
+                for (i, e) in failed {
+                    match core.record_failed_start(now, F::NAME, e) {
+                        Ok((run, o)) => {
+                            slots[i] = Some(run);
+                            merge_output(&mut out, o);
+                        }
+                        Err(e) => return (Err(e), Some(out)),
+                    }
+                }
+                (
+                    Ok(slots.into_iter().flatten().collect::<Vec<_>>()),
+                    Some(out),
+                )
+            })
+            .await??;
+        Ok(runs.into_iter().map(|run| self.handle(run)).collect())
+    }
+
     async fn start<F: Flow>(
         &self,
         flow: F,
@@ -1056,4 +1123,12 @@ impl<T: Transport> Driver<T> {
             self.drained_reported = true;
         }
     }
+}
+
+/// Appends `more` to `out`, for a job that runs several node operations and
+/// must hand all their frames, results and progress to the runner.
+fn merge_output(out: &mut Output, more: Output) {
+    out.frames.extend(more.frames);
+    out.finished.extend(more.finished);
+    out.progress.extend(more.progress);
 }
