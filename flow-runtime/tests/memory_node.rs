@@ -5,38 +5,11 @@
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder};
 use flow_runtime::store::RedbOptions;
+use flow_runtime::testing::ping_pong::{ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
 use flow_runtime::wire::WireMessage;
 use std::path::Path;
 use std::time::Duration;
-
-#[flow]
-pub async fn ping(ctx: &mut FlowContext, peer: Party, rounds: u32) -> Result<u64, FlowError> {
-    let session = ctx.initiate_flow(&peer);
-    let mut total: u64 = 0;
-    let mut i: u32 = 0;
-    while i < rounds {
-        session.send(&i)?;
-        let echo: u32 = session.receive::<u32>().await?.validate(|n| {
-            if n == i {
-                Ok(n)
-            } else {
-                Err(FlowError::new("wrong echo"))
-            }
-        })?;
-        total += u64::from(echo);
-        i += 1;
-    }
-    Ok(total)
-}
-
-#[flow]
-pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
-    loop {
-        let n: u32 = session.receive::<u32>().await?.validate(Ok)?;
-        session.send(&n)?;
-    }
-}
 
 fn party(name: &str, byte: u8) -> Party {
     Party::new(name, PublicKey([byte; 32]))
