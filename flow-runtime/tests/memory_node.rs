@@ -5,7 +5,7 @@
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder};
 use flow_runtime::store::RedbOptions;
-use flow_runtime::testing::ping_pong::{ping, pong};
+use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
 use flow_runtime::wire::WireMessage;
 use std::path::Path;
@@ -35,14 +35,29 @@ async fn start(
     b.start().await.unwrap()
 }
 
+/// Alice and Bob as tokio nodes on one `MemoryNetwork`, each on its own
+/// redb file in the returned directory (keep it alive for the test),
+/// redelivering every 200 ms: `(dir, net, alice_party, bob_party, alice, bob)`.
+async fn two_nodes() -> (
+    tempfile::TempDir,
+    MemoryNetwork,
+    Party,
+    Party,
+    Node<MemoryTransport>,
+    Node<MemoryTransport>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    (dir, net, a, b, alice, bob)
+}
+
 async fn within<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
-}
-
-fn sum(rounds: u32) -> u64 {
-    u64::from(rounds) * u64::from(rounds.saturating_sub(1)) / 2
 }
 
 /// Rounds that take about one second here and now (commit latency varies
@@ -70,11 +85,7 @@ async fn some_rounds_done(node: &Node<MemoryTransport>, base: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_finish_and_handles_await_their_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = MemoryNetwork::new();
-    let (a, b) = (party("Alice", 1), party("Bob", 2));
-    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
-    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let (_dir, _net, _, b, alice, bob) = two_nodes().await;
     assert_eq!(alice.transport().endpoint(), "memory://Alice");
     let mut handles = Vec::new();
     for _ in 0..8 {
@@ -83,23 +94,19 @@ async fn flows_finish_and_handles_await_their_results() {
     for h in &handles {
         // The handle's own `result()`, and the node's, agree, as often as
         // asked.
-        assert_eq!(within("ping", 30, h.result()).await, Ok(sum(20)));
-        assert_eq!(h.result().await, Ok(sum(20)));
-        assert_eq!(alice.result(h).await, Ok(sum(20)));
+        assert_eq!(within("ping", 30, h.result()).await, Ok(expected_total(20)));
+        assert_eq!(h.result().await, Ok(expected_total(20)));
+        assert_eq!(alice.result(h).await, Ok(expected_total(20)));
     }
     // A clone of the handle works too.
-    assert_eq!(handles[0].clone().result().await, Ok(sum(20)));
+    assert_eq!(handles[0].clone().result().await, Ok(expected_total(20)));
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = MemoryNetwork::new();
-    let (a, b) = (party("Alice", 1), party("Bob", 2));
-    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
-    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let (dir, net, _, b, alice, bob) = two_nodes().await;
     let rounds = rounds_for_one_second(&alice, &b).await;
     let base = bob.commits().await.unwrap();
     let h = alice.start_flow(ping(b.clone(), rounds)).await.unwrap();
@@ -118,18 +125,17 @@ async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
-    assert_eq!(within("ping", 60, h.result()).await, Ok(sum(rounds)));
+    assert_eq!(
+        within("ping", 60, h.result()).await,
+        Ok(expected_total(rounds))
+    );
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = MemoryNetwork::new();
-    let (a, b) = (party("Alice", 1), party("Bob", 2));
-    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
-    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let (dir, net, a, b, alice, bob) = two_nodes().await;
     let rounds = rounds_for_one_second(&alice, &b).await;
     let base = alice.commits().await.unwrap();
     let h = alice
@@ -150,7 +156,10 @@ async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
         .unwrap()
         .expect("the flow survives the restart");
     assert_eq!(again.run_id(), h.run_id());
-    assert_eq!(within("ping", 60, again.result()).await, Ok(sum(rounds)));
+    assert_eq!(
+        within("ping", 60, again.result()).await,
+        Ok(expected_total(rounds))
+    );
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }
@@ -170,7 +179,7 @@ async fn messages_sent_while_a_peer_is_down_are_redelivered_when_it_joins() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(alice.try_result(&h).await.unwrap(), None);
     let bob = start(&net, &b, dir.path(), Duration::from_secs(3600)).await;
-    assert_eq!(within("ping", 20, h.result()).await, Ok(sum(10)));
+    assert_eq!(within("ping", 20, h.result()).await, Ok(expected_total(10)));
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }
@@ -326,11 +335,7 @@ async fn acks_alone_are_committed_at_once_when_not_deferred() {
 /// id — in the batch or from before — is the same flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_flows_start_in_one_commit_and_their_handles_await_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = MemoryNetwork::new();
-    let (a, b) = (party("Alice", 1), party("Bob", 2));
-    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
-    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let (dir, net, _, b, alice, bob) = two_nodes().await;
     let earlier = alice
         .start_flow_with_client_id("t-0", ping(b.clone(), 5))
         .await
@@ -363,8 +368,8 @@ async fn many_flows_start_in_one_commit_and_their_handles_await_results() {
 
     let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
     for h in &handles {
-        assert_eq!(within("ping", 30, h.result()).await, Ok(sum(5)));
-        assert_eq!(alice.result(h).await, Ok(sum(5)));
+        assert_eq!(within("ping", 30, h.result()).await, Ok(expected_total(5)));
+        assert_eq!(alice.result(h).await, Ok(expected_total(5)));
     }
     let again = alice
         .reattach::<ping::Flow>("t-3")

@@ -6,7 +6,7 @@ use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder, keys};
 use flow_runtime::store::RedbOptions;
 use flow_runtime::tcp::{NetworkMap, PeerEntry, SigningKey, TcpConfig};
-use flow_runtime::testing::ping_pong::{ping, pong};
+use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -137,7 +137,7 @@ async fn a_responder_restarting_mid_run_loses_nothing() {
     bob.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bob = start(&mut ps[1], &map).await;
-    let expected = u64::from(rounds) * u64::from(rounds - 1) / 2;
+    let expected = expected_total(rounds);
     assert_eq!(within("ping", alice.result(&h)).await, Ok(expected));
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
@@ -169,7 +169,7 @@ async fn an_initiator_restarting_mid_run_finishes_its_flow() {
         .unwrap()
         .expect("the flow survives the restart");
     assert_eq!(again.run_id(), h.run_id());
-    let expected = u64::from(rounds) * u64::from(rounds - 1) / 2;
+    let expected = expected_total(rounds);
     assert_eq!(within("ping", alice.result(&again)).await, Ok(expected));
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
