@@ -9,6 +9,8 @@
 //!   the figure that counts.
 //!   The raw side writes values exactly as long as the node's stored
 //!   checkpoint record, at random 64-bit keys, the same keys every round.
+//!   The two sides run alternately, `FLOW_BENCH_TRIALS` times (default 7);
+//!   each trial gives a ratio, and the median is reported with the range.
 //! * single-step latency: N = 1.
 //! * `FLOW_BENCH_MILLION=1`: for 10,000 and 1,000,000 suspended flows
 //!   (`FLOW_BENCH_FLOWS=a,b` to choose), a child process creates them
@@ -24,7 +26,7 @@ use flow_runtime::__private as rt;
 use flow_runtime::node::OsIds;
 use flow_runtime::prelude::*;
 use flow_runtime::registry::{NewFlow, Registry};
-use flow_runtime::store::{RedbOptions, RedbStore, Store, Table, WriteBatch};
+use flow_runtime::store::{Entries, RedbOptions, RedbStore, Store, StoreError, Table, WriteBatch};
 use flow_runtime::testing::HandwrittenPing;
 use flow_runtime::wire::{Body, WireMessage};
 use flow_runtime::{Event, NodeConfig, NodeCore, Step, Timestamp};
@@ -58,12 +60,55 @@ impl Flow for Ticker {
     }
 }
 
+/// The node's store, timing its commits: splits the node's time per group
+/// commit into the store's commit (redb's work and fsync) and the rest
+/// (the steps and the node's bookkeeping).
+struct TimedStore {
+    inner: RedbStore,
+    commit_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl TimedStore {
+    fn commit_secs(&self) -> f64 {
+        self.commit_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+    }
+}
+
+impl Store for TimedStore {
+    fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key)
+    }
+    fn range(
+        &self,
+        table: &Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.inner.range(table, from, to, limit)
+    }
+    fn len(&self, table: &Table) -> Result<u64, StoreError> {
+        self.inner.len(table)
+    }
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let start = Instant::now();
+        let result = self.inner.commit(batch);
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.commit_nanos
+            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+}
+
 fn node(
     path: &std::path::Path,
     options: RedbOptions,
     now: Timestamp,
-) -> (NodeCore, Arc<RedbStore>) {
-    let store = Arc::new(RedbStore::open(path, options).expect("open store"));
+) -> (NodeCore, Arc<TimedStore>) {
+    let store = Arc::new(TimedStore {
+        inner: RedbStore::open(path, options).expect("open store"),
+        commit_nanos: Default::default(),
+    });
     let mut registry = Registry::new();
     registry.register_flow::<Ticker>();
     let me = Party::new("Bench", PublicKey([9; 32]));
@@ -93,55 +138,151 @@ fn ticker(every_ms: u64) -> NewFlow {
     .expect("encode")
 }
 
-/// Runs `rounds` group commits of `batch` ticker steps each; returns steps/s,
-/// seconds per commit, and the size of one stored checkpoint record (what
-/// the raw side then writes).
-fn group_commit(batch: usize, rounds: u32, options: RedbOptions) -> (f64, f64, usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut core, store) = node(&dir.path().join("node.redb"), options, Timestamp(0));
-    for _ in 0..batch {
-        core.start(Timestamp(0), ticker(1), None).expect("start");
-    }
-    core.tick(Timestamp(0)).expect("first steps");
-    let start = Instant::now();
-    for r in 1..=rounds {
-        core.tick(Timestamp(u64::from(r))).expect("tick");
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let steps = batch as f64 * f64::from(rounds);
-    let record = store
-        .range(&Table::CHECKPOINTS, &[], None, 1)
-        .expect("read a checkpoint")
-        .first()
-        .map_or(0, |(_, v)| v.len());
-    (steps / elapsed, elapsed / f64::from(rounds), record)
+/// The node side of the group-commit comparison: `batch` tickers, all due
+/// every millisecond, so one `tick` steps every one of them in one commit.
+struct NodeSide {
+    core: NodeCore,
+    store: Arc<TimedStore>,
+    now: u64,
+    _dir: tempfile::TempDir,
 }
 
-/// Raw redb: `rounds` durable transactions, each inserting `batch` values of
-/// `value_len` bytes at random 64-bit keys (like run ids), the same keys
-/// every round (like the flows' checkpoints being replaced).
-fn raw_redb(batch: usize, rounds: u32, options: RedbOptions, value_len: usize) -> f64 {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = RedbStore::open(&dir.path().join("raw.redb"), options).expect("open");
-    let value = vec![1u8; value_len];
-    let keys: Vec<u64> = (0..batch).map(|_| rand::random()).collect();
-    // The node's first round inserted its checkpoints; the timed rounds
-    // replace them. Do the same here.
-    let mut w = WriteBatch::default();
-    for k in &keys {
-        w.put(Table::CHECKPOINTS, k.to_be_bytes().to_vec(), value.clone());
-    }
-    store.commit(w).expect("commit");
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let mut w = WriteBatch::default();
-        for k in &keys {
-            w.put(Table::CHECKPOINTS, k.to_be_bytes().to_vec(), value.clone());
+impl NodeSide {
+    fn new(batch: usize, options: RedbOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut core, store) = node(&dir.path().join("node.redb"), options, Timestamp(0));
+        let flows = (0..batch).map(|_| (ticker(1), None)).collect();
+        core.start_many(Timestamp(0), flows).expect("start");
+        core.tick(Timestamp(0)).expect("first steps");
+        Self {
+            core,
+            store,
+            now: 0,
+            _dir: dir,
         }
-        store.commit(w).expect("commit");
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    batch as f64 * f64::from(rounds) / elapsed
+
+    /// Seconds taken by `rounds` more group commits, and the part of them
+    /// spent in the store's commit.
+    fn run(&mut self, rounds: u32) -> (f64, f64) {
+        let committing = self.store.commit_secs();
+        let start = Instant::now();
+        for _ in 0..rounds {
+            self.now += 1;
+            self.core.tick(Timestamp(self.now)).expect("tick");
+        }
+        (
+            start.elapsed().as_secs_f64(),
+            self.store.commit_secs() - committing,
+        )
+    }
+
+    /// The size of one stored checkpoint record (what the raw side writes).
+    fn record_len(&self) -> usize {
+        self.store
+            .range(&Table::CHECKPOINTS, &[], None, 1)
+            .expect("read a checkpoint")
+            .first()
+            .map_or(0, |(_, v)| v.len())
+    }
+}
+
+/// Raw redb: durable transactions, each inserting `batch` values of the
+/// node's record length at random 64-bit keys (like run ids), the same keys
+/// every round (like the flows' checkpoints being replaced).
+struct RawSide {
+    store: RedbStore,
+    keys: Vec<u64>,
+    value: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+impl RawSide {
+    fn new(batch: usize, options: RedbOptions, value_len: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("raw.redb"), options).expect("open");
+        let mut raw = Self {
+            store,
+            keys: (0..batch).map(|_| rand::random()).collect(),
+            value: vec![1u8; value_len],
+            _dir: dir,
+        };
+        // The node's first round inserted its checkpoints; the timed rounds
+        // replace them. Do the same here.
+        raw.run(1);
+        raw
+    }
+
+    /// Seconds taken by `rounds` more commits.
+    fn run(&mut self, rounds: u32) -> f64 {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let mut w = WriteBatch::default();
+            for k in &self.keys {
+                w.put(
+                    Table::CHECKPOINTS,
+                    k.to_be_bytes().to_vec(),
+                    self.value.clone(),
+                );
+            }
+            self.store.commit(w).expect("commit");
+        }
+        start.elapsed().as_secs_f64()
+    }
+}
+
+/// One batch size's comparison: medians over `trials` alternating runs.
+struct GroupCommit {
+    node_steps_per_s: f64,
+    raw_inserts_per_s: f64,
+    /// Median, lowest and highest per-trial ratio node / raw.
+    ratio: (f64, f64, f64),
+    secs_per_commit: f64,
+    /// Median share of the node's time spent inside the store's commit.
+    store_share: f64,
+    record_len: usize,
+}
+
+/// Runs the node and raw redb alternately, `trials` times `rounds` commits
+/// of `batch` each, and compares them trial by trial: the two sides see the
+/// same machine (load, disk) within a trial, and the median ratio is robust
+/// against a trial that a noisy neighbour spoiled.
+fn group_commit(batch: usize, rounds: u32, trials: usize, options: RedbOptions) -> GroupCommit {
+    let mut node = NodeSide::new(batch, options);
+    let record_len = node.record_len();
+    let mut raw = RawSide::new(batch, options, record_len);
+    let steps = batch as f64 * f64::from(rounds);
+    let mut node_rates = Vec::new();
+    let mut raw_rates = Vec::new();
+    let mut ratios = Vec::new();
+    let mut store_shares = Vec::new();
+    for _ in 0..trials {
+        let (node_secs, store_secs) = node.run(rounds);
+        store_shares.push(store_secs / node_secs);
+        let node_rate = steps / node_secs;
+        let raw_rate = steps / raw.run(rounds);
+        node_rates.push(node_rate);
+        raw_rates.push(raw_rate);
+        ratios.push(node_rate / raw_rate);
+    }
+    let node_steps_per_s = median(&mut node_rates);
+    GroupCommit {
+        node_steps_per_s,
+        raw_inserts_per_s: median(&mut raw_rates),
+        ratio: (
+            median(&mut ratios),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        ),
+        secs_per_commit: batch as f64 / node_steps_per_s,
+        store_share: median(&mut store_shares),
+        record_len,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn rss_mb() -> f64 {
@@ -393,6 +534,11 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
+    let trials: usize = std::env::var("FLOW_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7)
+        .max(1);
     let modes = std::env::var("FLOW_BENCH_MODES").unwrap_or_else(|_| "qr,noqr,nosync".into());
     for mode in modes.split(',') {
         let (options, title) = match mode.trim() {
@@ -421,22 +567,35 @@ fn main() {
         };
         println!("{title}");
         println!(
-            "{:>6} {:>16} {:>16} {:>7} {:>14} {:>8}",
-            "batch", "node steps/s", "raw inserts/s", "ratio", "ms per commit", "record"
+            "{:>6} {:>14} {:>14} {:>7} {:>13} {:>14} {:>9} {:>7}",
+            "batch",
+            "node steps/s",
+            "raw inserts/s",
+            "ratio",
+            "(min-max)",
+            "ms per commit",
+            "in store",
+            "record"
         );
         for &batch in &batches {
+            // Each side runs about 50-200 ms per trial.
             let rounds = match batch {
                 0..=1 => 200,
                 2..=10 => 100,
-                11..=100 => 50,
-                _ => 10,
+                11..=100 => 60,
+                _ => 30,
             };
-            let (steps, per_commit, record) = group_commit(batch, rounds, options);
-            let raw = raw_redb(batch, rounds, options, record);
+            let g = group_commit(batch, rounds, trials, options);
+            let per_commit = g.secs_per_commit;
             println!(
-                "{batch:>6} {steps:>16.0} {raw:>16.0} {:>7.2} {:>14.3} {record:>7}B",
-                steps / raw,
-                per_commit * 1e3
+                "{batch:>6} {:>14.0} {:>14.0} {:>7.2} {:>13} {:>14.3} {:>8.0}% {:>6}B",
+                g.node_steps_per_s,
+                g.raw_inserts_per_s,
+                g.ratio.0,
+                format!("({:.2}-{:.2})", g.ratio.1, g.ratio.2),
+                per_commit * 1e3,
+                g.store_share * 100.0,
+                g.record_len
             );
             if batch == 1 {
                 println!("       (single-step latency: {:.3} ms)", per_commit * 1e3);
