@@ -24,6 +24,7 @@ extern crate self as flow_runtime;
 
 mod context;
 mod error;
+mod fast_hash;
 mod flow;
 mod handle;
 mod party;

@@ -8,8 +8,8 @@
 //! by the *initiating* flow's type. Registrations are code, not data: a
 //! restarted node is given the same registry again.
 
+use crate::fast_hash::FastMap;
 use crate::{Event, Flow, FlowContext, FlowError, FlowSession, Step, StepEffects, run_step};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The outcome of one type-erased step.
@@ -51,6 +51,18 @@ pub trait FlowType: Send + Sync {
 
 struct Typed<F>(std::marker::PhantomData<fn() -> F>);
 
+/// Encodes a flow's state into a buffer sized for the previous state (a
+/// state usually keeps its size from step to step), so encoding does not
+/// regrow the buffer several times.
+fn encode_state<F: Flow>(
+    flow: &F,
+    previous_len: usize,
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut out = Vec::with_capacity(previous_len + previous_len / 8 + 16);
+    rmp_serde::encode::write(&mut out, flow)?;
+    Ok(out)
+}
+
 impl<F: Flow> FlowType for Typed<F> {
     fn name(&self) -> &'static str {
         F::NAME
@@ -72,7 +84,7 @@ impl<F: Flow> FlowType for Typed<F> {
             .map_err(|e| format!("the checkpoint of `{}` does not decode: {e}", F::NAME))?;
         let (step, effects) = run_step(&mut flow, ctx, event, effects);
         let erased = match step {
-            Step::Suspended => match rmp_serde::to_vec(&flow) {
+            Step::Suspended => match encode_state(&flow, state.len()) {
                 Ok(state) => ErasedStep::Suspended {
                     state,
                     state_name: flow.state_name(),
@@ -140,8 +152,8 @@ type ResponderFactory = dyn Fn(FlowSession) -> Result<NewFlow, FlowError> + Send
 /// Flow types and responders known to one node.
 #[derive(Clone, Default)]
 pub struct Registry {
-    flows: HashMap<&'static str, Arc<dyn FlowType>>,
-    responders: HashMap<&'static str, Arc<ResponderFactory>>,
+    flows: FastMap<&'static str, Arc<dyn FlowType>>,
+    responders: FastMap<&'static str, Arc<ResponderFactory>>,
 }
 
 impl Registry {

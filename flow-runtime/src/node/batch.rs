@@ -3,11 +3,13 @@
 //! one's checkpoint) and writes into it; nothing reaches the store until the
 //! whole batch commits in one transaction.
 
+use super::hot::HotCheckpoints;
 use super::records::{
     CheckpointRecord, SessionKey, SessionRecord, encode_timer_runs, parse_timer_runs, run_key,
     timer_key,
 };
 use crate::Timestamp;
+use crate::fast_hash::{FastMap, FastSet};
 use crate::store::{RangeRemoval, Store, StoreError, Table, WriteBatch};
 use crate::{FlowError, PublicKey};
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,19 +17,28 @@ use std::collections::{BTreeMap, BTreeSet};
 /// A checkpoint as loaded: decoded, or the raw bytes with the reason they do
 /// not decode.
 pub(crate) enum Loaded {
-    Ok(CheckpointRecord),
+    Ok(Box<CheckpointRecord>),
     Corrupt(String),
 }
 
 #[derive(Default)]
 pub(crate) struct Batch {
-    checkpoints: BTreeMap<u64, Option<CheckpointRecord>>,
+    /// (Boxed: records move between the cache, the step and this map on
+    /// every step, and a record is a couple of hundred bytes inline.)
+    /// (Hashed, not ordered: written out in run order by `take_write_batch`.)
+    checkpoints: FastMap<u64, Option<Box<CheckpointRecord>>>,
+    /// The node's cache of committed checkpoints, lent to the batch: loads
+    /// take from it, and a successful commit returns what it wrote.
+    hot: HotCheckpoints,
+    /// The checkpoint writes being committed (taken out of `checkpoints` by
+    /// `take_write_batch`), for `hot` once the commit succeeded.
+    committing: Vec<(u64, Option<Box<CheckpointRecord>>)>,
     sessions: BTreeMap<SessionKey, Option<SessionRecord>>,
     /// Plain table writes by table, then key (`None`: delete).
     raw: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// Timer rows this batch changes, whole (committed runs merged in):
     /// due time -> runs. An empty row is deleted.
-    timers: BTreeMap<u64, BTreeSet<u64>>,
+    timers: BTreeMap<u64, FastSet<u64>>,
     /// Whether the committed hospital table was empty when the batch began
     /// (the usual case): then only this batch's own writes can have put a
     /// run there, and the check every step makes needs no store read.
@@ -38,7 +49,7 @@ pub(crate) struct Batch {
     /// end of it. Only the net change against the committed `runnable`
     /// index is written: a run woken and stepped to quiescence in the same
     /// batch costs no index write at all.
-    runnable: BTreeMap<u64, bool>,
+    runnable: FastMap<u64, bool>,
     /// Runs to try in this batch.
     pub wake: BTreeSet<u64>,
     /// Frames to release after the commit (new outbox entries, acks, refusals).
@@ -51,19 +62,30 @@ pub(crate) struct Batch {
     pub steps: usize,
 }
 
+/// Whether `key` of `table` lies in one of `ranges`.
+fn in_ranges(ranges: &[RangeRemoval], table: &Table, key: &[u8]) -> bool {
+    ranges
+        .iter()
+        .any(|r| r.table == *table && r.from.as_slice() <= key && key < r.to.as_slice())
+}
+
 fn decode_err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what} record does not decode: {e}")
 }
 
 impl Batch {
-    /// An empty batch over `store`'s committed state.
-    pub fn new(store: &dyn Store) -> Result<Self, StoreError> {
+    /// An empty batch over `store`'s committed state, with the node's cache
+    /// of committed checkpoints.
+    pub fn new(store: &dyn Store, hot: HotCheckpoints) -> Result<Self, StoreError> {
         Ok(Self {
             hospital_empty: store.len(&Table::HOSPITAL)? == 0,
+            hot,
             ..Self::default()
         })
     }
 
+    /// `run`'s checkpoint as this batch sees it: its own write, else the
+    /// committed record (from the cache when it is there).
     pub fn checkpoint(
         &mut self,
         store: &dyn Store,
@@ -72,15 +94,18 @@ impl Batch {
         if let Some(c) = self.checkpoints.get(&run) {
             return Ok(c.clone().map(Loaded::Ok));
         }
+        if let Some(rec) = self.hot.take(run) {
+            return Ok(Some(Loaded::Ok(rec)));
+        }
         Ok(store.get(&Table::CHECKPOINTS, &run_key(run))?.map(
             |bytes| match CheckpointRecord::decode(&bytes) {
-                Ok(rec) => Loaded::Ok(rec),
+                Ok(rec) => Loaded::Ok(Box::new(rec)),
                 Err(e) => Loaded::Corrupt(decode_err("checkpoint", e)),
             },
         ))
     }
 
-    pub fn put_checkpoint(&mut self, run: u64, rec: CheckpointRecord) {
+    pub fn put_checkpoint(&mut self, run: u64, rec: Box<CheckpointRecord>) {
         self.checkpoints.insert(run, Some(rec));
     }
 
@@ -148,10 +173,17 @@ impl Batch {
         store.get(table, key)
     }
 
+    /// `run`'s hospital record, if it is there (no lookup at all while
+    /// the hospital is empty, the usual case).
+    pub fn hospital(&self, store: &dyn Store, run: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.hospital_empty && !self.raw.contains_key(&Table::HOSPITAL) {
+            return Ok(None);
+        }
+        self.get(store, &Table::HOSPITAL, &run_key(run))
+    }
+
     fn in_removed_range(&self, table: &Table, key: &[u8]) -> bool {
-        self.removed_ranges
-            .iter()
-            .any(|r| r.table == *table && r.from.as_slice() <= key && key < r.to.as_slice())
+        in_ranges(&self.removed_ranges, table, key)
     }
 
     pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
@@ -167,13 +199,12 @@ impl Batch {
         &mut self,
         store: &dyn Store,
         at: Timestamp,
-    ) -> Result<&mut BTreeSet<u64>, StoreError> {
-        let key = timer_key(at);
-        let fired = self.in_removed_range(&Table::TIMERS, &key);
+    ) -> Result<&mut FastSet<u64>, StoreError> {
         Ok(match self.timers.entry(at.0) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                let committed = if fired {
+                let key = timer_key(at);
+                let committed = if in_ranges(&self.removed_ranges, &Table::TIMERS, &key) {
                     None
                 } else {
                     store.get(&Table::TIMERS, &key)?
@@ -274,11 +305,15 @@ impl Batch {
     /// Everything to write, encoded.
     pub fn take_write_batch(&mut self) -> Result<WriteBatch, StoreError> {
         let mut w = WriteBatch::default();
-        for (run, rec) in std::mem::take(&mut self.checkpoints) {
-            match rec {
+        let mut checkpoints: Vec<_> = std::mem::take(&mut self.checkpoints).into_iter().collect();
+        checkpoints.sort_unstable_by_key(|(run, _)| *run);
+        self.committing.reserve(checkpoints.len());
+        for (run, rec) in checkpoints {
+            match &rec {
                 Some(rec) => w.put(Table::CHECKPOINTS, run_key(run), rec.encode()),
                 None => w.delete(Table::CHECKPOINTS, run_key(run)),
             }
+            self.committing.push((run, rec));
         }
         for (key, rec) in std::mem::take(&mut self.sessions) {
             match rec {
@@ -304,10 +339,31 @@ impl Batch {
             if runs.is_empty() {
                 w.delete(Table::TIMERS, key);
             } else {
+                let mut runs: Vec<u64> = runs.into_iter().collect();
+                runs.sort_unstable();
                 w.put(Table::TIMERS, key, encode_timer_runs(&runs));
             }
         }
         w.removed_ranges = std::mem::take(&mut self.removed_ranges);
         Ok(w)
+    }
+
+    /// The write batch of [`take_write_batch`](Self::take_write_batch) is
+    /// committed: its checkpoints become the cache's.
+    pub fn commit_succeeded(&mut self) {
+        for (run, rec) in self.committing.drain(..) {
+            self.hot.committed(run, rec);
+        }
+    }
+
+    /// The cache back, for the next batch. Only a batch that committed (or
+    /// wrote nothing) returns its entries; otherwise the cache comes back
+    /// empty, which is always safe.
+    pub fn into_hot(mut self, committed: bool) -> HotCheckpoints {
+        if committed {
+            std::mem::take(&mut self.hot)
+        } else {
+            self.hot.emptied()
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! the batch is released: peers redeliver, callers see the error.
 
 use super::batch::{Batch, Loaded};
+use super::hot::HotCheckpoints;
 use super::records::*;
 use super::step_services::{FlowStarter, StepWrites};
 use super::{NodeConfig, NodeError, Output, RunId};
@@ -45,6 +46,8 @@ pub struct NodeCore {
     runnable_index: BTreeSet<u64>,
     now: Timestamp,
     commits: u64,
+    /// Recently committed checkpoints, decoded (see `hot.rs`).
+    hot: HotCheckpoints,
 }
 
 fn store_err(e: crate::store::StoreError) -> NodeError {
@@ -84,6 +87,7 @@ impl NodeCore {
         if draining {
             tracing::info!(node = %identity, "the node is draining (set before the restart): it takes no new flows or sessions until an operator stops draining");
         }
+        let config_cache = config.checkpoint_cache_bytes;
         let mut ctx = FlowContext::new(identity.clone(), now, session_ids);
         ctx.services().insert(StepWrites::new(store.clone()));
         Ok(Self {
@@ -98,6 +102,7 @@ impl NodeCore {
             runnable_index,
             now,
             commits: 0,
+            hot: HotCheckpoints::new(config_cache),
         })
     }
 
@@ -332,7 +337,7 @@ impl NodeCore {
             );
             match b.checkpoint(&*core.store, run.0).map_err(store_err)? {
                 Some(Loaded::Ok(rec)) => {
-                    core.end_run(b, run.0, rec, Err(error.clone()), Some(error));
+                    core.end_run(b, run.0, &rec, Err(error.clone()), Some(error));
                 }
                 Some(Loaded::Corrupt(_)) => {
                     // The record does not say which sessions it owns: find
@@ -353,7 +358,7 @@ impl NodeCore {
                         keep_result: true,
                         client_id: None,
                     };
-                    core.end_run(b, run.0, rec, Err(error.clone()), Some(error));
+                    core.end_run(b, run.0, &rec, Err(error.clone()), Some(error));
                 }
                 None => return Err(NodeError::UnknownRun(run)),
             }
@@ -556,7 +561,8 @@ impl NodeCore {
         f: impl FnOnce(&mut Self, &mut Batch) -> Result<(), NodeError>,
     ) -> Result<Output, NodeError> {
         self.now = now;
-        let mut b = Batch::new(&*self.store).map_err(store_err)?;
+        let hot = std::mem::take(&mut self.hot);
+        let mut b = Batch::new(&*self.store, hot).map_err(store_err)?;
         let retry_later = if run {
             std::mem::take(&mut self.ready)
         } else {
@@ -577,17 +583,21 @@ impl NodeCore {
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(Output {
-                frames: std::mem::take(&mut b.emit),
-                finished: std::mem::take(&mut b.finished)
-                    .into_iter()
-                    .map(|(r, name, o)| (RunId(r), name, o))
-                    .collect(),
-                progress: std::mem::take(&mut b.progress)
-                    .into_iter()
-                    .map(|(r, p)| (RunId(r), p))
-                    .collect(),
-            }),
+            Ok(()) => {
+                let output = Output {
+                    frames: std::mem::take(&mut b.emit),
+                    finished: std::mem::take(&mut b.finished)
+                        .into_iter()
+                        .map(|(r, name, o)| (RunId(r), name, o))
+                        .collect(),
+                    progress: std::mem::take(&mut b.progress)
+                        .into_iter()
+                        .map(|(r, p)| (RunId(r), p))
+                        .collect(),
+                };
+                self.hot = b.into_hot(true);
+                Ok(output)
+            }
             Err(e) => {
                 tracing::error!("batch not committed, nothing of it happened: {e}");
                 if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
@@ -597,6 +607,7 @@ impl NodeCore {
                 }
                 self.ready.extend(retry_later);
                 self.ready.extend(b.wake.iter().copied());
+                self.hot = b.into_hot(false);
                 Err(e)
             }
         }
@@ -619,6 +630,7 @@ impl NodeCore {
             return Ok(());
         }
         self.store.commit(w).map_err(store_err)?;
+        b.commit_succeeded();
         self.commits += 1;
         for (run, runnable) in index_changes {
             if runnable {
@@ -924,7 +936,7 @@ impl NodeCore {
         let t = &flow.flow_type;
         b.put_checkpoint(
             run,
-            CheckpointRecord {
+            Box::new(CheckpointRecord {
                 flow: t.name().to_owned(),
                 fingerprint: t.fingerprint(),
                 version: t.version(),
@@ -937,7 +949,7 @@ impl NodeCore {
                 sessions,
                 keep_result,
                 client_id,
-            },
+            }),
         );
         self.wake(b, run);
     }
@@ -1074,10 +1086,7 @@ impl NodeCore {
     }
 
     fn try_run(&mut self, b: &mut Batch, run: u64) -> Result<(), NodeError> {
-        let in_hospital = match b
-            .get(&*self.store, &Table::HOSPITAL, &run_key(run))
-            .map_err(store_err)?
-        {
+        let in_hospital = match b.hospital(&*self.store, run).map_err(store_err)? {
             None => false,
             Some(h) => {
                 let due = rmp_serde::from_slice::<HospitalRecord>(&h)
@@ -1128,7 +1137,7 @@ impl NodeCore {
         &mut self,
         b: &mut Batch,
         run: u64,
-        mut rec: CheckpointRecord,
+        mut rec: Box<CheckpointRecord>,
         flow_type: Arc<dyn FlowType>,
         wake: Wake,
         in_hospital: bool,
@@ -1164,7 +1173,7 @@ impl NodeCore {
                     .unwrap_or_else(|| "non-string panic payload".into());
                 tracing::error!(run = %RunId(run), flow = %rec.flow, "flow panicked: {msg}");
                 let error = FlowError::internal(format!("flow `{}` panicked: {msg}", rec.flow));
-                self.end_run(b, run, rec, Err(error), None);
+                self.end_run(b, run, &rec, Err(error), None);
                 return Ok(());
             }
             Ok(Err(decode)) => {
@@ -1202,7 +1211,7 @@ impl NodeCore {
                 rec.flow, bad.session
             ));
             tracing::error!(run = %RunId(run), "{}", e.message());
-            self.end_run(b, run, rec, Err(e), None);
+            self.end_run(b, run, &rec, Err(e), None);
             return Ok(());
         }
         if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
@@ -1287,7 +1296,7 @@ impl NodeCore {
                         "flow `{}` suspended in state {state_name} without waiting on anything",
                         rec.flow
                     ));
-                    self.end_run(b, run, rec, Err(e), None);
+                    self.end_run(b, run, &rec, Err(e), None);
                     return Ok(());
                 };
                 if rec.progress != effects.progress {
@@ -1297,7 +1306,9 @@ impl NodeCore {
                     b.add_timer(&*self.store, t, run).map_err(store_err)?;
                 }
                 rec.state = state;
-                rec.state_name = state_name.to_owned();
+                if rec.state_name != state_name {
+                    rec.state_name = state_name.to_owned();
+                }
                 rec.started = true;
                 rec.wait = Some(wait);
                 rec.waiting_since = self.now;
@@ -1316,7 +1327,7 @@ impl NodeCore {
                     Err(e) if e.kind() != FlowErrorKind::Internal => Some(e.clone()),
                     _ => None,
                 };
-                self.end_run(b, run, rec, result, to_peers);
+                self.end_run(b, run, &rec, result, to_peers);
             }
         }
         Ok(())
@@ -1359,7 +1370,7 @@ impl NodeCore {
         &mut self,
         b: &mut Batch,
         run: u64,
-        rec: CheckpointRecord,
+        rec: &CheckpointRecord,
         outcome: Result<Vec<u8>, FlowError>,
         to_peers: Option<FlowError>,
     ) {

@@ -7,6 +7,7 @@
 mod batch;
 mod core;
 mod dump;
+mod hot;
 pub(crate) mod records;
 mod step_services;
 
@@ -52,6 +53,11 @@ pub struct NodeConfig {
     /// A flow waiting longer than this is reported by
     /// [`warn_long_waits`](crate::testing::MockNetwork::warn_long_waits).
     pub long_wait_warning: Duration,
+    /// Memory for decoded copies of recently committed checkpoints, so the
+    /// next step of a busy flow reads no store row and decodes nothing
+    /// (0 turns the cache off). Suspended flows still live on disk: this
+    /// bounds the cache, not the number of flows.
+    pub checkpoint_cache_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -61,6 +67,7 @@ impl Default for NodeConfig {
             retry_backoff: Duration::from_secs(1),
             max_steps_per_batch: 10_000,
             long_wait_warning: Duration::from_secs(3600),
+            checkpoint_cache_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -221,6 +221,11 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        // End the read snapshot first: while a read transaction is open,
+        // redb must keep every page it can see, so the pages this commit
+        // replaces could not be reused by the next one (more pages to
+        // allocate, write and track per commit).
+        self.invalidate_reader();
         let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         txn.set_durability(if self.options.durable {
             Durability::Immediate

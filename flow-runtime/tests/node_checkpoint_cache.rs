@@ -1,0 +1,189 @@
+//! The node's cache of recently committed checkpoints
+//! (`NodeConfig::checkpoint_cache_bytes`): it must never let a step see a
+//! state other than the committed one: not after a failed commit, not
+//! after an eviction, and not differently from a node without the cache.
+
+use flow_runtime::__private as rt;
+use flow_runtime::node::OsIds;
+use flow_runtime::prelude::*;
+use flow_runtime::registry::{NewFlow, Registry};
+use flow_runtime::store::{Entries, RedbOptions, RedbStore, SharedMemory, Store, StoreError};
+use flow_runtime::store::{Table, WriteBatch};
+use flow_runtime::{Event, NodeConfig, NodeCore, RunId, Step, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Wakes every millisecond and records when; finishes with the record
+/// after `until` wakes. A step that ran but never committed must not
+/// appear in the record.
+#[derive(Debug, Serialize, Deserialize)]
+struct Diary {
+    woke_at: Vec<u64>,
+    until: usize,
+}
+
+impl Flow for Diary {
+    type Output = Vec<u64>;
+    const NAME: &'static str = "cache_test::diary";
+    const VERSION: u32 = 1;
+    const FINGERPRINT: u64 = 1;
+    fn resume(&mut self, ctx: &mut FlowContext, event: Event) -> Step<Vec<u64>> {
+        if !matches!(event, Event::Start) {
+            self.woke_at.push(ctx.now().0);
+        }
+        if self.woke_at.len() >= self.until {
+            return Step::Done(Ok(self.woke_at.clone()));
+        }
+        rt::start_sleep(ctx.sleep(Duration::from_millis(1)), ctx);
+        Step::Suspended
+    }
+    fn state_name(&self) -> &'static str {
+        "Sleeping"
+    }
+}
+
+/// A redb store whose next `fail` commits fail (as a full disk would).
+struct FlakyStore {
+    inner: RedbStore,
+    fail: AtomicU32,
+}
+
+impl Store for FlakyStore {
+    fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key)
+    }
+    fn range(
+        &self,
+        table: &Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.inner.range(table, from, to, limit)
+    }
+    fn len(&self, table: &Table) -> Result<u64, StoreError> {
+        self.inner.len(table)
+    }
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError("injected: the disk is full".into()));
+        }
+        self.inner.commit(batch)
+    }
+}
+
+fn node(cache_bytes: usize) -> (NodeCore, Arc<FlakyStore>) {
+    let store = Arc::new(FlakyStore {
+        inner: RedbStore::open_in_memory(&SharedMemory::new(), RedbOptions::default())
+            .expect("open the store"),
+        fail: AtomicU32::new(0),
+    });
+    let mut registry = Registry::new();
+    registry.register_flow::<Diary>();
+    let config = NodeConfig {
+        checkpoint_cache_bytes: cache_bytes,
+        ..NodeConfig::default()
+    };
+    let core = NodeCore::open(
+        Party::new("Alice", PublicKey([1; 32])),
+        store.clone(),
+        registry,
+        Box::new(OsIds),
+        Box::new(OsIds),
+        config,
+        Timestamp(0),
+    )
+    .expect("open the node");
+    (core, store)
+}
+
+fn diary(until: usize) -> NewFlow {
+    NewFlow::new(&Diary {
+        woke_at: Vec::new(),
+        until,
+    })
+    .expect("encode")
+}
+
+/// Ticks `core` every millisecond from 1 until every run finished, making
+/// the commit fail at each tick in `fail_at`; returns each run's diary in
+/// start order.
+fn run_to_the_end(
+    core: &mut NodeCore,
+    store: &FlakyStore,
+    fail_at: &[u64],
+    runs: &[RunId],
+) -> Vec<Vec<u64>> {
+    let mut outcomes = std::collections::HashMap::new();
+    for now in 1..10_000 {
+        if fail_at.contains(&now) {
+            store.fail.store(1, Ordering::SeqCst);
+        }
+        match core.tick(Timestamp(now)) {
+            Ok(out) => {
+                assert!(!fail_at.contains(&now), "the commit at {now} did not fail");
+                for (run, _, outcome) in out.finished {
+                    let bytes = outcome.expect("the diary finishes");
+                    let diary: Vec<u64> = rmp_serde::from_slice(&bytes).expect("decode the diary");
+                    outcomes.insert(run, diary);
+                }
+            }
+            // The node says "nothing of this happened"; it tries again at
+            // the next tick.
+            Err(e) => assert!(fail_at.contains(&now), "unexpected failure at {now}: {e}"),
+        }
+        if outcomes.len() == runs.len() {
+            return runs.iter().map(|r| outcomes[r].clone()).collect();
+        }
+    }
+    panic!("only {} of {} flows finished", outcomes.len(), runs.len());
+}
+
+#[test]
+fn a_step_whose_commit_failed_is_not_seen_by_the_next_step() {
+    let (mut core, store) = node(NodeConfig::default().checkpoint_cache_bytes);
+    let (run, _) = core.start(Timestamp(0), diary(4), None).expect("start");
+    core.tick(Timestamp(0)).expect("first step: sleeps");
+    let diaries = run_to_the_end(&mut core, &store, &[2], &[run]);
+    // The wake at 1 is committed (and cached); the wake at 2 ran but its
+    // commit failed, so the wake at 3 is the second one, not the third (a
+    // stale cache would give [1, 2, 3, 4]).
+    assert_eq!(diaries, vec![vec![1, 3, 4, 5]]);
+}
+
+#[test]
+fn a_node_with_a_tiny_cache_or_none_computes_exactly_what_the_default_does() {
+    let outcomes: Vec<Vec<Vec<u64>>> = [0, 2_000, NodeConfig::default().checkpoint_cache_bytes]
+        .into_iter()
+        .map(|cache_bytes| {
+            let (mut core, store) = node(cache_bytes);
+            // Flows of different lengths, so some finish (and leave the
+            // cache) while others keep running through two failed commits.
+            let flows = (1..=40).map(|i| (diary(i % 7 + 1), None)).collect();
+            let (runs, _) = core.start_many(Timestamp(0), flows).expect("start");
+            core.tick(Timestamp(0)).expect("first steps");
+            let mut diaries = run_to_the_end(&mut core, &store, &[4, 5], &runs);
+            // Run ids are random: compare the diaries as a multiset.
+            diaries.sort();
+            diaries
+        })
+        .collect();
+    assert_eq!(outcomes[0], outcomes[1], "a tiny cache changed the outcome");
+    assert_eq!(
+        outcomes[0], outcomes[2],
+        "the default cache changed the outcome"
+    );
+    assert!(
+        outcomes[0]
+            .iter()
+            .all(|d| !d.contains(&4) && !d.contains(&5)),
+        "a wake from a failed commit (at 4 or 5) was kept: {:?}",
+        outcomes[0]
+    );
+}
