@@ -7,7 +7,7 @@
 //! library's DoS-resistant SipHash cost more than the lookups themselves.
 //! The mixing is the multiply-rotate scheme of rustc's own `FxHasher`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// See the module docs.
@@ -56,12 +56,11 @@ impl Hasher for FastHasher {
 
 /// A `HashMap` with [`FastHasher`].
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-/// A `HashSet` with [`FastHasher`].
-pub(crate) type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use std::hash::{BuildHasher, Hash};
 
     fn hash(v: impl Hash) -> u64 {
@@ -70,10 +69,10 @@ mod tests {
 
     #[test]
     fn nearby_keys_spread_and_strings_use_every_byte() {
-        let hashes: FastSet<u64> = (0..10_000u64).map(hash).collect();
+        let hashes: HashSet<u64> = (0..10_000u64).map(hash).collect();
         assert_eq!(hashes.len(), 10_000);
         // Top bits differ too (hashbrown picks buckets and tags from them).
-        let tops: FastSet<u64> = (0..1_000u64).map(|k| hash(k) >> 57).collect();
+        let tops: HashSet<u64> = (0..1_000u64).map(|k| hash(k) >> 57).collect();
         assert!(tops.len() > 64, "{} distinct top bits", tops.len());
         assert_ne!(hash("flow::a_long_name_1"), hash("flow::a_long_name_2"));
         assert_ne!(hash("ab"), hash("ab\0"));

@@ -9,10 +9,10 @@ use super::records::{
     timer_key,
 };
 use crate::Timestamp;
-use crate::fast_hash::{FastMap, FastSet};
+use crate::fast_hash::FastMap;
 use crate::store::{RangeRemoval, Store, StoreError, Table, WriteBatch};
 use crate::{FlowError, PublicKey};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A checkpoint as loaded: decoded, or the raw bytes with the reason they do
 /// not decode.
@@ -37,8 +37,10 @@ pub(crate) struct Batch {
     /// Plain table writes by table, then key (`None`: delete).
     raw: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// Timer rows this batch changes, whole (committed runs merged in):
-    /// due time -> runs. An empty row is deleted.
-    timers: BTreeMap<u64, FastSet<u64>>,
+    /// due time -> runs. An empty row is deleted. (A list, sorted and
+    /// deduplicated when written: adding is the hot path, one push;
+    /// removing, only for flows that end while sleeping, scans the row.)
+    timers: BTreeMap<u64, Vec<u64>>,
     /// Whether the committed hospital table was empty when the batch began
     /// (the usual case): then only this batch's own writes can have put a
     /// run there, and the check every step makes needs no store read.
@@ -51,7 +53,7 @@ pub(crate) struct Batch {
     /// batch costs no index write at all.
     runnable: FastMap<u64, bool>,
     /// Runs to try in this batch.
-    pub wake: BTreeSet<u64>,
+    pub wake: WakeQueue,
     /// Frames to release after the commit (new outbox entries, acks, refusals).
     pub emit: Vec<(PublicKey, Vec<u8>)>,
     /// Runs finished in this batch, with their outcome.
@@ -69,6 +71,37 @@ fn in_ranges(ranges: &[RangeRemoval], table: &Table, key: &[u8]) -> bool {
         .any(|r| r.table == *table && r.from.as_slice() <= key && key < r.to.as_slice())
 }
 
+/// The runs to try in a batch, each at most once at a time, in the order
+/// they were woken (deterministic for the same inputs, which the seeded
+/// test network relies on). A run woken again while it runs is queued
+/// again behind the others.
+#[derive(Default)]
+pub(crate) struct WakeQueue {
+    order: VecDeque<u64>,
+    queued: FastMap<u64, ()>,
+}
+
+impl WakeQueue {
+    /// Queues `run` unless it is already waiting.
+    pub fn insert(&mut self, run: u64) {
+        if self.queued.insert(run, ()).is_none() {
+            self.order.push_back(run);
+        }
+    }
+
+    /// The next run to try.
+    pub fn pop(&mut self) -> Option<u64> {
+        let run = self.order.pop_front()?;
+        self.queued.remove(&run);
+        Some(run)
+    }
+
+    /// The waiting runs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.order.iter().copied()
+    }
+}
+
 fn decode_err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what} record does not decode: {e}")
 }
@@ -76,10 +109,18 @@ fn decode_err(what: &str, e: impl std::fmt::Display) -> String {
 impl Batch {
     /// An empty batch over `store`'s committed state, with the node's cache
     /// of committed checkpoints.
-    pub fn new(store: &dyn Store, hot: HotCheckpoints) -> Result<Self, StoreError> {
+    /// `runs_hint`: how many runs the batch will probably touch (the last
+    /// batch's count), so its maps are sized once instead of regrowing.
+    pub fn new(
+        store: &dyn Store,
+        hot: HotCheckpoints,
+        runs_hint: usize,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             hospital_empty: store.len(&Table::HOSPITAL)? == 0,
             hot,
+            checkpoints: FastMap::with_capacity_and_hasher(runs_hint, Default::default()),
+            runnable: FastMap::with_capacity_and_hasher(runs_hint, Default::default()),
             ..Self::default()
         })
     }
@@ -195,11 +236,7 @@ impl Batch {
     }
 
     /// The staged timer row due at `at`, loaded from the store on first use.
-    fn timer_row(
-        &mut self,
-        store: &dyn Store,
-        at: Timestamp,
-    ) -> Result<&mut FastSet<u64>, StoreError> {
+    fn timer_row(&mut self, store: &dyn Store, at: Timestamp) -> Result<&mut Vec<u64>, StoreError> {
         Ok(match self.timers.entry(at.0) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -209,11 +246,7 @@ impl Batch {
                 } else {
                     store.get(&Table::TIMERS, &key)?
                 };
-                e.insert(
-                    committed
-                        .map(|v| parse_timer_runs(&v).into_iter().collect())
-                        .unwrap_or_default(),
-                )
+                e.insert(committed.map(|v| parse_timer_runs(&v)).unwrap_or_default())
             }
         })
     }
@@ -225,7 +258,7 @@ impl Batch {
         at: Timestamp,
         run: u64,
     ) -> Result<(), StoreError> {
-        self.timer_row(store, at)?.insert(run);
+        self.timer_row(store, at)?.push(run);
         Ok(())
     }
 
@@ -236,7 +269,7 @@ impl Batch {
         at: Timestamp,
         run: u64,
     ) -> Result<(), StoreError> {
-        self.timer_row(store, at)?.remove(&run);
+        self.timer_row(store, at)?.retain(|r| *r != run);
         Ok(())
     }
 
@@ -339,8 +372,9 @@ impl Batch {
             if runs.is_empty() {
                 w.delete(Table::TIMERS, key);
             } else {
-                let mut runs: Vec<u64> = runs.into_iter().collect();
+                let mut runs = runs;
                 runs.sort_unstable();
+                runs.dedup();
                 w.put(Table::TIMERS, key, encode_timer_runs(&runs));
             }
         }

@@ -48,6 +48,8 @@ pub struct NodeCore {
     commits: u64,
     /// Recently committed checkpoints, decoded (see `hot.rs`).
     hot: HotCheckpoints,
+    /// Steps in the last committed batch: the next batch's size hint.
+    last_batch_runs: usize,
 }
 
 fn store_err(e: crate::store::StoreError) -> NodeError {
@@ -90,6 +92,7 @@ impl NodeCore {
         let config_cache = config.checkpoint_cache_bytes;
         let mut ctx = FlowContext::new(identity.clone(), now, session_ids);
         ctx.services().insert(StepWrites::new(store.clone()));
+        ctx.services().insert(FlowStarter::default());
         Ok(Self {
             identity,
             store,
@@ -103,6 +106,7 @@ impl NodeCore {
             now,
             commits: 0,
             hot: HotCheckpoints::new(config_cache),
+            last_batch_runs: 0,
         })
     }
 
@@ -562,7 +566,7 @@ impl NodeCore {
     ) -> Result<Output, NodeError> {
         self.now = now;
         let hot = std::mem::take(&mut self.hot);
-        let mut b = Batch::new(&*self.store, hot).map_err(store_err)?;
+        let mut b = Batch::new(&*self.store, hot, self.last_batch_runs).map_err(store_err)?;
         let retry_later = if run {
             std::mem::take(&mut self.ready)
         } else {
@@ -573,12 +577,14 @@ impl NodeCore {
             if run {
                 self.fire_timers(&mut b)?;
                 // (`extend`, not `append`: append rebuilds the whole set.)
-                b.wake.extend(retry_later.iter().copied());
+                for &run in &retry_later {
+                    b.wake.insert(run);
+                }
                 self.run_woken(&mut b)?;
             }
             self.commit(&mut b)?;
             if !run {
-                self.ready.extend(std::mem::take(&mut b.wake));
+                self.ready.extend(std::mem::take(&mut b.wake).iter());
             }
             Ok(())
         })();
@@ -595,6 +601,9 @@ impl NodeCore {
                         .map(|(r, p)| (RunId(r), p))
                         .collect(),
                 };
+                // (Capped: one huge batch should not make every later
+                // batch allocate for it.)
+                self.last_batch_runs = b.steps.min(16_384);
                 self.hot = b.into_hot(true);
                 Ok(output)
             }
@@ -606,7 +615,7 @@ impl NodeCore {
                     w.drain_into(&mut sink);
                 }
                 self.ready.extend(retry_later);
-                self.ready.extend(b.wake.iter().copied());
+                self.ready.extend(b.wake.iter());
                 self.hot = b.into_hot(false);
                 Err(e)
             }
@@ -667,7 +676,7 @@ impl NodeCore {
     }
 
     fn run_woken(&mut self, b: &mut Batch) -> Result<(), NodeError> {
-        while let Some(run) = b.wake.pop_first() {
+        while let Some(run) = b.wake.pop() {
             if b.steps >= self.config.max_steps_per_batch {
                 // Leave the rest for the next operation; the runnable index
                 // keeps them across a crash.
@@ -1145,10 +1154,9 @@ impl NodeCore {
         b.steps += 1;
         self.ctx.set_now(self.now);
         let draining = self.draining;
-        self.ctx.services().insert(FlowStarter {
-            draining,
-            requests: Vec::new(),
-        });
+        if let Some(starter) = self.ctx.services().get_mut::<FlowStarter>() {
+            starter.begin_step(draining);
+        }
         let effects = StepEffects {
             progress: rec.progress.clone(),
             ..StepEffects::default()
@@ -1160,8 +1168,8 @@ impl NodeCore {
         let requests = self
             .ctx
             .services()
-            .remove::<FlowStarter>()
-            .map(|s| s.requests)
+            .get_mut::<FlowStarter>()
+            .map(FlowStarter::end_step)
             .unwrap_or_default();
         let (erased, effects) = match outcome {
             Err(panic) => {

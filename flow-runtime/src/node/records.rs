@@ -147,8 +147,9 @@ impl CheckpointRecord {
     /// sessions: u32 count + (id u64, side u8) each | client_id str (if
     /// flagged)`, where `str`/`bytes` are a u32 length and the bytes.
     pub fn encode(&self) -> Vec<u8> {
+        // The fixed fields and length prefixes take 51 bytes.
         let mut out = Vec::with_capacity(
-            48 + self.flow.len()
+            64 + self.flow.len()
                 + self.state_name.len()
                 + self.state.len()
                 + self.progress.iter().map(|p| p.len() + 4).sum::<usize>()

@@ -200,15 +200,24 @@ fn walk<'a>(
 /// `ctx.services().get_mut::<FlowStarter>().start(flow)`. The new flow is
 /// created in the same commit as the step (and not at all if the step
 /// fails). Refused while the node is draining, like flows started from
-/// outside.
+/// outside, and outside a step (there is no step to commit with: start
+/// flows from outside with `NodeCore::start` or the node's `start_flow`).
+#[derive(Default)]
 pub struct FlowStarter {
-    pub(crate) draining: bool,
-    pub(crate) requests: Vec<NewFlow>,
+    draining: bool,
+    in_step: bool,
+    requests: Vec<NewFlow>,
 }
 
 impl FlowStarter {
     /// Queues `flow` to start when the current step commits.
     pub fn start<F: Flow>(&mut self, flow: F) -> Result<(), FlowError> {
+        if !self.in_step {
+            return Err(FlowError::internal(format!(
+                "cannot start `{}`: FlowStarter starts flows only from inside a flow step (they commit with it); from outside a step, start it with NodeCore::start or the node's start_flow",
+                F::NAME
+            )));
+        }
         if self.draining {
             return Err(FlowError::with_kind(
                 FlowErrorKind::Refused,
@@ -220,6 +229,19 @@ impl FlowStarter {
         }
         self.requests.push(NewFlow::new(&flow)?);
         Ok(())
+    }
+
+    /// A step begins (on a node that is `draining` or not).
+    pub(crate) fn begin_step(&mut self, draining: bool) {
+        self.draining = draining;
+        self.in_step = true;
+        self.requests.clear();
+    }
+
+    /// The step ended: the flows it asked for.
+    pub(crate) fn end_step(&mut self) -> Vec<NewFlow> {
+        self.in_step = false;
+        std::mem::take(&mut self.requests)
     }
 }
 
@@ -302,5 +324,22 @@ mod tests {
                 assert_eq!(w.get("t", &[k]).expect("get"), model.get(&vec![k]).cloned());
             }
         }
+    }
+
+    #[test]
+    fn flow_starter_works_only_inside_a_step_and_not_while_draining() {
+        let peer = crate::Party::new("Bob", crate::PublicKey([2; 32]));
+        let flow = || crate::testing::HandwrittenPing::new(peer.clone(), 1);
+        let mut starter = FlowStarter::default();
+        let outside = starter.start(flow()).expect_err("no step to commit with");
+        assert!(outside.message().contains("only from inside a flow step"));
+        starter.begin_step(true);
+        let draining = starter.start(flow()).expect_err("draining");
+        assert_eq!(draining.kind(), FlowErrorKind::Refused);
+        starter.begin_step(false);
+        starter.start(flow()).expect("inside a step");
+        assert_eq!(starter.end_step().len(), 1);
+        assert!(starter.start(flow()).is_err(), "the step is over");
+        assert!(starter.end_step().is_empty());
     }
 }
