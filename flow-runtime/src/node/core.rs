@@ -200,6 +200,29 @@ impl NodeCore {
         Ok(out)
     }
 
+    /// Every unacknowledged frame with its outbox key, in key order: what
+    /// [`unacked`](Self::unacked) gives, plus the key that names each
+    /// message, so a driver can track which ones it re-sent when and
+    /// re-send only those overdue (see `runner::node`).
+    pub fn unacked_frames(&self) -> Result<Vec<super::UnackedFrame>, NodeError> {
+        let entries = self
+            .store
+            .range(&Table::OUTBOX, &[], None, usize::MAX)
+            .map_err(store_err)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, v) in entries {
+            match rmp_serde::from_slice::<OutboxRecord>(&v) {
+                Ok(r) => out.push(super::UnackedFrame {
+                    key,
+                    to: r.to,
+                    frame: r.frame,
+                }),
+                Err(e) => tracing::error!("outbox record does not decode, skipped: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of flows with a checkpoint (suspended, not started, or in the
     /// hospital). Zero after draining means: safe to stop.
     pub fn flows_in_flight(&self) -> Result<u64, NodeError> {

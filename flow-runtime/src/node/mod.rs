@@ -85,6 +85,22 @@ pub struct Output {
     pub progress: Vec<(RunId, Vec<String>)>,
 }
 
+/// One unacknowledged message in a node's durable outbox, with the key it
+/// is stored under. Why the key: it names the message (session end and
+/// sequence number) stably across reads, so a driver can remember when it
+/// last sent each one and re-send only those overdue, without decoding the
+/// frame. See [`NodeCore::unacked_frames`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnackedFrame {
+    /// The outbox key: unique per message for as long as it is
+    /// unacknowledged (session id, our side, sequence number), never reused.
+    pub key: Vec<u8>,
+    /// The receiver.
+    pub to: PublicKey,
+    /// The encoded frame, exactly as first sent.
+    pub frame: Vec<u8>,
+}
+
 /// A node operation that did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
