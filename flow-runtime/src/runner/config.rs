@@ -118,9 +118,10 @@ pub struct TransportSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
-    /// How often unacknowledged messages are sent again (default 1,000 ms).
-    /// They are also sent again whenever a connection to their peer is
-    /// (re-)established.
+    /// How often unacknowledged messages are sent again (default 1,000 ms):
+    /// at each tick, those unacknowledged for at least this long. They are
+    /// also sent again at start-up and whenever a connection to their peer
+    /// is (re-)established.
     pub redelivery_interval_ms: Option<u64>,
 }
 

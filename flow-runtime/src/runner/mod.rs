@@ -7,6 +7,7 @@
 mod config;
 pub mod keys;
 mod node;
+mod redelivery;
 
 pub use config::{Config, ConfigError, LoadedConfig, NodeSection, StoreSection, TransportSection};
 pub use node::{MAX_FRAMES_PER_BATCH, Node, NodeBuilder, RunnerError};

@@ -17,10 +17,19 @@
 //! * commands from [`Node`] handles (start a flow, wait for a result, drain,
 //!   operator actions);
 //! * the earliest timer (flow sleeps, hospital retries);
-//! * redelivery: unacknowledged outbox messages are sent again every
-//!   `redelivery_interval`, and at once when a connection to their peer is
-//!   (re-)established — that is what makes delivery survive dropped
-//!   connections and restarts of either side.
+//! * redelivery: at every `redelivery_interval` tick, the outbox messages
+//!   that have been unacknowledged for at least one whole interval are sent
+//!   again — and again at every tick until their ack is committed. A
+//!   message sent moments before a tick (its ack most likely in flight) is
+//!   left alone until the next one, so a node with thousands of messages in
+//!   flight does not re-send them all every tick (see
+//!   [`RedeliverySchedule`]: it remembers, in memory and per outbox key,
+//!   the tick a message was last sent at; acknowledged ones are forgotten at
+//!   the next tick). The first tick, at start-up, re-sends the whole outbox
+//!   (it may hold messages from before a restart), and when a connection
+//!   to a peer is (re-)established all that peer's unacknowledged messages
+//!   are sent at once. That is what makes delivery survive dropped frames,
+//!   dropped connections and restarts of either side.
 //!
 //! Commits block for an fsync, so on a multi-threaded runtime they run
 //! inside `block_in_place`, letting the transport's tasks run meanwhile.
@@ -29,8 +38,9 @@
 //! next redelivery sends it. The driver never waits on a slow peer.
 
 use super::config::LoadedConfig;
+use super::redelivery::RedeliverySchedule;
 use crate::handle::{RawResult, RawResultFuture, ResultSource, decode_output};
-use crate::node::{NodeError, OsIds, Output};
+use crate::node::{NodeError, OsIds, Output, UnackedFrame};
 use crate::progress::ProgressStream;
 use crate::registry::{NewFlow, Registry, ResponderFn};
 use crate::services::Services;
@@ -295,7 +305,13 @@ impl<T: Transport> NodeBuilder<T> {
         }
     }
 
-    /// How often unacknowledged messages are sent again (default 1 s).
+    /// How often the node looks for unacknowledged messages to send again
+    /// (default 1 s). At each such tick it re-sends those unacknowledged
+    /// for at least one whole interval, so a message waits between one and
+    /// two intervals for its next send; at start-up it re-sends all of them,
+    /// and on a peer's reconnect all of that peer's at once. Shorter means
+    /// faster recovery from a lost frame, longer means fewer duplicates
+    /// when the peer is merely slow to acknowledge.
     pub fn redelivery_interval(&mut self, every: Duration) -> &mut Self {
         self.redelivery = every;
         self
@@ -403,6 +419,7 @@ impl<T: Transport> NodeBuilder<T> {
             waiters: HashMap::new(),
             loopback: VecDeque::new(),
             redelivery: self.redelivery,
+            schedule: RedeliverySchedule::new(),
             defer_acks: self.defer_acks,
             pending_acks: Vec::new(),
             drained_reported: false,
@@ -859,6 +876,8 @@ struct Driver<T> {
     /// node), delivered in the next batch.
     loopback: VecDeque<(PublicKey, Vec<u8>)>,
     redelivery: Duration,
+    /// Which unacknowledged messages are overdue at a redelivery tick.
+    schedule: RedeliverySchedule,
     /// See [`NodeBuilder::defer_ack_commits`].
     defer_acks: bool,
     /// Received acks not yet committed (only deletions from the outbox).
@@ -900,7 +919,7 @@ impl<T: Transport> Driver<T> {
                 },
                 _ = std::future::ready(()), if !self.loopback.is_empty() => self.deliver(None)?,
                 event = self.events.recv(), if self.events_open => self.on_link_event(event)?,
-                _ = redeliver.tick() => self.redeliver(None)?,
+                _ = redeliver.tick() => self.redeliver_overdue()?,
                 _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
                     self.operate(|core| core.tick(now()))?;
                 }
@@ -1048,35 +1067,77 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Sends every unacknowledged message again (to `peer` only, if given).
-    /// Deferred acks are committed first, so that what they acknowledge is
-    /// not sent again.
-    fn redeliver(&mut self, peer: Option<PublicKey>) -> Result<(), String> {
+    /// A redelivery tick: re-sends the messages unacknowledged for at least
+    /// one full interval — every one at the first tick (start-up), see
+    /// [`RedeliverySchedule`]. Deferred acks are committed first, so that
+    /// what they acknowledge is not sent again.
+    fn redeliver_overdue(&mut self) -> Result<(), String> {
         self.flush_acks()?;
-        let unacked = match self.core.unacked() {
-            Ok(u) => u,
-            Err(e) => {
-                error!(error = %e, "cannot read the outbox for redelivery");
-                return Ok(());
-            }
+        let Some(outbox) = self.read_outbox() else {
+            return Ok(());
         };
-        let me = *self.core.identity().key();
+        let unacknowledged = outbox.len();
+        let due = self.schedule.tick(outbox);
+        if !due.is_empty() {
+            debug!(
+                messages = due.len(),
+                unacknowledged, "redelivering messages unacknowledged for a whole interval"
+            );
+        }
+        for message in due {
+            self.resend(message.to, message.frame);
+        }
+        Ok(())
+    }
+
+    /// Sends every unacknowledged message to `peer` (to every peer if
+    /// `None`) again at once, whenever it was last sent: the link to it was
+    /// re-established, and whatever was in flight on the old one may be
+    /// lost. Deferred acks are committed first.
+    fn redeliver_to(&mut self, peer: Option<PublicKey>) -> Result<(), String> {
+        self.flush_acks()?;
+        let Some(outbox) = self.read_outbox() else {
+            return Ok(());
+        };
         let mut count = 0usize;
-        for (to, frame) in unacked {
-            if peer.is_some_and(|p| p != to) {
+        for message in outbox {
+            if peer.is_some_and(|p| p != message.to) {
                 continue;
             }
             count += 1;
-            if to == me {
-                self.loopback.push_back((me, frame));
-            } else {
-                self.send(&to, frame);
-            }
+            self.schedule.sent_between_ticks(message.key);
+            self.resend(message.to, message.frame);
         }
         if count > 0 {
-            debug!(messages = count, "redelivering unacknowledged messages");
+            debug!(
+                messages = count,
+                "redelivering unacknowledged messages over a new link"
+            );
         }
         Ok(())
+    }
+
+    /// The whole outbox, or `None` (logged) if it cannot be read; the next
+    /// tick tries again.
+    fn read_outbox(&self) -> Option<Vec<UnackedFrame>> {
+        match self.core.unacked_frames() {
+            Ok(outbox) => Some(outbox),
+            Err(e) => {
+                error!(error = %e, "cannot read the outbox for redelivery");
+                None
+            }
+        }
+    }
+
+    /// Sends an outbox message again (to this node's own loopback queue if
+    /// it is addressed to itself).
+    fn resend(&mut self, to: PublicKey, frame: Vec<u8>) {
+        let me = *self.core.identity().key();
+        if to == me {
+            self.loopback.push_back((me, frame));
+        } else {
+            self.send(&to, frame);
+        }
     }
 
     fn on_link_event(
@@ -1084,10 +1145,10 @@ impl<T: Transport> Driver<T> {
         event: Result<TransportEvent, broadcast::error::RecvError>,
     ) -> Result<(), String> {
         match event {
-            Ok(TransportEvent::Connected { peer }) => self.redeliver(Some(peer)),
+            Ok(TransportEvent::Connected { peer }) => self.redeliver_to(Some(peer)),
             Ok(TransportEvent::Disconnected { .. }) => Ok(()),
             // Missed events: resend everything rather than guess.
-            Err(broadcast::error::RecvError::Lagged(_)) => self.redeliver(None),
+            Err(broadcast::error::RecvError::Lagged(_)) => self.redeliver_to(None),
             Err(broadcast::error::RecvError::Closed) => {
                 // The transport will send no more events; the redelivery
                 // tick alone keeps delivery going. Stop polling a closed
