@@ -24,7 +24,9 @@ pub enum KeyError {
 /// Stores `pair` as one of the node's keys (e.g. its legal identity key
 /// at first start). Idempotent.
 pub fn import(store: &mut dyn Store, pair: &KeyPair) -> Result<(), StoreError> {
-    store.put(Table::Keys, &pair.public().0, &pair.seed())
+    store.put(Table::Keys, &pair.public().0, &pair.seed())?;
+    cache::insert(pair);
+    Ok(())
 }
 
 /// Creates and stores a new key pair from the operating system's randomness,
@@ -36,6 +38,13 @@ pub fn fresh_key(store: &mut dyn Store) -> Result<PublicKey, StoreError> {
 }
 
 /// The key pair for `key`, if the node holds its secret.
+///
+/// The node's store is always read: it alone says whether the key is ours
+/// (the cache below is process-wide, shared by every node in the process,
+/// and a key created in a step that was rolled back is in the cache but not
+/// in the store). What the cache saves is re-deriving the key pair from
+/// the seed — a scalar multiplication, about one signature's cost — and it
+/// is used only when its seed is byte-equal to the stored one.
 pub fn key_pair(store: &dyn Store, key: &PublicKey) -> Result<Option<KeyPair>, StoreError> {
     let Some(seed) = store.get(Table::Keys, &key.0)? else {
         return Ok(None);
@@ -47,6 +56,9 @@ pub fn key_pair(store: &dyn Store, key: &PublicKey) -> Result<Option<KeyPair>, S
             table: Table::Keys.name(),
             detail: format!("a key seed is {} bytes instead of 32", seed.len()),
         })?;
+    if let Some(pair) = cache::get(key, &seed) {
+        return Ok(Some(pair));
+    }
     let pair = KeyPair::from_seed(seed);
     if pair.public() != *key {
         return Err(StoreError::Corrupt {
@@ -54,7 +66,94 @@ pub fn key_pair(store: &dyn Store, key: &PublicKey) -> Result<Option<KeyPair>, S
             detail: format!("the seed stored for {key:?} belongs to another key"),
         });
     }
+    cache::insert(&pair);
     Ok(Some(pair))
+}
+
+/// Expanded key pairs by public key, so that signing does not derive the
+/// pair from its seed every time (`keys::sign` was 9.5% of a trade's CPU,
+/// half of it that derivation). Keys never change once created, but the
+/// cache is only ever a shortcut for a seed the caller has just read from
+/// its node's store: [`get`] answers only if the cached pair's seed equals
+/// that seed, so a pair cached for one node is never used by another that
+/// merely names the same public key ([`KeyError::NotOurKey`] still comes
+/// from the store).
+///
+/// Bounded: two generations of at most [`GENERATION`] pairs each (about
+/// 250 bytes a pair, so under 5 MB). When the current generation is full
+/// the previous one is dropped and the current one becomes the previous;
+/// a hit in the previous generation moves the pair back to the current
+/// one, so keys in steady use (a notary's, an issuer's) stay cached.
+mod cache {
+    use crate::crypto::KeyPair;
+    use flow_runtime::PublicKey;
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex, MutexGuard};
+
+    /// Pairs per generation.
+    #[cfg(not(test))]
+    pub(super) const GENERATION: usize = 8_192;
+    /// Small in unit tests, so the bound is tested without deriving
+    /// thousands of keys.
+    #[cfg(test)]
+    pub(super) const GENERATION: usize = 64;
+
+    #[derive(Default)]
+    struct Generations {
+        current: HashMap<PublicKey, KeyPair>,
+        previous: HashMap<PublicKey, KeyPair>,
+    }
+
+    impl Generations {
+        fn insert(&mut self, key: PublicKey, pair: KeyPair) {
+            if self.current.len() >= GENERATION && !self.current.contains_key(&key) {
+                self.previous = std::mem::take(&mut self.current);
+            }
+            self.current.insert(key, pair);
+        }
+    }
+
+    static CACHE: LazyLock<Mutex<Generations>> = LazyLock::new(Mutex::default);
+
+    fn lock() -> MutexGuard<'static, Generations> {
+        // A panic while holding the lock cannot leave a half-written pair
+        // (HashMap inserts are whole), so a poisoned cache is still sound.
+        CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Equality of two secrets without an early exit on the first
+    /// differing byte.
+    fn same_secret(a: &[u8; 32], b: &[u8; 32]) -> bool {
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// The cached pair of `key`, if there is one and its seed is `seed`.
+    pub(super) fn get(key: &PublicKey, seed: &[u8; 32]) -> Option<KeyPair> {
+        let mut cache = lock();
+        if let Some(pair) = cache.current.get(key) {
+            return same_secret(&pair.seed(), seed).then(|| pair.clone());
+        }
+        let pair = cache.previous.remove(key)?;
+        if !same_secret(&pair.seed(), seed) {
+            return None;
+        }
+        cache.insert(*key, pair.clone());
+        Some(pair)
+    }
+
+    /// Caches `pair` (already derived: its public key matches its seed).
+    pub(super) fn insert(pair: &KeyPair) {
+        lock().insert(pair.public(), pair.clone());
+    }
+
+    /// Pairs held, both generations.
+    #[cfg(test)]
+    pub(super) fn len() -> usize {
+        let cache = lock();
+        cache.current.len() + cache.previous.len()
+    }
 }
 
 /// True if the node holds the secret of `key`.
@@ -89,6 +188,72 @@ mod tests {
             sign(&store, &stranger, b"msg"),
             Err(KeyError::NotOurKey(stranger))
         );
+    }
+
+    #[test]
+    fn a_key_cached_for_one_node_is_refused_to_another() {
+        let mut ours = MemStore::new();
+        let theirs = MemStore::new();
+        let key = fresh_key(&mut ours).unwrap();
+        // Signing once more makes sure the pair is cached (fresh_key caches
+        // it too).
+        sign(&ours, &key, b"warm").unwrap();
+        assert_eq!(
+            sign(&theirs, &key, b"msg"),
+            Err(KeyError::NotOurKey(key)),
+            "a pair cached for one node must not sign for a node that lacks its seed"
+        );
+    }
+
+    #[test]
+    fn a_key_whose_stored_step_was_rolled_back_is_not_ours() {
+        // `fresh_key` caches the pair before the step commits; a node whose
+        // step was discarded does not hold it, whatever the cache says.
+        let committed = MemStore::new();
+        let mut rolled_back = committed.clone();
+        let key = fresh_key(&mut rolled_back).unwrap();
+        assert_eq!(
+            sign(&committed, &key, b"msg"),
+            Err(KeyError::NotOurKey(key))
+        );
+    }
+
+    #[test]
+    fn a_cached_key_is_not_used_for_a_different_stored_seed() {
+        let mut store = MemStore::new();
+        let key = fresh_key(&mut store).unwrap();
+        sign(&store, &key, b"warm").unwrap();
+        // The stored seed changes under the cache (corruption): the cached
+        // pair must not paper over it.
+        store.put(Table::Keys, &key.0, &[7; 32]).unwrap();
+        assert!(matches!(
+            sign(&store, &key, b"msg"),
+            Err(KeyError::Store(StoreError::Corrupt { .. }))
+        ));
+    }
+
+    #[test]
+    fn cached_and_derived_pairs_sign_alike() {
+        let mut store = MemStore::new();
+        let pair = KeyPair::from_seed([42; 32]);
+        import(&mut store, &pair).unwrap();
+        // ed25519 signatures are deterministic: the cached pair must give
+        // the very signature the freshly derived one does.
+        let cached = sign(&store, &pair.public(), b"msg").unwrap();
+        assert_eq!(cached, pair.sign(b"msg"));
+        assert!(cached.is_valid_for(b"msg"));
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut store = MemStore::new();
+        let first = fresh_key(&mut store).unwrap();
+        for _ in 0..=2 * cache::GENERATION {
+            fresh_key(&mut store).unwrap();
+        }
+        assert!(cache::len() <= 2 * cache::GENERATION);
+        // An evicted key still signs: it is derived from the store again.
+        assert!(sign(&store, &first, b"msg").unwrap().is_valid_for(b"msg"));
     }
 
     #[test]
