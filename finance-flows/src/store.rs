@@ -53,11 +53,18 @@ pub enum Table {
     /// each unfinished spend holds, so releasing a spend's locks is a range
     /// read over its prefix.
     LocksByHolder,
+    /// Currency (3 bytes) -> an [`AvailableCash`](Table::AvailableCash)
+    /// key no available coin of that currency sorts before: where coin
+    /// selection starts reading. Without it, the coins that earlier spends
+    /// of the same group commit locked are deleted entries at the head of
+    /// the index that every selection walks past (and reads from the store)
+    /// until the batch commits — O(trades per batch) per selection.
+    AvailableCashStart,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Transactions,
         Table::Unconsumed,
         Table::SoftLocks,
@@ -67,6 +74,7 @@ impl Table {
         Table::Outputs,
         Table::AvailableCash,
         Table::LocksByHolder,
+        Table::AvailableCashStart,
     ];
 
     /// A stable name, for database backends.
@@ -81,6 +89,7 @@ impl Table {
             Table::Outputs => "finance_outputs",
             Table::AvailableCash => "finance_available_cash",
             Table::LocksByHolder => "finance_locks_by_holder",
+            Table::AvailableCashStart => "finance_available_cash_start",
         }
     }
 }

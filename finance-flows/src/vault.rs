@@ -7,7 +7,7 @@
 use crate::crypto::SecureHash;
 use crate::keys;
 use crate::ledger::{
-    Amount, Cash, ContractState, InputResolver, SignedTransaction, StateAndRef, StateRef,
+    Amount, Cash, ContractState, Currency, InputResolver, SignedTransaction, StateAndRef, StateRef,
 };
 use crate::store::{Store, StoreError, Table, decode, encode, prefix_end, prefix_range};
 use flow_runtime::Party;
@@ -61,6 +61,46 @@ fn available_key(cash: &Cash, state_ref: &StateRef) -> Vec<u8> {
     key.extend_from_slice(&(!cash.amount.quantity).to_be_bytes());
     key.extend_from_slice(&state_ref.to_key());
     key
+}
+
+/// Where coin selection of `currency` starts reading
+/// [`Table::AvailableCash`]: a key that no available coin of the currency
+/// sorts before (the currency prefix itself when nothing is recorded).
+///
+/// Invariant, kept by every write of the index in this module: adding a
+/// coin ([`make_available`]) moves the start back to it if it sorts
+/// earlier; selecting coins moves it just past the last coin taken (every
+/// coin before that was taken or was already gone); removing coins never
+/// breaks it. So starting there skips exactly the coins earlier spends
+/// took — even while their deletions are still uncommitted writes of the
+/// same group commit, which a range read would otherwise walk.
+fn selection_start(store: &dyn Store, currency: &Currency) -> Result<Vec<u8>, StoreError> {
+    match store.get(Table::AvailableCashStart, &currency.0)? {
+        Some(start) if start.starts_with(&currency.0) => Ok(start),
+        Some(start) => Err(StoreError::Corrupt {
+            table: Table::AvailableCashStart.name(),
+            detail: format!(
+                "the selection start of {currency:?} is a {}-byte key outside that currency",
+                start.len()
+            ),
+        }),
+        None => Ok(currency.0.to_vec()),
+    }
+}
+
+/// Adds a coin to [`Table::AvailableCash`], moving its currency's
+/// [`selection_start`] back to it if it sorts first.
+fn make_available(
+    store: &mut dyn Store,
+    cash: &Cash,
+    state_ref: &StateRef,
+) -> Result<(), StoreError> {
+    let key = available_key(cash, state_ref);
+    let currency = &cash.amount.currency;
+    if key < selection_start(store, currency)? {
+        store.put(Table::AvailableCashStart, &currency.0, &key)?;
+    }
+    store.put(Table::AvailableCash, &key, &[])
 }
 
 /// The [`Table::LocksByHolder`] key of a state held by `lock`.
@@ -137,7 +177,7 @@ pub fn record(store: &mut dyn Store, stx: &SignedTransaction) -> Result<bool, St
             let state_ref = StateRef { tx_id: id, index };
             store.put(Table::Unconsumed, &state_ref.to_key(), &encode(state)?)?;
             if let Some(cash) = state.as_cash() {
-                store.put(Table::AvailableCash, &available_key(cash, &state_ref), &[])?;
+                make_available(store, cash, &state_ref)?;
             }
         }
     }
@@ -283,8 +323,9 @@ fn lock_of(store: &dyn Store, state_ref: &StateRef) -> Result<Option<LockId>, St
 /// that asks again keeps what it holds.
 ///
 /// Cost: a range read of `lock`'s holdings and one of the coin-selection
-/// index, stopping at the first coins that cover `amount` — independent of
-/// how many coins the vault holds or other spends have locked.
+/// index from its [`selection_start`], stopping at the first coins that
+/// cover `amount` — independent of how many coins the vault holds or other
+/// spends have locked, in this group commit or before.
 pub fn select_coins(
     store: &mut dyn Store,
     amount: Amount,
@@ -304,7 +345,7 @@ pub fn select_coins(
     }
     const PAGE: usize = 16;
     let end = prefix_end(&amount.currency.0);
-    let mut from = amount.currency.0.to_vec();
+    let mut from = selection_start(store, &amount.currency)?;
     let mut new_coins = Vec::new();
     'pages: while total < amount.quantity {
         let page = store.range(Table::AvailableCash, &from, end.as_deref(), PAGE)?;
@@ -340,6 +381,11 @@ pub fn select_coins(
         store.put(Table::SoftLocks, &s.state_ref.to_key(), &lock_bytes)?;
         store.put(Table::LocksByHolder, &holder_key(lock, &s.state_ref), &[])?;
         store.remove(Table::AvailableCash, key)?;
+    }
+    // Every available coin before `from` (just past the last coin taken)
+    // was taken above or was gone already.
+    if !new_coins.is_empty() {
+        store.put(Table::AvailableCashStart, &amount.currency.0, &from)?;
     }
     Ok(chosen)
 }
@@ -400,7 +446,7 @@ pub fn release_locks(store: &mut dyn Store, lock: LockId) -> Result<usize, Store
         if let Some(s) = state(store, &r)?
             && let Some(cash) = s.state.as_cash()
         {
-            store.put(Table::AvailableCash, &available_key(cash, &r), &[])?;
+            make_available(store, cash, &r)?;
         }
     }
     Ok(held.len())

@@ -3,7 +3,7 @@
 use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
 use finance_flows::notary::{self, NotaryError};
-use finance_flows::store::{MemStore, Store, Table};
+use finance_flows::store::{Entries, MemStore, Store, StoreError, Table};
 use finance_flows::{keys, vault};
 use flow_runtime::{Party, Timestamp};
 
@@ -265,4 +265,244 @@ fn corrupt_vault_records_are_errors_not_panics() {
     s.node.put(Table::Unconsumed, &k, b"\xc1garbage").unwrap();
     assert!(vault::unconsumed(&s.node).is_err());
     assert!(vault::select_coins(&mut s.node, Amount::new(1, Currency::USD), 1).is_err());
+}
+
+#[test]
+fn a_coin_locked_by_one_spend_is_never_selected_by_another() {
+    // As in a group commit of many trades: equal coins, one spend after
+    // another, none committed or released in between.
+    let mut s = setup();
+    issue_to_node(&mut s, &[100; 40], 1);
+    let usd = |q| Amount::new(q, Currency::USD);
+    let mut taken = std::collections::BTreeSet::new();
+    for lock in 0..20u64 {
+        for coin in vault::select_coins(&mut s.node, usd(150), lock).unwrap() {
+            assert!(
+                taken.insert(coin.state_ref),
+                "spend {lock} selected {}, which an earlier spend holds",
+                coin.state_ref
+            );
+        }
+    }
+    assert_eq!(taken.len(), 40);
+    assert!(vault::select_coins(&mut s.node, usd(1), 99).is_err());
+    // A released spend's coins are selectable again, and only those.
+    vault::release_locks(&mut s.node, 7).unwrap();
+    let again = vault::select_coins(&mut s.node, usd(200), 100).unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(vault::select_coins(&mut s.node, usd(1), 101).is_err());
+}
+
+/// A [`Store`] that keeps uncommitted writes in an overlay, deletions as
+/// tombstones, the way the runtime's `StepWrites` does within one group
+/// commit, and counts the entries its range reads walk — what a selection
+/// costs while the batch's earlier spends are not committed yet.
+struct BatchStore {
+    committed: MemStore,
+    pending: std::collections::BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    walked: std::cell::Cell<usize>,
+}
+
+impl BatchStore {
+    fn over(committed: MemStore) -> Self {
+        Self {
+            committed,
+            pending: Default::default(),
+            walked: Default::default(),
+        }
+    }
+}
+
+impl Store for BatchStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.pending.get(&(table, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.committed.get(table, key),
+        }
+    }
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.pending
+            .insert((table, key.to_vec()), Some(value.to_vec()));
+        Ok(())
+    }
+    fn remove(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        self.pending.insert((table, key.to_vec()), None);
+        Ok(())
+    }
+    fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        let in_range = |k: &[u8]| k >= from && to.is_none_or(|to| k < to);
+        let pending: Vec<_> = self
+            .pending
+            .iter()
+            .filter(|((t, k), _)| *t == table && in_range(k))
+            .collect();
+        // Each pending write may hide a committed entry: read that many more.
+        let committed =
+            self.committed
+                .range(table, from, to, limit.saturating_add(pending.len()))?;
+        self.walked
+            .set(self.walked.get() + pending.len() + committed.len());
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            committed.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for ((_, k), v) in pending {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
+}
+
+#[test]
+fn selection_skips_the_coins_earlier_spends_of_the_batch_took() {
+    let mut s = setup();
+    issue_to_node(&mut s, &[100; 300], 1);
+    let mut batch = BatchStore::over(s.node.clone());
+    let mut most = 0;
+    for lock in 0..300u64 {
+        batch.walked.set(0);
+        let coins = vault::select_coins(&mut batch, Amount::new(100, Currency::USD), lock).unwrap();
+        assert_eq!(coins.len(), 1);
+        most = most.max(batch.walked.get());
+    }
+    // A page of the index plus the few writes around its start — not the
+    // hundreds of coins the batch's earlier spends deleted.
+    assert!(
+        most <= 24,
+        "a selection walked {most} index entries: it walks the batch's earlier selections"
+    );
+    assert!(vault::select_coins(&mut batch, Amount::new(1, Currency::USD), 999).is_err());
+}
+
+/// One operation on a vault, for the model test below.
+#[derive(Debug, Clone)]
+enum VaultOp {
+    Issue(Vec<u64>),
+    Select {
+        lock: u64,
+        amount: u64,
+    },
+    Release(u64),
+    /// Spends what `lock` holds, with change of half of it.
+    Spend(u64),
+}
+
+fn vault_op() -> impl proptest::strategy::Strategy<Value = VaultOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::collection::vec(1u64..50, 1..6).prop_map(VaultOp::Issue),
+        (0u64..4, 1u64..120).prop_map(|(lock, amount)| VaultOp::Select { lock, amount }),
+        (0u64..4).prop_map(VaultOp::Release),
+        (0u64..4).prop_map(VaultOp::Spend),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Coin selection against a plain model: a spend first keeps what it
+    /// holds, then takes the largest unlocked coins (ties by state
+    /// reference); a failed selection changes nothing; no coin is ever
+    /// held by two spends.
+    #[test]
+    fn coin_selection_matches_a_largest_first_model(
+        ops in proptest::collection::vec(vault_op(), 1..40)
+    ) {
+        use std::collections::BTreeMap;
+        let mut s = setup();
+        let owner = keys::fresh_key(&mut s.node).unwrap();
+        let mut coins: BTreeMap<StateRef, u64> = BTreeMap::new();
+        let mut locks: BTreeMap<StateRef, u64> = BTreeMap::new();
+        let cash = |q, owner| ContractState::Cash(Cash {
+            amount: Amount::new(q, Currency::USD),
+            issuer: s.bank.clone(),
+            owner,
+        });
+        for (salt, op) in (0u64..).zip(ops) {
+            match op {
+                VaultOp::Issue(amounts) => {
+                    let mut b = TransactionBuilder::with_salt(s.notary.clone(), salt);
+                    for a in &amounts {
+                        b.add_output(cash(*a, owner));
+                    }
+                    let stx = SignedTransaction::new(b.to_wire());
+                    vault::record(&mut s.node, &stx).unwrap();
+                    for (out, a) in stx.tx.out_refs().into_iter().zip(amounts) {
+                        coins.insert(out.state_ref, a);
+                    }
+                }
+                VaultOp::Select { lock, amount } => {
+                    let held: Vec<StateRef> =
+                        locks.iter().filter(|(_, l)| **l == lock).map(|(r, _)| *r).collect();
+                    let mut total: u64 = held.iter().map(|r| coins[r]).sum();
+                    let mut free: Vec<(u64, StateRef)> = coins
+                        .iter()
+                        .filter(|(r, _)| !locks.contains_key(*r))
+                        .map(|(r, q)| (*q, *r))
+                        .collect();
+                    free.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.to_key().cmp(&b.1.to_key())));
+                    let mut expected = held.clone();
+                    for (q, r) in free {
+                        if total >= amount {
+                            break;
+                        }
+                        total += q;
+                        expected.push(r);
+                    }
+                    let got = vault::select_coins(&mut s.node, Amount::new(amount, Currency::USD), lock);
+                    if total < amount {
+                        proptest::prop_assert!(got.is_err());
+                    } else {
+                        let got: Vec<StateRef> = got.unwrap().into_iter().map(|c| c.state_ref).collect();
+                        proptest::prop_assert_eq!(&got, &expected);
+                        for r in expected {
+                            locks.insert(r, lock);
+                        }
+                    }
+                }
+                VaultOp::Release(lock) => {
+                    vault::release_locks(&mut s.node, lock).unwrap();
+                    locks.retain(|_, l| *l != lock);
+                }
+                VaultOp::Spend(lock) => {
+                    let held: Vec<StateRef> =
+                        locks.iter().filter(|(_, l)| **l == lock).map(|(r, _)| *r).collect();
+                    if held.is_empty() {
+                        continue;
+                    }
+                    let mut b = TransactionBuilder::with_salt(s.notary.clone(), salt);
+                    let mut sum = 0;
+                    for r in &held {
+                        let input = vault::state(&s.node, r).unwrap().unwrap();
+                        b.add_input(input);
+                        sum += coins[r];
+                    }
+                    let change = sum / 2;
+                    if change > 0 {
+                        b.add_output(cash(change, owner));
+                    }
+                    let stx = SignedTransaction::new(b.to_wire());
+                    vault::record(&mut s.node, &stx).unwrap();
+                    for r in &held {
+                        coins.remove(r);
+                        locks.remove(r);
+                    }
+                    if change > 0 {
+                        coins.insert(stx.tx.out_refs()[0].state_ref, change);
+                    }
+                }
+            }
+            let vault_total = vault::cash_total(&s.node, Currency::USD).unwrap();
+            proptest::prop_assert_eq!(vault_total, coins.values().sum::<u64>());
+            proptest::prop_assert_eq!(vault::locked_count(&s.node).unwrap(), locks.len());
+        }
+    }
 }
