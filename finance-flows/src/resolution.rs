@@ -102,6 +102,43 @@ impl Resolution {
         }
     }
 
+    /// Takes transactions the peer sent unasked, with an earlier message
+    /// (e.g. the asset's transaction in a trade offer), so that they need
+    /// no request of their own. Only those that are wanted are kept: one of
+    /// the ids being resolved, not held and not downloaded yet (ids are
+    /// recomputed from content, so a transaction cannot pose as another);
+    /// the rest are ignored. Kept ones are verified by [`finish`] like any
+    /// download, and their own dependencies are fetched as usual. Returns
+    /// how many were kept.
+    ///
+    /// [`finish`]: Resolution::finish
+    pub fn supply(
+        &mut self,
+        store: &dyn Store,
+        supplied: Vec<SignedTransaction>,
+    ) -> Result<usize, ResolveError> {
+        let mut kept = 0;
+        for stx in supplied {
+            let id = stx.id();
+            if !self.queue.contains(&id)
+                || self.downloaded.contains_key(&id)
+                || vault::has_transaction(store, &id)?
+            {
+                tracing::debug!(tx = %id, "ignoring a supplied transaction that is not needed");
+                continue;
+            }
+            for input in &stx.tx.inputs {
+                self.queue.push_back(input.tx_id);
+            }
+            self.downloaded.insert(id, stx);
+            kept += 1;
+            if self.downloaded.len() > MAX_TRANSACTIONS {
+                return Err(ResolveError::TooLarge);
+            }
+        }
+        Ok(kept)
+    }
+
     /// The next batch of ids to ask the peer for, or an empty list when
     /// everything needed is downloaded (or was already held).
     pub fn next_request(&mut self, store: &dyn Store) -> Result<Vec<SecureHash>, ResolveError> {

@@ -13,8 +13,9 @@ use crate::vault::{self, LockId, VaultError};
 use flow_runtime::{Party, PublicKey};
 use serde::{Deserialize, Serialize};
 
-/// The seller's first message: what is for sale, at what price, and the
-/// key the payment must go to (fresh for the trade).
+/// The seller's first message: what is for sale, at what price, the key
+/// the payment must go to (fresh for the trade), and the asset's
+/// transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeOffer {
     /// The asset offered, and where it lives on the ledger.
@@ -23,6 +24,26 @@ pub struct TradeOffer {
     pub price: Amount,
     /// Who the cash must be paid to.
     pub pay_to: PublicKey,
+    /// The transaction that created the asset, which the buyer must verify
+    /// anyway: sent with the offer, it saves the buyer a fetch round trip
+    /// (two messages, each a frame, a checkpoint and an ack). Untrusted
+    /// like any download: the buyer keeps it only if its id is the
+    /// asset's and verifies it before recording; older history it still
+    /// fetches. Empty if the seller does not send it (the buyer then
+    /// fetches it).
+    pub history: Vec<SignedTransaction>,
+}
+
+impl TradeOffer {
+    /// The offer without its [`history`](TradeOffer::history): what a flow
+    /// keeps once the history is sent or handed to the resolution, so that
+    /// its checkpoints do not carry the transaction bytes.
+    pub fn without_history(self) -> TradeOffer {
+        TradeOffer {
+            history: Vec::new(),
+            ..self
+        }
+    }
 }
 
 /// Why a trade was refused. Its message is what the counterparty receives.

@@ -103,10 +103,13 @@ async fn rogue_seller(
     }
     let session: FlowSession = ctx.initiate_flow(&buyer);
     let pay_to: PublicKey = keys::fresh_key(store(ctx)?).map_err(fail)?;
+    // No history with the offer: the buyer fetches the asset's transaction
+    // (the path for a seller that does not send it).
     session.send(&TradeOffer {
         asset,
         price: usd(PRICE),
         pay_to,
+        history: Vec::new(),
     })?;
     let serving: FlowSession = session.clone();
     let _served: u32 = ctx.sub_flow(serve_transactions(serving)).await?;
@@ -272,7 +275,9 @@ async fn stingy_buyer(
     let fetching: FlowSession = session.clone();
     let _n: u32 = ctx
         .sub_flow(finance_flows::flows::resolve::resolve_transactions(
-            fetching, ids,
+            fetching,
+            ids,
+            offer.history.clone(),
         ))
         .await?;
     let cheap = TradeOffer {

@@ -85,6 +85,7 @@ fn offer(n: &mut Net, asset: StateAndRef, price: u64) -> TradeOffer {
         asset,
         price: Amount::new(price, Currency::USD),
         pay_to: keys::fresh_key(&mut n.seller).unwrap(),
+        history: Vec::new(),
     }
 }
 
@@ -207,4 +208,65 @@ fn evil_record(store: &mut MemStore, stx: &SignedTransaction) {
     store
         .put(Table::Transactions, &stx.id().0, &encode(stx).unwrap())
         .unwrap();
+}
+
+#[test]
+fn a_supplied_transaction_is_not_fetched_but_still_verified() {
+    let mut n = net();
+    let cash = issue_cash(&mut n, 100, 1);
+    // The cash issuance, supplied with an earlier message: nothing to ask.
+    let mut r = Resolution::new(vec![cash.id()]);
+    assert_eq!(r.supply(&n.seller, vec![cash.clone()]).unwrap(), 1);
+    assert!(r.next_request(&n.seller).unwrap().is_empty());
+    assert_eq!(r.finish(&mut n.seller).unwrap(), 1);
+    assert!(vault::has_transaction(&n.seller, &cash.id()).unwrap());
+
+    // A transaction nobody asked for is ignored, not recorded.
+    let other = issue_cash(&mut n, 200, 2);
+    let wanted = issue_cash(&mut n, 300, 3);
+    let mut r = Resolution::new(vec![wanted.id()]);
+    assert_eq!(r.supply(&n.seller, vec![other.clone()]).unwrap(), 0);
+    assert_eq!(r.next_request(&n.seller).unwrap(), vec![wanted.id()]);
+    r.accept(serve(&n.buyer, &[wanted.id()]).unwrap()).unwrap();
+    assert_eq!(r.finish(&mut n.seller).unwrap(), 1);
+    assert!(!vault::has_transaction(&n.seller, &other.id()).unwrap());
+
+    // A supplied transaction with a forged signature fails the resolution.
+    let victim = issue_cash(&mut n, 400, 4);
+    let mut forged = victim.clone();
+    forged.sigs[0].bytes[0] ^= 1;
+    let mut r = Resolution::new(vec![victim.id()]);
+    assert_eq!(r.supply(&n.seller, vec![forged]).unwrap(), 1);
+    assert!(r.next_request(&n.seller).unwrap().is_empty());
+    let err = r.finish(&mut n.seller).unwrap_err();
+    assert!(matches!(err, ResolveError::Invalid { .. }), "{err}");
+    assert!(!vault::has_transaction(&n.seller, &victim.id()).unwrap());
+}
+
+#[test]
+fn a_supplied_transaction_s_own_dependencies_are_fetched() {
+    let mut n = net();
+    let cash = issue_cash(&mut n, 100, 1);
+    // The buyer pays the seller: the payment spends the issuance.
+    let coin = cash.tx.out_refs().remove(0);
+    let owner = *coin.state.owner();
+    let to = keys::fresh_key(&mut n.seller).unwrap();
+    let mut b = TransactionBuilder::new(n.notary.clone());
+    b.add_input(coin.clone());
+    b.add_output(coin.state.with_owner(to));
+    b.add_command(CommandData::CashMove, vec![owner]);
+    let tx = b.to_wire();
+    let pay = SignedTransaction::new(tx.clone())
+        .with_signature(keys::sign(&n.buyer, &owner, &tx.id().0).unwrap());
+    let pay = pay.clone().with_signature(
+        notary::notarise(&mut n.notary_store, &n.notary, &pay, Timestamp(0)).unwrap(),
+    );
+    vault::record(&mut n.buyer, &pay).unwrap();
+    let mut r = Resolution::new(vec![pay.id()]);
+    assert_eq!(r.supply(&n.seller, vec![pay.clone()]).unwrap(), 1);
+    // Only the issuance it spends is asked for.
+    assert_eq!(r.next_request(&n.seller).unwrap(), vec![cash.id()]);
+    r.accept(serve(&n.buyer, &[cash.id()]).unwrap()).unwrap();
+    assert!(r.next_request(&n.seller).unwrap().is_empty());
+    assert_eq!(r.finish(&mut n.seller).unwrap(), 2);
 }

@@ -81,7 +81,9 @@ pub async fn receive_finality(
         })?;
     let deps: Vec<SecureHash> = dependencies(&stx);
     let fetching: FlowSession = session.clone();
-    let _resolved: u32 = ctx.sub_flow(resolve_transactions(fetching, deps)).await?;
+    let _resolved: u32 = ctx
+        .sub_flow(resolve_transactions(fetching, deps, Vec::new()))
+        .await?;
     ctx.set_progress("Recording the final transaction");
     let db = store(ctx)?;
     // The received id was checked against `expected` above, so signatures

@@ -21,14 +21,21 @@ pub fn dependencies(stx: &SignedTransaction) -> Vec<SecureHash> {
 /// dependency graph of `ids` that this node does not hold yet, breadth
 /// first, then verifies them oldest first and records them. Returns how many
 /// were recorded. The peer must run [`serve_transactions`] on its end.
+///
+/// `supplied`: transactions the peer already sent with an earlier message
+/// (e.g. the asset's transaction in a trade offer); those among `ids` are
+/// not asked for again but verified like the rest (see
+/// [`Resolution::supply`]). Pass an empty list when there are none.
 #[flow]
 pub async fn resolve_transactions(
     ctx: &mut FlowContext,
     session: FlowSession,
     ids: Vec<SecureHash>,
+    supplied: Vec<SignedTransaction>,
 ) -> Result<u32, FlowError> {
     ctx.set_progress("Downloading dependencies");
     let mut resolution: Resolution = Resolution::new(ids);
+    resolution.supply(store(ctx)?, supplied).map_err(fail)?;
     loop {
         let request: Vec<SecureHash> = resolution.next_request(store(ctx)?).map_err(fail)?;
         if request.is_empty() {

@@ -77,7 +77,9 @@ pub async fn receive_to_sign(
     let stx: SignedTransaction = session.receive::<SignedTransaction>().await?.validate(Ok)?;
     let deps: Vec<SecureHash> = dependencies(&stx);
     let fetching: FlowSession = session.clone();
-    let _resolved: u32 = ctx.sub_flow(resolve_transactions(fetching, deps)).await?;
+    let _resolved: u32 = ctx
+        .sub_flow(resolve_transactions(fetching, deps, Vec::new()))
+        .await?;
     Ok(stx)
 }
 

@@ -80,10 +80,15 @@ fn make_offer(
     })?;
     vault::lock_states(db, &[asset], lock).map_err(fail)?;
     let pay_to = keys::fresh_key(db).map_err(fail)?;
+    let history = vault::transaction(db, &asset.tx_id)
+        .map_err(fail)?
+        .into_iter()
+        .collect();
     Ok(TradeOffer {
         asset: state,
         price,
         pay_to,
+        history,
     })
 }
 
@@ -96,6 +101,7 @@ pub async fn sell_steps(
     notary: Notary,
 ) -> Result<SignedTransaction, FlowError> {
     session.send(&offer)?;
+    let offer: TradeOffer = offer.without_history();
     ctx.set_progress("Sending the asset's history");
     let serving: FlowSession = session.clone();
     let _served: u32 = ctx
@@ -154,17 +160,19 @@ pub async fn buy_steps(
     lock: LockId,
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Checking the offer");
-    let offer: TradeOffer = session.receive::<TradeOffer>().await?.validate(|offer| {
+    let received: TradeOffer = session.receive::<TradeOffer>().await?.validate(|offer| {
         match trade::check_offer(&offer, acceptable_price, wanted) {
             Ok(()) => Ok(offer),
             Err(e) => Err(fail(e)),
         }
     })?;
     ctx.set_progress("Verifying the asset's history");
+    let supplied: Vec<SignedTransaction> = received.history.clone();
+    let offer: TradeOffer = received.without_history();
     let fetching: FlowSession = session.clone();
     let asset_tx: Vec<SecureHash> = vec![offer.asset.state_ref.tx_id];
     let _resolved: u32 = ctx
-        .sub_flow(resolve_transactions(fetching, asset_tx))
+        .sub_flow(resolve_transactions(fetching, asset_tx, supplied))
         .await?;
     trade::check_offered_state(store(ctx)?, &offer).map_err(fail)?;
     ctx.set_progress("Building the transaction");
