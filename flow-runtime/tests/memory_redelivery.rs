@@ -209,12 +209,18 @@ async fn a_reconnected_peer_gets_everything_at_once_then_every_interval() {
     alice.shutdown().await.unwrap();
 }
 
-/// A [`MemoryTransport`] that counts the session messages sent more than
-/// once (re-sends), for [`resends_with_many_flows_in_flight`].
+/// A [`MemoryTransport`] that counts, for
+/// [`resends_with_many_flows_in_flight`], the session messages sent more
+/// than once (re-sends), those of them the peer's queue took (duplicates
+/// the peer then has to drop, unless the first send was lost), and the
+/// first sends the peer's full queue refused (lost, so they must be
+/// re-sent).
 struct Counting {
     inner: MemoryTransport,
     seen: Mutex<HashSet<(u64, bool, u64)>>,
     resent: AtomicU64,
+    resent_queued: AtomicU64,
+    first_refused: AtomicU64,
 }
 
 impl Transport for Counting {
@@ -231,9 +237,19 @@ impl Transport for Counting {
                 .lock()
                 .unwrap()
                 .insert((session, from_initiator, seq));
-            if !fresh {
-                self.resent.fetch_add(1, Ordering::Relaxed);
+            let sent = self.inner.try_send(to, frame);
+            let counter = match (fresh, sent.is_ok()) {
+                (true, true) => None,
+                (true, false) => Some(&self.first_refused),
+                (false, queued) => {
+                    self.resent.fetch_add(1, Ordering::Relaxed);
+                    queued.then_some(&self.resent_queued)
+                }
+            };
+            if let Some(c) = counter {
+                c.fetch_add(1, Ordering::Relaxed);
             }
+            return sent;
         }
         self.inner.try_send(to, frame)
     }
@@ -270,6 +286,8 @@ async fn counting_node(
         inner,
         seen: Mutex::default(),
         resent: AtomicU64::new(0),
+        resent_queued: AtomicU64::new(0),
+        first_refused: AtomicU64::new(0),
     };
     let db = dir.join(format!("{}.redb", who.name()));
     let mut b = NodeBuilder::with_transport(who.clone(), db, transport, incoming);
@@ -282,7 +300,9 @@ async fn counting_node(
 /// A figure, not a check (real time, so it depends on the machine): how
 /// many messages two nodes re-send per redelivery tick while many flows
 /// are in flight. `REDELIVERY_FLOWS` (default 2,000) pings of 5 rounds,
-/// redelivery every 100 ms. Run:
+/// redelivery every `REDELIVERY_MS` (default 100) ms, receivers queueing
+/// at most `REDELIVERY_QUEUE` (default 1,024, `MemoryNetwork`'s default)
+/// frames. Run:
 /// `cargo test --release -p flow-runtime --test memory_redelivery -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: prints re-sends per tick"]
@@ -291,9 +311,18 @@ async fn resends_with_many_flows_in_flight() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let every = Duration::from_millis(100);
+    let every = Duration::from_millis(
+        std::env::var("REDELIVERY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let net = MemoryNetwork::new();
+    let queue: usize = std::env::var("REDELIVERY_QUEUE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let net = MemoryNetwork::with_queue_len(queue);
     let (a, b) = (party("Alice", 1), party("Bob", 2));
     let alice = counting_node(&net, &a, dir.path(), every).await;
     let bob = counting_node(&net, &b, dir.path(), every).await;
@@ -306,12 +335,18 @@ async fn resends_with_many_flows_in_flight() {
         assert_eq!(h.result().await, Ok(expected_total(5)));
     }
     let elapsed = started.elapsed();
-    let resent = alice.transport().resent.load(Ordering::Relaxed)
-        + bob.transport().resent.load(Ordering::Relaxed);
+    let count = |c: fn(&Counting) -> &AtomicU64| {
+        c(alice.transport()).load(Ordering::Relaxed) + c(bob.transport()).load(Ordering::Relaxed)
+    };
+    let resent = count(|t| &t.resent);
+    let queued = count(|t| &t.resent_queued);
+    let lost = count(|t| &t.first_refused);
     let ticks = (elapsed.as_secs_f64() / every.as_secs_f64()).max(1.0);
     println!(
-        "{flows} flows x 5 rounds in {:.2} s (~{ticks:.0} ticks of 100 ms per node): \
-         {resent} messages re-sent by both nodes, {:.0} per tick per node",
+        "{flows} flows x 5 rounds, queue {queue}, tick {} ms: {:.2} s (~{ticks:.0} ticks); \
+         both nodes re-sent {resent} messages ({:.0} per tick per node), {queued} of them \
+         reached the peer's queue; {lost} first sends were refused by a full queue",
+        every.as_millis(),
         elapsed.as_secs_f64(),
         resent as f64 / ticks / 2.0
     );
