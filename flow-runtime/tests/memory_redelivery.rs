@@ -297,6 +297,40 @@ async fn counting_node(
     b.start().await.unwrap()
 }
 
+/// A peer whose queue is full is tried once per tick, not once per
+/// overdue message: after the first refusal the rest wait for the next
+/// tick (they would only be refused too).
+#[tokio::test(start_paused = true)]
+async fn a_peer_with_a_full_queue_is_tried_once_per_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::with_queue_len(1);
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let (_bob_transport, mut bob) = net.join(&b);
+    let alice = counting_node(&net, &a, dir.path(), TICK).await;
+    let t0 = Instant::now();
+    sleep_until(t0 + TICK / 10).await;
+    for _ in 0..5 {
+        alice.start_flow(ping(b.clone(), 1)).await.unwrap();
+    }
+    let count = |c: fn(&Counting) -> &AtomicU64| c(alice.transport()).load(Ordering::Relaxed);
+    // Ten messages (an `Init` and a ping per flow); Bob's queue took one.
+    sleep_until(t0 + TICK / 2).await;
+    assert_eq!(count(|t| &t.first_refused), 9);
+    // Tick 2: all were sent less than an interval ago.
+    sleep_until(t0 + TICK * 3 / 2).await;
+    assert_eq!(count(|t| &t.resent), 0);
+    // Tick 3: all ten are overdue; the first is refused, the rest wait.
+    sleep_until(t0 + TICK * 5 / 2).await;
+    assert_eq!(count(|t| &t.resent), 1);
+    // Bob takes his one frame: at tick 4 one more fits, the next is refused.
+    assert!(bob.try_recv().is_ok());
+    assert!(bob.try_recv().is_err());
+    sleep_until(t0 + TICK * 7 / 2).await;
+    assert_eq!(count(|t| &t.resent), 3);
+    assert_eq!(count(|t| &t.resent_queued), 1);
+    alice.shutdown().await.unwrap();
+}
+
 /// A figure, not a check (real time, so it depends on the machine): how
 /// many messages two nodes re-send per redelivery tick while many flows
 /// are in flight. `REDELIVERY_FLOWS` (default 2,000) pings of 5 rounds,

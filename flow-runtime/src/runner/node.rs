@@ -51,7 +51,7 @@ use crate::wire::WireMessage;
 use crate::{
     Flow, FlowError, FlowHandle, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -1054,23 +1054,34 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    fn send(&self, to: &PublicKey, frame: Vec<u8>) {
+    /// Queues `frame` for `to` on the transport. `false` when the peer
+    /// takes nothing more right now (its queue is full or it is
+    /// unreachable), so a redelivery stops trying it until later; the
+    /// message stays in the outbox either way.
+    fn send(&self, to: &PublicKey, frame: Vec<u8>) -> bool {
         match self.transport.try_send(to, frame) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(SendError::QueueFull(peer)) => {
                 debug!(%peer, "peer queue full; the message stays in the outbox for redelivery");
+                false
             }
             Err(SendError::Unreachable(peer)) => {
                 debug!(%peer, "peer unreachable; the message stays in the outbox for redelivery");
+                false
             }
-            Err(e) => warn!(error = %e, "cannot send a message; it stays in the outbox"),
+            Err(e) => {
+                warn!(error = %e, "cannot send a message; it stays in the outbox");
+                true
+            }
         }
     }
 
     /// A redelivery tick: re-sends the messages unacknowledged for at least
     /// one full interval — every one at the first tick (start-up), see
     /// [`RedeliverySchedule`]. Deferred acks are committed first, so that
-    /// what they acknowledge is not sent again.
+    /// what they acknowledge is not sent again. Once a peer refuses a frame
+    /// (full queue, unreachable) the rest of its messages wait for the next
+    /// tick (or its reconnect) instead of being refused one by one.
     fn redeliver_overdue(&mut self) -> Result<(), String> {
         self.flush_acks()?;
         let Some(outbox) = self.read_outbox() else {
@@ -1078,14 +1089,23 @@ impl<T: Transport> Driver<T> {
         };
         let unacknowledged = outbox.len();
         let due = self.schedule.tick(outbox);
-        if !due.is_empty() {
-            debug!(
-                messages = due.len(),
-                unacknowledged, "redelivering messages unacknowledged for a whole interval"
-            );
-        }
+        let overdue = due.len();
+        let mut refusing = HashSet::new();
+        let mut deferred = 0usize;
         for message in due {
-            self.resend(message.to, message.frame);
+            if refusing.contains(&message.to) {
+                deferred += 1;
+            } else if !self.resend(message.to, message.frame) {
+                refusing.insert(message.to);
+            }
+        }
+        if overdue > 0 {
+            debug!(
+                overdue,
+                unacknowledged,
+                deferred,
+                "redelivered messages unacknowledged for a whole interval"
+            );
         }
         Ok(())
     }
@@ -1100,18 +1120,24 @@ impl<T: Transport> Driver<T> {
             return Ok(());
         };
         let mut count = 0usize;
+        let mut refusing = HashSet::new();
         for message in outbox {
-            if peer.is_some_and(|p| p != message.to) {
+            if peer.is_some_and(|p| p != message.to) || refusing.contains(&message.to) {
                 continue;
             }
             count += 1;
-            self.schedule.sent_between_ticks(message.key);
-            self.resend(message.to, message.frame);
+            // A message the peer refused keeps its place in the schedule:
+            // due at the next tick if it was already overdue.
+            if self.resend(message.to, message.frame) {
+                self.schedule.sent_between_ticks(message.key);
+            } else {
+                refusing.insert(message.to);
+            }
         }
         if count > 0 {
             debug!(
                 messages = count,
-                "redelivering unacknowledged messages over a new link"
+                "redelivered unacknowledged messages over a new link"
             );
         }
         Ok(())
@@ -1130,13 +1156,14 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Sends an outbox message again (to this node's own loopback queue if
-    /// it is addressed to itself).
-    fn resend(&mut self, to: PublicKey, frame: Vec<u8>) {
+    /// it is addressed to itself). `false` as [`send`](Self::send).
+    fn resend(&mut self, to: PublicKey, frame: Vec<u8>) -> bool {
         let me = *self.core.identity().key();
         if to == me {
             self.loopback.push_back((me, frame));
+            true
         } else {
-            self.send(&to, frame);
+            self.send(&to, frame)
         }
     }
 
