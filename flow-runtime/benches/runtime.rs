@@ -26,7 +26,9 @@ use flow_runtime::__private as rt;
 use flow_runtime::node::OsIds;
 use flow_runtime::prelude::*;
 use flow_runtime::registry::{NewFlow, Registry};
-use flow_runtime::store::{Entries, RedbOptions, RedbStore, Store, StoreError, Table, WriteBatch};
+use flow_runtime::store::{
+    RedbOptions, RedbStore, StorageCounters, Store, Table, TimedStore, WriteBatch,
+};
 use flow_runtime::testing::HandwrittenPing;
 use flow_runtime::wire::{Body, WireMessage};
 use flow_runtime::{Event, NodeConfig, NodeCore, Step, Timestamp};
@@ -60,55 +62,17 @@ impl Flow for Ticker {
     }
 }
 
-/// The node's store, timing its commits: splits the node's time per group
-/// commit into the store's commit (redb's work and fsync) and the rest
-/// (the steps and the node's bookkeeping).
-struct TimedStore {
-    inner: RedbStore,
-    commit_nanos: std::sync::atomic::AtomicU64,
-}
-
-impl TimedStore {
-    fn commit_secs(&self) -> f64 {
-        self.commit_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
-    }
-}
-
-impl Store for TimedStore {
-    fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(table, key)
-    }
-    fn range(
-        &self,
-        table: &Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.inner.range(table, from, to, limit)
-    }
-    fn len(&self, table: &Table) -> Result<u64, StoreError> {
-        self.inner.len(table)
-    }
-    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let start = Instant::now();
-        let result = self.inner.commit(batch);
-        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.commit_nanos
-            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
-        result
-    }
-}
-
+/// A ticker node on a fresh database at `path`; its store counts into the
+/// returned counters (which split the node's time into the store's commit,
+/// redb's work and fsync, and the rest).
 fn node(
     path: &std::path::Path,
     options: RedbOptions,
     now: Timestamp,
-) -> (NodeCore, Arc<TimedStore>) {
-    let store = Arc::new(TimedStore {
-        inner: RedbStore::open(path, options).expect("open store"),
-        commit_nanos: Default::default(),
-    });
+) -> (NodeCore, Arc<RedbStore>, Arc<StorageCounters>) {
+    let redb = Arc::new(RedbStore::open(path, options).expect("open store"));
+    let counters = Arc::new(StorageCounters::default());
+    let store = Arc::new(TimedStore::new(redb.clone(), counters.clone()));
     let mut registry = Registry::new();
     registry.register_flow::<Ticker>();
     let me = Party::new("Bench", PublicKey([9; 32]));
@@ -126,7 +90,7 @@ fn node(
         now,
     )
     .expect("open node");
-    (core, store)
+    (core, redb, counters)
 }
 
 fn ticker(every_ms: u64) -> NewFlow {
@@ -142,7 +106,8 @@ fn ticker(every_ms: u64) -> NewFlow {
 /// every millisecond, so one `tick` steps every one of them in one commit.
 struct NodeSide {
     core: NodeCore,
-    store: Arc<TimedStore>,
+    store: Arc<RedbStore>,
+    storage: Arc<StorageCounters>,
     now: u64,
     _dir: tempfile::TempDir,
 }
@@ -150,13 +115,14 @@ struct NodeSide {
 impl NodeSide {
     fn new(batch: usize, options: RedbOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut core, store) = node(&dir.path().join("node.redb"), options, Timestamp(0));
+        let (mut core, store, storage) = node(&dir.path().join("node.redb"), options, Timestamp(0));
         let flows = (0..batch).map(|_| (ticker(1), None)).collect();
         core.start_many(Timestamp(0), flows).expect("start");
         core.tick(Timestamp(0)).expect("first steps");
         Self {
             core,
             store,
+            storage,
             now: 0,
             _dir: dir,
         }
@@ -165,15 +131,16 @@ impl NodeSide {
     /// Seconds taken by `rounds` more group commits, and the part of them
     /// spent in the store's commit.
     fn run(&mut self, rounds: u32) -> (f64, f64) {
-        let committing = self.store.commit_secs();
+        let before = self.storage.snapshot();
         let start = Instant::now();
         for _ in 0..rounds {
             self.now += 1;
             self.core.tick(Timestamp(self.now)).expect("tick");
         }
+        let done = self.storage.snapshot().since(&before);
         (
             start.elapsed().as_secs_f64(),
-            self.store.commit_secs() - committing,
+            done.commit_nanos as f64 * 1e-9,
         )
     }
 

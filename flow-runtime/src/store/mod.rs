@@ -11,8 +11,10 @@
 //! [`redb_store`].
 
 mod redb_store;
+mod timed;
 
 pub use redb_store::{RedbOptions, RedbStore, SharedMemory};
+pub use timed::{StorageCounters, StorageStats, TimedStore};
 
 use std::borrow::Cow;
 use std::fmt;
