@@ -11,117 +11,13 @@
 
 use flow_runtime::node::OsIds;
 use flow_runtime::registry::{NewFlow, Registry};
-use flow_runtime::store::{Entries, RedbOptions, RedbStore, Store, StoreError, Table, WriteBatch};
+pub use flow_runtime::store::StorageStats;
+use flow_runtime::store::{RedbOptions, RedbStore, StorageCounters, Store, TimedStore};
 use flow_runtime::{Flow, FlowError, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-/// Time spent in the node's store, counted by [`TimedStore`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StorageStats {
-    /// Point and range reads.
-    pub reads: u64,
-    /// Time spent in them.
-    pub read_nanos: u64,
-    /// Commits (one per group commit that wrote anything).
-    pub commits: u64,
-    /// Time spent committing, fsync included.
-    pub commit_nanos: u64,
-    /// Key/value writes and deletes in those commits.
-    pub ops: u64,
-    /// Bytes of keys and values written.
-    pub bytes: u64,
-}
-
-impl StorageStats {
-    /// The work done between `earlier` and `self`.
-    pub fn since(&self, earlier: &StorageStats) -> StorageStats {
-        StorageStats {
-            reads: self.reads - earlier.reads,
-            read_nanos: self.read_nanos - earlier.read_nanos,
-            commits: self.commits - earlier.commits,
-            commit_nanos: self.commit_nanos - earlier.commit_nanos,
-            ops: self.ops - earlier.ops,
-            bytes: self.bytes - earlier.bytes,
-        }
-    }
-}
-
-#[derive(Default)]
-struct StorageCounters {
-    reads: AtomicU64,
-    read_nanos: AtomicU64,
-    commits: AtomicU64,
-    commit_nanos: AtomicU64,
-    ops: AtomicU64,
-    bytes: AtomicU64,
-}
-
-fn nanos_since(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// A [`Store`] that forwards to the node's real store and counts the time
-/// spent in it, so the benchmark can split a trade's time into storage and
-/// the rest without a profiler. Relaxed atomics: ~1 ns against reads of
-/// ~1 µs and commits of ~100 µs.
-pub struct TimedStore {
-    inner: Arc<dyn Store>,
-    counters: Arc<StorageCounters>,
-}
-
-impl Store for TimedStore {
-    fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let started = Instant::now();
-        let r = self.inner.get(table, key);
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .read_nanos
-            .fetch_add(nanos_since(started), Ordering::Relaxed);
-        r
-    }
-
-    fn range(
-        &self,
-        table: &Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        let started = Instant::now();
-        let r = self.inner.range(table, from, to, limit);
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .read_nanos
-            .fetch_add(nanos_since(started), Ordering::Relaxed);
-        r
-    }
-
-    fn len(&self, table: &Table) -> Result<u64, StoreError> {
-        self.inner.len(table)
-    }
-
-    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let ops = batch.ops.len() as u64;
-        let bytes: usize = batch
-            .ops
-            .iter()
-            .map(|op| op.key.len() + op.value.as_ref().map_or(0, Vec::len))
-            .sum();
-        let started = Instant::now();
-        let r = self.inner.commit(batch);
-        let c = &self.counters;
-        c.commits.fetch_add(1, Ordering::Relaxed);
-        c.commit_nanos
-            .fetch_add(nanos_since(started), Ordering::Relaxed);
-        c.ops.fetch_add(ops, Ordering::Relaxed);
-        c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        r
-    }
-}
 
 /// A flow that finished on a cluster node: `(node, run, flow name,
 /// outcome)`, the outcome's output in MessagePack.
@@ -191,15 +87,7 @@ impl Cluster {
 
     /// Time spent in the nodes' stores so far (all nodes together).
     pub fn storage(&self) -> StorageStats {
-        let c = &self.storage;
-        StorageStats {
-            reads: c.reads.load(Ordering::Relaxed),
-            read_nanos: c.read_nanos.load(Ordering::Relaxed),
-            commits: c.commits.load(Ordering::Relaxed),
-            commit_nanos: c.commit_nanos.load(Ordering::Relaxed),
-            ops: c.ops.load(Ordering::Relaxed),
-            bytes: c.bytes.load(Ordering::Relaxed),
-        }
+        self.storage.snapshot()
     }
 
     /// Every flow (top-level, responder, or started from inside a node)
@@ -239,10 +127,10 @@ impl Cluster {
         let m = &mut self.members[index];
         m.core = None;
         m.store = None;
-        let store: Arc<dyn Store> = Arc::new(TimedStore {
-            inner: Arc::new(RedbStore::open(&m.path, self.options).map_err(|e| e.to_string())?),
-            counters: self.storage.clone(),
-        });
+        let store: Arc<dyn Store> = Arc::new(TimedStore::new(
+            Arc::new(RedbStore::open(&m.path, self.options).map_err(|e| e.to_string())?),
+            self.storage.clone(),
+        ));
         m.store = Some(store.clone());
         let mut registry = Registry::new();
         (m.register)(&mut registry);
