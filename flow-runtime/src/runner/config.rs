@@ -17,6 +17,7 @@
 //!
 //! [node]                            # optional; defaults shown
 //! redelivery_interval_ms = 1000     # re-send unacknowledged messages this often
+//! checkpoint_cache_mb = 8           # decoded copies of recently committed checkpoints
 //!
 //! [store]                           # optional; defaults shown
 //! quick_repair = true               # fast open after a crash, at a second fsync per commit
@@ -123,6 +124,10 @@ pub struct NodeSection {
     /// also sent again at start-up and whenever a connection to their peer
     /// is (re-)established.
     pub redelivery_interval_ms: Option<u64>,
+    /// Memory for decoded copies of recently committed checkpoints, in MiB
+    /// (default 8; 0 turns the cache off): see
+    /// [`NodeConfig::checkpoint_cache_bytes`](crate::NodeConfig).
+    pub checkpoint_cache_mb: Option<usize>,
 }
 
 /// `[store]`: how the redb database commits.
@@ -184,6 +189,16 @@ impl NodeSection {
     /// The redelivery interval.
     pub fn redelivery_interval(&self) -> Duration {
         Duration::from_millis(self.redelivery_interval_ms.unwrap_or(1000))
+    }
+
+    /// The node's step-engine settings: the defaults, with what this
+    /// section sets.
+    pub fn node_config(&self) -> crate::NodeConfig {
+        let mut config = crate::NodeConfig::default();
+        if let Some(mb) = self.checkpoint_cache_mb {
+            config.checkpoint_cache_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        config
     }
 }
 
@@ -308,6 +323,7 @@ backoff_max_ms = 300
 
 [node]
 redelivery_interval_ms = 250
+checkpoint_cache_mb = 2
 
 [store]
 quick_repair = false
@@ -329,6 +345,7 @@ quick_repair = false
             config.node.redelivery_interval(),
             Duration::from_millis(250)
         );
+        assert_eq!(config.node.node_config().checkpoint_cache_bytes, 2 << 20);
         let loaded = config.load().unwrap();
         assert_eq!(loaded.identity.to_bytes(), key.to_bytes());
         assert_eq!(loaded.map.entries().len(), 2);

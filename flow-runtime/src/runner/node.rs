@@ -219,6 +219,7 @@ impl NodeBuilder<TcpTransport> {
         let mut builder = Self::new(identity, &config.listen, config.database, map);
         builder.tcp_config(config.transport.tcp_config());
         builder.redelivery = config.node.redelivery_interval();
+        builder.node_config = config.node.node_config();
         builder.store_options = config.store.redb_options();
         builder
     }
