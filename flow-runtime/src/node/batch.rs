@@ -23,9 +23,10 @@ pub(crate) enum Loaded {
 
 #[derive(Default)]
 pub(crate) struct Batch {
-    /// (Boxed: records move between the cache, the step and this map on
-    /// every step, and a record is a couple of hundred bytes inline.)
-    /// (Hashed, not ordered: written out in run order by `take_write_batch`.)
+    /// Checkpoints this batch wrote (`None`: deleted). Boxed, because
+    /// records move between the cache, the step and this map on every step
+    /// and a record is a couple of hundred bytes inline; hashed, not
+    /// ordered, because `take_write_batch` sorts them once.
     checkpoints: FastMap<u64, Option<Box<CheckpointRecord>>>,
     /// The node's cache of committed checkpoints, lent to the batch: loads
     /// take from it, and a successful commit returns what it wrote.

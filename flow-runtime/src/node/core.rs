@@ -186,18 +186,11 @@ impl NodeCore {
     /// Every unacknowledged frame, for redelivery (at start-up and on a
     /// retransmission timer).
     pub fn unacked(&self) -> Result<Vec<(PublicKey, Vec<u8>)>, NodeError> {
-        let entries = self
-            .store
-            .range(&Table::OUTBOX, &[], None, usize::MAX)
-            .map_err(store_err)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (_, v) in entries {
-            match rmp_serde::from_slice::<OutboxRecord>(&v) {
-                Ok(r) => out.push((r.to, r.frame)),
-                Err(e) => tracing::error!("outbox record does not decode, skipped: {e}"),
-            }
-        }
-        Ok(out)
+        Ok(self
+            .unacked_frames()?
+            .into_iter()
+            .map(|f| (f.to, f.frame))
+            .collect())
     }
 
     /// Every unacknowledged frame with its outbox key, in key order: what
@@ -599,7 +592,6 @@ impl NodeCore {
             f(self, &mut b)?;
             if run {
                 self.fire_timers(&mut b)?;
-                // (`extend`, not `append`: append rebuilds the whole set.)
                 for &run in &retry_later {
                     b.wake.insert(run);
                 }
