@@ -2,8 +2,9 @@
 //! its own copy of operator settings): what a node remembers by itself.
 
 use flow_runtime::node::OsIds;
+use flow_runtime::node::{NodeError, STORE_FORMAT};
 use flow_runtime::registry::{NewFlow, Registry};
-use flow_runtime::store::{RedbOptions, RedbStore, SharedMemory, Store};
+use flow_runtime::store::{RedbOptions, RedbStore, SharedMemory, Store, Table, WriteBatch};
 use flow_runtime::testing::HandwrittenPing;
 use flow_runtime::wire::{Body, WireMessage};
 use flow_runtime::{FlowErrorKind, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
@@ -256,4 +257,90 @@ fn start_many_on_a_draining_node_refuses_each_flow() {
         .start_many(Timestamp(2), vec![(ping_flow(), Some("y".into()))])
         .expect("retry");
     assert_eq!(again, vec![runs[1]]);
+}
+
+/// The `meta` table's storage-format row, straight from the store.
+fn format_row(memory: &SharedMemory) -> Option<Vec<u8>> {
+    let store = RedbStore::open_in_memory(memory, RedbOptions::default()).expect("open the store");
+    store
+        .get(&Table::META, b"format")
+        .expect("read the format row")
+}
+
+/// Writes `rows` into the `meta` table of the database in `memory`.
+fn write_meta(memory: &SharedMemory, rows: &[(&[u8], &[u8])]) {
+    let store = RedbStore::open_in_memory(memory, RedbOptions::default()).expect("open the store");
+    let mut w = WriteBatch::default();
+    for (key, value) in rows {
+        w.put(Table::META, key.to_vec(), value.to_vec());
+    }
+    store.commit(w).expect("write the rows");
+}
+
+fn open_err(memory: &SharedMemory) -> NodeError {
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open_in_memory(memory, RedbOptions::default()).expect("open the store"),
+    );
+    match NodeCore::open(
+        Party::new("Alice", PublicKey([1; 32])),
+        store,
+        Registry::new(),
+        Box::new(OsIds),
+        Box::new(OsIds),
+        NodeConfig::default(),
+        Timestamp(0),
+    ) {
+        Ok(_) => panic!("the node opened a database it must refuse"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn the_first_commit_records_the_storage_format_and_opening_writes_nothing() {
+    let memory = SharedMemory::new();
+    let core = open(&memory);
+    drop(core);
+    assert_eq!(format_row(&memory), None, "opening commits nothing");
+    let mut core = open(&memory);
+    start(&mut core);
+    drop(core);
+    assert_eq!(
+        format_row(&memory),
+        Some(STORE_FORMAT.to_be_bytes().to_vec())
+    );
+    // A node of this build reopens it and keeps running its flows.
+    let mut core = open(&memory);
+    core.tick(Timestamp(2)).expect("the flow's first step");
+    assert_eq!(core.flows_in_flight().expect("count"), 1);
+}
+
+#[test]
+fn a_database_of_another_storage_format_is_refused_and_left_as_it_was() {
+    for (found, says) in [
+        (STORE_FORMAT + 1, "a newer node wrote it"),
+        (0, "no migration"),
+    ] {
+        let memory = SharedMemory::new();
+        let marker = found.to_be_bytes();
+        write_meta(&memory, &[(b"format", &marker), (b"draining", &[1])]);
+        let e = open_err(&memory);
+        let text = e.to_string();
+        assert!(matches!(e, NodeError::IncompatibleStore(_)), "{e:?}");
+        assert!(
+            text.contains(&format!("storage format {found}"))
+                && text.contains(&format!("reads format {STORE_FORMAT}"))
+                && text.contains(says)
+                && text.contains("Nothing in it was changed"),
+            "{text}"
+        );
+        assert_eq!(format_row(&memory), Some(marker.to_vec()), "left as it was");
+    }
+}
+
+#[test]
+fn a_damaged_storage_format_row_is_refused_with_its_length() {
+    let memory = SharedMemory::new();
+    write_meta(&memory, &[(b"format", &[0, 1, 2])]);
+    let text = open_err(&memory).to_string();
+    assert!(text.contains("3 bytes, not 4"), "{text}");
 }

@@ -50,10 +50,32 @@ pub struct NodeCore {
     hot: HotCheckpoints,
     /// Steps in the last committed batch: the next batch's size hint.
     last_batch_runs: usize,
+    /// Whether the store's `meta` table holds [`STORE_FORMAT`]; until it
+    /// does, every commit writes it.
+    format_recorded: bool,
 }
 
 fn store_err(e: crate::store::StoreError) -> NodeError {
     NodeError::Store(e.0)
+}
+
+/// Refuses a database written in another storage format; `Ok(true)` when
+/// it already records the current one.
+fn check_store_format(store: &dyn Store) -> Result<bool, NodeError> {
+    let row = store.get(&Table::META, META_FORMAT).map_err(store_err)?;
+    match decode_store_format(row.as_deref()) {
+        Ok(None) => Ok(false),
+        Ok(Some(STORE_FORMAT)) => Ok(true),
+        Ok(Some(found)) => Err(NodeError::IncompatibleStore(format!(
+            "it was written in storage format {found}; this build reads format {STORE_FORMAT}{}",
+            if found > STORE_FORMAT {
+                " (a newer node wrote it)"
+            } else {
+                " (an older node wrote it, and this build has no migration from that format)"
+            }
+        ))),
+        Err(why) => Err(NodeError::IncompatibleStore(why)),
+    }
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -82,6 +104,7 @@ impl NodeCore {
             .filter_map(|(k, _)| parse_run_key(&k))
             .collect();
         let runnable_index = ready.iter().copied().collect();
+        let format_recorded = check_store_format(store.as_ref())?;
         let draining = store
             .get(&Table::META, META_DRAINING)
             .map_err(store_err)?
@@ -107,6 +130,7 @@ impl NodeCore {
             commits: 0,
             hot: HotCheckpoints::new(config_cache),
             last_batch_runs: 0,
+            format_recorded,
         })
     }
 
@@ -162,8 +186,7 @@ impl NodeCore {
         } else {
             w.delete(Table::META, META_DRAINING.to_vec());
         }
-        self.store.commit(w).map_err(store_err)?;
-        self.commits += 1;
+        self.commit_writes(w)?;
         self.draining = draining;
         Ok(())
     }
@@ -653,9 +676,8 @@ impl NodeCore {
         if w.is_empty() {
             return Ok(());
         }
-        self.store.commit(w).map_err(store_err)?;
+        self.commit_writes(w)?;
         b.commit_succeeded();
-        self.commits += 1;
         for (run, runnable) in index_changes {
             if runnable {
                 self.runnable_index.insert(run);
@@ -663,6 +685,22 @@ impl NodeCore {
                 self.runnable_index.remove(&run);
             }
         }
+        Ok(())
+    }
+
+    /// Commits `w` in one transaction, with the storage-format row until the
+    /// store holds it.
+    fn commit_writes(&mut self, mut w: crate::store::WriteBatch) -> Result<(), NodeError> {
+        if !self.format_recorded {
+            w.put(
+                Table::META,
+                META_FORMAT.to_vec(),
+                STORE_FORMAT.to_be_bytes().to_vec(),
+            );
+        }
+        self.store.commit(w).map_err(store_err)?;
+        self.format_recorded = true;
+        self.commits += 1;
         Ok(())
     }
 

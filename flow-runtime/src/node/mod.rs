@@ -13,7 +13,7 @@ mod step_services;
 
 pub use self::core::NodeCore;
 pub use dump::{CheckpointDump, HospitalEntry, SessionDump};
-pub use records::CheckpointSummary;
+pub use records::{CheckpointSummary, STORE_FORMAT};
 pub use step_services::{FlowStarter, StepWrites};
 
 use crate::{FlowError, PublicKey};
@@ -116,6 +116,12 @@ pub enum NodeError {
     /// The flow could not be prepared for starting.
     #[error("cannot start the flow: {0}")]
     Start(FlowError),
+    /// The database was written in a storage format this build does not
+    /// read; nothing was changed in it.
+    #[error(
+        "the database cannot be opened by this build: {0}. Nothing in it was changed; open it with the version of the node that wrote it"
+    )]
+    IncompatibleStore(String),
 }
 
 /// Session-id and run-id source backed by the operating system's randomness:

@@ -416,6 +416,33 @@ pub struct HospitalRecord {
 /// `meta` key: present while the node is draining.
 pub const META_DRAINING: &[u8] = b"draining";
 
+/// `meta` key: the [`STORE_FORMAT`] that wrote the database, as 4 bytes,
+/// big-endian. Written with the node's first commit (opening a database
+/// commits nothing), so a database without it holds no node commit yet, or
+/// predates the marker; both are read as the current format.
+pub const META_FORMAT: &[u8] = b"format";
+
+/// The version of the node's on-disk layout: its table names, key layouts
+/// and the checkpoint record's encoding. Bump it with any change a node of
+/// the previous version could misread, and teach `NodeCore::open` to migrate
+/// or refuse older ones: a node refuses a database written by any other
+/// format rather than misreading it.
+pub const STORE_FORMAT: u32 = 1;
+
+/// Reads the `meta` format row: `Ok(None)` when absent, `Err` with a
+/// description when it is not 4 bytes.
+pub fn decode_store_format(bytes: Option<&[u8]>) -> Result<Option<u32>, String> {
+    match bytes {
+        None => Ok(None),
+        Some(b) => <[u8; 4]>::try_from(b).map(|b| Some(u32::from_be_bytes(b))).map_err(|_| {
+            format!(
+                "its `meta` table's format row is {} bytes, not 4 (the database is damaged or was written by something else)",
+                b.len()
+            )
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
