@@ -1,20 +1,17 @@
 //! `#[flow]`: turns a sequential `async fn` into a serializable enum state
 //! machine. The full guide, with an expanded example, is `docs/macro.md`.
 //!
-//! The macro is a small compiler, in the style of `serde_derive`:
+//! The macro is a small compiler, in the style of `serde_derive`, in
+//! private modules:
 //!
-//! * [`parse`](crate::parse) checks the signature and the `#[flow(..)]`
-//!   arguments;
-//! * [`lower`](crate::lower) turns the body into basic blocks, split at
-//!   each `.await` (with [`analyse`](crate::analyse) for names, scopes,
-//!   types and purity, and [`ops`](crate::ops) to recognise what is
-//!   awaited);
-//! * [`liveness`](crate::liveness) finds the locals live at each
-//!   suspension point;
-//! * [`generate`](crate::generate) writes the state enum, the `Flow` impl
-//!   and the trampoline;
-//! * [`errors`](crate::errors) collects spanned errors so every problem is
-//!   reported in one compile, and nothing panics.
+//! * `parse` checks the signature and the `#[flow(..)]` arguments;
+//! * `lower` turns the body into basic blocks, split at each `.await` (with
+//!   `analyse` for names, scopes, types and purity, and `ops` to recognise
+//!   what is awaited);
+//! * `liveness` finds the locals live at each suspension point;
+//! * `generate` writes the state enum, the `Flow` impl and the trampoline;
+//! * `errors` collects spanned errors so every problem is reported in one
+//!   compile, and nothing panics.
 
 #![warn(missing_docs)]
 

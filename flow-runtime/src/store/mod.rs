@@ -8,7 +8,7 @@
 //! commits together or not at all), and it is small enough to implement on
 //! another database later (PostgreSQL for a node split over several worker
 //! processes) without touching the node. No redb type appears outside
-//! [`redb_store`].
+//! the `redb_store` module behind [`RedbStore`].
 
 mod redb_store;
 mod timed;
