@@ -28,7 +28,7 @@ mod parse;
 
 /// Marks an `async fn` as a flow: a durable, checkpointable state machine.
 ///
-/// ```ignore
+/// ```
 /// use flow_runtime::prelude::*;
 ///
 /// #[flow]
@@ -44,6 +44,11 @@ mod parse;
 ///     }
 ///     Ok(total)
 /// }
+/// # fn main() {
+/// #     let peer = Party::new("Bob", PublicKey([2; 32]));
+/// #     let start: ping::Flow = ping(peer, 10);
+/// #     let _ = start;
+/// # }
 /// ```
 ///
 /// generates `fn ping(peer, rounds) -> ping::Flow` (builds the start state)

@@ -5,14 +5,32 @@
 //! into an enum implementing [`Flow`]. Flow code reaches the node only
 //! through [`FlowContext`] and [`FlowSession`]:
 //!
-//! ```ignore
+//! ```
 //! use flow_runtime::prelude::*;
+//! use flow_runtime::testing::MockNetwork;
 //!
 //! #[flow]
 //! pub async fn ping(ctx: &mut FlowContext, peer: Party) -> Result<u32, FlowError> {
 //!     let session = ctx.initiate_flow(&peer);
 //!     let n: u32 = session.send_and_receive::<u32>(&1u32).await?.validate(Ok)?;
 //!     Ok(n)
+//! }
+//!
+//! #[flow]
+//! pub async fn double(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+//!     let n: u32 = session.receive::<u32>().await?.validate(Ok)?;
+//!     session.send(&(2 * n))?;
+//!     Ok(())
+//! }
+//!
+//! fn main() {
+//!     let mut net = MockNetwork::new(7);
+//!     let alice = net.create_node("Alice");
+//!     let bob = net.create_node("Bob");
+//!     net.register_responder::<ping::Flow, _>(bob, |session| double(session));
+//!     let handle = net.start_flow(alice, ping(net.party(bob)));
+//!     net.run_network();
+//!     assert_eq!(net.result(&handle), Some(Ok(2)));
 //! }
 //! ```
 

@@ -97,13 +97,24 @@ type Installer = Arc<dyn Fn(&mut Services) + Send + Sync>;
 /// concrete transport back (its address, its events); it defaults to TCP,
 /// so `NodeBuilder` and `Node` without parameters are the TCP node.
 ///
-/// ```ignore
+/// Compiled, not run: it needs a config file, keys and running peers
+/// (`docs/operations.md`).
+///
+/// ```no_run
+/// use flow_runtime::runner::{Config, NodeBuilder};
+/// use flow_runtime::testing::ping_pong::{ping, pong};
+/// use std::path::Path;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let loaded = Config::read(Path::new("alice.toml"))?.load()?;
 /// let mut builder = NodeBuilder::from_config(loaded);
 /// builder.flow::<ping::Flow>();
 /// builder.responder::<ping::Flow>(|session| pong(session));
 /// let node = builder.start().await?;
 /// node.run_until_signal().await?;
+/// # Ok(())
+/// # }
 /// ```
 pub struct NodeBuilder<T: Transport = TcpTransport> {
     party: Party,

@@ -14,9 +14,13 @@
 //! does, so that a test notices state that does not survive being written
 //! to disk, and it records the size of every checkpoint.
 //!
-//! ```ignore
+//! ```
 //! use flow_runtime::testing::FlowDriver;
+//! use flow_runtime::testing::ping_pong::ping;
+//! use flow_runtime::{Party, PublicKey};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bob = Party::new("Bob", PublicKey([2; 32]));
 //! let mut driver = FlowDriver::new(ping(bob.clone(), 2)).checkpoint_every_step(true);
 //! driver.start()?;
 //! let session = driver.opened()[0].id;
@@ -24,6 +28,8 @@
 //! driver.deliver(session, &1u32)?;
 //! assert_eq!(driver.result(), Some(&Ok(1)));
 //! assert_eq!(driver.sent_on::<u32>(session)?, vec![0, 1]);
+//! # Ok(())
+//! # }
 //! ```
 
 use crate::{

@@ -42,12 +42,34 @@ const EVENT_BUFFER: usize = 256;
 /// A set of in-process nodes that can send each other frames. Cheap to
 /// clone; every clone is the same network.
 ///
-/// ```ignore
+/// ```
+/// use flow_runtime::runner::NodeBuilder;
+/// use flow_runtime::testing::ping_pong::{ping, pong};
+/// use flow_runtime::transport::MemoryNetwork;
+/// use flow_runtime::{Party, PublicKey};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
 /// let net = MemoryNetwork::new();
-/// let (transport, incoming) = net.join(&alice_party);
-/// let node = NodeBuilder::with_transport(alice_party, "alice.redb", transport, incoming)
-///     .start()
-///     .await?;
+/// let mut nodes = Vec::new();
+/// for (name, key) in [("Alice", 1), ("Bob", 2)] {
+///     let party = Party::new(name, PublicKey([key; 32]));
+///     let (transport, incoming) = net.join(&party);
+///     let db = dir.path().join(format!("{name}.redb"));
+///     let mut builder = NodeBuilder::with_transport(party, db, transport, incoming);
+///     builder.flow::<ping::Flow>();
+///     builder.responder::<ping::Flow>(pong);
+///     nodes.push(builder.start().await?);
+/// }
+/// let bob = nodes[1].party().clone();
+/// let handle = nodes[0].start_flow(ping(bob, 3)).await?;
+/// assert_eq!(handle.result().await?, 0 + 1 + 2);
+/// for node in &nodes {
+///     node.shutdown().await?;
+/// }
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct MemoryNetwork {
