@@ -2,6 +2,7 @@
 //! node runner — driver, group commit, redb files, redelivery — without
 //! sockets. Also `FlowHandle::result().await` on tokio nodes.
 
+use flow_runtime::NodeConfig;
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder};
 use flow_runtime::store::RedbOptions;
@@ -9,6 +10,7 @@ use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
 use flow_runtime::wire::WireMessage;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn party(name: &str, byte: u8) -> Party {
@@ -379,4 +381,144 @@ async fn many_flows_start_in_one_commit_and_their_handles_await_results() {
     assert_eq!(again.run_id(), handles[3].run_id());
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
+}
+
+/// Log lines written while the returned guard is alive on this thread.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Alice on `dir`, checking for long waits every `check`, warning past
+/// `limit`. Bob is never started: her pings wait forever.
+async fn alice_alone(dir: &Path, check: Duration, limit: Duration) -> Node<MemoryTransport> {
+    let a = party("Alice", 1);
+    let (transport, incoming) = MemoryNetwork::new().join(&a);
+    let mut b = NodeBuilder::with_transport(a, dir.join("Alice.redb"), transport, incoming);
+    b.node_config(NodeConfig {
+        long_wait_warning: limit,
+        ..NodeConfig::default()
+    });
+    b.long_wait_check_interval(check);
+    b.flow::<ping::Flow>();
+    b.start().await.unwrap()
+}
+
+// Current-thread runtime: the driver runs on the test's thread, under the
+// test's log subscriber; the check's blocking thread must log there too.
+#[tokio::test(flavor = "current_thread")]
+async fn the_node_logs_a_warning_for_a_flow_waiting_longer_than_the_limit() {
+    let log = CapturedLog::default();
+    let _guard = log.capture();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = alice_alone(
+        dir.path(),
+        Duration::from_millis(20),
+        Duration::from_millis(100),
+    )
+    .await;
+    let h = alice.start_flow(ping(party("Bob", 2), 1)).await.unwrap();
+    let run = h.run_id().to_string();
+    within("the warning", 20, async {
+        while !log.text().contains("flow has been waiting") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let text = log.text();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("flow has been waiting"))
+        .unwrap();
+    assert!(
+        warning.contains("WARN") && warning.contains(&run),
+        "{warning}"
+    );
+    assert!(warning.contains(<ping::Flow as Flow>::NAME), "{warning}");
+    // Scans run every 20 ms: stopping must not leave one holding the
+    // database, or reopening the file would fail.
+    alice.shutdown().await.unwrap();
+    let alice = alice_alone(dir.path(), Duration::ZERO, Duration::from_secs(3600)).await;
+    assert_eq!(alice.flows_in_flight().await.unwrap(), 1);
+    alice.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_with_the_check_off_logs_no_long_wait() {
+    let log = CapturedLog::default();
+    let _guard = log.capture();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = alice_alone(dir.path(), Duration::ZERO, Duration::ZERO).await;
+    alice.start_flow(ping(party("Bob", 2), 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !log.text().contains("flow has been waiting"),
+        "{}",
+        log.text()
+    );
+    alice.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_dump_and_list_long_waits_of_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = alice_alone(dir.path(), Duration::ZERO, Duration::from_secs(3600)).await;
+    let h = alice.start_flow(ping(party("Bob", 2), 1)).await.unwrap();
+    within("the first step", 20, async {
+        while !alice
+            .dump_json()
+            .await
+            .unwrap()
+            .contains("a message on session")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let dump: serde_json::Value = serde_json::from_str(&alice.dump_json().await.unwrap()).unwrap();
+    let flows = dump.as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{dump}");
+    assert_eq!(flows[0]["run_id"], h.run_id().to_string());
+    assert_eq!(flows[0]["flow"], <ping::Flow as Flow>::NAME);
+    assert_eq!(flows[0]["sessions"][0]["counterparty"], "Bob");
+    assert_eq!(
+        alice.long_waiting_flows(Duration::ZERO).await.unwrap(),
+        vec![h.run_id()]
+    );
+    assert!(
+        alice
+            .long_waiting_flows(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    alice.shutdown().await.unwrap();
+    assert!(
+        alice.dump_json().await.is_err(),
+        "a stopped node has no dump"
+    );
 }

@@ -9,6 +9,7 @@
 //! the batch is released: peers redeliver, callers see the error.
 
 use super::batch::{Batch, Loaded};
+use super::dump::OperatorView;
 use super::hot::HotCheckpoints;
 use super::records::*;
 use super::step_services::{FlowStarter, StepWrites};
@@ -55,7 +56,7 @@ pub struct NodeCore {
     format_recorded: bool,
 }
 
-fn store_err(e: crate::store::StoreError) -> NodeError {
+pub(super) fn store_err(e: crate::store::StoreError) -> NodeError {
     NodeError::Store(e.0)
 }
 
@@ -132,6 +133,12 @@ impl NodeCore {
             last_batch_runs: 0,
             format_recorded,
         })
+    }
+
+    /// A view of this node's database for operator tools, to run apart from
+    /// the node (see [`OperatorView`]).
+    pub fn operator_view(&self) -> OperatorView {
+        OperatorView::new(self.store.clone(), self.registry.clone())
     }
 
     /// This node's identity.
@@ -494,74 +501,6 @@ impl NodeCore {
             }
             Ok(())
         })
-    }
-
-    /// Calls `f` for every checkpoint, in run-id order, with the record or
-    /// why it does not decode. Reads the table in chunks, so memory stays
-    /// small however many flows are suspended.
-    pub(crate) fn for_each_checkpoint(
-        &self,
-        mut f: impl FnMut(u64, Result<CheckpointRecord, String>),
-    ) -> Result<(), NodeError> {
-        const CHUNK: usize = 1024;
-        let mut from: Vec<u8> = Vec::new();
-        loop {
-            let chunk = self
-                .store
-                .range(&Table::CHECKPOINTS, &from, None, CHUNK)
-                .map_err(store_err)?;
-            let done = chunk.len() < CHUNK;
-            if let Some((last, _)) = chunk.last() {
-                // The smallest key after `last`.
-                from = last.clone();
-                from.push(0);
-            }
-            for (k, v) in chunk {
-                if let Some(run) = parse_run_key(&k) {
-                    f(
-                        run,
-                        CheckpointRecord::decode(&v).map_err(|e| format!("does not decode: {e}")),
-                    );
-                }
-            }
-            if done {
-                return Ok(());
-            }
-        }
-    }
-
-    /// The hospital's record of `run`, if it is there.
-    pub(crate) fn hospital_record(&self, run: u64) -> Result<Option<HospitalRecord>, NodeError> {
-        Ok(self
-            .store
-            .get(&Table::HOSPITAL, &run_key(run))
-            .map_err(store_err)?
-            .and_then(|v| rmp_serde::from_slice(&v).ok()))
-    }
-
-    /// Every hospitalised run.
-    pub(crate) fn hospital_records(&self) -> Result<Vec<(u64, HospitalRecord)>, NodeError> {
-        Ok(self
-            .store
-            .range(&Table::HOSPITAL, &[], None, usize::MAX)
-            .map_err(store_err)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((parse_run_key(&k)?, rmp_serde::from_slice(&v).ok()?)))
-            .collect())
-    }
-
-    /// A session record, for dumps.
-    pub(crate) fn session_record(&self, key: SessionKey) -> Option<SessionRecord> {
-        self.store
-            .get(&Table::SESSIONS, &key.bytes())
-            .ok()
-            .flatten()
-            .and_then(|v| rmp_serde::from_slice(&v).ok())
-    }
-
-    /// The registered type named `name`.
-    pub(crate) fn flow_type(&self, name: &str) -> Option<Arc<dyn FlowType>> {
-        self.registry.flow(name)
     }
 
     // ----------------------------------------------------------------- batch

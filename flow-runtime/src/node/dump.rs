@@ -1,10 +1,21 @@
 //! Operator views: the checkpoint dump (JSON), the hospital list, and the
-//! long-wait warning.
+//! long-wait warning, all read through an [`OperatorView`].
+//!
+//! Why a view of its own: these tools read the whole checkpoint table. On a
+//! node with a million suspended flows that takes seconds, and the tokio
+//! node must not stop committing steps meanwhile. The view holds only the
+//! store handle and the registry, so it runs on another thread while the
+//! node goes on.
 
-use super::records::{CheckpointRecord, SessionKey, Side};
+use super::core::store_err;
+use super::records::*;
 use super::{NodeCore, NodeError, RunId};
+use crate::registry::Registry;
+use crate::store::{Store, Table};
 use crate::{Timestamp, Wait};
 use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One suspended flow as an operator sees it. Serializes to JSON.
@@ -63,7 +74,77 @@ pub struct HospitalEntry {
     pub retry_at: Option<Timestamp>,
 }
 
+/// A read-only view of a node's database for operator tools: the dump, the
+/// hospital list and the long-wait check. Made by
+/// [`NodeCore::operator_view`]; cheap to make (two handles) and `Send`, so
+/// it can run on another thread while the node keeps committing.
+///
+/// Each read sees everything committed before it. A whole dump or scan is
+/// not one snapshot: a flow that steps while it runs shows the state it had
+/// when the scan reached it.
+#[derive(Clone)]
+pub struct OperatorView {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    /// Set by the node when it stops: a scan still running ends at its next
+    /// chunk, so it does not keep the database open after the node.
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl std::fmt::Debug for OperatorView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorView").finish_non_exhaustive()
+    }
+}
+
 impl NodeCore {
+    /// [`OperatorView::dump`] of this node.
+    pub fn dump(&self, now: Timestamp) -> Result<Vec<CheckpointDump>, NodeError> {
+        self.operator_view().dump(now)
+    }
+
+    /// [`OperatorView::dump_json`] of this node.
+    pub fn dump_json(&self, now: Timestamp) -> Result<String, NodeError> {
+        self.operator_view().dump_json(now)
+    }
+
+    /// [`OperatorView::hospital`] of this node.
+    pub fn hospital(&self) -> Result<Vec<HospitalEntry>, NodeError> {
+        self.operator_view().hospital()
+    }
+
+    /// [`OperatorView::warn_long_waits`] of this node.
+    pub fn warn_long_waits(
+        &self,
+        now: Timestamp,
+        limit: Duration,
+    ) -> Result<Vec<RunId>, NodeError> {
+        self.operator_view().warn_long_waits(now, limit)
+    }
+}
+
+impl OperatorView {
+    pub(super) fn new(store: Arc<dyn Store>, registry: Registry) -> Self {
+        Self {
+            store,
+            registry,
+            stop: None,
+        }
+    }
+
+    /// This view, made to stop reading early once `stop` is set: a scan
+    /// then returns what it read so far.
+    pub(crate) fn stopping_on(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
     /// Every flow with a checkpoint, for operators. Reads the whole
     /// checkpoint table: an operator tool, not for hot paths.
     pub fn dump(&self, now: Timestamp) -> Result<Vec<CheckpointDump>, NodeError> {
@@ -112,7 +193,8 @@ impl NodeCore {
             }
         };
         let state = self
-            .flow_type(&rec.flow)
+            .registry
+            .flow(&rec.flow)
             .and_then(|t| t.state_name(&rec.state))
             .map(str::to_owned)
             .unwrap_or_else(|| rec.state_name.clone());
@@ -177,8 +259,8 @@ impl NodeCore {
     }
 
     /// Logs a warning for every flow waiting longer than `limit`; returns
-    /// their run ids. Scans all checkpoints: call it periodically (the tokio
-    /// node does), not per step.
+    /// their run ids. Scans all checkpoints: call it every few minutes (the
+    /// tokio node does, off its driver), not per step.
     pub fn warn_long_waits(
         &self,
         now: Timestamp,
@@ -201,5 +283,68 @@ impl NodeCore {
             }
         })?;
         Ok(slow)
+    }
+
+    /// Calls `f` for every checkpoint, in run-id order, with the record or
+    /// why it does not decode. Reads the table in chunks, so memory stays
+    /// small however many flows are suspended.
+    fn for_each_checkpoint(
+        &self,
+        mut f: impl FnMut(u64, Result<CheckpointRecord, String>),
+    ) -> Result<(), NodeError> {
+        const CHUNK: usize = 1024;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let chunk = self
+                .store
+                .range(&Table::CHECKPOINTS, &from, None, CHUNK)
+                .map_err(store_err)?;
+            let done = chunk.len() < CHUNK;
+            if let Some((last, _)) = chunk.last() {
+                // The smallest key after `last`.
+                from = last.clone();
+                from.push(0);
+            }
+            for (k, v) in chunk {
+                if let Some(run) = parse_run_key(&k) {
+                    f(
+                        run,
+                        CheckpointRecord::decode(&v).map_err(|e| format!("does not decode: {e}")),
+                    );
+                }
+            }
+            if done || self.stopped() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The hospital's record of `run`, if it is there.
+    fn hospital_record(&self, run: u64) -> Result<Option<HospitalRecord>, NodeError> {
+        Ok(self
+            .store
+            .get(&Table::HOSPITAL, &run_key(run))
+            .map_err(store_err)?
+            .and_then(|v| rmp_serde::from_slice(&v).ok()))
+    }
+
+    /// Every hospitalised run.
+    fn hospital_records(&self) -> Result<Vec<(u64, HospitalRecord)>, NodeError> {
+        Ok(self
+            .store
+            .range(&Table::HOSPITAL, &[], None, usize::MAX)
+            .map_err(store_err)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((parse_run_key(&k)?, rmp_serde::from_slice(&v).ok()?)))
+            .collect())
+    }
+
+    /// A session record, for dumps.
+    fn session_record(&self, key: SessionKey) -> Option<SessionRecord> {
+        self.store
+            .get(&Table::SESSIONS, &key.bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| rmp_serde::from_slice(&v).ok())
     }
 }

@@ -12,7 +12,7 @@ pub(crate) mod records;
 mod step_services;
 
 pub use self::core::NodeCore;
-pub use dump::{CheckpointDump, HospitalEntry, SessionDump};
+pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump};
 pub use records::{CheckpointSummary, STORE_FORMAT};
 pub use step_services::{FlowStarter, StepWrites};
 
@@ -50,8 +50,11 @@ pub struct NodeConfig {
     /// Upper bound on steps in one group commit, so one busy flow cannot
     /// starve the node's other work; the rest runs in the next batch.
     pub max_steps_per_batch: usize,
-    /// A flow waiting longer than this is reported by
-    /// [`warn_long_waits`](crate::testing::MockNetwork::warn_long_waits).
+    /// A flow waiting longer than this is logged with a warning by the tokio
+    /// node's periodic check
+    /// ([`long_wait_check_interval`](crate::runner::NodeBuilder::long_wait_check_interval)),
+    /// and reported by
+    /// [`MockNetwork::warn_long_waits`](crate::testing::MockNetwork::warn_long_waits).
     pub long_wait_warning: Duration,
     /// Memory for decoded copies of recently committed checkpoints, so the
     /// next step of a busy flow reads no store row and decodes nothing

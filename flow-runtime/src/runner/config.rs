@@ -18,6 +18,8 @@
 //! [node]                            # optional; defaults shown
 //! redelivery_interval_ms = 1000     # re-send unacknowledged messages this often
 //! checkpoint_cache_mb = 8           # decoded copies of recently committed checkpoints
+//! long_wait_warning_s = 3600        # log a warning for a flow waiting longer than this
+//! long_wait_check_interval_s = 300  # how often to look for such flows (0: never)
 //!
 //! [store]                           # optional; defaults shown
 //! quick_repair = true               # fast open after a crash, at a second fsync per commit
@@ -128,6 +130,13 @@ pub struct NodeSection {
     /// (default 8; 0 turns the cache off): see
     /// [`NodeConfig::checkpoint_cache_bytes`](crate::NodeConfig).
     pub checkpoint_cache_mb: Option<usize>,
+    /// A flow waiting longer than this many seconds (default 3600) is
+    /// logged with a warning at the next long-wait check: see
+    /// [`NodeConfig::long_wait_warning`](crate::NodeConfig).
+    pub long_wait_warning_s: Option<u64>,
+    /// Seconds between long-wait checks (default 300; 0 turns them off):
+    /// see [`NodeBuilder::long_wait_check_interval`](crate::runner::NodeBuilder::long_wait_check_interval).
+    pub long_wait_check_interval_s: Option<u64>,
 }
 
 /// `[store]`: how the redb database commits.
@@ -191,12 +200,20 @@ impl NodeSection {
         Duration::from_millis(self.redelivery_interval_ms.unwrap_or(1000))
     }
 
+    /// The interval between long-wait checks.
+    pub fn long_wait_check_interval(&self) -> Duration {
+        Duration::from_secs(self.long_wait_check_interval_s.unwrap_or(300))
+    }
+
     /// The node's step-engine settings: the defaults, with what this
     /// section sets.
     pub fn node_config(&self) -> crate::NodeConfig {
         let mut config = crate::NodeConfig::default();
         if let Some(mb) = self.checkpoint_cache_mb {
             config.checkpoint_cache_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        if let Some(secs) = self.long_wait_warning_s {
+            config.long_wait_warning = Duration::from_secs(secs);
         }
         config
     }
@@ -324,6 +341,8 @@ backoff_max_ms = 300
 [node]
 redelivery_interval_ms = 250
 checkpoint_cache_mb = 2
+long_wait_warning_s = 60
+long_wait_check_interval_s = 0
 
 [store]
 quick_repair = false
@@ -346,6 +365,11 @@ quick_repair = false
             Duration::from_millis(250)
         );
         assert_eq!(config.node.node_config().checkpoint_cache_bytes, 2 << 20);
+        assert_eq!(
+            config.node.node_config().long_wait_warning,
+            Duration::from_secs(60)
+        );
+        assert_eq!(config.node.long_wait_check_interval(), Duration::ZERO);
         let loaded = config.load().unwrap();
         assert_eq!(loaded.identity.to_bytes(), key.to_bytes());
         assert_eq!(loaded.map.entries().len(), 2);

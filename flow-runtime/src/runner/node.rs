@@ -31,6 +31,13 @@
 //!   are sent at once. That is what makes delivery survive dropped frames,
 //!   dropped connections and restarts of either side.
 //!
+//! * the long-wait check: every `long_wait_check_interval` (default 5 min)
+//!   a scan of the checkpoints logs a warning for each flow waiting longer
+//!   than `NodeConfig::long_wait_warning`. The scan reads the store on a
+//!   blocking thread through an [`OperatorView`], so a node with a million
+//!   suspended flows keeps committing steps during its seconds-long scan;
+//!   the operator's [`Node::dump_json`] runs the same way.
+//!
 //! Commits block for an fsync, so on a multi-threaded runtime they run
 //! inside `block_in_place`, letting the transport's tasks run meanwhile.
 //! Frames a commit releases are queued on the transport without waiting:
@@ -40,7 +47,7 @@
 use super::config::LoadedConfig;
 use super::redelivery::RedeliverySchedule;
 use crate::handle::{RawResult, RawResultFuture, ResultSource, decode_output};
-use crate::node::{NodeError, OsIds, Output, UnackedFrame};
+use crate::node::{NodeError, OperatorView, OsIds, Output, UnackedFrame};
 use crate::progress::ProgressStream;
 use crate::registry::{NewFlow, Registry, ResponderFn};
 use crate::services::Services;
@@ -55,6 +62,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -120,6 +128,7 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     party: Party,
     database: PathBuf,
     redelivery: Duration,
+    long_wait_check: Duration,
     defer_acks: bool,
     node_config: NodeConfig,
     store_options: RedbOptions,
@@ -230,6 +239,7 @@ impl NodeBuilder<TcpTransport> {
         let mut builder = Self::new(identity, &config.listen, config.database, map);
         builder.tcp_config(config.transport.tcp_config());
         builder.redelivery = config.node.redelivery_interval();
+        builder.long_wait_check = config.node.long_wait_check_interval();
         builder.node_config = config.node.node_config();
         builder.store_options = config.store.redb_options();
         builder
@@ -308,6 +318,7 @@ impl<T: Transport> NodeBuilder<T> {
             party,
             database,
             redelivery: Duration::from_secs(1),
+            long_wait_check: DEFAULT_LONG_WAIT_CHECK,
             defer_acks: true,
             node_config: NodeConfig::default(),
             store_options: RedbOptions::default(),
@@ -326,6 +337,17 @@ impl<T: Transport> NodeBuilder<T> {
     /// when the peer is merely slow to acknowledge.
     pub fn redelivery_interval(&mut self, every: Duration) -> &mut Self {
         self.redelivery = every;
+        self
+    }
+
+    /// How often the node scans its checkpoints and logs a warning for every
+    /// flow waiting longer than [`NodeConfig::long_wait_warning`] (default
+    /// every 5 minutes; `Duration::ZERO` turns the check off). The scan
+    /// reads every checkpoint (about a second per million suspended flows)
+    /// on a blocking thread, not in the driver, and a tick that finds the
+    /// previous scan still running skips.
+    pub fn long_wait_check_interval(&mut self, every: Duration) -> &mut Self {
+        self.long_wait_check = every;
         self
     }
 
@@ -399,6 +421,7 @@ impl<T: Transport> NodeBuilder<T> {
         })?;
         let store: Arc<dyn Store> = Arc::new(store);
         let party = self.party;
+        let long_wait_limit = self.node_config.long_wait_warning;
         let mut core = NodeCore::open(
             party.clone(),
             store,
@@ -420,6 +443,7 @@ impl<T: Transport> NodeBuilder<T> {
 
         let (commands, command_rx) = mpsc::channel(256);
         let observers: Observers = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             core: Box::new(core),
             transport: transport.clone(),
@@ -435,6 +459,12 @@ impl<T: Transport> NodeBuilder<T> {
             defer_acks: self.defer_acks,
             pending_acks: Vec::new(),
             drained_reported: false,
+            long_waits: LongWaitCheck {
+                every: self.long_wait_check,
+                limit: long_wait_limit,
+                scan: None,
+            },
+            stopping: stopping.clone(),
             multi_thread: tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread,
         };
@@ -449,6 +479,7 @@ impl<T: Transport> NodeBuilder<T> {
             results,
             observers,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+            stopping,
         })
     }
 }
@@ -520,6 +551,8 @@ pub struct Node<T: Transport = TcpTransport> {
     results: Arc<dyn ResultSource>,
     observers: Observers,
     task: DriverTask,
+    /// Set when the driver stops: operator scans still reading end early.
+    stopping: Arc<AtomicBool>,
 }
 
 impl<T: Transport> Clone for Node<T> {
@@ -531,6 +564,7 @@ impl<T: Transport> Clone for Node<T> {
             results: self.results.clone(),
             observers: self.observers.clone(),
             task: self.task.clone(),
+            stopping: self.stopping.clone(),
         }
     }
 }
@@ -784,6 +818,41 @@ impl<T: Transport> Node<T> {
         self.call(|core, _| (core.hospital(), None)).await?
     }
 
+    /// The checkpoint dump (see [`OperatorView::dump`]) as pretty JSON: per
+    /// suspended flow its name, state, what it waits on and for how long,
+    /// its sessions, progress and hospital record. It reads every
+    /// checkpoint on a blocking thread while the node keeps running, so it
+    /// is not one snapshot: a flow that steps meanwhile shows the state it
+    /// had when the scan reached it.
+    pub async fn dump_json(&self) -> Result<String, NodeError> {
+        self.operator_scan(|view, now| view.dump_json(now)).await
+    }
+
+    /// Scans the checkpoints now and logs a warning for every flow waiting
+    /// longer than `limit` (as the periodic check does with
+    /// [`NodeConfig::long_wait_warning`]); returns their run ids.
+    pub async fn long_waiting_flows(&self, limit: Duration) -> Result<Vec<RunId>, NodeError> {
+        self.operator_scan(move |view, now| view.warn_long_waits(now, limit))
+            .await
+    }
+
+    /// Runs `scan` on an [`OperatorView`] of the node, on a blocking thread.
+    async fn operator_scan<R: Send + 'static>(
+        &self,
+        scan: impl FnOnce(&OperatorView, Timestamp) -> Result<R, NodeError> + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let view = self.call(|core, _| (core.operator_view(), None)).await?;
+        let view = view.stopping_on(self.stopping.clone());
+        let stopping = self.stopping.clone();
+        let result = tokio::task::spawn_blocking(in_current_dispatch(move || scan(&view, now())))
+            .await
+            .map_err(|e| NodeError::Store(format!("the operator scan failed: {e}")))?;
+        if stopping.load(Ordering::Relaxed) {
+            return Err(stopped()); // it may have stopped reading early
+        }
+        result
+    }
+
     /// Ends a flow by operator decision (its counterparties are told).
     pub async fn kill_flow(&self, run: RunId) -> Result<(), NodeError> {
         self.call(move |core, now| match core.kill(now, run) {
@@ -895,13 +964,53 @@ struct Driver<T> {
     /// Received acks not yet committed (only deletions from the outbox).
     pending_acks: Vec<(PublicKey, Vec<u8>)>,
     drained_reported: bool,
+    long_waits: LongWaitCheck,
+    /// Set when the driver stops (see [`Node::stopping`]).
+    stopping: Arc<AtomicBool>,
     multi_thread: bool,
+}
+
+/// How often operator scans run between the node's commits.
+const DEFAULT_LONG_WAIT_CHECK: Duration = Duration::from_secs(300);
+
+/// The driver's periodic long-wait check.
+struct LongWaitCheck {
+    /// Between scans; zero: never.
+    every: Duration,
+    /// A flow waiting longer than this is logged.
+    limit: Duration,
+    /// The scan in progress or last finished.
+    scan: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// `f`, made to log to the subscriber that is current here, wherever it
+/// runs (a blocking thread has no subscriber of its own).
+fn in_current_dispatch<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    move || tracing::dispatcher::with_default(&dispatch, f)
 }
 
 impl<T: Transport> Driver<T> {
     async fn run(mut self) -> Result<(), String> {
+        let result = self.run_until_stopped().await;
+        // However the driver stopped: end the operator scans, so none keeps
+        // the database open after the node.
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(scan) = self.long_waits.scan.take() {
+            let _ = scan.await;
+        }
+        result
+    }
+
+    async fn run_until_stopped(&mut self) -> Result<(), String> {
         let mut redeliver = tokio::time::interval(self.redelivery);
         redeliver.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check_long_waits = !self.long_waits.every.is_zero();
+        let mut long_waits = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.long_waits.every,
+            self.long_waits.every.max(Duration::from_millis(1)),
+        );
+        long_waits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Flows left runnable by the last run (and any timers due) go first.
         let mut ready = true;
         loop {
@@ -932,6 +1041,7 @@ impl<T: Transport> Driver<T> {
                 _ = std::future::ready(()), if !self.loopback.is_empty() => self.deliver(None)?,
                 event = self.events.recv(), if self.events_open => self.on_link_event(event)?,
                 _ = redeliver.tick() => self.redeliver_overdue()?,
+                _ = long_waits.tick(), if check_long_waits => self.start_long_wait_scan(),
                 _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
                     self.operate(|core| core.tick(now()))?;
                 }
@@ -941,6 +1051,34 @@ impl<T: Transport> Driver<T> {
             self.report_drained();
         }
         Ok(())
+    }
+
+    /// A tick of the long-wait check: scans the checkpoints on a blocking
+    /// thread, unless the previous scan is still at it.
+    fn start_long_wait_scan(&mut self) {
+        if self
+            .long_waits
+            .scan
+            .as_ref()
+            .is_some_and(|scan| !scan.is_finished())
+        {
+            debug!("the previous long-wait scan is still running; skipping this one");
+            return;
+        }
+        let view = self.core.operator_view().stopping_on(self.stopping.clone());
+        let limit = self.long_waits.limit;
+        let scan = in_current_dispatch(move || match view.warn_long_waits(now(), limit) {
+            Ok(slow) if !slow.is_empty() => {
+                info!(
+                    flows = slow.len(),
+                    limit_ms = limit.as_millis(),
+                    "long-wait check: flows waiting longer than the limit (each logged above)"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "the long-wait check could not read the checkpoints"),
+        });
+        self.long_waits.scan = Some(tokio::task::spawn_blocking(scan));
     }
 
     /// Runs `f` on the core, letting other tasks use this worker thread
