@@ -522,3 +522,26 @@ async fn operators_dump_and_list_long_waits_of_a_running_node() {
         "a stopped node has no dump"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_dump_puts_a_complete_dump_beside_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = alice_alone(dir.path(), Duration::ZERO, Duration::from_secs(3600)).await;
+    let h = alice.start_flow(ping(party("Bob", 2), 1)).await.unwrap();
+    let path = alice.write_dump().await.unwrap();
+    assert_eq!(path.parent(), Some(dir.path()));
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("Alice.redb.dump-") && name.ends_with(".json"),
+        "{name}"
+    );
+    let dump: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(dump[0]["run_id"], h.run_id().to_string(), "{dump}");
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!files.iter().any(|f| f.ends_with(".partial")), "{files:?}");
+    alice.shutdown().await.unwrap();
+}

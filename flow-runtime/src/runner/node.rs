@@ -480,6 +480,7 @@ impl<T: Transport> NodeBuilder<T> {
             observers,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             stopping,
+            database: self.database,
         })
     }
 }
@@ -553,6 +554,8 @@ pub struct Node<T: Transport = TcpTransport> {
     task: DriverTask,
     /// Set when the driver stops: operator scans still reading end early.
     stopping: Arc<AtomicBool>,
+    /// The database file; dumps are written beside it.
+    database: PathBuf,
 }
 
 impl<T: Transport> Clone for Node<T> {
@@ -565,6 +568,7 @@ impl<T: Transport> Clone for Node<T> {
             observers: self.observers.clone(),
             task: self.task.clone(),
             stopping: self.stopping.clone(),
+            database: self.database.clone(),
         }
     }
 }
@@ -828,6 +832,29 @@ impl<T: Transport> Node<T> {
         self.operator_scan(|view, now| view.dump_json(now)).await
     }
 
+    /// Writes [`dump_json`](Self::dump_json) to a new file beside the
+    /// database, `<database>.dump-<unix ms>.json`, and returns its path
+    /// (what SIGUSR2 makes [`run_until_signal`](Self::run_until_signal) do).
+    /// The file appears complete or not at all: it is written under a
+    /// temporary name and renamed.
+    pub async fn write_dump(&self) -> Result<PathBuf, NodeError> {
+        let database = self.database.clone();
+        self.operator_scan(move |view, now| {
+            let json = view.dump_json(now)?;
+            let mut name = database.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".dump-{}.json", now.0));
+            let path = database.with_file_name(name);
+            let partial = path.with_extension("json.partial");
+            std::fs::write(&partial, json)
+                .and_then(|()| std::fs::rename(&partial, &path))
+                .map_err(|e| {
+                    NodeError::Store(format!("cannot write the dump to {}: {e}", path.display()))
+                })?;
+            Ok(path)
+        })
+        .await
+    }
+
     /// Scans the checkpoints now and logs a warning for every flow waiting
     /// longer than `limit` (as the periodic check does with
     /// [`NodeConfig::long_wait_warning`]); returns their run ids.
@@ -893,7 +920,8 @@ impl<T: Transport> Node<T> {
 
     /// Runs until SIGINT or SIGTERM, then shuts down cleanly. SIGUSR1
     /// starts draining (the node logs "node drained" once no flow is in
-    /// flight; stop it then).
+    /// flight; stop it then). SIGUSR2 writes a checkpoint dump beside the
+    /// database ([`write_dump`](Self::write_dump)) and logs its path.
     pub async fn run_until_signal(&self) -> Result<(), RunnerError> {
         let signal = super::shutdown_signal();
         tokio::pin!(signal);
@@ -901,11 +929,19 @@ impl<T: Transport> Node<T> {
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
                 .map_err(RunnerError::Signals)?;
+        #[cfg(unix)]
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+                .map_err(RunnerError::Signals)?;
         loop {
             #[cfg(unix)]
             let drain_requested = usr1.recv();
             #[cfg(not(unix))]
             let drain_requested = std::future::pending::<Option<()>>();
+            #[cfg(unix)]
+            let dump_requested = usr2.recv();
+            #[cfg(not(unix))]
+            let dump_requested = std::future::pending::<Option<()>>();
             tokio::select! {
                 received = &mut signal => {
                     let name = received.map_err(RunnerError::Signals)?;
@@ -916,6 +952,17 @@ impl<T: Transport> Node<T> {
                     if let Err(e) = self.set_draining(true).await {
                         warn!(error = %e, "cannot start draining");
                     }
+                }
+                _ = dump_requested => {
+                    // A dump of many flows takes seconds: not in this loop,
+                    // which must stay ready for SIGTERM.
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        match node.write_dump().await {
+                            Ok(path) => info!(path = %path.display(), "wrote the checkpoint dump"),
+                            Err(e) => warn!(error = %e, "cannot write the checkpoint dump"),
+                        }
+                    });
                 }
                 _ = self.finished() => {
                     return self.shutdown().await;
