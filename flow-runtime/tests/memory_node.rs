@@ -2,6 +2,8 @@
 //! node runner — driver, group commit, redb files, redelivery — without
 //! sockets. Also `FlowHandle::result().await` on tokio nodes.
 
+mod tcp_common;
+
 use flow_runtime::NodeConfig;
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder};
@@ -10,8 +12,8 @@ use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
 use flow_runtime::wire::WireMessage;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tcp_common::Logs;
 
 fn party(name: &str, byte: u8) -> Party {
     Party::new(name, PublicKey([byte; 32]))
@@ -383,36 +385,6 @@ async fn many_flows_start_in_one_commit_and_their_handles_await_results() {
     bob.shutdown().await.unwrap();
 }
 
-/// Log lines written while the returned guard is alive on this thread.
-#[derive(Clone, Default)]
-struct CapturedLog(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedLog {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// Alice on `dir`, checking for long waits every `check`, warning past
 /// `limit`. Bob is never started: her pings wait forever.
 async fn alice_alone(dir: &Path, check: Duration, limit: Duration) -> Node<MemoryTransport> {
@@ -432,8 +404,7 @@ async fn alice_alone(dir: &Path, check: Duration, limit: Duration) -> Node<Memor
 // test's log subscriber; the check's blocking thread must log there too.
 #[tokio::test(flavor = "current_thread")]
 async fn the_node_logs_a_warning_for_a_flow_waiting_longer_than_the_limit() {
-    let log = CapturedLog::default();
-    let _guard = log.capture();
+    let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let alice = alice_alone(
         dir.path(),
@@ -443,21 +414,9 @@ async fn the_node_logs_a_warning_for_a_flow_waiting_longer_than_the_limit() {
     .await;
     let h = alice.start_flow(ping(party("Bob", 2), 1)).await.unwrap();
     let run = h.run_id().to_string();
-    within("the warning", 20, async {
-        while !log.text().contains("flow has been waiting") {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    let text = log.text();
-    let warning = text
-        .lines()
-        .find(|l| l.contains("flow has been waiting"))
-        .unwrap();
-    assert!(
-        warning.contains("WARN") && warning.contains(&run),
-        "{warning}"
-    );
+    let warning = logs
+        .wait_for_warning(&["flow has been waiting", &run])
+        .await;
     assert!(warning.contains(<ping::Flow as Flow>::NAME), "{warning}");
     // Scans run every 20 ms: stopping must not leave one holding the
     // database, or reopening the file would fail.
@@ -469,16 +428,15 @@ async fn the_node_logs_a_warning_for_a_flow_waiting_longer_than_the_limit() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_node_with_the_check_off_logs_no_long_wait() {
-    let log = CapturedLog::default();
-    let _guard = log.capture();
+    let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let alice = alice_alone(dir.path(), Duration::ZERO, Duration::ZERO).await;
     alice.start_flow(ping(party("Bob", 2), 1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        !log.text().contains("flow has been waiting"),
+        !logs.text().contains("flow has been waiting"),
         "{}",
-        log.text()
+        logs.text()
     );
     alice.shutdown().await.unwrap();
 }

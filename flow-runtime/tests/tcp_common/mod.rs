@@ -1,6 +1,7 @@
 //! Shared helpers for the TCP transport tests: deterministic identities, a
-//! small network of transports on 127.0.0.1, a log capture, and a "raw"
-//! peer that speaks the wire protocol by hand so tests can misbehave.
+//! small network of transports on 127.0.0.1, a log capture (also used by
+//! `memory_node.rs`), and a "raw" peer that speaks the wire protocol by
+//! hand so tests can misbehave.
 #![allow(dead_code)] // each test file uses a different subset
 
 use bytes::Bytes;
