@@ -14,7 +14,7 @@ use crate::crypto::SecureHash;
 use crate::ledger::{ContractState, InputResolver, SignedTransaction, StateRef, VerifyError};
 use crate::store::{Store, StoreError};
 use crate::vault;
-use flow_runtime::Party;
+use flow_runtime::{Party, Payload};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -68,13 +68,24 @@ pub enum ResolveError {
 /// asked, `None` for one the peer does not hold.
 pub type FetchReply = Vec<Option<SignedTransaction>>;
 
-/// A request from the resolving side to the side serving transactions.
+/// A message from the resolving side to the side serving transactions.
+///
+/// The serving side cannot know whether the resolver still lacks anything,
+/// so it serves until it is told the resolution is over. Saying so costs no
+/// message of its own when the resolver has something to say next on the
+/// session anyway: its next message travels inside the [`Done`]
+/// (`Done(Some(next))`, e.g. a proposal or a signer's signatures), or, in
+/// finality, the resolver's flow ending says it.
+///
+/// [`Done`]: FetchRequest::Done
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FetchRequest {
     /// Send these transactions.
     Transactions(Vec<SecureHash>),
-    /// Resolution is over: stop serving.
-    Done,
+    /// Resolution is over: stop serving. `Some`: the resolver's next
+    /// message on the session (untrusted: the receiver decodes it as the
+    /// type it expects and checks it like any received value).
+    Done(Option<Payload>),
 }
 
 /// The state of one resolution: what is still to be fetched, and what has

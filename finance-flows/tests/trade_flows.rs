@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use finance_flows::crypto::{SecureHash, TxSignature};
-use finance_flows::flows::resolve::serve_transactions;
+use finance_flows::flows::resolve::{Ending, Served, send_ending_resolution, serve_transactions};
 use finance_flows::flows::signatures::receive_to_sign;
 use finance_flows::flows::trade::{buy_steps, sell};
 use finance_flows::flows::{Notary, fail, store};
@@ -111,16 +111,23 @@ async fn rogue_seller(
         pay_to,
         history: Vec::new(),
     })?;
-    let serving: FlowSession = session.clone();
-    let _served: u32 = ctx.sub_flow(serve_transactions(serving)).await?;
     if mode == 3 {
-        // Disappear mid-trade.
+        // Serve the buyer's fetch of the asset's transaction, take the
+        // proposal that ends it, and disappear mid-trade.
+        let serving: FlowSession = session.clone();
+        let served: Served = ctx.sub_flow(serve_transactions(serving)).await?;
+        if served.next.is_none() {
+            return Err(FlowError::new(
+                "expected the proposal to end the resolution",
+            ));
+        }
         return Ok(());
     }
+    // receive_to_sign serves the buyer's fetch of the asset's transaction.
     let signing: FlowSession = session.clone();
     let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing)).await?;
     let sig: TxSignature = forge(store(ctx)?, &proposal, &pay_to, mode)?;
-    session.send(&vec![sig])?;
+    send_ending_resolution(&session, &vec![sig])?;
     // An honest buyer refuses the forgery, so this receive fails with its
     // error; a buyer that accepted it would send the final transaction.
     let _fin: SignedTransaction = session.receive::<SignedTransaction>().await?.validate(Ok)?;
@@ -278,6 +285,7 @@ async fn stingy_buyer(
             fetching,
             ids,
             offer.history.clone(),
+            Ending::Deferred,
         ))
         .await?;
     let cheap = TradeOffer {
@@ -361,10 +369,20 @@ fn notary_rejects_the_second_spend_of_the_same_cash() {
 }
 
 /// Runs one trade, restarting `which` after `k` network steps; returns
-/// false once `k` is past the end of the trade.
-fn trade_with_restart(seed: u64, which: usize, k: usize) -> bool {
+/// false once `k` is past the end of the trade. With `steady`, a first
+/// trade runs undisturbed before, so that the restarted one resolves
+/// nothing: every resolution's end rides on the next message or the
+/// seller's end.
+fn trade_with_restart(seed: u64, which: usize, k: usize, steady: bool) -> bool {
     let mut w = World::new(seed, PRICE, true);
-    let paper = w.fund();
+    let mut paper = w.fund();
+    if steady {
+        let h = w.sell(paper, PRICE);
+        w.net.run_network();
+        ok(w.net.result(&h));
+        paper = w.issue_paper_to_seller();
+    }
+    let trades = 1 + u64::from(steady);
     let h = w.sell(paper, PRICE);
     let node = [w.notary_node, w.seller, w.buyer][which];
     let mut steps = 0;
@@ -379,7 +397,7 @@ fn trade_with_restart(seed: u64, which: usize, k: usize) -> bool {
     w.net.restart_node(node);
     w.net.run_network();
     ok(w.net.result(&h));
-    w.reconcile(1, 1, PRICE);
+    w.reconcile(trades as usize, trades, PRICE);
     true
 }
 
@@ -387,7 +405,18 @@ fn trade_with_restart(seed: u64, which: usize, k: usize) -> bool {
 fn every_node_restarts_at_every_step_of_a_trade() {
     for which in 0..3 {
         let mut k = 0;
-        while trade_with_restart(100 + k as u64, which, k) {
+        while trade_with_restart(100 + k as u64, which, k, false) {
+            k += 1;
+        }
+        assert!(k > 5, "the trade takes several steps");
+    }
+}
+
+#[test]
+fn every_node_restarts_at_every_step_of_a_steady_state_trade() {
+    for which in 0..3 {
+        let mut k = 0;
+        while trade_with_restart(200 + k as u64, which, k, true) {
             k += 1;
         }
         assert!(k > 5, "the trade takes several steps");

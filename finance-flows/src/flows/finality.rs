@@ -2,7 +2,9 @@
 //! it to every other participant, who verify it and record it too.
 
 use super::notarise::notarise;
-use super::resolve::{dependencies, resolve_transactions, serve_transactions};
+use super::resolve::{
+    Ending, Served, dependencies, peer_ended, resolve_transactions, serve_transactions,
+};
 use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
@@ -13,6 +15,12 @@ use flow_runtime::prelude::*;
 /// `notary_node` if it needs a notary, records it in the vault, then sends
 /// it on each of `sessions` and serves the dependencies each peer asks for
 /// (each peer runs [`receive_finality`]). Returns the final transaction.
+///
+/// Serving a peer ends when it says `Done` or when its flow ends (a peer
+/// that passed [`Ending::Deferred`] to `receive_finality` sends nothing
+/// more): either way it holds what it wanted, and this node's own outcome,
+/// the recorded transaction, does not depend on it. A peer that ends with
+/// a protocol error fails this flow with that error, as before.
 ///
 /// `stx` comes from this node's own code, not from a peer. When it needs a
 /// notary, its signatures are not checked cryptographically here: the
@@ -47,7 +55,17 @@ pub async fn finality(
     ctx.set_progress("Sending the final transaction");
     for session in sessions {
         session.send(&fin)?;
-        let _served: u32 = ctx.sub_flow(serve_transactions(session)).await?;
+        let served: Result<Served, FlowError> = ctx.sub_flow(serve_transactions(session)).await;
+        match served {
+            Ok(Served { next: None, .. }) => {}
+            Ok(Served { next: Some(_), .. }) => {
+                return Err(FlowError::new(
+                    "the peer sent a message with the end of its resolution of the final transaction, which finality does not expect: receive_finality's caller must send nothing on the session until it returns",
+                ));
+            }
+            Err(e) if peer_ended(&e) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(fin)
 }
@@ -61,12 +79,19 @@ pub async fn finality(
 /// a signature of the final transaction equal to one of them is not checked
 /// again (~27 µs each). Ignored without `expected`. Pass an empty list when
 /// in doubt.
+///
+/// `ending`: [`Ending::Done`] tells the peer at once that the resolution is
+/// over. [`Ending::Deferred`] saves that message for a caller whose flow
+/// ends right after this returns (the trade's seller): `finality` then
+/// takes the end of the flow as the end of the resolution, so the caller
+/// must send nothing more on `session`.
 #[flow]
 pub async fn receive_finality(
     ctx: &mut FlowContext,
     session: FlowSession,
     expected: Option<SecureHash>,
     verified: Vec<TxSignature>,
+    ending: Ending,
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Waiting for the final transaction");
     let stx: SignedTransaction = session
@@ -82,7 +107,7 @@ pub async fn receive_finality(
     let deps: Vec<SecureHash> = dependencies(&stx);
     let fetching: FlowSession = session.clone();
     let _resolved: u32 = ctx
-        .sub_flow(resolve_transactions(fetching, deps, Vec::new()))
+        .sub_flow(resolve_transactions(fetching, deps, Vec::new(), ending))
         .await?;
     ctx.set_progress("Recording the final transaction");
     let db = store(ctx)?;

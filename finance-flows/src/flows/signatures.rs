@@ -2,19 +2,40 @@
 //! signer resolves its dependencies, checks it (its own rules, in its own
 //! code between [`receive_to_sign`] and [`sign_and_reply`]), and returns its
 //! signatures.
+//!
+//! ```text
+//!   initiator                                 signer
+//!   collect_signatures                        receive_to_sign
+//!     [its own open resolution] ── fetch ──▶    (serves it)
+//!     Done(proposal) ───────────────────────▶
+//!       (serves it) ◀────────────────── fetch ── resolve_transactions (deferred)
+//!                   ◀──────── Done(signatures) ── sign_and_reply
+//! ```
+//!
+//! Both messages of the round travel inside a [`FetchRequest::Done`]
+//! ([`send_ending_resolution`]), so each also ends the resolution its
+//! sender may have been running on the session, and a round in which
+//! neither side lacks a dependency is two messages.
 
-use super::resolve::{dependencies, resolve_transactions, serve_transactions};
+use super::resolve::{
+    Ending, dependencies, resolve_transactions, send_ending_resolution, serve_request,
+};
 use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::SignedTransaction;
+use crate::resolution::FetchRequest;
 use crate::vault;
 use flow_runtime::prelude::*;
 
-/// Sends `stx` to the peer on `session`, serves the dependencies it asks
-/// for, and adds the signatures it returns. Each returned signature must be
-/// valid and by a key whose signature is still missing. Returns the
-/// transaction with the peer's signatures added.
+/// Sends `stx` to the peer on `session` (which runs [`receive_to_sign`]),
+/// serves the dependencies it asks for, and adds the signatures it returns.
+/// Each returned signature must be valid and by a key whose signature is
+/// still missing. Returns the transaction with the peer's signatures added.
+///
+/// The proposal goes inside a [`FetchRequest::Done`]: a resolution this
+/// node left open on `session` ([`Ending::Deferred`], e.g. a buyer's of the
+/// offered asset's history) ends with it.
 #[flow]
 pub async fn collect_signatures(
     ctx: &mut FlowContext,
@@ -22,16 +43,24 @@ pub async fn collect_signatures(
     stx: SignedTransaction,
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Sending the transaction for signing");
-    session.send(&stx)?;
-    let serving: FlowSession = session.clone();
-    let _served: u32 = ctx.sub_flow(serve_transactions(serving)).await?;
+    send_ending_resolution(&session, &stx)?;
     ctx.set_progress("Waiting for signatures");
     let id: SecureHash = stx.id();
     let missing: Vec<PublicKey> = stx.missing_signers().into_iter().collect();
-    let sigs: Vec<TxSignature> = session
-        .receive::<Vec<TxSignature>>()
-        .await?
-        .validate(|sigs| check_returned_signatures(sigs, &id, &missing))?;
+    let sigs: Vec<TxSignature> = loop {
+        let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
+        match request {
+            FetchRequest::Transactions(ids) => {
+                serve_request(ctx, &session, &ids)?;
+            }
+            // The signer ended its resolution apart from its reply: the
+            // reply still comes.
+            FetchRequest::Done(None) => {}
+            FetchRequest::Done(Some(reply)) => {
+                break check_returned_signatures(reply.decode()?, &id, &missing)?;
+            }
+        }
+    };
     let mut signed: SignedTransaction = stx;
     for sig in sigs {
         signed.add_signature(sig);
@@ -65,20 +94,44 @@ fn check_returned_signatures(
     Ok(sigs)
 }
 
-/// The signer's first half: receives the transaction to sign and resolves
-/// its dependencies from the peer. The caller then applies its own checks
-/// and, if satisfied, calls [`sign_and_reply`].
+/// The signer's first half: serves the dependencies the initiator (on
+/// `session`, running [`collect_signatures`]) may still be resolving,
+/// receives the transaction to sign and resolves its dependencies from the
+/// peer. The caller then applies its own checks and, if satisfied, calls
+/// [`sign_and_reply`] or [`sign_verified_and_reply`], whose reply also ends
+/// this resolution (left open: [`Ending::Deferred`]); to refuse, it returns
+/// an error, which the initiator receives. Like [`serve_transactions`]
+/// (`super::resolve`), it serves any transaction of the vault the
+/// initiator asks for by id.
+///
+/// [`serve_transactions`]: super::resolve::serve_transactions
 #[flow]
 pub async fn receive_to_sign(
     ctx: &mut FlowContext,
     session: FlowSession,
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Receiving the transaction to sign");
-    let stx: SignedTransaction = session.receive::<SignedTransaction>().await?.validate(Ok)?;
+    let stx: SignedTransaction = loop {
+        let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
+        match request {
+            FetchRequest::Transactions(ids) => {
+                serve_request(ctx, &session, &ids)?;
+            }
+            // The initiator ended a resolution apart from its proposal: the
+            // proposal still comes.
+            FetchRequest::Done(None) => {}
+            FetchRequest::Done(Some(proposal)) => break proposal.decode::<SignedTransaction>()?,
+        }
+    };
     let deps: Vec<SecureHash> = dependencies(&stx);
     let fetching: FlowSession = session.clone();
     let _resolved: u32 = ctx
-        .sub_flow(resolve_transactions(fetching, deps, Vec::new()))
+        .sub_flow(resolve_transactions(
+            fetching,
+            deps,
+            Vec::new(),
+            Ending::Deferred,
+        ))
         .await?;
     Ok(stx)
 }
@@ -87,7 +140,8 @@ pub async fn receive_to_sign(
 /// signature present valid, contracts satisfied, only the signatures of this
 /// node's keys and of `notary_key` missing — signs with every required key
 /// this node holds, and sends the signatures on `session`. Returns the
-/// signatures made.
+/// signatures made. The reply ends the resolution [`receive_to_sign`] left
+/// open.
 pub fn sign_and_reply(
     ctx: &mut FlowContext,
     session: &FlowSession,
@@ -149,6 +203,6 @@ fn sign_with(
     for key in ours {
         sigs.push(keys::sign(db, key, &id.0).map_err(fail)?);
     }
-    session.send(&sigs)?;
+    send_ending_resolution(session, &sigs)?;
     Ok(sigs)
 }

@@ -6,14 +6,25 @@
 //! ```text
 //!   seller                                   buyer
 //!   sell(buyer, asset, price, notary)
-//!     TradeOffer ───────────────────────────▶ buy(session, max price, kind, notary)
-//!     serve_transactions ◀──── fetch ───────  resolve_transactions (asset history)
-//!     receive_to_sign ◀────── proposal ────── collect_signatures
-//!       resolve_transactions ─── fetch ─────▶   serve_transactions (cash history)
-//!     check_proposal; sign ────────────────▶
+//!     TradeOffer (+ asset tx) ──────────────▶ buy(session, max price, kind, notary)
+//!                                             resolve_transactions (older history;
+//!     receive_to_sign: serve ◀──── fetch ───    deferred: no Done of its own)
+//!                      ◀── Done(proposal) ─── collect_signatures
+//!       resolve_transactions ─── fetch ─────▶   serve (cash history)
+//!       (deferred)
+//!     check_proposal; sign ── Done(sigs) ───▶
 //!                                             finality: notarise, record
-//!     receive_finality ◀───── final tx ──────
+//!     receive_finality ◀───── final tx ──────   serve
+//!       resolve_transactions ─── fetch ─────▶
+//!       (deferred) ── end of the seller's flow ▶ (serving over)
 //! ```
+//!
+//! The fetches happen only when a side lacks history (the seller before it
+//! holds the buyer's cash issuance; a buyer of a traded asset). In the
+//! steady state a trade is four messages between the two (offer, proposal,
+//! signatures, final transaction) and the notary's round trip: each
+//! resolution's "done" rides on its side's next message or its flow's end
+//! (see [`super::resolve::Ending`]).
 //!
 //! Both sides soft-lock what they put in (the seller its asset, the buyer
 //! its coins) under the session's id and release the locks if the trade
@@ -21,7 +32,7 @@
 //! trade leaves nothing reserved.
 
 use super::finality::{finality, receive_finality};
-use super::resolve::resolve_transactions;
+use super::resolve::{Ending, resolve_transactions};
 use super::signatures::{collect_signatures, receive_to_sign, sign_verified_and_reply};
 use super::{Notary, fail, store};
 use crate::crypto::{SecureHash, TxSignature};
@@ -44,7 +55,11 @@ fn release(ctx: &mut FlowContext, lock: LockId) {
 /// Sells the state at `asset` (which this node must own) to `buyer` for
 /// `price`, with `notary`. Returns the final transaction. The buyer's node
 /// must have [`buy`] registered as the responder to `sell::Flow`.
-#[flow]
+///
+/// Version 2: the resolutions' `Done` rides on the next message (see the
+/// module's diagram). A peer still running version 1 fails the trade on the
+/// first message it cannot decode; nothing is misread.
+#[flow(version = 2)]
 pub async fn sell(
     ctx: &mut FlowContext,
     buyer: Party,
@@ -92,7 +107,9 @@ fn make_offer(
     })
 }
 
-/// The seller's conversation, after the offer is prepared.
+/// The seller's conversation, after the offer is prepared. The caller must
+/// send nothing more on `session` afterwards: the buyer's finality takes
+/// the end of the seller's flow as the end of its last resolution.
 #[flow]
 pub async fn sell_steps(
     ctx: &mut FlowContext,
@@ -102,14 +119,12 @@ pub async fn sell_steps(
 ) -> Result<SignedTransaction, FlowError> {
     session.send(&offer)?;
     let offer: TradeOffer = offer.without_history();
-    ctx.set_progress("Sending the asset's history");
-    let serving: FlowSession = session.clone();
-    let _served: u32 = ctx
-        .sub_flow(super::resolve::serve_transactions(serving))
-        .await?;
-    ctx.set_progress("Checking the buyer's proposal");
+    // receive_to_sign serves the older history the buyer may still fetch
+    // before its proposal ends that resolution.
+    ctx.set_progress("Waiting for the buyer's proposal");
     let signing: FlowSession = session.clone();
     let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing)).await?;
+    ctx.set_progress("Checking the buyer's proposal");
     trade::check_proposal(store(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
     ctx.set_progress("Signing");
     // check_proposal verified the proposal in full: sign without a second pass.
@@ -120,8 +135,15 @@ pub async fn sell_steps(
     // final transaction's copies of them need no second check.
     let mut verified: Vec<TxSignature> = proposal.sigs.clone();
     verified.extend(ours);
+    // This flow (and `sell`) ends right after: the end of the flow tells
+    // the buyer's finality that the resolution is over.
     let fin: SignedTransaction = ctx
-        .sub_flow(receive_finality(session, expected, verified))
+        .sub_flow(receive_finality(
+            session,
+            expected,
+            verified,
+            Ending::Deferred,
+        ))
         .await?;
     Ok(fin)
 }
@@ -172,13 +194,19 @@ pub async fn buy_steps(
     let fetching: FlowSession = session.clone();
     let asset_tx: Vec<SecureHash> = vec![offer.asset.state_ref.tx_id];
     let _resolved: u32 = ctx
-        .sub_flow(resolve_transactions(fetching, asset_tx, supplied))
+        .sub_flow(resolve_transactions(
+            fetching,
+            asset_tx,
+            supplied,
+            Ending::Deferred,
+        ))
         .await?;
     trade::check_offered_state(store(ctx)?, &offer).map_err(fail)?;
     ctx.set_progress("Building the transaction");
     let proposal: SignedTransaction =
         trade::build_proposal(store(ctx)?, &offer, &notary.party, lock).map_err(fail)?;
     ctx.set_progress("Collecting the seller's signature");
+    // The proposal also ends the resolution above (left open: deferred).
     let signing: FlowSession = session.clone();
     let signed: SignedTransaction = ctx.sub_flow(collect_signatures(signing, proposal)).await?;
     ctx.set_progress("Finalising");
