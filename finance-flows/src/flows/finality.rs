@@ -14,7 +14,7 @@ use flow_runtime::prelude::*;
 /// Verifies `stx` (all signatures but the notary's), notarises it through
 /// `notary_node` if it needs a notary, records it in the vault, then sends
 /// it on each of `sessions` and serves the dependencies each peer asks for
-/// (each peer runs [`receive_finality`]). Returns the final transaction.
+/// (each peer runs [`receive_finality`](fn@receive_finality)). Returns the final transaction.
 ///
 /// Serving a peer ends when it says `Done` or when its flow ends (a peer
 /// that passed [`Ending::Deferred`] to `receive_finality` sends nothing
@@ -70,7 +70,7 @@ pub async fn finality(
     Ok(fin)
 }
 
-/// The other end of [`finality`]: receives the final transaction (which must
+/// The other end of [`finality`](fn@finality): receives the final transaction (which must
 /// have the id `expected`, if given), resolves its dependencies, verifies it
 /// fully and records it.
 ///

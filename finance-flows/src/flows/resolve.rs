@@ -26,7 +26,7 @@ pub fn dependencies(stx: &SignedTransaction) -> Vec<SecureHash> {
     ids
 }
 
-/// How [`resolve_transactions`] tells the serving side that it is over.
+/// How [`resolve_transactions`](fn@resolve_transactions) tells the serving side that it is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ending {
     /// Send [`FetchRequest::Done`] as soon as the resolution is over: for a
@@ -35,7 +35,7 @@ pub enum Ending {
     /// Send nothing: this side's next message on the session ends the
     /// serving, sent with [`send_ending_resolution`] (the peer's loop must
     /// expect it there, as `collect_signatures` and `receive_to_sign` do),
-    /// or, where the serving side is [`finality`](super::finality::finality),
+    /// or, where the serving side is [`finality`](fn@super::finality::finality),
     /// the end of this side's flow. Saves the `Done` message, which in the
     /// steady state of a trade is the whole resolution.
     Deferred,
@@ -44,7 +44,7 @@ pub enum Ending {
 /// Downloads from the peer on `session` every transaction in the
 /// dependency graph of `ids` that this node does not hold yet, breadth
 /// first, then verifies them oldest first and records them. Returns how many
-/// were recorded. The peer must serve on its end ([`serve_transactions`],
+/// were recorded. The peer must serve on its end ([`serve_transactions`](fn@serve_transactions),
 /// or a loop of its own that answers with [`serve_request`]).
 ///
 /// `supplied`: transactions the peer already sent with an earlier message
@@ -113,7 +113,7 @@ pub fn serve_request(
     Ok(u32::try_from(reply.len()).unwrap_or(u32::MAX))
 }
 
-/// How a [`serve_transactions`] ended.
+/// How a [`serve_transactions`](fn@serve_transactions) ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
     /// How many transactions were sent.
@@ -125,7 +125,7 @@ pub struct Served {
     pub next: Option<Payload>,
 }
 
-/// The other end of [`resolve_transactions`]: answers fetch requests from
+/// The other end of [`resolve_transactions`](fn@resolve_transactions): answers fetch requests from
 /// the vault until the peer says it is done. Returns what was served and
 /// the message that came with the `Done`, if any.
 ///

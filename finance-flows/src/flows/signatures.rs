@@ -1,6 +1,6 @@
 //! A signature round: the initiator sends a partly signed transaction, the
 //! signer resolves its dependencies, checks it (its own rules, in its own
-//! code between [`receive_to_sign`] and [`sign_and_reply`]), and returns its
+//! code between [`receive_to_sign`](fn@receive_to_sign) and [`sign_and_reply`]), and returns its
 //! signatures.
 //!
 //! ```text
@@ -26,9 +26,10 @@ use crate::keys;
 use crate::ledger::SignedTransaction;
 use crate::resolution::FetchRequest;
 use crate::vault;
+use flow_runtime::Payload;
 use flow_runtime::prelude::*;
 
-/// Sends `stx` to the peer on `session` (which runs [`receive_to_sign`]),
+/// Sends `stx` to the peer on `session` (which runs [`receive_to_sign`](fn@receive_to_sign)),
 /// serves the dependencies it asks for, and adds the signatures it returns.
 /// Each returned signature must be valid and by a key whose signature is
 /// still missing. Returns the transaction with the peer's signatures added.
@@ -45,9 +46,7 @@ pub async fn collect_signatures(
     ctx.set_progress("Sending the transaction for signing");
     send_ending_resolution(&session, &stx)?;
     ctx.set_progress("Waiting for signatures");
-    let id: SecureHash = stx.id();
-    let missing: Vec<PublicKey> = stx.missing_signers().into_iter().collect();
-    let sigs: Vec<TxSignature> = loop {
+    let reply: Payload = loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
         match request {
             FetchRequest::Transactions(ids) => {
@@ -56,11 +55,13 @@ pub async fn collect_signatures(
             // The signer ended its resolution apart from its reply: the
             // reply still comes.
             FetchRequest::Done(None) => {}
-            FetchRequest::Done(Some(reply)) => {
-                break check_returned_signatures(reply.decode()?, &id, &missing)?;
-            }
+            FetchRequest::Done(Some(reply)) => break reply,
         }
     };
+    // Computed after the wait, so the checkpoint does not carry them.
+    let id: SecureHash = stx.id();
+    let missing: Vec<PublicKey> = stx.missing_signers().into_iter().collect();
+    let sigs: Vec<TxSignature> = check_returned_signatures(reply.decode()?, &id, &missing)?;
     let mut signed: SignedTransaction = stx;
     for sig in sigs {
         signed.add_signature(sig);
@@ -95,16 +96,14 @@ fn check_returned_signatures(
 }
 
 /// The signer's first half: serves the dependencies the initiator (on
-/// `session`, running [`collect_signatures`]) may still be resolving,
+/// `session`, running [`collect_signatures`](fn@collect_signatures)) may still be resolving,
 /// receives the transaction to sign and resolves its dependencies from the
 /// peer. The caller then applies its own checks and, if satisfied, calls
 /// [`sign_and_reply`] or [`sign_verified_and_reply`], whose reply also ends
 /// this resolution (left open: [`Ending::Deferred`]); to refuse, it returns
-/// an error, which the initiator receives. Like [`serve_transactions`]
-/// (`super::resolve`), it serves any transaction of the vault the
-/// initiator asks for by id.
-///
-/// [`serve_transactions`]: super::resolve::serve_transactions
+/// an error, which the initiator receives. Like
+/// [`serve_transactions`](fn@super::resolve::serve_transactions), it serves
+/// any transaction of the vault the initiator asks for by id.
 #[flow]
 pub async fn receive_to_sign(
     ctx: &mut FlowContext,
@@ -140,7 +139,7 @@ pub async fn receive_to_sign(
 /// signature present valid, contracts satisfied, only the signatures of this
 /// node's keys and of `notary_key` missing — signs with every required key
 /// this node holds, and sends the signatures on `session`. Returns the
-/// signatures made. The reply ends the resolution [`receive_to_sign`] left
+/// signatures made. The reply ends the resolution [`receive_to_sign`](fn@receive_to_sign) left
 /// open.
 pub fn sign_and_reply(
     ctx: &mut FlowContext,

@@ -54,7 +54,7 @@ fn release(ctx: &mut FlowContext, lock: LockId) {
 
 /// Sells the state at `asset` (which this node must own) to `buyer` for
 /// `price`, with `notary`. Returns the final transaction. The buyer's node
-/// must have [`buy`] registered as the responder to `sell::Flow`.
+/// must have [`buy`](fn@buy) registered as the responder to `sell::Flow`.
 ///
 /// Version 2: the resolutions' `Done` rides on the next message (see the
 /// module's diagram). A peer still running version 1 fails the trade on the
