@@ -14,7 +14,8 @@ use flow_runtime::prelude::*;
 /// Verifies `stx` (all signatures but the notary's), notarises it through
 /// `notary_node` if it needs a notary, records it in the vault, then sends
 /// it on each of `sessions` and serves the dependencies each peer asks for
-/// (each peer runs [`receive_finality`](fn@receive_finality)). Returns the final transaction.
+/// (each peer runs [`receive_finality`](fn@receive_finality)). Returns the
+/// final transaction.
 ///
 /// Serving a peer ends when it says `Done` or when its flow ends (a peer
 /// that passed [`Ending::Deferred`] to `receive_finality` sends nothing

@@ -26,7 +26,8 @@ pub fn dependencies(stx: &SignedTransaction) -> Vec<SecureHash> {
     ids
 }
 
-/// How [`resolve_transactions`](fn@resolve_transactions) tells the serving side that it is over.
+/// How [`resolve_transactions`](fn@resolve_transactions) tells the serving
+/// side that it is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ending {
     /// Send [`FetchRequest::Done`] as soon as the resolution is over: for a
@@ -44,8 +45,9 @@ pub enum Ending {
 /// Downloads from the peer on `session` every transaction in the
 /// dependency graph of `ids` that this node does not hold yet, breadth
 /// first, then verifies them oldest first and records them. Returns how many
-/// were recorded. The peer must serve on its end ([`serve_transactions`](fn@serve_transactions),
-/// or a loop of its own that answers with [`serve_request`]).
+/// were recorded. The peer must serve on its end
+/// ([`serve_transactions`](fn@serve_transactions), or a loop of its own
+/// that answers with [`serve_request`]).
 ///
 /// `supplied`: transactions the peer already sent with an earlier message
 /// (e.g. the asset's transaction in a trade offer); those among `ids` are
@@ -125,8 +127,8 @@ pub struct Served {
     pub next: Option<Payload>,
 }
 
-/// The other end of [`resolve_transactions`](fn@resolve_transactions): answers fetch requests from
-/// the vault until the peer says it is done. Returns what was served and
+/// The other end of [`resolve_transactions`](fn@resolve_transactions):
+/// answers fetch requests from the vault until the peer says it is done. Returns what was served and
 /// the message that came with the `Done`, if any.
 ///
 /// A peer whose flow ends (normally) instead of saying `Done` fails this

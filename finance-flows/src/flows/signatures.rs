@@ -1,7 +1,7 @@
 //! A signature round: the initiator sends a partly signed transaction, the
 //! signer resolves its dependencies, checks it (its own rules, in its own
-//! code between [`receive_to_sign`](fn@receive_to_sign) and [`sign_and_reply`]), and returns its
-//! signatures.
+//! code between [`receive_to_sign`](fn@receive_to_sign) and
+//! [`sign_and_reply`]), and returns its signatures.
 //!
 //! ```text
 //!   initiator                                 signer
@@ -29,8 +29,9 @@ use crate::vault;
 use flow_runtime::Payload;
 use flow_runtime::prelude::*;
 
-/// Sends `stx` to the peer on `session` (which runs [`receive_to_sign`](fn@receive_to_sign)),
-/// serves the dependencies it asks for, and adds the signatures it returns.
+/// Sends `stx` to the peer on `session` (which runs
+/// [`receive_to_sign`](fn@receive_to_sign)), serves the dependencies it
+/// asks for, and adds the signatures it returns.
 /// Each returned signature must be valid and by a key whose signature is
 /// still missing. Returns the transaction with the peer's signatures added.
 ///
@@ -96,9 +97,9 @@ fn check_returned_signatures(
 }
 
 /// The signer's first half: serves the dependencies the initiator (on
-/// `session`, running [`collect_signatures`](fn@collect_signatures)) may still be resolving,
-/// receives the transaction to sign and resolves its dependencies from the
-/// peer. The caller then applies its own checks and, if satisfied, calls
+/// `session`, running [`collect_signatures`](fn@collect_signatures)) may
+/// still be resolving, receives the transaction to sign and resolves its
+/// dependencies from the peer. The caller then applies its own checks and, if satisfied, calls
 /// [`sign_and_reply`] or [`sign_verified_and_reply`], whose reply also ends
 /// this resolution (left open: [`Ending::Deferred`]); to refuse, it returns
 /// an error, which the initiator receives. Like
@@ -139,8 +140,8 @@ pub async fn receive_to_sign(
 /// signature present valid, contracts satisfied, only the signatures of this
 /// node's keys and of `notary_key` missing — signs with every required key
 /// this node holds, and sends the signatures on `session`. Returns the
-/// signatures made. The reply ends the resolution [`receive_to_sign`](fn@receive_to_sign) left
-/// open.
+/// signatures made. The reply ends the resolution
+/// [`receive_to_sign`](fn@receive_to_sign) left open.
 pub fn sign_and_reply(
     ctx: &mut FlowContext,
     session: &FlowSession,
