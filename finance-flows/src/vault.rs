@@ -323,9 +323,10 @@ fn lock_of(store: &dyn Store, state_ref: &StateRef) -> Result<Option<LockId>, St
 /// that asks again keeps what it holds.
 ///
 /// Cost: a range read of `lock`'s holdings and one of the coin-selection
-/// index from its [`selection_start`], stopping at the first coins that
-/// cover `amount` — independent of how many coins the vault holds or other
-/// spends have locked, in this group commit or before.
+/// index from its recorded start (the `AvailableCashStart` table),
+/// stopping at the first coins that cover `amount` — independent of how
+/// many coins the vault holds or other spends have locked, in this group
+/// commit or before.
 pub fn select_coins(
     store: &mut dyn Store,
     amount: Amount,
