@@ -307,7 +307,8 @@ async fn issue_papers(
 }
 
 /// Starts one `sell` per order (client id `trade-N`: sent twice, it starts
-/// once), [`START_CHUNK`] trades per commit, then reports each trade's progress and outcome as events.
+/// once), [`START_CHUNK`] trades per commit, then reports each trade's
+/// progress and outcome as events.
 async fn start_trades(
     node: &Node,
     orders: Vec<TradeOrder>,

@@ -128,8 +128,9 @@ pub struct Served {
 }
 
 /// The other end of [`resolve_transactions`](fn@resolve_transactions):
-/// answers fetch requests from the vault until the peer says it is done. Returns what was served and
-/// the message that came with the `Done`, if any.
+/// answers fetch requests from the vault until the peer says it is done.
+/// Returns what was served and the message that came with the `Done`, if
+/// any.
 ///
 /// A peer whose flow ends (normally) instead of saying `Done` fails this
 /// flow with the runtime's `CounterpartyEnded` error; a caller for which

@@ -135,7 +135,9 @@ pub struct NodeSection {
     /// [`NodeConfig::long_wait_warning`](crate::NodeConfig).
     pub long_wait_warning_s: Option<u64>,
     /// Seconds between long-wait checks (default 300; 0 turns them off):
-    /// see [`NodeBuilder::long_wait_check_interval`](crate::runner::NodeBuilder::long_wait_check_interval).
+    /// see [`NodeBuilder::long_wait_check_interval`].
+    ///
+    /// [`NodeBuilder::long_wait_check_interval`]: crate::runner::NodeBuilder::long_wait_check_interval
     pub long_wait_check_interval_s: Option<u64>,
 }
 
