@@ -387,3 +387,97 @@ async fn resends_with_many_flows_in_flight() {
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }
+
+/// A [`MemoryTransport`] whose link events the test sends itself.
+struct ScriptedLinks {
+    inner: MemoryTransport,
+    events: broadcast::Sender<TransportEvent>,
+}
+
+impl Transport for ScriptedLinks {
+    fn try_send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
+        self.inner.try_send(to, frame)
+    }
+
+    fn disconnect(&self, peer: &PublicKey, reason: &str) {
+        self.inner.disconnect(peer, reason);
+    }
+
+    fn peer_name(&self, peer: &PublicKey) -> String {
+        self.inner.peer_name(peer)
+    }
+
+    fn endpoint(&self) -> String {
+        self.inner.endpoint()
+    }
+
+    fn link_events(&self) -> broadcast::Receiver<TransportEvent> {
+        self.events.subscribe()
+    }
+
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        self.inner.shutdown()
+    }
+}
+
+/// A `Connected` re-sends only what a link that went down may have carried:
+/// nothing after a first connection (the frames waited in the transport's
+/// queue for it), the messages unacknowledged at the `Disconnected` after a
+/// broken one.
+#[tokio::test(start_paused = true)]
+async fn a_connected_peer_gets_only_what_a_broken_link_may_have_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let (a, b) = (party("Alice", 1), party("Bob", 2));
+    let mut bob = RawPeer::join(&net, &b);
+    let (inner, incoming) = net.join(&a);
+    let events = broadcast::channel(16).0;
+    let transport = ScriptedLinks {
+        inner,
+        events: events.clone(),
+    };
+    let mut builder = NodeBuilder::with_transport(
+        a.clone(),
+        dir.path().join("Alice.redb"),
+        transport,
+        incoming,
+    );
+    builder.redelivery_interval(TICK);
+    builder.flow::<ping::Flow>();
+    let alice = builder.start().await.unwrap();
+    let t0 = Instant::now();
+    sleep_until(t0 + TICK / 10).await;
+    alice.start_flow(ping(b.clone(), 1)).await.unwrap();
+    bob.wait_for(2).await;
+
+    events
+        .send(TransportEvent::Connected { peer: *b.key() })
+        .unwrap();
+    sleep_until(t0 + TICK / 5).await;
+    assert_eq!(
+        bob.counts(),
+        vec![1, 1],
+        "no link was lost: nothing re-sent"
+    );
+
+    events
+        .send(TransportEvent::Disconnected {
+            peer: *b.key(),
+            error: Some("broken".into()),
+        })
+        .unwrap();
+    // Acknowledged while the link is down: not re-sent on reconnect.
+    sleep_until(t0 + TICK * 3 / 10).await;
+    bob.ack(&a, 0);
+    sleep_until(t0 + TICK * 4 / 10).await;
+    events
+        .send(TransportEvent::Connected { peer: *b.key() })
+        .unwrap();
+    sleep_until(t0 + TICK / 2).await;
+    assert_eq!(
+        bob.counts(),
+        vec![1, 2],
+        "the ping, unacknowledged when the link broke, is re-sent at once"
+    );
+    alice.shutdown().await.unwrap();
+}

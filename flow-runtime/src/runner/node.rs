@@ -456,6 +456,7 @@ impl<T: Transport> NodeBuilder<T> {
             loopback: VecDeque::new(),
             redelivery: self.redelivery,
             schedule: RedeliverySchedule::new(),
+            losses: HashMap::new(),
             defer_acks: self.defer_acks,
             pending_acks: Vec::new(),
             drained_reported: false,
@@ -1006,6 +1007,8 @@ struct Driver<T> {
     redelivery: Duration,
     /// Which unacknowledged messages are overdue at a redelivery tick.
     schedule: RedeliverySchedule,
+    /// Per peer, what its next `Connected` must re-send (see [`LinkLosses`]).
+    losses: HashMap<PublicKey, LinkLosses>,
     /// See [`NodeBuilder::defer_ack_commits`].
     defer_acks: bool,
     /// Received acks not yet committed (only deletions from the outbox).
@@ -1015,6 +1018,26 @@ struct Driver<T> {
     /// Set when the driver stops (see [`Node::stopping`]).
     stopping: Arc<AtomicBool>,
     multi_thread: bool,
+}
+
+/// What a peer's link may have lost since its last `Connected`: what a
+/// reconnection must re-send at once.
+///
+/// Why not everything unacknowledged: a transport keeps the frames it
+/// accepted queued until they are written to a link (TCP queues them while
+/// it connects). Only frames that a link which then went down may have
+/// carried, and frames the transport refused, can be missing at the peer.
+/// Re-sending every unacknowledged message on every `Connected` sent each
+/// frame queued before a node's first connection twice: about 1,000
+/// duplicate frames per node at the start of the 1,000-trade demo.
+#[derive(Debug, Default)]
+struct LinkLosses {
+    /// A frame for the peer was refused (queue full, unreachable): re-send
+    /// all its unacknowledged messages.
+    refused: bool,
+    /// Outbox keys of the peer's messages unacknowledged when its link went
+    /// down: the old link may have carried them.
+    in_flight_at_disconnect: HashSet<Vec<u8>>,
 }
 
 /// How often operator scans run between the node's commits.
@@ -1255,15 +1278,17 @@ impl<T: Transport> Driver<T> {
     /// takes nothing more right now (its queue is full or it is
     /// unreachable), so a redelivery stops trying it until later; the
     /// message stays in the outbox either way.
-    fn send(&self, to: &PublicKey, frame: Vec<u8>) -> bool {
+    fn send(&mut self, to: &PublicKey, frame: Vec<u8>) -> bool {
         match self.transport.try_send(to, frame) {
             Ok(()) => true,
             Err(SendError::QueueFull(peer)) => {
                 debug!(%peer, "peer queue full; the message stays in the outbox for redelivery");
+                self.losses.entry(*to).or_default().refused = true;
                 false
             }
             Err(SendError::Unreachable(peer)) => {
                 debug!(%peer, "peer unreachable; the message stays in the outbox for redelivery");
+                self.losses.entry(*to).or_default().refused = true;
                 false
             }
             Err(e) => {
@@ -1307,11 +1332,42 @@ impl<T: Transport> Driver<T> {
         Ok(())
     }
 
-    /// Sends every unacknowledged message to `peer` (to every peer if
-    /// `None`) again at once, whenever it was last sent: the link to it was
-    /// re-established, and whatever was in flight on the old one may be
-    /// lost. Deferred acks are committed first.
-    fn redeliver_to(&mut self, peer: Option<PublicKey>) -> Result<(), String> {
+    /// The link to `peer` came (back) up: sends it again at once, whenever
+    /// they were last sent, the unacknowledged messages the previous link
+    /// may have lost (see [`LinkLosses`]).
+    fn on_connected(&mut self, peer: PublicKey) -> Result<(), String> {
+        match self.losses.remove(&peer) {
+            Some(lost) if lost.refused => self.redeliver_to(Some(peer), None),
+            Some(lost) if !lost.in_flight_at_disconnect.is_empty() => {
+                self.redeliver_to(Some(peer), Some(&lost.in_flight_at_disconnect))
+            }
+            // Everything sent since the last connection is queued for
+            // this link.
+            _ => Ok(()),
+        }
+    }
+
+    /// The link to `peer` went down: notes which of its messages the link
+    /// may have been carrying, for [`on_connected`](Self::on_connected).
+    fn on_disconnected(&mut self, peer: PublicKey) {
+        let Some(outbox) = self.read_outbox() else {
+            // Cannot tell which: re-send everything on reconnect.
+            self.losses.entry(peer).or_default().refused = true;
+            return;
+        };
+        let lost = self.losses.entry(peer).or_default();
+        lost.in_flight_at_disconnect
+            .extend(outbox.into_iter().filter(|m| m.to == peer).map(|m| m.key));
+    }
+
+    /// Sends unacknowledged messages to `peer` (to every peer if `None`)
+    /// again at once, whenever they were last sent: all of them, or only
+    /// those with keys in `only`. Deferred acks are committed first.
+    fn redeliver_to(
+        &mut self,
+        peer: Option<PublicKey>,
+        only: Option<&HashSet<Vec<u8>>>,
+    ) -> Result<(), String> {
         self.flush_acks()?;
         let Some(outbox) = self.read_outbox() else {
             return Ok(());
@@ -1319,7 +1375,10 @@ impl<T: Transport> Driver<T> {
         let mut count = 0usize;
         let mut refusing = HashSet::new();
         for message in outbox {
-            if peer.is_some_and(|p| p != message.to) || refusing.contains(&message.to) {
+            if peer.is_some_and(|p| p != message.to)
+                || refusing.contains(&message.to)
+                || only.is_some_and(|keys| !keys.contains(&message.key))
+            {
                 continue;
             }
             count += 1;
@@ -1369,10 +1428,16 @@ impl<T: Transport> Driver<T> {
         event: Result<TransportEvent, broadcast::error::RecvError>,
     ) -> Result<(), String> {
         match event {
-            Ok(TransportEvent::Connected { peer }) => self.redeliver_to(Some(peer)),
-            Ok(TransportEvent::Disconnected { .. }) => Ok(()),
+            Ok(TransportEvent::Connected { peer }) => self.on_connected(peer),
+            Ok(TransportEvent::Disconnected { peer, .. }) => {
+                self.on_disconnected(peer);
+                Ok(())
+            }
             // Missed events: resend everything rather than guess.
-            Err(broadcast::error::RecvError::Lagged(_)) => self.redeliver_to(None),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.losses.clear();
+                self.redeliver_to(None, None)
+            }
             Err(broadcast::error::RecvError::Closed) => {
                 // The transport will send no more events; the redelivery
                 // tick alone keeps delivery going. Stop polling a closed

@@ -17,7 +17,10 @@
 //!   them; one that never joined is [`SendError::UnknownPeer`];
 //! * when a node (re)joins, every other member gets
 //!   [`TransportEvent::Connected`] for it, so they redeliver to it at once
-//!   (a TCP node sees the same when its reconnect succeeds);
+//!   what may be missing (a TCP node sees the same when its reconnect
+//!   succeeds); if its previous link never shut down (the node was dropped
+//!   or crashed), they get [`TransportEvent::Disconnected`] first, as a
+//!   broken TCP connection would tell them;
 //! * [`Transport::disconnect`] tells the offending peer its link was
 //!   dropped and re-established (`Disconnected` then `Connected`), which is
 //!   what a TCP peer observes when its connection is closed and it redials.
@@ -151,7 +154,10 @@ impl MemoryNetwork {
                 incarnation: 0,
             });
             member.name = party.name().to_owned();
-            member.inbox = Some(tx);
+            // Replacing a link that never shut down (its node was dropped
+            // or crashed): what was queued on it is lost, as when a TCP
+            // connection breaks, so the others hear that first.
+            let replaced_live_link = member.inbox.replace(tx).is_some();
             member.incarnation += 1;
             // A fresh event channel per incarnation: the previous node's
             // subscribers must not see the new node's events.
@@ -159,6 +165,12 @@ impl MemoryNetwork {
             incarnation = member.incarnation;
             for (other, m) in members.iter() {
                 if *other != key && m.inbox.is_some() {
+                    if replaced_live_link {
+                        let _ = m.events.send(TransportEvent::Disconnected {
+                            peer: key,
+                            error: Some("the peer joined again".into()),
+                        });
+                    }
                     let _ = m.events.send(TransportEvent::Connected { peer: key });
                 }
             }

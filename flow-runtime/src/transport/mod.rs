@@ -9,9 +9,10 @@
 //!   is also in the node's durable outbox and is sent again later;
 //! * receive frames, each with the **authenticated** identity of its sender
 //!   ([`Incoming`], handed over when the transport is created);
-//! * hear when the link to a peer comes (back) up
-//!   ([`TransportEvent::Connected`]), so unacknowledged messages are sent
-//!   again at once instead of at the next redelivery tick;
+//! * hear when the link to a peer goes down and comes (back) up
+//!   ([`TransportEvent::Disconnected`], [`TransportEvent::Connected`]), so
+//!   the messages a broken link may have lost are sent again at once
+//!   instead of at the next redelivery tick;
 //! * drop a peer that sent a frame the node cannot use
 //!   ([`Transport::disconnect`]);
 //! * name peers for log lines, and shut down.
@@ -96,10 +97,17 @@ pub enum SendError {
     ShutDown,
 }
 
-/// A change of the link used to send frames to a peer. The node reacts to
-/// [`Connected`](TransportEvent::Connected) by sending that peer every
-/// unacknowledged message again: whatever was in flight on the old link
-/// may be lost.
+/// A change of the link used to send frames to a peer.
+///
+/// The node relies on this contract: a frame `try_send` accepted stays
+/// queued until it is written to a link, and a link that may have carried
+/// frames is reported [`Disconnected`](TransportEvent::Disconnected) when
+/// it goes down, before the [`Connected`](TransportEvent::Connected) of its
+/// successor. On `Connected` the node then sends again at once only what
+/// may be missing: its messages to that peer unacknowledged at the
+/// `Disconnected`, or all of them if a frame for the peer was refused
+/// since the last `Connected`. Frames queued before a first connection are
+/// not sent twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportEvent {
     /// Frames for `peer` now travel over a fresh link (first connection,
