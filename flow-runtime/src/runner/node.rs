@@ -1015,7 +1015,7 @@ struct Driver<T> {
     pending_acks: Vec<(PublicKey, Vec<u8>)>,
     drained_reported: bool,
     long_waits: LongWaitCheck,
-    /// Set when the driver stops (see [`Node::stopping`]).
+    /// Set when the driver stops; shared with the `Node` handles.
     stopping: Arc<AtomicBool>,
     multi_thread: bool,
 }
@@ -1040,7 +1040,7 @@ struct LinkLosses {
     in_flight_at_disconnect: HashSet<Vec<u8>>,
 }
 
-/// How often operator scans run between the node's commits.
+/// The long-wait check's default interval.
 const DEFAULT_LONG_WAIT_CHECK: Duration = Duration::from_secs(300);
 
 /// The driver's periodic long-wait check.
