@@ -214,13 +214,15 @@ async fn a_reconnected_peer_gets_everything_at_once_then_every_interval() {
 /// than once (re-sends), those of them the peer's queue took (duplicates
 /// the peer then has to drop, unless the first send was lost), and the
 /// first sends the peer's full queue refused (lost, so they must be
-/// re-sent).
+/// re-sent). With `scripted_links`, its link events are the ones the test
+/// sends there instead of the network's.
 struct Counting {
     inner: MemoryTransport,
     seen: Mutex<HashSet<(u64, bool, u64)>>,
     resent: AtomicU64,
     resent_queued: AtomicU64,
     first_refused: AtomicU64,
+    scripted_links: Option<broadcast::Sender<TransportEvent>>,
 }
 
 impl Transport for Counting {
@@ -267,7 +269,10 @@ impl Transport for Counting {
     }
 
     fn link_events(&self) -> broadcast::Receiver<TransportEvent> {
-        self.inner.link_events()
+        match &self.scripted_links {
+            Some(events) => events.subscribe(),
+            None => self.inner.link_events(),
+        }
     }
 
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
@@ -281,6 +286,16 @@ async fn counting_node(
     dir: &Path,
     every: Duration,
 ) -> Node<Counting> {
+    counting_node_with_links(net, who, dir, every, None).await
+}
+
+async fn counting_node_with_links(
+    net: &MemoryNetwork,
+    who: &Party,
+    dir: &Path,
+    every: Duration,
+    scripted_links: Option<broadcast::Sender<TransportEvent>>,
+) -> Node<Counting> {
     let (inner, incoming) = net.join(who);
     let transport = Counting {
         inner,
@@ -288,6 +303,7 @@ async fn counting_node(
         resent: AtomicU64::new(0),
         resent_queued: AtomicU64::new(0),
         first_refused: AtomicU64::new(0),
+        scripted_links,
     };
     let db = dir.join(format!("{}.redb", who.name()));
     let mut b = NodeBuilder::with_transport(who.clone(), db, transport, incoming);
@@ -388,38 +404,6 @@ async fn resends_with_many_flows_in_flight() {
     bob.shutdown().await.unwrap();
 }
 
-/// A [`MemoryTransport`] whose link events the test sends itself.
-struct ScriptedLinks {
-    inner: MemoryTransport,
-    events: broadcast::Sender<TransportEvent>,
-}
-
-impl Transport for ScriptedLinks {
-    fn try_send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
-        self.inner.try_send(to, frame)
-    }
-
-    fn disconnect(&self, peer: &PublicKey, reason: &str) {
-        self.inner.disconnect(peer, reason);
-    }
-
-    fn peer_name(&self, peer: &PublicKey) -> String {
-        self.inner.peer_name(peer)
-    }
-
-    fn endpoint(&self) -> String {
-        self.inner.endpoint()
-    }
-
-    fn link_events(&self) -> broadcast::Receiver<TransportEvent> {
-        self.events.subscribe()
-    }
-
-    fn shutdown(&self) -> impl Future<Output = ()> + Send {
-        self.inner.shutdown()
-    }
-}
-
 /// A `Connected` re-sends only what a link that went down may have carried:
 /// nothing after a first connection (the frames waited in the transport's
 /// queue for it), the messages unacknowledged at the `Disconnected` after a
@@ -430,21 +414,8 @@ async fn a_connected_peer_gets_only_what_a_broken_link_may_have_lost() {
     let net = MemoryNetwork::new();
     let (a, b) = (party("Alice", 1), party("Bob", 2));
     let mut bob = RawPeer::join(&net, &b);
-    let (inner, incoming) = net.join(&a);
     let events = broadcast::channel(16).0;
-    let transport = ScriptedLinks {
-        inner,
-        events: events.clone(),
-    };
-    let mut builder = NodeBuilder::with_transport(
-        a.clone(),
-        dir.path().join("Alice.redb"),
-        transport,
-        incoming,
-    );
-    builder.redelivery_interval(TICK);
-    builder.flow::<ping::Flow>();
-    let alice = builder.start().await.unwrap();
+    let alice = counting_node_with_links(&net, &a, dir.path(), TICK, Some(events.clone())).await;
     let t0 = Instant::now();
     sleep_until(t0 + TICK / 10).await;
     alice.start_flow(ping(b.clone(), 1)).await.unwrap();
