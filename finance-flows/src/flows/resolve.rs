@@ -115,6 +115,25 @@ pub fn serve_request(
     Ok(u32::try_from(reply.len()).unwrap_or(u32::MAX))
 }
 
+/// One request of a serving loop that waits for the resolver's next message
+/// (sent with [`send_ending_resolution`]): answers a fetch, skips a bare
+/// `Done` (the resolver ended a resolution apart from its next message,
+/// which still comes), and returns the message a `Done` carries, which ends
+/// the loop. `collect_signatures` and `receive_to_sign` are such loops.
+pub fn serve_until_next(
+    ctx: &mut FlowContext,
+    session: &FlowSession,
+    request: FetchRequest,
+) -> Result<Option<Payload>, FlowError> {
+    match request {
+        FetchRequest::Transactions(ids) => {
+            serve_request(ctx, session, &ids)?;
+            Ok(None)
+        }
+        FetchRequest::Done(next) => Ok(next),
+    }
+}
+
 /// How a [`serve_transactions`](fn@serve_transactions) ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {

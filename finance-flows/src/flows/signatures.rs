@@ -18,7 +18,7 @@
 //! neither side lacks a dependency is two messages.
 
 use super::resolve::{
-    Ending, dependencies, resolve_transactions, send_ending_resolution, serve_request,
+    Ending, dependencies, resolve_transactions, send_ending_resolution, serve_until_next,
 };
 use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
@@ -49,14 +49,8 @@ pub async fn collect_signatures(
     ctx.set_progress("Waiting for signatures");
     let reply: Payload = loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
-        match request {
-            FetchRequest::Transactions(ids) => {
-                serve_request(ctx, &session, &ids)?;
-            }
-            // The signer ended its resolution apart from its reply: the
-            // reply still comes.
-            FetchRequest::Done(None) => {}
-            FetchRequest::Done(Some(reply)) => break reply,
+        if let Some(reply) = serve_until_next(ctx, &session, request)? {
+            break reply;
         }
     };
     // Computed after the wait, so the checkpoint does not carry them.
@@ -113,14 +107,8 @@ pub async fn receive_to_sign(
     ctx.set_progress("Receiving the transaction to sign");
     let stx: SignedTransaction = loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
-        match request {
-            FetchRequest::Transactions(ids) => {
-                serve_request(ctx, &session, &ids)?;
-            }
-            // The initiator ended a resolution apart from its proposal: the
-            // proposal still comes.
-            FetchRequest::Done(None) => {}
-            FetchRequest::Done(Some(proposal)) => break proposal.decode::<SignedTransaction>()?,
+        if let Some(proposal) = serve_until_next(ctx, &session, request)? {
+            break proposal.decode::<SignedTransaction>()?;
         }
     };
     let deps: Vec<SecureHash> = dependencies(&stx);
