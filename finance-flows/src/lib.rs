@@ -9,7 +9,8 @@
 //!
 //! Crates used beyond the workspace core: `ed25519-dalek` (signatures) and
 //! `sha2` (ids), the RustCrypto/dalek crates the Rust community audits and
-//! relies on.
+//! relies on. The multi-process demo sends signals to its node processes
+//! through `rustix`, a safe wrapper over the system calls.
 
 #![warn(missing_docs)]
 

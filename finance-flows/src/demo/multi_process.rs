@@ -8,12 +8,12 @@
 //!    `notary-identity.json` for the buyer (which checks every trade names
 //!    it);
 //! 2. the buyer issues one coin per trade, the seller one paper per trade;
-//! 3. the seller starts every trade at once and streams each trade's
-//!    progress step and outcome back;
-//! 4. once about half the trades have settled, the buyer is killed with
-//!    SIGKILL and started again on its database — its flows continue from
-//!    their checkpoints, the seller re-sends what the buyer had not
-//!    acknowledged;
+//! 3. the seller starts the trades (every one at once, or in two halves
+//!    with a crash) and streams each trade's progress step and outcome back;
+//! 4. once the first half has settled, the buyer is killed with SIGKILL
+//!    while it holds trades of the second half, and started again on its
+//!    database — its flows continue from their checkpoints, the seller
+//!    re-sends what the buyer had not acknowledged (the schedule is explained at `CrashSchedule`);
 //! 5. the buyer tries to spend a coin a settled trade consumed: the notary
 //!    must refuse;
 //! 6. every vault is reported and reconciled, and every node is stopped.
@@ -42,6 +42,7 @@ use crate::ledger::{Amount, Currency, StateRef};
 use flow_runtime::runner::{self, keys};
 use flow_runtime::tcp::{NetworkMap, PeerEntry};
 use flow_runtime::{Party, Timestamp};
+use rustix::process::{Pid, Signal, kill_process};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,53 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the progress display is refreshed at most.
 const DRAW_EVERY: Duration = Duration::from_millis(100);
+
+/// The seller's progress label once it has signed the buyer's proposal and
+/// waits for the notarised transaction (set by
+/// [`sell`](crate::flows::trade::sell)). A seller at this step means the
+/// buyer's flow has committed its proposal.
+const SELLER_AWAITS_FINAL: &str = "Waiting for the final transaction";
+
+/// When the buyer is killed. Killing it "when about half the trades have
+/// settled" by wall-clock luck would sometimes hit a buyer that had already
+/// finished every flow, and the restart would show nothing. Instead:
+///
+/// 1. the first half of the trades runs to the end;
+/// 2. the notary is paused (SIGSTOP) and the second half starts: no buyer
+///    flow of it can finish, because the buyer notarises in its finality
+///    step;
+/// 3. once the seller reports a second-half trade at [`SELLER_AWAITS_FINAL`]
+///    (the buyer committed its proposal for it), the buyer is killed with
+///    SIGKILL and started again, and the notary resumes (SIGCONT).
+///
+/// The restarted buyer therefore always resumes flows from its checkpoints.
+struct CrashSchedule {
+    /// Kill and restart the buyer at all.
+    crash: bool,
+    /// Trades in the first half (all of them without a crash).
+    first_half: usize,
+}
+
+impl CrashSchedule {
+    fn new(crash: bool, trades: u32) -> Self {
+        let trades = trades as usize;
+        CrashSchedule {
+            crash,
+            first_half: if crash { trades / 2 } else { trades },
+        }
+    }
+}
+
+/// Where the run is in its [`CrashSchedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPhase {
+    /// The first half of the trades is running.
+    FirstHalf,
+    /// The notary is paused and the second half started.
+    NotaryPaused,
+    /// The buyer was restarted (or no crash was asked for).
+    Done,
+}
 
 /// What to run, and where.
 #[derive(Debug, Clone)]
@@ -196,7 +244,7 @@ async fn demo(
         observe,
         &format!("{trades} trades: the seller sells each paper to the buyer for {price}"),
     );
-    let orders = papers
+    let orders: Vec<TradeOrder> = papers
         .iter()
         .zip(0..)
         .map(|(paper, trade)| TradeOrder {
@@ -204,32 +252,44 @@ async fn demo(
             paper: *paper,
         })
         .collect();
+    // With a crash, the trades start in two halves so that the buyer is
+    // killed while it provably has flows in flight (see `CrashSchedule`).
+    let schedule = CrashSchedule::new(config.demo.crash_buyer, trades);
+    let (first, second) = orders.split_at(schedule.first_half);
+    let buyer = party(Role::Buyer)?;
+    let sell = |orders: &[TradeOrder]| Command::Sell {
+        orders: orders.to_vec(),
+        buyer: buyer.clone(),
+        price,
+        notary: notary.clone(),
+    };
     cluster.start_cpu_accounting();
     let started = Instant::now();
-    cluster
-        .request(
-            Role::Seller,
-            Command::Sell {
-                orders,
-                buyer: party(Role::Buyer)?,
-                price,
-                notary: notary.clone(),
-            },
-        )
-        .await?;
+    cluster.request(Role::Seller, sell(first)).await?;
     let start_phase = started.elapsed();
     let mut restarts = 0;
+    let mut phase = CrashPhase::FirstHalf;
     let mut drawn = Instant::now();
     let mut ended = started;
     while cluster.done.len() < trades as usize {
-        let finished = u32::try_from(cluster.done.len()).unwrap_or(u32::MAX);
-        if config.demo.crash_buyer && restarts == 0 && finished * 2 >= trades {
-            cluster.crash(Role::Buyer).await?;
-            restarts += 1;
-            cluster.notes.push(format!(
-                "buyer killed with SIGKILL after {finished} of {trades} trades settled; starting it again from {}",
-                cluster.file(Role::Buyer, "redb").display()
-            ));
+        match phase {
+            CrashPhase::FirstHalf if schedule.crash && cluster.done.len() >= first.len() => {
+                cluster.signal(Role::Notary, Signal::STOP)?;
+                cluster.request(Role::Seller, sell(second)).await?;
+                phase = CrashPhase::NotaryPaused;
+            }
+            CrashPhase::NotaryPaused if cluster.buyer_holds_a_trade(schedule.first_half) => {
+                let finished = cluster.done.len();
+                cluster.crash(Role::Buyer).await?;
+                cluster.signal(Role::Notary, Signal::CONT)?;
+                restarts += 1;
+                phase = CrashPhase::Done;
+                cluster.notes.push(format!(
+                    "buyer killed with SIGKILL after {finished} of {trades} trades settled; starting it again from {}",
+                    cluster.file(Role::Buyer, "redb").display()
+                ));
+            }
+            _ => {}
         }
         if !cluster.notes.is_empty() || drawn.elapsed() >= DRAW_EVERY {
             cluster.draw(observe);
@@ -727,6 +787,31 @@ impl Cluster {
     fn note(&mut self, observe: &mut dyn FnMut(&DemoProgress), text: &str) {
         self.notes.push(text.to_owned());
         self.draw(observe);
+    }
+
+    /// Sends `signal` to `role`'s process (the crash schedule pauses and
+    /// resumes the notary with SIGSTOP and SIGCONT).
+    fn signal(&self, role: Role, signal: Signal) -> Result<(), String> {
+        let proc = self
+            .procs
+            .get(&role)
+            .ok_or_else(|| format!("the {role} node is not running"))?;
+        let pid = proc
+            .child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| format!("the {role} node has no process id"))?;
+        kill_process(pid, signal)
+            .map_err(|e| format!("cannot send {signal:?} to the {role} node: {e}"))
+    }
+
+    /// Whether the seller reports a trade numbered `first` or later waiting
+    /// for its final transaction: the buyer holds that trade's flow.
+    fn buyer_holds_a_trade(&self, first: usize) -> bool {
+        self.steps
+            .iter()
+            .any(|(trade, step)| *trade as usize >= first && step == SELLER_AWAITS_FINAL)
     }
 
     /// Kills `role`'s process with SIGKILL and starts it again on the same
