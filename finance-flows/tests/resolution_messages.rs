@@ -22,13 +22,12 @@ use flow_runtime::testing::NodeId;
 /// Frames of a steady-state trade on the MockNetwork: the offer, the
 /// proposal (which ends the buyer's resolution), the signatures (which end
 /// the seller's), the final transaction, the notary's request and reply,
-/// the sessions' ends, and one ack each. It was 28: the three `Done`
-/// messages and their acks, and the buyer's end of the session with its
-/// ack (this network delivers one frame at a time, so the buyer finished
-/// on the seller's last `Done` before the seller's end arrived; now the
-/// seller's end is what finishes it, and the runtime sends no end to a
-/// peer whose flow has already ended). `trade-bench`, whose group commit
-/// handed the buyer both at once, went from 26 to 20.
+/// the sessions' ends, and one ack each. No resolution sends a `Done` of
+/// its own (each rides on its resolver's next message), and the buyer
+/// sends no end of its session: the seller's end is what finishes the
+/// buyer, and the runtime sends no end to a peer whose flow has already
+/// ended. `trade-bench`, whose group commit hands the buyer several frames
+/// at once, counts the same 20.
 const STEADY_STATE_FRAMES: u64 = 20;
 
 /// What a fetch adds: one request, one reply, an ack each.
@@ -211,7 +210,7 @@ fn finality_serves_a_receiver_that_fetches_with_either_ending() {
     let deferred = finality_that_fetches(22, Ending::Deferred);
     let done = finality_that_fetches(22, Ending::Done);
     // `Done` is one more message and its ack; with it the observer's end
-    // of the session no longer comes first, so the payer sends its own
-    // end too (and gets its ack).
+    // of the session does not come first, so the payer sends its own end
+    // too (and gets its ack).
     assert_eq!(done, deferred + 4, "deferred {deferred}, done {done}");
 }

@@ -1,5 +1,5 @@
 //! Parsing: the `#[flow(..)]` arguments and the fn signature, checked
-//! against the rules a flow's signature must follow (DESIGN section 3).
+//! against the rules a flow's signature must follow (`docs/macro.md`, section 3).
 //!
 //! The body is not looked at here; [`crate::lower`] does that.
 

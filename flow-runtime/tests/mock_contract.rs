@@ -1,4 +1,4 @@
-//! DESIGN section 3's contract, verbatim: `#[flow]` ping and pong on a
+//! The runtime's user-facing contract, verbatim: `#[flow]` ping and pong on a
 //! `MockNetwork`, plus the contract's promises about sleep, restarts, `Party`
 //! in messages and multi-megabyte payloads.
 

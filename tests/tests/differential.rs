@@ -10,7 +10,7 @@
 //! serialized and deserialized (rmp-serde) at every suspension.
 //!
 //! Together the bodies cover every control-flow form the transform must
-//! support around an `.await` (DESIGN section 4): `let`, `if`/`else`,
+//! support around an `.await` (`docs/macro.md`, section 2): `let`, `if`/`else`,
 //! `if let`, `let ... else`, `match` (guards, or-patterns, bindings),
 //! `loop` (also with `break value`), `while`, `while let`, `for` over a
 //! `Vec` and over a range, labelled `break`/`continue`, early `return`,

@@ -815,7 +815,7 @@ fn more_shapes_behave_like_the_async_fn() {
 }
 
 // ---------------------------------------------------------------------------
-// The contract of DESIGN section 3, on the mock network: generated machines
+// The runtime's user-facing contract, on the mock network: generated machines
 // checkpointed in each node's store, a restart of either side included.
 
 #[test]

@@ -46,7 +46,7 @@ struct Args {
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
     /// Start each trade with its own `NodeCore::start` (one commit each),
-    /// as a client starting trades one RPC at a time would, instead of
+    /// as a client starting trades one at a time would, instead of
     /// starting them all from one launcher flow step (one commit).
     #[arg(long)]
     start_one_by_one: bool,

@@ -545,7 +545,7 @@ mod tests {
         // The flow name's length (after the 31-byte header) claims 4 GiB.
         huge_len[31..35].copy_from_slice(&[0xff; 4]);
         assert!(CheckpointRecord::decode(&huge_len).is_err());
-        // MessagePack (the old layout) is refused with a clear error.
+        // MessagePack (a layout this build does not read) is refused with a clear error.
         assert!(
             CheckpointRecord::decode(&[0x9c, 0xa3])
                 .unwrap_err()

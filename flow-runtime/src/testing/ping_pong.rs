@@ -1,4 +1,4 @@
-//! The contract's `ping` and `pong` (DESIGN section 3) as real `#[flow]`s,
+//! The contract's `ping` and `pong` (`docs/getting-started.md`) as real `#[flow]`s,
 //! shared by the runtime's own tests, benchmarks and the `flow-ping-node`
 //! binary so that each does not carry a copy of its own.
 //!

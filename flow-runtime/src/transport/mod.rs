@@ -37,8 +37,8 @@
 //! # Why `MockNetwork` is not a `Transport`
 //!
 //! [`MockNetwork`](crate::testing::MockNetwork) is a deterministic
-//! *scheduler*, not an asynchronous transport. Its contract (DESIGN section
-//! 3) is synchronous: `net.step()` moves exactly one delivery, redelivery
+//! *scheduler*, not an asynchronous transport. Its contract is
+//! synchronous: `net.step()` moves exactly one delivery, redelivery
 //! round or timer, chosen from ONE global queue of frames in flight across
 //! all nodes with a seeded random generator (drop, duplicate, reorder), and
 //! it drives each [`NodeCore`](crate::NodeCore) directly, on the test's
