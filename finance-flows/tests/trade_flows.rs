@@ -1,6 +1,6 @@
 //! The two-party trade on a MockNetwork: the happy path, every malicious or
-//! faulty counterparty of issue 5, and a restart of each node at every
-//! step of one trade. Balances reconcile after every test.
+//! faulty counterparty the trade must withstand, and a restart of each node
+//! at every step of one trade. Balances reconcile after every test.
 
 mod common;
 

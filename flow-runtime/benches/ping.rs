@@ -7,7 +7,7 @@
 //! the next receive), serialize the new checkpoint. `resume_only` measures
 //! the resume alone, on a state kept in memory.
 //!
-//! Run: `cargo bench -p flow-runtime --bench ping`. Target (issue 2): the
+//! Run: `cargo bench -p flow-runtime --bench ping`. Target: the
 //! generated machine within 10% of the hand-written one, and the suspended
 //! ping state at most 48 bytes. The sizes are printed before the timings
 //! and asserted, so a regression fails the bench (and its smoke run under

@@ -1,4 +1,6 @@
-//! The node's scenarios from issue 3, one test each, on `MockNetwork` with
+//! What the node promises (exactly-once delivery, errors and panics reaching
+//! the counterparty, sleep across restarts, the hospital, draining, client
+//! ids, dumps, service writes), one test each, on `MockNetwork` with
 //! hand-written scripted flows (see `mock_support`).
 
 mod mock_support;
