@@ -25,12 +25,12 @@
 use flow_runtime::__private as rt;
 use flow_runtime::node::OsIds;
 use flow_runtime::prelude::*;
+use flow_runtime::protocol::{Body, WireMessage};
 use flow_runtime::registry::{NewFlow, Registry};
 use flow_runtime::store::{
     RedbOptions, RedbStore, StorageCounters, Store, Table, TimedStore, WriteBatch,
 };
 use flow_runtime::testing::HandwrittenPing;
-use flow_runtime::wire::{Body, WireMessage};
 use flow_runtime::{Event, NodeConfig, NodeCore, Step, Timestamp};
 use flow_runtime::{FlowSession, Payload};
 use serde::{Deserialize, Serialize};

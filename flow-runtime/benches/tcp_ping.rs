@@ -24,9 +24,9 @@
 use criterion::{Criterion, criterion_group};
 use flow_runtime::Payload;
 use flow_runtime::prelude::*;
+use flow_runtime::protocol::{Body, WireMessage};
 use flow_runtime::runner::{Node, NodeBuilder, keys};
 use flow_runtime::tcp::{NetworkMap, PeerEntry};
-use flow_runtime::wire::{Body, WireMessage};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

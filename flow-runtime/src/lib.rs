@@ -51,6 +51,7 @@ mod untrustworthy;
 
 pub mod node;
 pub mod progress;
+pub mod protocol;
 pub mod registry;
 #[cfg(feature = "tcp")]
 pub mod runner;
@@ -61,7 +62,6 @@ pub mod tcp;
 pub mod testing;
 #[cfg(feature = "tcp")]
 pub mod transport;
-pub mod wire;
 
 #[doc(hidden)]
 pub mod __private;

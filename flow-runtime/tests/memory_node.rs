@@ -6,11 +6,11 @@ mod tcp_common;
 
 use flow_runtime::NodeConfig;
 use flow_runtime::prelude::*;
+use flow_runtime::protocol::WireMessage;
 use flow_runtime::runner::{Node, NodeBuilder};
 use flow_runtime::store::RedbOptions;
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
-use flow_runtime::wire::WireMessage;
 use std::path::Path;
 use std::time::Duration;
 use tcp_common::Logs;

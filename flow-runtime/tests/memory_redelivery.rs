@@ -10,13 +10,13 @@
 //! machine's speed.
 
 use flow_runtime::prelude::*;
+use flow_runtime::protocol::WireMessage;
 use flow_runtime::runner::{Node, NodeBuilder};
 use flow_runtime::store::RedbOptions;
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{
     Incoming, MemoryNetwork, MemoryTransport, SendError, Transport, TransportEvent,
 };
-use flow_runtime::wire::WireMessage;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;

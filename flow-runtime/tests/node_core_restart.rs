@@ -3,10 +3,10 @@
 
 use flow_runtime::node::OsIds;
 use flow_runtime::node::{NodeError, STORE_FORMAT};
+use flow_runtime::protocol::{Body, WireMessage};
 use flow_runtime::registry::{NewFlow, Registry};
 use flow_runtime::store::{RedbOptions, RedbStore, SharedMemory, Store, Table, WriteBatch};
 use flow_runtime::testing::HandwrittenPing;
-use flow_runtime::wire::{Body, WireMessage};
 use flow_runtime::{FlowErrorKind, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
 use std::sync::Arc;
 

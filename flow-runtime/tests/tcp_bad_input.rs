@@ -10,7 +10,7 @@ mod tcp_common;
 
 use flow_runtime::PublicKey;
 use flow_runtime::tcp::TcpTransport;
-use flow_runtime::tcp::wire::IdentityProof;
+use flow_runtime::tcp::records::IdentityProof;
 use std::time::Duration;
 use tcp_common::*;
 

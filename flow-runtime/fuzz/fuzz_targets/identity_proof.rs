@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to the handshake payload decoder and verifier.
 #![no_main]
 
-use flow_runtime::tcp::wire::IdentityProof;
+use flow_runtime::tcp::records::IdentityProof;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use flow_runtime::tcp::codec;
-use flow_runtime::tcp::wire::{NOISE_MAX_MESSAGE, in_memory_transport_pair, open_frame, sealed_len};
+use flow_runtime::tcp::records::{NOISE_MAX_MESSAGE, in_memory_transport_pair, open_frame, sealed_len};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

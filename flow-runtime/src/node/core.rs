@@ -16,7 +16,7 @@ use super::step_services::{FlowStarter, StepWrites};
 use super::{NodeConfig, NodeError, Output, RunId};
 use crate::registry::{ErasedStep, FlowType, NewFlow, Registry};
 use crate::store::{Store, Table};
-use crate::wire::{Body, WireMessage};
+use crate::protocol::{Body, WireMessage};
 use crate::{
     Event, FlowContext, FlowError, FlowErrorKind, FlowSession, IdSource, Party, PublicKey,
     SessionId, StepEffects, Timestamp, Wait,

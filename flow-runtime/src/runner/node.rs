@@ -54,7 +54,7 @@ use crate::services::Services;
 use crate::store::{RedbOptions, RedbStore, Store};
 use crate::tcp::{SigningKey, TcpConfig, TcpTransport, TransportError};
 use crate::transport::{Incoming, SendError, Transport, TransportEvent};
-use crate::wire::WireMessage;
+use crate::protocol::WireMessage;
 use crate::{
     Flow, FlowError, FlowHandle, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp,
 };

@@ -14,7 +14,7 @@
 //! that key; and (dialer only) it is the party we meant to reach.
 
 use super::network_map::{NetworkMap, PeerEntry};
-use super::wire::{IdentityProof, NOISE_MAX_MESSAGE, NOISE_PARAMS, PROLOGUE, WireError};
+use super::records::{IdentityProof, NOISE_MAX_MESSAGE, NOISE_PARAMS, PROLOGUE, WireError};
 use crate::PublicKey;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;

@@ -29,14 +29,14 @@
 //! See `docs/operations.md` for configuring and running nodes.
 
 mod handshake;
+mod links;
 mod network_map;
-mod transport;
-pub mod wire;
+pub mod records;
 
 pub use ed25519_dalek::SigningKey;
 pub use handshake::{HandshakeError, codec};
+pub use links::{Direction, LinkEvent, TcpConfig, TcpTransport, TransportError};
 pub use network_map::{NetworkMap, NetworkMapError, PeerEntry, parse_public_key};
-pub use transport::{Direction, LinkEvent, TcpConfig, TcpTransport, TransportError};
 // Defined with the transport trait (every transport shares them); re-exported
 // here where they were first introduced.
 pub use crate::transport::{Incoming, SendError};

@@ -1,7 +1,7 @@
 //! Tools for testing flows without a real network.
 
-mod driver;
-pub use driver::{DriverError, FlowDriver, StepReport};
+mod flow_driver;
+pub use flow_driver::{DriverError, FlowDriver, StepReport};
 
 mod mock;
 pub use mock::{Faults, Finished, MockNetwork, NetworkStats, NodeId};

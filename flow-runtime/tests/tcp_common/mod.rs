@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use flow_runtime::PublicKey;
-use flow_runtime::tcp::wire::{self, IdentityProof};
+use flow_runtime::tcp::records::{self, IdentityProof};
 use flow_runtime::tcp::{
     Incoming, NetworkMap, PeerEntry, SigningKey, TcpConfig, TcpTransport, codec,
 };
@@ -177,12 +177,12 @@ impl RawPeer {
         &mut self,
         make_proof: impl FnOnce(&[u8]) -> IdentityProof,
     ) -> Result<IdentityProof, String> {
-        let params: snow::params::NoiseParams = wire::NOISE_PARAMS.parse().unwrap();
+        let params: snow::params::NoiseParams = records::NOISE_PARAMS.parse().unwrap();
         let kp = snow::Builder::new(params.clone())
             .generate_keypair()
             .unwrap();
         let mut hs = snow::Builder::new(params)
-            .prologue(wire::PROLOGUE)
+            .prologue(records::PROLOGUE)
             .unwrap()
             .local_private_key(&kp.private)
             .unwrap()
@@ -224,7 +224,7 @@ impl RawPeer {
     /// Encrypts and sends one application frame.
     pub async fn send_frame(&mut self, frame: &[u8]) {
         let noise = self.noise.as_mut().expect("handshake first");
-        let record = wire::seal_frame(noise, frame).unwrap();
+        let record = records::seal_frame(noise, frame).unwrap();
         self.send_record(record).await;
     }
 

@@ -17,7 +17,7 @@
 
 use super::handshake::{self, HandshakeError, LocalIdentity, is_oversized};
 use super::network_map::{NetworkMap, PeerEntry};
-use super::wire::{NOISE_MAX_MESSAGE, WireError, open_frame, seal_frame, sealed_len};
+use super::records::{NOISE_MAX_MESSAGE, WireError, open_frame, seal_frame, sealed_len};
 use crate::PublicKey;
 use crate::transport::{Incoming, SendError, Transport, TransportEvent};
 use bytes::Bytes;
