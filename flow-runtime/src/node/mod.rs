@@ -8,7 +8,10 @@ mod batch;
 mod core;
 mod dump;
 mod hot;
+mod operator;
+mod receive;
 pub(crate) mod records;
+mod step;
 mod step_services;
 
 pub use self::core::NodeCore;

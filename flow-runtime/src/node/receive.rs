@@ -1,0 +1,277 @@
+//! The receiving side of the session protocol on a [`NodeCore`]: frames
+//! from peers are checked against the session they name, deduplicated by
+//! sequence number (what was already consumed or buffered is only acked
+//! again), buffered in order, and acknowledged in the same group commit.
+//! Acks from peers delete the acknowledged message from the durable outbox.
+//! Sending and re-sending are the delivery module's (`delivery.rs`).
+
+use super::batch::Batch;
+use super::core::{NodeCore, store_err};
+use super::records::*;
+use super::{NodeError, Output};
+use crate::protocol::{Body, WireMessage};
+use crate::store::Table;
+use crate::{FlowError, FlowErrorKind, FlowSession, Party, PublicKey, SessionId, Timestamp};
+
+impl NodeCore {
+    /// Processes frames received from peers (authenticated by the transport
+    /// as coming from `from`), as one group commit.
+    pub fn deliver(
+        &mut self,
+        now: Timestamp,
+        frames: Vec<(PublicKey, Vec<u8>)>,
+    ) -> Result<Output, NodeError> {
+        self.batch(now, |core, b| {
+            for (from, frame) in frames {
+                core.on_frame(b, &from, &frame)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) fn on_frame(
+        &mut self,
+        b: &mut Batch,
+        from: &PublicKey,
+        frame: &[u8],
+    ) -> Result<(), NodeError> {
+        let msg = match WireMessage::decode(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = ?from, "dropped a frame: {e}");
+                return Ok(());
+            }
+        };
+        match msg {
+            WireMessage::Ack {
+                session,
+                from_initiator,
+                seq,
+            } => {
+                let side = if from_initiator {
+                    Side::Initiator
+                } else {
+                    Side::Responder
+                };
+                let key = outbox_key(
+                    SessionKey {
+                        id: SessionId(session),
+                        side,
+                    },
+                    seq,
+                );
+                if let Some(v) = b
+                    .get(&*self.store, &Table::OUTBOX, &key)
+                    .map_err(store_err)?
+                {
+                    match rmp_serde::from_slice::<OutboxRecord>(&v) {
+                        Ok(r) if r.to != *from => {
+                            tracing::warn!(peer = ?from, "ignored an ack for a message sent to another peer")
+                        }
+                        _ => b.delete(Table::OUTBOX, key),
+                    }
+                }
+                Ok(())
+            }
+            WireMessage::Session {
+                session,
+                from_initiator,
+                seq,
+                body,
+            } => {
+                let key = SessionKey {
+                    id: SessionId(session),
+                    side: if from_initiator {
+                        Side::Responder
+                    } else {
+                        Side::Initiator
+                    },
+                };
+                let ack = WireMessage::Ack {
+                    session,
+                    from_initiator,
+                    seq,
+                };
+                match body {
+                    Body::Init {
+                        flow,
+                        version,
+                        initiator,
+                    } => self.on_init(b, from, key, seq, &flow, version, initiator, ack),
+                    Body::Data(payload) => {
+                        self.on_sequenced(b, from, key, seq, Inbound::Data(payload), ack)
+                    }
+                    Body::End(error) => {
+                        self.on_sequenced(b, from, key, seq, Inbound::End(error), ack)
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn emit(&self, b: &mut Batch, to: &PublicKey, msg: &WireMessage) {
+        match msg.encode() {
+            Ok(frame) => b.emit.push((*to, frame)),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    pub(super) fn tombstoned(&self, b: &Batch, key: SessionKey) -> Result<bool, NodeError> {
+        Ok(b.get(&*self.store, &Table::TOMBSTONES, &key.bytes())
+            .map_err(store_err)?
+            .is_some())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_init(
+        &mut self,
+        b: &mut Batch,
+        from: &PublicKey,
+        key: SessionKey,
+        seq: u64,
+        flow: &str,
+        version: u32,
+        initiator: Party,
+        ack: WireMessage,
+    ) -> Result<(), NodeError> {
+        if key.side != Side::Responder || seq != 0 || initiator.key() != from {
+            tracing::warn!(peer = ?from, session = %key.id, "dropped a malformed session init");
+            return Ok(());
+        }
+        let collision = match b.session(&*self.store, key).map_err(store_err)? {
+            Some(existing) if existing.counterparty.key() == from => {
+                self.emit(b, from, &ack); // duplicate: already processed
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if self.tombstoned(b, key)? {
+            self.emit(b, from, &ack);
+            return Ok(());
+        }
+        let refuse = |core: &Self, b: &mut Batch, error: FlowError| {
+            tracing::info!(peer = ?from, flow, "refused a session: {}", error.message());
+            let end = WireMessage::Session {
+                session: key.id.0,
+                from_initiator: false,
+                seq: 0,
+                body: Body::End(Some(error)),
+            };
+            core.emit(b, from, &end);
+        };
+        if collision {
+            refuse(
+                self,
+                b,
+                FlowError::with_kind(
+                    FlowErrorKind::Refused,
+                    format!(
+                        "{} already has a session {} with another peer: `{flow}` was not started; start the flow again (it will pick a new session id)",
+                        self.identity, key.id
+                    ),
+                ),
+            );
+            return Ok(());
+        }
+        if self.draining {
+            refuse(
+                self,
+                b,
+                FlowError::with_kind(
+                    FlowErrorKind::Refused,
+                    format!(
+                        "{} is draining and takes no new sessions: `{flow}` was not started; try again after its upgrade",
+                        self.identity
+                    ),
+                ),
+            );
+            return Ok(());
+        }
+        let new_flow = match self.registry.responder(flow, FlowSession::from_id(key.id)) {
+            None => {
+                refuse(
+                    self,
+                    b,
+                    FlowError::with_kind(
+                        FlowErrorKind::UnknownFlow,
+                        format!(
+                            "{} has no responder registered for flow `{flow}` (version {version}): register one on that node with `responder::<{flow}::Flow>(..)`",
+                            self.identity
+                        ),
+                    ),
+                );
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                refuse(self, b, e);
+                return Ok(());
+            }
+            Some(Ok(f)) => f,
+        };
+        let run = self.fresh_run_id()?;
+        b.put_session(
+            key,
+            SessionRecord {
+                run,
+                counterparty: initiator,
+                initiating_flow: flow.to_owned(),
+                next_send: 0,
+                next_consume: 1,
+                inbox: Default::default(),
+                ended: None,
+            },
+        );
+        self.create_run(b, run, new_flow, vec![key], false, None);
+        self.emit(b, from, &ack);
+        Ok(())
+    }
+
+    pub(super) fn on_sequenced(
+        &mut self,
+        b: &mut Batch,
+        from: &PublicKey,
+        key: SessionKey,
+        seq: u64,
+        item: Inbound,
+        ack: WireMessage,
+    ) -> Result<(), NodeError> {
+        let Some(mut rec) = b.session(&*self.store, key).map_err(store_err)? else {
+            if self.tombstoned(b, key)? {
+                // Our end is gone: acknowledge so the sender stops resending.
+                self.emit(b, from, &ack);
+            } else {
+                // Probably ahead of its session's init: the sender redelivers.
+                tracing::debug!(peer = ?from, session = %key.id, seq, "message for an unknown session dropped");
+            }
+            return Ok(());
+        };
+        if rec.counterparty.key() != from {
+            tracing::warn!(peer = ?from, session = %key.id, "dropped a message from a peer that is not the session's counterparty");
+            return Ok(());
+        }
+        if seq < rec.next_consume || rec.inbox.contains_key(&seq) || rec.ended.is_some() {
+            self.emit(b, from, &ack); // duplicate
+            return Ok(());
+        }
+        if matches!(item, Inbound::End(_)) {
+            // The peer will read nothing more: stop redelivering to it.
+            let our_side = SessionKey {
+                id: key.id,
+                side: key.side,
+            };
+            for k in b
+                .keys_with_prefix(&*self.store, &Table::OUTBOX, &our_side.bytes())
+                .map_err(store_err)?
+            {
+                b.delete(Table::OUTBOX, k);
+            }
+        }
+        rec.inbox.insert(seq, item);
+        let run = rec.run;
+        b.put_session(key, rec);
+        self.wake(b, run);
+        self.emit(b, from, &ack);
+        Ok(())
+    }
+}

@@ -1,0 +1,528 @@
+//! Running one flow step on a [`NodeCore`] and applying its effects to the
+//! batch: the checks before a step (hospital, checkpoint, registered code of
+//! the same shape), the step itself inside `catch_unwind`, then its sends,
+//! new sessions, started flows and new checkpoint — or the end of the run
+//! and the notice to its counterparties; and the hospital for what failed.
+
+use super::batch::{Batch, Loaded};
+use super::core::{NodeCore, encode, store_err};
+use super::records::*;
+use super::step_services::{FlowStarter, StepWrites};
+use super::{NodeError, RunId};
+use crate::protocol::{Body, WireMessage};
+use crate::registry::{ErasedStep, FlowType, NewFlow};
+use crate::store::Table;
+use crate::{Event, FlowError, FlowErrorKind, PublicKey, SessionId, StepEffects, Wait};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// What a runnable flow is woken with, and what that consumes.
+pub(super) struct Wake {
+    event: Event,
+    consumes: Option<(SessionKey, u64)>,
+}
+
+impl NodeCore {
+    pub(super) fn create_run(
+        &mut self,
+        b: &mut Batch,
+        run: u64,
+        flow: NewFlow,
+        sessions: Vec<SessionKey>,
+        keep_result: bool,
+        client_id: Option<String>,
+    ) {
+        let t = &flow.flow_type;
+        b.put_checkpoint(
+            run,
+            Box::new(CheckpointRecord {
+                flow: t.name().to_owned(),
+                fingerprint: t.fingerprint(),
+                version: t.version(),
+                state_name: t.state_name(&flow.state).unwrap_or("?").to_owned(),
+                state: flow.state,
+                started: false,
+                wait: None,
+                waiting_since: self.now,
+                progress: Vec::new(),
+                sessions,
+                keep_result,
+                client_id,
+            }),
+        );
+        self.wake(b, run);
+    }
+
+    pub(super) fn hospitalize(
+        &mut self,
+        b: &mut Batch,
+        run: u64,
+        error: String,
+        transient: bool,
+    ) -> Result<(), NodeError> {
+        let previous: Option<HospitalRecord> = b
+            .get(&*self.store, &Table::HOSPITAL, &run_key(run))
+            .map_err(store_err)?
+            .and_then(|v| rmp_serde::from_slice(&v).ok());
+        let attempts = previous.as_ref().map_or(0, |p| p.attempts) + 1;
+        let retry_at = if transient && attempts <= self.config.max_transient_retries {
+            let factor = 1u32 << (attempts - 1).min(16);
+            Some(self.now.after(self.config.retry_backoff * factor))
+        } else {
+            None
+        };
+        match retry_at {
+            Some(t) => {
+                tracing::warn!(run = %RunId(run), attempt = attempts, "flow failed transiently, retrying from its last checkpoint at {}: {error}", t.0);
+                b.add_timer(&*self.store, t, run).map_err(store_err)?;
+            }
+            None => {
+                tracing::error!(run = %RunId(run), "flow kept in the hospital for an operator (retry or kill): {error}")
+            }
+        }
+        let rec = HospitalRecord {
+            error,
+            attempts,
+            retry_at,
+            since: previous.map_or(self.now, |p| p.since),
+        };
+        b.put(Table::HOSPITAL, run_key(run), encode(&rec));
+        b.set_runnable(run, false);
+        Ok(())
+    }
+
+    /// What `rec` is woken with now, if anything.
+    pub(super) fn next_event(
+        &self,
+        b: &mut Batch,
+        rec: &CheckpointRecord,
+    ) -> Result<Option<Wake>, NodeError> {
+        if !rec.started {
+            return Ok(Some(Wake {
+                event: Event::Start,
+                consumes: None,
+            }));
+        }
+        match &rec.wait {
+            Some(Wait::Timer(t)) => Ok((*t <= self.now).then_some(Wake {
+                event: Event::Timer,
+                consumes: None,
+            })),
+            Some(Wait::Receive(sid)) => {
+                let Some(key) = rec.sessions.iter().find(|k| k.id == *sid).copied() else {
+                    return Ok(Some(Wake {
+                        event: Event::SessionEnded {
+                            session: *sid,
+                            error: FlowError::internal(format!(
+                                "the flow waits on session {sid}, which it does not own"
+                            )),
+                        },
+                        consumes: None,
+                    }));
+                };
+                let Some(s) = b.session(&*self.store, key).map_err(store_err)? else {
+                    return Ok(Some(Wake {
+                        event: Event::SessionEnded {
+                            session: *sid,
+                            error: FlowError::counterparty_ended(),
+                        },
+                        consumes: None,
+                    }));
+                };
+                if let Some(item) = s.inbox.get(&s.next_consume) {
+                    let event = match item {
+                        Inbound::Data(p) => Event::Message {
+                            session: *sid,
+                            payload: p.clone(),
+                        },
+                        Inbound::End(e) => Event::SessionEnded {
+                            session: *sid,
+                            error: e.clone().unwrap_or_else(FlowError::counterparty_ended),
+                        },
+                    };
+                    return Ok(Some(Wake {
+                        event,
+                        consumes: Some((key, s.next_consume)),
+                    }));
+                }
+                Ok(s.ended.clone().map(|error| Wake {
+                    event: Event::SessionEnded {
+                        session: *sid,
+                        error,
+                    },
+                    consumes: None,
+                }))
+            }
+            None => Ok(Some(Wake {
+                // A suspended flow always registers a wait; a record without
+                // one can only come from a foreign writer.
+                event: Event::SessionEnded {
+                    session: SessionId(0),
+                    error: FlowError::internal("the checkpoint records no wait"),
+                },
+                consumes: None,
+            })),
+        }
+    }
+
+    pub(super) fn try_run(&mut self, b: &mut Batch, run: u64) -> Result<(), NodeError> {
+        let in_hospital = match b.hospital(&*self.store, run).map_err(store_err)? {
+            None => false,
+            Some(h) => {
+                let due = rmp_serde::from_slice::<HospitalRecord>(&h)
+                    .ok()
+                    .and_then(|h| h.retry_at)
+                    .is_some_and(|t| t <= self.now);
+                if !due {
+                    b.set_runnable(run, false);
+                    return Ok(());
+                }
+                true
+            }
+        };
+        let rec = match b.checkpoint(&*self.store, run).map_err(store_err)? {
+            None => {
+                b.set_runnable(run, false);
+                return Ok(());
+            }
+            Some(Loaded::Corrupt(e)) => return self.hospitalize(b, run, e, false),
+            Some(Loaded::Ok(rec)) => rec,
+        };
+        let Some(wake) = self.next_event(b, &rec)? else {
+            b.set_runnable(run, false);
+            return Ok(());
+        };
+        let Some(flow_type) = self.registry.flow(&rec.flow) else {
+            let e = format!(
+                "no flow named `{}` is registered on this node: deploy the code that has it (or kill the flow)",
+                rec.flow
+            );
+            return self.hospitalize(b, run, e, false);
+        };
+        if flow_type.fingerprint() != rec.fingerprint || flow_type.version() != rec.version {
+            let e = format!(
+                "the checkpoint of `{}` was written by version {} (fingerprint {:016x}) but this node runs version {} (fingerprint {:016x}): the flow's state shape changed; deploy the code it was written with to finish it, or kill it",
+                rec.flow,
+                rec.version,
+                rec.fingerprint,
+                flow_type.version(),
+                flow_type.fingerprint()
+            );
+            return self.hospitalize(b, run, e, false);
+        }
+        self.step(b, run, rec, flow_type, wake, in_hospital)
+    }
+
+    pub(super) fn step(
+        &mut self,
+        b: &mut Batch,
+        run: u64,
+        mut rec: Box<CheckpointRecord>,
+        flow_type: Arc<dyn FlowType>,
+        wake: Wake,
+        in_hospital: bool,
+    ) -> Result<(), NodeError> {
+        b.steps += 1;
+        self.ctx.set_now(self.now);
+        let draining = self.draining;
+        if let Some(starter) = self.ctx.services().get_mut::<FlowStarter>() {
+            starter.begin_step(draining);
+        }
+        let effects = StepEffects {
+            progress: rec.progress.clone(),
+            ..StepEffects::default()
+        };
+        let ctx = &mut self.ctx;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            flow_type.step(&rec.state, ctx, wake.event, effects)
+        }));
+        let requests = self
+            .ctx
+            .services()
+            .get_mut::<FlowStarter>()
+            .map(FlowStarter::end_step)
+            .unwrap_or_default();
+        let (erased, effects) = match outcome {
+            Err(panic) => {
+                self.discard_step_writes();
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".into());
+                tracing::error!(run = %RunId(run), flow = %rec.flow, "flow panicked: {msg}");
+                let error = FlowError::internal(format!("flow `{}` panicked: {msg}", rec.flow));
+                self.end_run(b, run, &rec, Err(error), None);
+                return Ok(());
+            }
+            Ok(Err(decode)) => {
+                self.discard_step_writes();
+                return self.hospitalize(b, run, decode, false);
+            }
+            Ok(Ok(r)) => r,
+        };
+        if let ErasedStep::Done(Err(e)) = &erased
+            && e.kind() == FlowErrorKind::Transient
+        {
+            self.discard_step_writes();
+            return self.hospitalize(b, run, e.message().to_owned(), true);
+        }
+        // Every send must be on a session this run owns or just opened.
+        let opened: Vec<SessionKey> = effects
+            .opened
+            .iter()
+            .map(|o| SessionKey {
+                id: o.id,
+                side: Side::Initiator,
+            })
+            .collect();
+        let owns = |id: SessionId| {
+            rec.sessions
+                .iter()
+                .chain(&opened)
+                .find(|k| k.id == id)
+                .copied()
+        };
+        if let Some(bad) = effects.sends.iter().find(|m| owns(m.session).is_none()) {
+            self.discard_step_writes();
+            let e = FlowError::internal(format!(
+                "flow `{}` sent on session {}, which it does not own",
+                rec.flow, bad.session
+            ));
+            tracing::error!(run = %RunId(run), "{}", e.message());
+            self.end_run(b, run, &rec, Err(e), None);
+            return Ok(());
+        }
+        if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
+            w.keep_step();
+        }
+        if in_hospital {
+            b.delete(Table::HOSPITAL, run_key(run));
+        }
+        // The consumed message.
+        if let Some((key, seq)) = wake.consumes
+            && let Some(mut s) = b.session(&*self.store, key).map_err(store_err)?
+        {
+            if let Some(Inbound::End(e)) = s.inbox.remove(&seq) {
+                s.ended = Some(e.unwrap_or_else(FlowError::counterparty_ended));
+            }
+            s.next_consume = seq + 1;
+            b.put_session(key, s);
+        }
+        // New sessions: their Init goes first.
+        for o in &effects.opened {
+            let key = SessionKey {
+                id: o.id,
+                side: Side::Initiator,
+            };
+            b.put_session(
+                key,
+                SessionRecord {
+                    run,
+                    counterparty: o.counterparty.clone(),
+                    initiating_flow: o.initiating_flow.to_owned(),
+                    next_send: 1,
+                    next_consume: 0,
+                    inbox: Default::default(),
+                    ended: None,
+                },
+            );
+            rec.sessions.push(key);
+            let init = WireMessage::Session {
+                session: o.id.0,
+                from_initiator: true,
+                seq: 0,
+                body: Body::Init {
+                    flow: o.initiating_flow.to_owned(),
+                    version: o.initiating_version,
+                    initiator: self.identity.clone(),
+                },
+            };
+            self.send_sequenced(b, key, 0, o.counterparty.key(), &init);
+        }
+        for m in effects.sends {
+            let Some(key) = rec.sessions.iter().find(|k| k.id == m.session).copied() else {
+                continue; // checked above
+            };
+            let Some(mut s) = b.session(&*self.store, key).map_err(store_err)? else {
+                continue;
+            };
+            if s.peer_ended() {
+                tracing::debug!(session = %key.id, "message to a counterparty that has ended dropped");
+                continue;
+            }
+            let seq = s.next_send;
+            s.next_send += 1;
+            let msg = WireMessage::Session {
+                session: key.id.0,
+                from_initiator: key.side == Side::Initiator,
+                seq,
+                body: Body::Data(m.payload),
+            };
+            let to = *s.counterparty.key();
+            b.put_session(key, s);
+            self.send_sequenced(b, key, seq, &to, &msg);
+        }
+        for f in requests {
+            let new_run = self.fresh_run_id()?;
+            self.registry.insert_type(f.flow_type.clone());
+            self.create_run(b, new_run, f, Vec::new(), false, None);
+        }
+        match erased {
+            ErasedStep::Suspended { state, state_name } => {
+                let Some(wait) = effects.wait else {
+                    let e = FlowError::internal(format!(
+                        "flow `{}` suspended in state {state_name} without waiting on anything",
+                        rec.flow
+                    ));
+                    self.end_run(b, run, &rec, Err(e), None);
+                    return Ok(());
+                };
+                if rec.progress != effects.progress {
+                    b.progress.push((run, effects.progress.clone()));
+                }
+                if let Wait::Timer(t) = wait {
+                    b.add_timer(&*self.store, t, run).map_err(store_err)?;
+                }
+                rec.state = state;
+                if rec.state_name != state_name {
+                    rec.state_name = state_name.to_owned();
+                }
+                rec.started = true;
+                rec.wait = Some(wait);
+                rec.waiting_since = self.now;
+                rec.progress = effects.progress;
+                // It may be runnable at once (a message already buffered, a
+                // zero sleep): then it runs again in this batch.
+                if self.next_event(b, &rec)?.is_some() {
+                    self.wake(b, run);
+                } else {
+                    b.set_runnable(run, false);
+                }
+                b.put_checkpoint(run, rec);
+            }
+            ErasedStep::Done(result) => {
+                let to_peers = match &result {
+                    Err(e) if e.kind() != FlowErrorKind::Internal => Some(e.clone()),
+                    _ => None,
+                };
+                self.end_run(b, run, &rec, result, to_peers);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn discard_step_writes(&mut self) {
+        if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
+            w.discard_step();
+        }
+    }
+
+    pub(super) fn send_sequenced(
+        &self,
+        b: &mut Batch,
+        key: SessionKey,
+        seq: u64,
+        to: &PublicKey,
+        msg: &WireMessage,
+    ) {
+        match msg.encode() {
+            Ok(frame) => {
+                b.put(
+                    Table::OUTBOX,
+                    outbox_key(key, seq),
+                    encode(&OutboxRecord {
+                        to: *to,
+                        frame: frame.clone(),
+                    }),
+                );
+                b.emit.push((*to, frame));
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    /// Ends `run`: tells every counterparty still there (`to_peers`, or the
+    /// generic "counterparty ended"), removes its checkpoint, sessions and
+    /// timers, and keeps its outcome if a client wants it.
+    pub(super) fn end_run(
+        &mut self,
+        b: &mut Batch,
+        run: u64,
+        rec: &CheckpointRecord,
+        outcome: Result<Vec<u8>, FlowError>,
+        to_peers: Option<FlowError>,
+    ) {
+        for key in &rec.sessions {
+            let s = match b.session(&*self.store, *key) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    None
+                }
+            };
+            if let Some(s) = s
+                && !s.peer_ended()
+            {
+                let msg = WireMessage::Session {
+                    session: key.id.0,
+                    from_initiator: key.side == Side::Initiator,
+                    seq: s.next_send,
+                    body: Body::End(to_peers.clone()),
+                };
+                self.send_sequenced(b, *key, s.next_send, s.counterparty.key(), &msg);
+            }
+            b.delete_session(*key);
+            b.put(Table::TOMBSTONES, key.bytes(), Vec::new());
+        }
+        // (A timer left behind would only wake a run that is gone, which
+        // does nothing: a failed read here is logged, not fatal.)
+        if let Some(Wait::Timer(t)) = rec.wait
+            && let Err(e) = b.remove_timer(&*self.store, t, run)
+        {
+            tracing::error!("{e}");
+        }
+        if let Ok(Some(h)) = b.get(&*self.store, &Table::HOSPITAL, &run_key(run)) {
+            if let Some(t) = rmp_serde::from_slice::<HospitalRecord>(&h)
+                .ok()
+                .and_then(|h| h.retry_at)
+                && let Err(e) = b.remove_timer(&*self.store, t, run)
+            {
+                tracing::error!("{e}");
+            }
+            b.delete(Table::HOSPITAL, run_key(run));
+        }
+        b.set_runnable(run, false);
+        b.delete_checkpoint(run);
+        match &outcome {
+            Ok(_) => tracing::debug!(run = %RunId(run), flow = %rec.flow, "flow finished"),
+            Err(e) => {
+                tracing::info!(run = %RunId(run), flow = %rec.flow, "flow ended with an error: {e}")
+            }
+        }
+        if rec.keep_result {
+            self.store_result(b, run, &rec.flow, rec.client_id.clone(), outcome);
+        } else {
+            b.finished.push((run, rec.flow.clone(), outcome));
+        }
+    }
+
+    pub(super) fn store_result(
+        &self,
+        b: &mut Batch,
+        run: u64,
+        flow: &str,
+        client_id: Option<String>,
+        outcome: Result<Vec<u8>, FlowError>,
+    ) {
+        let rec = ResultRecord {
+            flow: flow.to_owned(),
+            client_id,
+            outcome: outcome.clone().map(serde_bytes::ByteBuf::from),
+        };
+        b.put(Table::RESULTS, run_key(run), encode(&rec));
+        b.progress
+            .push((run, vec![crate::progress::ProgressTracker::DONE.to_owned()]));
+        b.finished.push((run, flow.to_owned(), outcome));
+    }
+}
