@@ -4,13 +4,45 @@
 //! A user's binary loads a [`Config`], registers its flows, and runs the
 //! node until SIGINT or SIGTERM. See `docs/operations.md`.
 
+mod builder;
 mod config;
+mod event_loop;
+mod handle;
 pub mod keys;
-mod node;
 mod redelivery;
 
+pub use builder::NodeBuilder;
 pub use config::{Config, ConfigError, LoadedConfig, NodeSection, StoreSection, TransportSection};
-pub use node::{MAX_FRAMES_PER_BATCH, Node, NodeBuilder, RunnerError};
+pub use event_loop::MAX_FRAMES_PER_BATCH;
+pub use handle::Node;
+
+use crate::node::NodeError;
+use crate::tcp::TransportError;
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The database could not be opened.
+    #[error("cannot open the node database {path}: {message}")]
+    Database {
+        /// The file.
+        path: String,
+        /// The store's error.
+        message: String,
+    },
+    /// The node core could not be opened on the database.
+    #[error("cannot open the node: {0}")]
+    Node(NodeError),
+    /// The transport could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Installing the signal handlers failed.
+    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    Signals(std::io::Error),
+    /// The driver stopped on a fatal error (already logged).
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+}
 
 /// Installs a `tracing` subscriber writing one line per event to stderr,
 /// filtered by the `RUST_LOG` environment variable (default `info`, e.g.

@@ -1,0 +1,415 @@
+//! [`NodeBuilder`]: everything a tokio node is built from (identity,
+//! transport, database, flows, tuning), and [`NodeBuilder::start`], which
+//! opens the database, starts the transport and spawns the node's event
+//! loop (`event_loop.rs`), handing back a [`Node`] handle (`handle.rs`).
+use super::RunnerError;
+use super::config::LoadedConfig;
+use super::event_loop::{DEFAULT_LONG_WAIT_CHECK, EventLoop, LongWaitCheck, now};
+use super::handle::{Node, NodeResults, Observers};
+use super::redelivery::RedeliverySchedule;
+use crate::handle::ResultSource;
+use crate::node::OsIds;
+use crate::registry::{Registry, ResponderFn};
+use crate::services::Services;
+use crate::store::{RedbOptions, RedbStore, Store};
+use crate::tcp::{SigningKey, TcpConfig, TcpTransport, TransportError};
+use crate::transport::{Incoming, Transport};
+use crate::{Flow, NodeConfig, NodeCore, Party, PublicKey};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+type Installer = Arc<dyn Fn(&mut Services) + Send + Sync>;
+
+/// Everything a node is built from: identity, transport, database, flows.
+///
+/// The transport is a type parameter so that [`Node::transport`] gives the
+/// concrete transport back (its address, its events); it defaults to TCP,
+/// so `NodeBuilder` and `Node` without parameters are the TCP node.
+///
+/// Compiled, not run: it needs a config file, keys and running peers
+/// (`docs/operations.md`).
+///
+/// ```no_run
+/// use flow_runtime::runner::{Config, NodeBuilder};
+/// use flow_runtime::testing::ping_pong::{ping, pong};
+/// use std::path::Path;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let loaded = Config::read(Path::new("alice.toml"))?.load()?;
+/// let mut builder = NodeBuilder::from_config(loaded);
+/// builder.flow::<ping::Flow>();
+/// builder.responder::<ping::Flow>(|session| pong(session));
+/// let node = builder.start().await?;
+/// node.run_until_signal().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct NodeBuilder<T: Transport = TcpTransport> {
+    party: Party,
+    database: PathBuf,
+    redelivery: Duration,
+    long_wait_check: Duration,
+    defer_acks: bool,
+    node_config: NodeConfig,
+    store_options: RedbOptions,
+    registry: Registry,
+    installers: Vec<Installer>,
+    connect: Box<dyn Connect<T>>,
+}
+
+impl<T: Transport> std::fmt::Debug for NodeBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("name", &self.party.name())
+            .field("transport", &self.connect.describe())
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A transport starting up.
+type Connecting<T> = Pin<Box<dyn Future<Output = Result<(T, Incoming), TransportError>> + Send>>;
+
+/// How a builder gets its transport when the node starts: TCP binds its
+/// listener then (so a builder can be configured before any socket is
+/// opened), other transports are handed over ready-made.
+trait Connect<T>: Send {
+    /// For `Debug` and log lines.
+    fn describe(&self) -> String;
+    /// Starts the transport.
+    fn connect(self: Box<Self>) -> Connecting<T>;
+    /// The TCP settings, if this is a TCP transport still to be started.
+    fn tcp(&mut self) -> Option<&mut TcpSetup> {
+        None
+    }
+}
+
+/// The TCP transport's settings until the node starts.
+struct TcpSetup {
+    identity: SigningKey,
+    listen: String,
+    map: crate::tcp::NetworkMap,
+    config: TcpConfig,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl Connect<TcpTransport> for TcpSetup {
+    fn describe(&self) -> String {
+        format!("tcp://{}", self.listen)
+    }
+
+    fn connect(self: Box<Self>) -> Connecting<TcpTransport> {
+        let TcpSetup {
+            identity,
+            listen,
+            map,
+            config,
+            listener,
+        } = *self;
+        Box::pin(async move {
+            match listener {
+                None => TcpTransport::bind(identity, &listen, map, config).await,
+                Some(listener) => {
+                    let listener = listener
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                        .map_err(|source| TransportError::Bind {
+                            address: listen.clone(),
+                            source,
+                        })?;
+                    TcpTransport::from_listener(identity, listener, map, config)
+                }
+            }
+        })
+    }
+
+    fn tcp(&mut self) -> Option<&mut TcpSetup> {
+        Some(self)
+    }
+}
+
+/// A transport the caller already started.
+struct Ready<T> {
+    transport: T,
+    incoming: Incoming,
+}
+
+impl<T: Transport> Connect<T> for Ready<T> {
+    fn describe(&self) -> String {
+        self.transport.endpoint()
+    }
+
+    fn connect(self: Box<Self>) -> Connecting<T> {
+        let Ready {
+            transport,
+            incoming,
+        } = *self;
+        Box::pin(std::future::ready(Ok((transport, incoming))))
+    }
+}
+
+impl NodeBuilder<TcpTransport> {
+    /// A builder from a loaded configuration file.
+    pub fn from_config(loaded: LoadedConfig) -> Self {
+        let LoadedConfig {
+            config,
+            identity,
+            map,
+        } = loaded;
+        let mut builder = Self::new(identity, &config.listen, config.database, map);
+        builder.tcp_config(config.transport.tcp_config());
+        builder.redelivery = config.node.redelivery_interval();
+        builder.long_wait_check = config.node.long_wait_check_interval();
+        builder.node_config = config.node.node_config();
+        builder.store_options = config.store.redb_options();
+        builder
+    }
+
+    /// A builder from its parts, for programs that do not use a config
+    /// file (tests, benchmarks, embedding). The node's name is the one the
+    /// map gives `identity` (checked at start).
+    pub fn new(
+        identity: SigningKey,
+        listen: &str,
+        database: impl Into<PathBuf>,
+        map: crate::tcp::NetworkMap,
+    ) -> Self {
+        let key = PublicKey(identity.verifying_key().to_bytes());
+        let name = map
+            .by_key(&key)
+            .map_or_else(String::new, |e| e.name.clone());
+        let setup = TcpSetup {
+            identity,
+            listen: listen.to_owned(),
+            map,
+            config: TcpConfig::default(),
+            listener: None,
+        };
+        Self::with_connect(Party::new(name, key), database.into(), Box::new(setup))
+    }
+
+    /// Listens on an already bound socket instead of binding the configured
+    /// address (tests bind port 0 to learn their addresses first). Ignored,
+    /// with a warning, on a builder given a running transport
+    /// ([`with_transport`](NodeBuilder::with_transport)).
+    pub fn listener(&mut self, listener: std::net::TcpListener) -> &mut Self {
+        match self.connect.tcp() {
+            Some(tcp) => tcp.listener = Some(listener),
+            None => {
+                warn!("NodeBuilder::listener ignored: the builder was given a running transport")
+            }
+        }
+        self
+    }
+
+    /// Replaces the transport tuning from the config file. Ignored, with a
+    /// warning, on a builder given a running transport.
+    pub fn tcp_config(&mut self, config: TcpConfig) -> &mut Self {
+        match self.connect.tcp() {
+            Some(tcp) => tcp.config = config,
+            None => {
+                warn!("NodeBuilder::tcp_config ignored: the builder was given a running transport")
+            }
+        }
+        self
+    }
+}
+
+impl<T: Transport> NodeBuilder<T> {
+    /// A builder for a node that talks over `transport`, which the caller
+    /// has already started (`incoming` is its queue of received frames),
+    /// e.g. `MemoryNetwork::join`. `party` is the node's identity; the
+    /// transport must deliver frames for `party.key()` to `incoming`.
+    pub fn with_transport(
+        party: Party,
+        database: impl Into<PathBuf>,
+        transport: T,
+        incoming: Incoming,
+    ) -> Self {
+        let ready = Ready {
+            transport,
+            incoming,
+        };
+        Self::with_connect(party, database.into(), Box::new(ready))
+    }
+
+    fn with_connect(party: Party, database: PathBuf, connect: Box<dyn Connect<T>>) -> Self {
+        NodeBuilder {
+            party,
+            database,
+            redelivery: Duration::from_secs(1),
+            long_wait_check: DEFAULT_LONG_WAIT_CHECK,
+            defer_acks: true,
+            node_config: NodeConfig::default(),
+            store_options: RedbOptions::default(),
+            registry: Registry::new(),
+            installers: Vec::new(),
+            connect,
+        }
+    }
+
+    /// How often the node looks for unacknowledged messages to send again
+    /// (default 1 s). At each such tick it re-sends those unacknowledged
+    /// for at least one whole interval, so a message waits between one and
+    /// two intervals for its next send; at start-up it re-sends all of them,
+    /// and on a peer's reconnect all of that peer's at once. Shorter means
+    /// faster recovery from a lost frame, longer means fewer duplicates
+    /// when the peer is merely slow to acknowledge.
+    pub fn redelivery_interval(&mut self, every: Duration) -> &mut Self {
+        self.redelivery = every;
+        self
+    }
+
+    /// How often the node scans its checkpoints and logs a warning for every
+    /// flow waiting longer than [`NodeConfig::long_wait_warning`] (default
+    /// every 5 minutes; `Duration::ZERO` turns the check off). The scan
+    /// reads every checkpoint (about a second per million suspended flows)
+    /// on a blocking thread, not in the driver, and a tick that finds the
+    /// previous scan still running skips.
+    pub fn long_wait_check_interval(&mut self, every: Duration) -> &mut Self {
+        self.long_wait_check = every;
+        self
+    }
+
+    /// Whether a batch of received frames that are all acks waits to be
+    /// committed with the next batch that does real work (default `true`).
+    ///
+    /// Why: an ack only deletes the acknowledged message from the sender's
+    /// durable outbox. Committing that alone costs a full commit (one or two
+    /// fsyncs) for nothing the flows are waiting on; in a ping between two
+    /// nodes it is a second commit per round trip on the side whose acks
+    /// arrive apart from the data. Deferring is safe: if the node crashes
+    /// before the acks are committed, it redelivers those messages and the
+    /// peer, which already processed them, drops the duplicates and acks
+    /// again. Deferred acks are committed at the latest at the next
+    /// redelivery tick (before the outbox is read), when the driver stops,
+    /// or when [`MAX_FRAMES_PER_BATCH`](super::MAX_FRAMES_PER_BATCH) of them have accumulated. Turn it
+    /// off only to measure what it saves.
+    pub fn defer_ack_commits(&mut self, defer: bool) -> &mut Self {
+        self.defer_acks = defer;
+        self
+    }
+
+    /// Makes flow type `F` known, so its checkpoints can be resumed after a
+    /// restart. Every flow the node starts must be registered (flows started
+    /// with [`Node::start_flow`] are registered for the current run, but a
+    /// restarted node only knows what the builder registered).
+    pub fn flow<F: Flow>(&mut self) -> &mut Self {
+        self.registry.register_flow::<F>();
+        self
+    }
+
+    /// Answers sessions opened by flow `I` with the flow `responder` builds:
+    /// `builder.responder::<ping::Flow>(|session| pong(session))`. The
+    /// responder's own type is registered too.
+    pub fn responder<I: Flow>(&mut self, responder: impl ResponderFn) -> &mut Self {
+        self.registry.register_responder::<I, _>(responder);
+        self
+    }
+
+    /// Runs `install` on the node's services at start (e.g. a vault).
+    pub fn services(
+        &mut self,
+        install: impl Fn(&mut Services) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.installers.push(Arc::new(install));
+        self
+    }
+
+    /// Replaces the node core's tuning (retries, batch sizes).
+    pub fn node_config(&mut self, config: NodeConfig) -> &mut Self {
+        self.node_config = config;
+        self
+    }
+
+    /// Replaces the database options (e.g. `quick_repair`).
+    pub fn store_options(&mut self, options: RedbOptions) -> &mut Self {
+        self.store_options = options;
+        self
+    }
+
+    /// Opens the database, starts the transport and the driver. Flows that
+    /// were in flight when the node last stopped continue from their
+    /// checkpoints; unacknowledged messages are sent again.
+    pub async fn start(self) -> Result<Node<T>, RunnerError> {
+        let path = self.database.display().to_string();
+        let store = RedbStore::open(&self.database, self.store_options).map_err(|e| {
+            RunnerError::Database {
+                path: path.clone(),
+                message: e.0,
+            }
+        })?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let party = self.party;
+        let long_wait_limit = self.node_config.long_wait_warning;
+        let mut core = NodeCore::open(
+            party.clone(),
+            store,
+            self.registry,
+            Box::new(OsIds),
+            Box::new(OsIds),
+            self.node_config,
+            now(),
+        )
+        .map_err(RunnerError::Node)?;
+        for install in &self.installers {
+            install(core.services());
+        }
+        let (transport, incoming) = self.connect.connect().await?;
+        let transport = Arc::new(transport);
+        let in_flight = core.flows_in_flight().unwrap_or(0);
+        info!(node = %party, endpoint = %transport.endpoint(), database = %path, flows_in_flight = in_flight,
+            "node started");
+
+        let (commands, command_rx) = mpsc::channel(256);
+        let observers: Observers = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let driver = EventLoop {
+            core: Box::new(core),
+            transport: transport.clone(),
+            incoming,
+            events: transport.link_events(),
+            events_open: true,
+            commands: command_rx,
+            observers: observers.clone(),
+            waiters: HashMap::new(),
+            loopback: VecDeque::new(),
+            redelivery: self.redelivery,
+            schedule: RedeliverySchedule::new(),
+            losses: HashMap::new(),
+            defer_acks: self.defer_acks,
+            pending_acks: Vec::new(),
+            drained_reported: false,
+            long_waits: LongWaitCheck {
+                every: self.long_wait_check,
+                limit: long_wait_limit,
+                scan: None,
+            },
+            stopping: stopping.clone(),
+            multi_thread: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread,
+        };
+        let results: Arc<dyn ResultSource> = Arc::new(NodeResults {
+            commands: commands.downgrade(),
+        });
+        let task = tokio::spawn(driver.run());
+        Ok(Node {
+            party,
+            transport,
+            commands,
+            results,
+            observers,
+            task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+            stopping,
+            database: self.database,
+        })
+    }
+}

@@ -1,0 +1,555 @@
+//! The event loop of a durable node on tokio, talking to its peers over a
+//! [`Transport`] — TCP by default ([`NodeBuilder::new`],
+//! [`NodeBuilder::from_config`]), or any other implementation
+//! ([`NodeBuilder::with_transport`], e.g. the in-process
+//! [`MemoryTransport`](crate::transport::MemoryTransport)).
+//!
+//! The node's state-machine manager ([`NodeCore`]) is synchronous: each of
+//! its operations is one group commit (one fsync). This module drives it
+//! from one tokio task, the *driver*, which owns the core and reacts to:
+//!
+//! * frames from peers: every frame waiting in the transport's queue is
+//!   taken (up to [`MAX_FRAMES_PER_BATCH`]) and delivered as ONE batch, so
+//!   under load many steps share one fsync. A batch of nothing but acks is
+//!   not committed on its own: it only deletes outbox entries, so it waits
+//!   for the next batch with real work (or the next redelivery tick) — see
+//!   [`NodeBuilder::defer_ack_commits`];
+//! * commands from [`Node`] handles (start a flow, wait for a result, drain,
+//!   operator actions);
+//! * the earliest timer (flow sleeps, hospital retries);
+//! * redelivery: at every `redelivery_interval` tick, the outbox messages
+//!   that have been unacknowledged for at least one whole interval are sent
+//!   again — and again at every tick until their ack is committed. A
+//!   message sent moments before a tick (its ack most likely in flight) is
+//!   left alone until the next one, so a node with thousands of messages in
+//!   flight does not re-send them all every tick (see
+//!   [`RedeliverySchedule`]: it remembers, in memory and per outbox key,
+//!   the tick a message was last sent at; acknowledged ones are forgotten at
+//!   the next tick). The first tick, at start-up, re-sends the whole outbox
+//!   (it may hold messages from before a restart), and when a connection
+//!   to a peer is (re-)established all that peer's unacknowledged messages
+//!   are sent at once. That is what makes delivery survive dropped frames,
+//!   dropped connections and restarts of either side.
+//!
+//! * the long-wait check: every `long_wait_check_interval` (default 5 min)
+//!   a scan of the checkpoints logs a warning for each flow waiting longer
+//!   than `NodeConfig::long_wait_warning`. The scan reads the store on a
+//!   blocking thread through an [`OperatorView`], so a node with a million
+//!   suspended flows keeps committing steps during its seconds-long scan;
+//!   the operator's [`Node::dump_json`] runs the same way.
+//!
+//! Commits block for an fsync, so on a multi-threaded runtime they run
+//! inside `block_in_place`, letting the transport's tasks run meanwhile.
+//! Frames a commit releases are queued on the transport without waiting:
+//! if a peer's queue is full, the frame stays in the durable outbox and the
+//! next redelivery sends it. The driver never waits on a slow peer.
+
+use super::handle::{Command, Observers};
+use super::redelivery::RedeliverySchedule;
+use crate::handle::RawResult;
+use crate::node::{NodeError, Output, UnackedFrame};
+use crate::protocol::WireMessage;
+use crate::transport::{Incoming, SendError, Transport, TransportEvent};
+use crate::{FlowError, NodeCore, PublicKey, RunId, Timestamp};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+/// The most frames delivered in one group commit. Bounds the latency one
+/// batch adds to every flow in it.
+pub const MAX_FRAMES_PER_BATCH: usize = 1024;
+
+/// Milliseconds since the Unix epoch, the node's clock.
+pub(super) fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+pub(super) struct EventLoop<T> {
+    pub(super) core: Box<NodeCore>,
+    pub(super) transport: Arc<T>,
+    pub(super) incoming: Incoming,
+    pub(super) events: broadcast::Receiver<TransportEvent>,
+    /// `false` once `events` is closed.
+    pub(super) events_open: bool,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) observers: Observers,
+    pub(super) waiters: HashMap<RunId, Vec<oneshot::Sender<RawResult>>>,
+    /// Frames the node addressed to itself (a flow talking to its own
+    /// node), delivered in the next batch.
+    pub(super) loopback: VecDeque<(PublicKey, Vec<u8>)>,
+    pub(super) redelivery: Duration,
+    /// Which unacknowledged messages are overdue at a redelivery tick.
+    pub(super) schedule: RedeliverySchedule,
+    /// Per peer, what its next `Connected` must re-send (see [`LinkLosses`]).
+    pub(super) losses: HashMap<PublicKey, LinkLosses>,
+    /// See [`NodeBuilder::defer_ack_commits`].
+    pub(super) defer_acks: bool,
+    /// Received acks not yet committed (only deletions from the outbox).
+    pub(super) pending_acks: Vec<(PublicKey, Vec<u8>)>,
+    pub(super) drained_reported: bool,
+    pub(super) long_waits: LongWaitCheck,
+    /// Set when the driver stops; shared with the `Node` handles.
+    pub(super) stopping: Arc<AtomicBool>,
+    pub(super) multi_thread: bool,
+}
+
+/// What a peer's link may have lost since its last `Connected`: what a
+/// reconnection must re-send at once.
+///
+/// Why not everything unacknowledged: a transport keeps the frames it
+/// accepted queued until they are written to a link (TCP queues them while
+/// it connects). Only frames that a link which then went down may have
+/// carried, and frames the transport refused, can be missing at the peer.
+/// Re-sending every unacknowledged message on every `Connected` sent each
+/// frame queued before a node's first connection twice: about 1,000
+/// duplicate frames per node at the start of the 1,000-trade demo.
+#[derive(Debug, Default)]
+pub(super) struct LinkLosses {
+    /// A frame for the peer was refused (queue full, unreachable): re-send
+    /// all its unacknowledged messages.
+    refused: bool,
+    /// Outbox keys of the peer's messages unacknowledged when its link went
+    /// down: the old link may have carried them.
+    in_flight_at_disconnect: HashSet<Vec<u8>>,
+}
+
+/// The long-wait check's default interval.
+pub(super) const DEFAULT_LONG_WAIT_CHECK: Duration = Duration::from_secs(300);
+
+/// The driver's periodic long-wait check.
+pub(super) struct LongWaitCheck {
+    /// Between scans; zero: never.
+    pub(super) every: Duration,
+    /// A flow waiting longer than this is logged.
+    pub(super) limit: Duration,
+    /// The scan in progress or last finished.
+    pub(super) scan: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// `f`, made to log to the subscriber that is current here, wherever it
+/// runs (a blocking thread has no subscriber of its own).
+pub(super) fn in_current_dispatch<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    move || tracing::dispatcher::with_default(&dispatch, f)
+}
+
+impl<T: Transport> EventLoop<T> {
+    pub(super) async fn run(mut self) -> Result<(), String> {
+        let result = self.run_until_stopped().await;
+        // However the driver stopped: end the operator scans, so none keeps
+        // the database open after the node.
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(scan) = self.long_waits.scan.take() {
+            let _ = scan.await;
+        }
+        result
+    }
+
+    async fn run_until_stopped(&mut self) -> Result<(), String> {
+        let mut redeliver = tokio::time::interval(self.redelivery);
+        redeliver.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check_long_waits = !self.long_waits.every.is_zero();
+        let mut long_waits = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.long_waits.every,
+            self.long_waits.every.max(Duration::from_millis(1)),
+        );
+        long_waits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Flows left runnable by the last run (and any timers due) go first.
+        let mut ready = true;
+        loop {
+            let timer = self.next_timer_delay();
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Shutdown) => {
+                        self.flush_acks()?;
+                        break;
+                    }
+                    Some(Command::Job(job)) => {
+                        let out = self.blocking(|core| job(core, now()));
+                        if let Some(out) = out {
+                            self.release(out);
+                        }
+                    }
+                    Some(Command::Wait { run, reply }) => self.wait(run, reply),
+                },
+                frame = self.incoming.recv() => match frame {
+                    Some(first) => self.deliver(Some(first))?,
+                    None => {
+                        info!("the transport stopped; stopping the node driver");
+                        self.flush_acks()?;
+                        break;
+                    }
+                },
+                _ = std::future::ready(()), if !self.loopback.is_empty() => self.deliver(None)?,
+                event = self.events.recv(), if self.events_open => self.on_link_event(event)?,
+                _ = redeliver.tick() => self.redeliver_overdue()?,
+                _ = long_waits.tick(), if check_long_waits => self.start_long_wait_scan(),
+                _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
+                    self.operate(|core| core.tick(now()))?;
+                }
+                _ = std::future::ready(()), if ready => self.operate(|core| core.tick(now()))?,
+            }
+            ready = self.core.has_ready();
+            self.report_drained();
+        }
+        Ok(())
+    }
+
+    /// A tick of the long-wait check: scans the checkpoints on a blocking
+    /// thread, unless the previous scan is still at it.
+    fn start_long_wait_scan(&mut self) {
+        if self
+            .long_waits
+            .scan
+            .as_ref()
+            .is_some_and(|scan| !scan.is_finished())
+        {
+            debug!("the previous long-wait scan is still running; skipping this one");
+            return;
+        }
+        let view = self.core.operator_view().stopping_on(self.stopping.clone());
+        let limit = self.long_waits.limit;
+        let scan = in_current_dispatch(move || match view.warn_long_waits(now(), limit) {
+            Ok(slow) if !slow.is_empty() => {
+                info!(
+                    flows = slow.len(),
+                    limit_ms = limit.as_millis(),
+                    "long-wait check: flows waiting longer than the limit (each logged above)"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "the long-wait check could not read the checkpoints"),
+        });
+        self.long_waits.scan = Some(tokio::task::spawn_blocking(scan));
+    }
+
+    /// Runs `f` on the core, letting other tasks use this worker thread
+    /// while it blocks on the database.
+    fn blocking<R>(&mut self, f: impl FnOnce(&mut NodeCore) -> R) -> R {
+        let core = &mut *self.core;
+        if self.multi_thread {
+            tokio::task::block_in_place(|| f(core))
+        } else {
+            f(core)
+        }
+    }
+
+    /// Runs a committing operation and releases its output. A storage error
+    /// is fatal for the driver: nothing of the batch happened, the database
+    /// is consistent, and a restart retries from there.
+    fn operate(
+        &mut self,
+        f: impl FnOnce(&mut NodeCore) -> Result<Output, NodeError>,
+    ) -> Result<(), String> {
+        match self.blocking(f) {
+            Ok(out) => {
+                self.release(out);
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "the node cannot commit; stopping (restart it once the database is writable again)");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn deliver(&mut self, first: Option<(PublicKey, Vec<u8>)>) -> Result<(), String> {
+        let mut frames: Vec<(PublicKey, Vec<u8>)> = self.loopback.drain(..).collect();
+        frames.extend(first);
+        while frames.len() < MAX_FRAMES_PER_BATCH {
+            match self.incoming.try_recv() {
+                Ok(frame) => frames.push(frame),
+                Err(_) => break,
+            }
+        }
+        // A frame that decrypted (so it really comes from `peer`) but is not
+        // a session message means a broken or hostile peer: drop the frame
+        // and close the peer's connection.
+        let me = *self.core.identity().key();
+        let mut only_acks = true;
+        frames.retain(|(peer, frame)| match WireMessage::decode(frame) {
+            Ok(message) => {
+                only_acks &= matches!(message, WireMessage::Ack { .. });
+                true
+            }
+            Err(e) => {
+                let name = self.transport.peer_name(peer);
+                warn!(peer = %name, error = %e, "dropped a frame that does not decode as a session message");
+                if *peer != me {
+                    self.transport.disconnect(peer, &e);
+                }
+                false
+            }
+        });
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if self.defer_acks
+            && only_acks
+            && self.pending_acks.len() + frames.len() < MAX_FRAMES_PER_BATCH
+        {
+            self.pending_acks.append(&mut frames);
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.pending_acks);
+        batch.append(&mut frames);
+        debug!(frames = batch.len(), "delivering a batch");
+        self.operate(|core| core.deliver(now(), batch))
+    }
+
+    /// Commits the acks held back by [`deliver`](Self::deliver).
+    fn flush_acks(&mut self) -> Result<(), String> {
+        if self.pending_acks.is_empty() {
+            return Ok(());
+        }
+        let acks = std::mem::take(&mut self.pending_acks);
+        debug!(acks = acks.len(), "committing deferred acks");
+        self.operate(|core| core.deliver(now(), acks))
+    }
+
+    fn wait(&mut self, run: RunId, reply: oneshot::Sender<RawResult>) {
+        match self.core.result(run) {
+            Ok(Some(result)) => {
+                let _ = reply.send(result);
+            }
+            Ok(None) => self.waiters.entry(run).or_default().push(reply),
+            Err(e) => {
+                let _ = reply.send(Err(FlowError::internal(e.to_string())));
+            }
+        }
+    }
+
+    /// Hands a committed batch's effects to the world: frames to the
+    /// transport, results to waiters, progress to observers.
+    fn release(&mut self, out: Output) {
+        let me = *self.core.identity().key();
+        for (to, frame) in out.frames {
+            if to == me {
+                self.loopback.push_back((me, frame));
+                continue;
+            }
+            self.send(&to, frame);
+        }
+        for (run, _flow, result) in out.finished {
+            for waiter in self.waiters.remove(&run).unwrap_or_default() {
+                let _ = waiter.send(result.clone());
+            }
+        }
+        if !out.progress.is_empty() {
+            let mut observers = self
+                .observers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (run, path) in out.progress {
+                observers.entry(run).or_default().push(path);
+            }
+        }
+    }
+
+    /// Queues `frame` for `to` on the transport. `false` when the peer
+    /// takes nothing more right now (its queue is full or it is
+    /// unreachable), so a redelivery stops trying it until later; the
+    /// message stays in the outbox either way.
+    fn send(&mut self, to: &PublicKey, frame: Vec<u8>) -> bool {
+        match self.transport.try_send(to, frame) {
+            Ok(()) => true,
+            Err(SendError::QueueFull(peer)) => {
+                debug!(%peer, "peer queue full; the message stays in the outbox for redelivery");
+                self.losses.entry(*to).or_default().refused = true;
+                false
+            }
+            Err(SendError::Unreachable(peer)) => {
+                debug!(%peer, "peer unreachable; the message stays in the outbox for redelivery");
+                self.losses.entry(*to).or_default().refused = true;
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot send a message; it stays in the outbox");
+                true
+            }
+        }
+    }
+
+    /// A redelivery tick: re-sends the messages unacknowledged for at least
+    /// one full interval — every one at the first tick (start-up), see
+    /// [`RedeliverySchedule`]. Deferred acks are committed first, so that
+    /// what they acknowledge is not sent again. Once a peer refuses a frame
+    /// (full queue, unreachable) the rest of its messages wait for the next
+    /// tick (or its reconnect) instead of being refused one by one.
+    fn redeliver_overdue(&mut self) -> Result<(), String> {
+        self.flush_acks()?;
+        let Some(outbox) = self.read_outbox() else {
+            return Ok(());
+        };
+        let unacknowledged = outbox.len();
+        let due = self.schedule.tick(outbox);
+        let overdue = due.len();
+        let mut refusing = HashSet::new();
+        let mut deferred = 0usize;
+        for message in due {
+            if refusing.contains(&message.to) {
+                deferred += 1;
+            } else if !self.resend(message.to, message.frame) {
+                refusing.insert(message.to);
+            }
+        }
+        if overdue > 0 {
+            debug!(
+                overdue,
+                unacknowledged,
+                deferred,
+                "redelivered messages unacknowledged for a whole interval"
+            );
+        }
+        Ok(())
+    }
+
+    /// The link to `peer` came (back) up: sends it again at once, whenever
+    /// they were last sent, the unacknowledged messages the previous link
+    /// may have lost (see [`LinkLosses`]).
+    fn on_connected(&mut self, peer: PublicKey) -> Result<(), String> {
+        match self.losses.remove(&peer) {
+            Some(lost) if lost.refused => self.redeliver_to(Some(peer), None),
+            Some(lost) if !lost.in_flight_at_disconnect.is_empty() => {
+                self.redeliver_to(Some(peer), Some(&lost.in_flight_at_disconnect))
+            }
+            // Everything sent since the last connection is queued for
+            // this link.
+            _ => Ok(()),
+        }
+    }
+
+    /// The link to `peer` went down: notes which of its messages the link
+    /// may have been carrying, for [`on_connected`](Self::on_connected).
+    fn on_disconnected(&mut self, peer: PublicKey) {
+        let Some(outbox) = self.read_outbox() else {
+            // Cannot tell which: re-send everything on reconnect.
+            self.losses.entry(peer).or_default().refused = true;
+            return;
+        };
+        let lost = self.losses.entry(peer).or_default();
+        lost.in_flight_at_disconnect
+            .extend(outbox.into_iter().filter(|m| m.to == peer).map(|m| m.key));
+    }
+
+    /// Sends unacknowledged messages to `peer` (to every peer if `None`)
+    /// again at once, whenever they were last sent: all of them, or only
+    /// those with keys in `only`. Deferred acks are committed first.
+    fn redeliver_to(
+        &mut self,
+        peer: Option<PublicKey>,
+        only: Option<&HashSet<Vec<u8>>>,
+    ) -> Result<(), String> {
+        self.flush_acks()?;
+        let Some(outbox) = self.read_outbox() else {
+            return Ok(());
+        };
+        let mut count = 0usize;
+        let mut refusing = HashSet::new();
+        for message in outbox {
+            if peer.is_some_and(|p| p != message.to)
+                || refusing.contains(&message.to)
+                || only.is_some_and(|keys| !keys.contains(&message.key))
+            {
+                continue;
+            }
+            count += 1;
+            // A message the peer refused keeps its place in the schedule:
+            // due at the next tick if it was already overdue.
+            if self.resend(message.to, message.frame) {
+                self.schedule.sent_between_ticks(message.key);
+            } else {
+                refusing.insert(message.to);
+            }
+        }
+        if count > 0 {
+            debug!(
+                messages = count,
+                "redelivered unacknowledged messages over a new link"
+            );
+        }
+        Ok(())
+    }
+
+    /// The whole outbox, or `None` (logged) if it cannot be read; the next
+    /// tick tries again.
+    fn read_outbox(&self) -> Option<Vec<UnackedFrame>> {
+        match self.core.unacked_frames() {
+            Ok(outbox) => Some(outbox),
+            Err(e) => {
+                error!(error = %e, "cannot read the outbox for redelivery");
+                None
+            }
+        }
+    }
+
+    /// Sends an outbox message again (to this node's own loopback queue if
+    /// it is addressed to itself). `false` as [`send`](Self::send).
+    fn resend(&mut self, to: PublicKey, frame: Vec<u8>) -> bool {
+        let me = *self.core.identity().key();
+        if to == me {
+            self.loopback.push_back((me, frame));
+            true
+        } else {
+            self.send(&to, frame)
+        }
+    }
+
+    fn on_link_event(
+        &mut self,
+        event: Result<TransportEvent, broadcast::error::RecvError>,
+    ) -> Result<(), String> {
+        match event {
+            Ok(TransportEvent::Connected { peer }) => self.on_connected(peer),
+            Ok(TransportEvent::Disconnected { peer, .. }) => {
+                self.on_disconnected(peer);
+                Ok(())
+            }
+            // Missed events: resend everything rather than guess.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.losses.clear();
+                self.redeliver_to(None, None)
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                // The transport will send no more events; the redelivery
+                // tick alone keeps delivery going. Stop polling a closed
+                // channel (it would be ready forever).
+                debug!("the transport's link events ended");
+                self.events_open = false;
+                Ok(())
+            }
+        }
+    }
+
+    fn next_timer_delay(&self) -> Option<Duration> {
+        match self.core.next_timer() {
+            Ok(Some(t)) => Some(Duration::from_millis(t.0.saturating_sub(now().0))),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot read the timer table; retrying in 1 s");
+                Some(Duration::from_secs(1))
+            }
+        }
+    }
+
+    fn report_drained(&mut self) {
+        if !self.core.is_draining() {
+            self.drained_reported = false;
+            return;
+        }
+        if self.drained_reported {
+            return;
+        }
+        if self.core.flows_in_flight().is_ok_and(|n| n == 0) {
+            info!("node drained: no flows in flight; it is safe to stop it now");
+            self.drained_reported = true;
+        }
+    }
+}
