@@ -14,7 +14,6 @@
 
 #![warn(missing_docs)]
 
-pub mod cluster;
 pub mod crypto;
 pub mod demo;
 pub mod flows;

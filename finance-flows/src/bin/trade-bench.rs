@@ -15,7 +15,6 @@
 //! See `docs/performance.md` for how to read the output.
 
 use clap::Parser;
-use finance_flows::cluster::{CheckpointSize, Cluster};
 use finance_flows::crypto::KeyPair;
 use finance_flows::crypto::metrics;
 use finance_flows::flows::Notary;
@@ -28,6 +27,7 @@ use finance_flows::store::codec_metrics;
 use flow_runtime::node::FlowStarter;
 use flow_runtime::prelude::*;
 use flow_runtime::store::RedbOptions;
+use flow_runtime::testing::cluster::{CheckpointSize, Cluster, raw_commits_per_s};
 use flow_runtime::{Flow, RunId, Timestamp};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -108,17 +108,7 @@ fn cpu_us_per_round(rounds: u32, mut f: impl FnMut() -> Result<(), String>) -> R
 }
 
 fn measure_raw(dir: &std::path::Path, options: RedbOptions) -> Result<Raw, String> {
-    use flow_runtime::store::{RedbStore, Store, Table, WriteBatch};
-    let store = RedbStore::open(&dir.join("raw.redb"), options).map_err(|e| e.to_string())?;
-    let table = Table::service("raw");
-    let n = 300u64;
-    let started = Instant::now();
-    for i in 0..n {
-        let mut batch = WriteBatch::default();
-        batch.put(table.clone(), i.to_be_bytes().to_vec(), vec![7; 200]);
-        store.commit(batch).map_err(|e| e.to_string())?;
-    }
-    let commits_per_s = n as f64 / started.elapsed().as_secs_f64();
+    let commits_per_s = raw_commits_per_s(&dir.join("raw.redb"), options, 300)?;
     let pair = KeyPair::generate();
     let message = [42u8; 32];
     let sig = pair.sign(&message);

@@ -23,7 +23,7 @@ use super::step_services::{FlowStarter, StepWrites};
 use super::{NodeConfig, NodeError, Output, RunId};
 use crate::registry::Registry;
 use crate::store::{Store, Table};
-use crate::{FlowContext, IdSource, Party, PublicKey, Timestamp};
+use crate::{FlowContext, IdSource, Party, Timestamp};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -172,20 +172,11 @@ impl NodeCore {
             .and_then(|(k, _)| parse_timer_key(k)))
     }
 
-    /// Every unacknowledged frame, for redelivery (at start-up and on a
-    /// retransmission timer).
-    pub fn unacked(&self) -> Result<Vec<(PublicKey, Vec<u8>)>, NodeError> {
-        Ok(self
-            .unacked_frames()?
-            .into_iter()
-            .map(|f| (f.to, f.frame))
-            .collect())
-    }
-
-    /// Every unacknowledged frame with its outbox key, in key order: what
-    /// [`unacked`](Self::unacked) gives, plus the key that names each
-    /// message, so a driver can track which ones it re-sent when and
-    /// re-send only those overdue (see the delivery module).
+    /// Every unacknowledged message (the durable outbox) with its outbox
+    /// key, in key order: what a driver hands its
+    /// [`Delivery`](super::delivery::Delivery) at a redelivery tick or a
+    /// link event. The key names each message, so the delivery can track
+    /// which ones it re-sent when and re-send only those overdue.
     pub fn unacked_frames(&self) -> Result<Vec<super::UnackedFrame>, NodeError> {
         let entries = self
             .store

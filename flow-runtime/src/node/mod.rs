@@ -6,6 +6,7 @@
 
 mod batch;
 mod core;
+pub mod delivery;
 mod dump;
 mod hot;
 mod operator;

@@ -15,33 +15,49 @@ use crate::{FlowError, FlowErrorKind, FlowSession, Party, PublicKey, SessionId, 
 
 impl NodeCore {
     /// Processes frames received from peers (authenticated by the transport
-    /// as coming from `from`), as one group commit.
+    /// as coming from `from`), as one group commit. A frame that does not
+    /// decode as a [`WireMessage`] is logged and dropped: a peer's bytes are
+    /// untrusted.
     pub fn deliver(
         &mut self,
         now: Timestamp,
         frames: Vec<(PublicKey, Vec<u8>)>,
     ) -> Result<Output, NodeError> {
+        let messages = frames
+            .into_iter()
+            .filter_map(|(from, frame)| match WireMessage::decode(&frame) {
+                Ok(message) => Some((from, message)),
+                Err(e) => {
+                    tracing::warn!(peer = ?from, "dropped a frame: {e}");
+                    None
+                }
+            })
+            .collect();
+        self.deliver_messages(now, messages)
+    }
+
+    /// [`deliver`](Self::deliver) for frames the driver already decoded
+    /// (the tokio node decodes each frame once, to police its peers and to
+    /// tell acks from real work), as one group commit.
+    pub fn deliver_messages(
+        &mut self,
+        now: Timestamp,
+        messages: Vec<(PublicKey, WireMessage)>,
+    ) -> Result<Output, NodeError> {
         self.batch(now, |core, b| {
-            for (from, frame) in frames {
-                core.on_frame(b, &from, &frame)?;
+            for (from, message) in messages {
+                core.on_message(b, &from, message)?;
             }
             Ok(())
         })
     }
 
-    pub(super) fn on_frame(
+    pub(super) fn on_message(
         &mut self,
         b: &mut Batch,
         from: &PublicKey,
-        frame: &[u8],
+        msg: WireMessage,
     ) -> Result<(), NodeError> {
-        let msg = match WireMessage::decode(frame) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(peer = ?from, "dropped a frame: {e}");
-                return Ok(());
-            }
-        };
         match msg {
             WireMessage::Ack {
                 session,

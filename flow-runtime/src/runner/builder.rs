@@ -6,7 +6,6 @@ use super::RunnerError;
 use super::config::LoadedConfig;
 use super::event_loop::{DEFAULT_LONG_WAIT_CHECK, EventLoop, LongWaitCheck, now};
 use super::handle::{Node, NodeResults, Observers};
-use super::redelivery::RedeliverySchedule;
 use crate::handle::ResultSource;
 use crate::node::OsIds;
 use crate::registry::{Registry, ResponderFn};
@@ -383,8 +382,7 @@ impl<T: Transport> NodeBuilder<T> {
             waiters: HashMap::new(),
             loopback: VecDeque::new(),
             redelivery: self.redelivery,
-            schedule: RedeliverySchedule::new(),
-            losses: HashMap::new(),
+            delivery: crate::node::delivery::Delivery::new(),
             defer_acks: self.defer_acks,
             pending_acks: Vec::new(),
             drained_reported: false,

@@ -17,19 +17,11 @@
 //! * commands from [`Node`] handles (start a flow, wait for a result, drain,
 //!   operator actions);
 //! * the earliest timer (flow sleeps, hospital retries);
-//! * redelivery: at every `redelivery_interval` tick, the outbox messages
-//!   that have been unacknowledged for at least one whole interval are sent
-//!   again — and again at every tick until their ack is committed. A
-//!   message sent moments before a tick (its ack most likely in flight) is
-//!   left alone until the next one, so a node with thousands of messages in
-//!   flight does not re-send them all every tick (see
-//!   [`RedeliverySchedule`]: it remembers, in memory and per outbox key,
-//!   the tick a message was last sent at; acknowledged ones are forgotten at
-//!   the next tick). The first tick, at start-up, re-sends the whole outbox
-//!   (it may hold messages from before a restart), and when a connection
-//!   to a peer is (re-)established all that peer's unacknowledged messages
-//!   are sent at once. That is what makes delivery survive dropped frames,
-//!   dropped connections and restarts of either side.
+//! * redelivery: at every `redelivery_interval` tick, and when a link to a
+//!   peer goes down or comes back up, the node's [`Delivery`] decides what
+//!   to send again (the policy, shared with `MockNetwork`, is described in
+//!   the delivery module); this loop only reads the outbox for it and hands
+//!   its frames to the transport.
 //!
 //! * the long-wait check: every `long_wait_check_interval` (default 5 min)
 //!   a scan of the checkpoints logs a warning for each flow waiting longer
@@ -45,13 +37,13 @@
 //! next redelivery sends it. The driver never waits on a slow peer.
 
 use super::handle::{Command, Observers};
-use super::redelivery::RedeliverySchedule;
 use crate::handle::RawResult;
+use crate::node::delivery::{Delivery, Sent, Transmit};
 use crate::node::{NodeError, Output, UnackedFrame};
 use crate::protocol::WireMessage;
 use crate::transport::{Incoming, SendError, Transport, TransportEvent};
 use crate::{FlowError, NodeCore, PublicKey, RunId, Timestamp};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,39 +76,17 @@ pub(super) struct EventLoop<T> {
     /// node), delivered in the next batch.
     pub(super) loopback: VecDeque<(PublicKey, Vec<u8>)>,
     pub(super) redelivery: Duration,
-    /// Which unacknowledged messages are overdue at a redelivery tick.
-    pub(super) schedule: RedeliverySchedule,
-    /// Per peer, what its next `Connected` must re-send (see [`LinkLosses`]).
-    pub(super) losses: HashMap<PublicKey, LinkLosses>,
+    /// What to send, re-send and when: the session protocol's sending side.
+    pub(super) delivery: Delivery,
     /// See [`NodeBuilder::defer_ack_commits`].
     pub(super) defer_acks: bool,
     /// Received acks not yet committed (only deletions from the outbox).
-    pub(super) pending_acks: Vec<(PublicKey, Vec<u8>)>,
+    pub(super) pending_acks: Vec<(PublicKey, WireMessage)>,
     pub(super) drained_reported: bool,
     pub(super) long_waits: LongWaitCheck,
     /// Set when the driver stops; shared with the `Node` handles.
     pub(super) stopping: Arc<AtomicBool>,
     pub(super) multi_thread: bool,
-}
-
-/// What a peer's link may have lost since its last `Connected`: what a
-/// reconnection must re-send at once.
-///
-/// Why not everything unacknowledged: a transport keeps the frames it
-/// accepted queued until they are written to a link (TCP queues them while
-/// it connects). Only frames that a link which then went down may have
-/// carried, and frames the transport refused, can be missing at the peer.
-/// Re-sending every unacknowledged message on every `Connected` sent each
-/// frame queued before a node's first connection twice: about 1,000
-/// duplicate frames per node at the start of the 1,000-trade demo.
-#[derive(Debug, Default)]
-pub(super) struct LinkLosses {
-    /// A frame for the peer was refused (queue full, unreachable): re-send
-    /// all its unacknowledged messages.
-    refused: bool,
-    /// Outbox keys of the peer's messages unacknowledged when its link went
-    /// down: the old link may have carried them.
-    in_flight_at_disconnect: HashSet<Vec<u8>>,
 }
 
 /// The long-wait check's default interval.
@@ -269,39 +239,42 @@ impl<T: Transport> EventLoop<T> {
                 Err(_) => break,
             }
         }
-        // A frame that decrypted (so it really comes from `peer`) but is not
-        // a session message means a broken or hostile peer: drop the frame
-        // and close the peer's connection.
+        // Each frame is decoded once, here; the core takes the messages. A
+        // frame that decrypted (so it really comes from `peer`) but is not a
+        // session message means a broken or hostile peer: drop the frame and
+        // close the peer's connection.
         let me = *self.core.identity().key();
         let mut only_acks = true;
-        frames.retain(|(peer, frame)| match WireMessage::decode(frame) {
-            Ok(message) => {
-                only_acks &= matches!(message, WireMessage::Ack { .. });
-                true
-            }
-            Err(e) => {
-                let name = self.transport.peer_name(peer);
-                warn!(peer = %name, error = %e, "dropped a frame that does not decode as a session message");
-                if *peer != me {
-                    self.transport.disconnect(peer, &e);
+        let mut messages = Vec::with_capacity(frames.len());
+        for (peer, frame) in frames {
+            match WireMessage::decode(&frame) {
+                Ok(message) => {
+                    only_acks &= matches!(message, WireMessage::Ack { .. });
+                    messages.push((peer, message));
                 }
-                false
+                Err(e) => {
+                    let name = self.transport.peer_name(&peer);
+                    warn!(peer = %name, error = %e, "dropped a frame that does not decode as a session message");
+                    if peer != me {
+                        self.transport.disconnect(&peer, &e);
+                    }
+                }
             }
-        });
-        if frames.is_empty() {
+        }
+        if messages.is_empty() {
             return Ok(());
         }
         if self.defer_acks
             && only_acks
-            && self.pending_acks.len() + frames.len() < MAX_FRAMES_PER_BATCH
+            && self.pending_acks.len() + messages.len() < MAX_FRAMES_PER_BATCH
         {
-            self.pending_acks.append(&mut frames);
+            self.pending_acks.append(&mut messages);
             return Ok(());
         }
         let mut batch = std::mem::take(&mut self.pending_acks);
-        batch.append(&mut frames);
+        batch.append(&mut messages);
         debug!(frames = batch.len(), "delivering a batch");
-        self.operate(|core| core.deliver(now(), batch))
+        self.operate(|core| core.deliver_messages(now(), batch))
     }
 
     /// Commits the acks held back by [`deliver`](Self::deliver).
@@ -311,7 +284,7 @@ impl<T: Transport> EventLoop<T> {
         }
         let acks = std::mem::take(&mut self.pending_acks);
         debug!(acks = acks.len(), "committing deferred acks");
-        self.operate(|core| core.deliver(now(), acks))
+        self.operate(|core| core.deliver_messages(now(), acks))
     }
 
     fn wait(&mut self, run: RunId, reply: oneshot::Sender<RawResult>) {
@@ -327,16 +300,11 @@ impl<T: Transport> EventLoop<T> {
     }
 
     /// Hands a committed batch's effects to the world: frames to the
-    /// transport, results to waiters, progress to observers.
+    /// transport (through the delivery), results to waiters, progress to
+    /// observers.
     fn release(&mut self, out: Output) {
-        let me = *self.core.identity().key();
-        for (to, frame) in out.frames {
-            if to == me {
-                self.loopback.push_back((me, frame));
-                continue;
-            }
-            self.send(&to, frame);
-        }
+        self.delivery.released(out.frames);
+        self.transmit();
         for (run, _flow, result) in out.finished {
             for waiter in self.waiters.remove(&run).unwrap_or_default() {
                 let _ = waiter.send(result.clone());
@@ -353,129 +321,114 @@ impl<T: Transport> EventLoop<T> {
         }
     }
 
-    /// Queues `frame` for `to` on the transport. `false` when the peer
-    /// takes nothing more right now (its queue is full or it is
-    /// unreachable), so a redelivery stops trying it until later; the
-    /// message stays in the outbox either way.
-    fn send(&mut self, to: &PublicKey, frame: Vec<u8>) -> bool {
+    /// Hands every frame the delivery has queued to the transport (frames
+    /// for this node itself to its loopback queue, delivered in the next
+    /// batch) and reports to the delivery what the transport took.
+    fn transmit(&mut self) {
+        let me = *self.core.identity().key();
+        while let Some(Transmit { to, frame, receipt }) = self.delivery.poll_transmit() {
+            let sent = if to == me {
+                self.loopback.push_back((me, frame));
+                Sent::Accepted
+            } else {
+                self.try_send(&to, frame)
+            };
+            self.delivery.report(receipt, sent);
+        }
+    }
+
+    /// Queues `frame` for `to` on the transport without waiting. Refused
+    /// when the peer takes nothing more right now (its queue is full or it
+    /// is unreachable); the message stays in the outbox either way.
+    fn try_send(&self, to: &PublicKey, frame: Vec<u8>) -> Sent {
         match self.transport.try_send(to, frame) {
-            Ok(()) => true,
+            Ok(()) => Sent::Accepted,
             Err(SendError::QueueFull(peer)) => {
                 debug!(%peer, "peer queue full; the message stays in the outbox for redelivery");
-                self.losses.entry(*to).or_default().refused = true;
-                false
+                Sent::Refused
             }
             Err(SendError::Unreachable(peer)) => {
                 debug!(%peer, "peer unreachable; the message stays in the outbox for redelivery");
-                self.losses.entry(*to).or_default().refused = true;
-                false
+                Sent::Refused
             }
             Err(e) => {
                 warn!(error = %e, "cannot send a message; it stays in the outbox");
-                true
+                Sent::Accepted
             }
         }
     }
 
-    /// A redelivery tick: re-sends the messages unacknowledged for at least
-    /// one full interval — every one at the first tick (start-up), see
-    /// [`RedeliverySchedule`]. Deferred acks are committed first, so that
-    /// what they acknowledge is not sent again. Once a peer refuses a frame
-    /// (full queue, unreachable) the rest of its messages wait for the next
-    /// tick (or its reconnect) instead of being refused one by one.
+    /// A redelivery tick: the delivery re-sends the messages unacknowledged
+    /// for at least one full interval (every one at the first tick). Deferred
+    /// acks are committed first, so that what they acknowledge is not sent
+    /// again.
     fn redeliver_overdue(&mut self) -> Result<(), String> {
         self.flush_acks()?;
         let Some(outbox) = self.read_outbox() else {
             return Ok(());
         };
         let unacknowledged = outbox.len();
-        let due = self.schedule.tick(outbox);
-        let overdue = due.len();
-        let mut refusing = HashSet::new();
-        let mut deferred = 0usize;
-        for message in due {
-            if refusing.contains(&message.to) {
-                deferred += 1;
-            } else if !self.resend(message.to, message.frame) {
-                refusing.insert(message.to);
-            }
-        }
+        let before = self.delivery.stats();
+        self.delivery.tick(outbox);
+        self.transmit();
+        let after = self.delivery.stats();
+        let overdue = after.resent_at_tick - before.resent_at_tick;
         if overdue > 0 {
             debug!(
                 overdue,
                 unacknowledged,
-                deferred,
+                deferred = after.skipped_after_refusal - before.skipped_after_refusal,
                 "redelivered messages unacknowledged for a whole interval"
             );
         }
         Ok(())
     }
 
-    /// The link to `peer` came (back) up: sends it again at once, whenever
-    /// they were last sent, the unacknowledged messages the previous link
-    /// may have lost (see [`LinkLosses`]).
-    fn on_connected(&mut self, peer: PublicKey) -> Result<(), String> {
-        match self.losses.remove(&peer) {
-            Some(lost) if lost.refused => self.redeliver_to(Some(peer), None),
-            Some(lost) if !lost.in_flight_at_disconnect.is_empty() => {
-                self.redeliver_to(Some(peer), Some(&lost.in_flight_at_disconnect))
-            }
-            // Everything sent since the last connection is queued for
-            // this link.
-            _ => Ok(()),
-        }
-    }
-
-    /// The link to `peer` went down: notes which of its messages the link
-    /// may have been carrying, for [`on_connected`](Self::on_connected).
-    fn on_disconnected(&mut self, peer: PublicKey) {
-        let Some(outbox) = self.read_outbox() else {
-            // Cannot tell which: re-send everything on reconnect.
-            self.losses.entry(peer).or_default().refused = true;
-            return;
-        };
-        let lost = self.losses.entry(peer).or_default();
-        lost.in_flight_at_disconnect
-            .extend(outbox.into_iter().filter(|m| m.to == peer).map(|m| m.key));
-    }
-
-    /// Sends unacknowledged messages to `peer` (to every peer if `None`)
-    /// again at once, whenever they were last sent: all of them, or only
-    /// those with keys in `only`. Deferred acks are committed first.
-    fn redeliver_to(
+    fn on_link_event(
         &mut self,
-        peer: Option<PublicKey>,
-        only: Option<&HashSet<Vec<u8>>>,
+        event: Result<TransportEvent, broadcast::error::RecvError>,
     ) -> Result<(), String> {
-        self.flush_acks()?;
-        let Some(outbox) = self.read_outbox() else {
-            return Ok(());
-        };
-        let mut count = 0usize;
-        let mut refusing = HashSet::new();
-        for message in outbox {
-            if peer.is_some_and(|p| p != message.to)
-                || refusing.contains(&message.to)
-                || only.is_some_and(|keys| !keys.contains(&message.key))
-            {
-                continue;
+        match event {
+            Ok(TransportEvent::Connected { peer }) => {
+                // The outbox is read only when the old link may have lost
+                // something; deferred acks first, so what they acknowledge
+                // is not sent again.
+                let outbox = if self.delivery.has_losses(&peer) {
+                    self.flush_acks()?;
+                    match self.read_outbox() {
+                        Some(outbox) => outbox,
+                        None => return Ok(()),
+                    }
+                } else {
+                    Vec::new()
+                };
+                self.delivery.connected(peer, outbox);
+                self.transmit();
+                Ok(())
             }
-            count += 1;
-            // A message the peer refused keeps its place in the schedule:
-            // due at the next tick if it was already overdue.
-            if self.resend(message.to, message.frame) {
-                self.schedule.sent_between_ticks(message.key);
-            } else {
-                refusing.insert(message.to);
+            Ok(TransportEvent::Disconnected { peer, .. }) => {
+                let outbox = self.read_outbox();
+                self.delivery.disconnected(peer, outbox);
+                Ok(())
+            }
+            // Missed events: resend everything rather than guess.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.flush_acks()?;
+                if let Some(outbox) = self.read_outbox() {
+                    self.delivery.events_lost(outbox);
+                    self.transmit();
+                }
+                Ok(())
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                // The transport will send no more events; the redelivery
+                // tick alone keeps delivery going. Stop polling a closed
+                // channel (it would be ready forever).
+                debug!("the transport's link events ended");
+                self.events_open = false;
+                Ok(())
             }
         }
-        if count > 0 {
-            debug!(
-                messages = count,
-                "redelivered unacknowledged messages over a new link"
-            );
-        }
-        Ok(())
     }
 
     /// The whole outbox, or `None` (logged) if it cannot be read; the next
@@ -486,44 +439,6 @@ impl<T: Transport> EventLoop<T> {
             Err(e) => {
                 error!(error = %e, "cannot read the outbox for redelivery");
                 None
-            }
-        }
-    }
-
-    /// Sends an outbox message again (to this node's own loopback queue if
-    /// it is addressed to itself). `false` as [`send`](Self::send).
-    fn resend(&mut self, to: PublicKey, frame: Vec<u8>) -> bool {
-        let me = *self.core.identity().key();
-        if to == me {
-            self.loopback.push_back((me, frame));
-            true
-        } else {
-            self.send(&to, frame)
-        }
-    }
-
-    fn on_link_event(
-        &mut self,
-        event: Result<TransportEvent, broadcast::error::RecvError>,
-    ) -> Result<(), String> {
-        match event {
-            Ok(TransportEvent::Connected { peer }) => self.on_connected(peer),
-            Ok(TransportEvent::Disconnected { peer, .. }) => {
-                self.on_disconnected(peer);
-                Ok(())
-            }
-            // Missed events: resend everything rather than guess.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                self.losses.clear();
-                self.redeliver_to(None, None)
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                // The transport will send no more events; the redelivery
-                // tick alone keeps delivery going. Stop polling a closed
-                // channel (it would be ready forever).
-                debug!("the transport's link events ended");
-                self.events_open = false;
-                Ok(())
             }
         }
     }

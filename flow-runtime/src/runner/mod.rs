@@ -9,7 +9,6 @@ mod config;
 mod event_loop;
 mod handle;
 pub mod keys;
-mod redelivery;
 
 pub use builder::NodeBuilder;
 pub use config::{Config, ConfigError, LoadedConfig, NodeSection, StoreSection, TransportSection};

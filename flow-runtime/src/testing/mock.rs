@@ -9,22 +9,35 @@
 //! 1. a node with runnable work left from an earlier batch runs it; else
 //! 2. one frame in flight is delivered (with seeded faults: dropped,
 //!    duplicated, or taken out of order); else
-//! 3. if some node has unacknowledged messages, every node redelivers its
-//!    outbox (up to 30 rounds in a row in which no node commits anything,
-//!    so an undeliverable frame cannot keep the network busy); else
+//! 3. if some node has unacknowledged messages, a redelivery round: links
+//!    that broke come back up, then every node has a redelivery tick (up to
+//!    30 rounds in a row in which no node commits anything, so an
+//!    undeliverable frame cannot keep the network busy); else
 //! 4. the virtual clock jumps to the earliest timer and fires it; else
 //! 5. the network is idle: `step` returns `false`.
 //!
 //! Nothing waits on the wall clock.
+//!
+//! What each node sends and re-sends is decided by the same
+//! [`Delivery`](crate::node::delivery::Delivery) the tokio node runs: a redelivery
+//! round is one tick of every node's delivery, so a message is re-sent at
+//! the second round after it was sent (the first at a node's start-up),
+//! exactly as production re-sends it one to two intervals later. With
+//! [`LinkFaults`] the network also models links the way TCP behaves — dialled
+//! on first use, broken and re-established, with bounded queues that refuse
+//! frames — and feeds each node the link events a transport would, so the
+//! seeded simulation exercises the production re-sending policy.
 
 use crate::handle::{RawResult, RawResultFuture, ResultSource};
+use crate::node::delivery::{Delivery, Sent, Transmit};
 use crate::node::{CheckpointDump, HospitalEntry, NodeConfig, NodeCore, NodeError, Output, RunId};
 use crate::progress::ProgressStream;
 use crate::registry::{NewFlow, Registry, ResponderFn};
 use crate::services::Services;
 use crate::store::{RedbOptions, RedbStore, SharedMemory, Store};
 use crate::{Flow, FlowError, FlowHandle, IdSource, Party, PublicKey, SeededIds, Timestamp};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,6 +64,53 @@ pub struct Faults {
     pub reorder: f64,
     /// Before a step, a random node crashes and restarts.
     pub restart: f64,
+}
+
+/// Seeded link faults, modelled on TCP connections, for simulations of the
+/// re-sending policy (links broken while frames are queued, refusals,
+/// reconnects). With any of them set, links are *dialled*: a node's first
+/// frames to a peer wait in the link's queue until the next step connects
+/// it, and both ends hear that the link came up.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkFaults {
+    /// Before a step, a random link between two nodes breaks, with this
+    /// probability: the frames on it are lost and each end hears that its
+    /// link to the other went down. Frames sent while it is down wait in its
+    /// queue (as TCP queues them while it redials); the link comes back at
+    /// the next redelivery round (or [`MockNetwork::connect`]).
+    pub break_link: f64,
+    /// Each frame sent to another node is refused (as by a full queue) with
+    /// this probability; it stays in the sender's outbox.
+    pub refuse: f64,
+    /// Frames a link that is not up holds at most; a frame beyond that is
+    /// refused. 0: no bound.
+    pub queue_limit: usize,
+    /// Dial links on first use even with no fault above (a fault turns it
+    /// on anyway).
+    pub dial: bool,
+}
+
+impl LinkFaults {
+    fn modelled(&self) -> bool {
+        *self != LinkFaults::default()
+    }
+}
+
+/// The state of the link between two nodes (with [`LinkFaults`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    /// Never connected: connects at the next step.
+    Dialling,
+    /// Carrying frames.
+    Up,
+    /// Broken: comes back at the next redelivery round.
+    Broken,
+}
+
+/// Messages `delivery` sent again from the outbox so far.
+fn resent(delivery: &Delivery) -> u64 {
+    let s = delivery.stats();
+    s.resent_at_tick + s.resent_on_reconnect
 }
 
 /// A flow that finished on a node of a [`MockNetwork`] (responders too,
@@ -83,6 +143,17 @@ pub struct NetworkStats {
     pub redeliveries: u64,
     /// Times the clock jumped to a timer.
     pub timer_jumps: u64,
+    /// Frames a node's delivery sent again from its outbox (at a redelivery
+    /// tick or to a reconnected peer).
+    pub resent: u64,
+    /// Frames refused (with [`LinkFaults`]).
+    pub refused: u64,
+    /// Links broken (with [`LinkFaults`]), and the frames lost on them.
+    pub links_broken: u64,
+    /// Frames delivered that the receiver had been handed before, byte for
+    /// byte (re-sends of what already arrived, and injected duplicates):
+    /// what the re-sending policy costs the network.
+    pub redundant: u64,
 }
 
 type ServiceInstaller = Arc<dyn Fn(&mut Services) + Send + Sync>;
@@ -130,6 +201,8 @@ struct Slot {
     observers: HashMap<RunId, ProgressStream>,
     draining: bool,
     installers: Vec<ServiceInstaller>,
+    /// What the node sends and re-sends: its delivery, new at each start.
+    delivery: Delivery,
 }
 
 #[derive(Clone)]
@@ -157,6 +230,14 @@ pub struct MockNetwork {
     stats: NetworkStats,
     finished: Vec<Finished>,
     results: Arc<MockResults>,
+    link_faults: LinkFaults,
+    /// Per pair of nodes (lower index first), with [`LinkFaults`]: the
+    /// link's state (absent: never used, dialled on first use).
+    links: HashMap<(usize, usize), LinkState>,
+    /// Per direction, frames waiting for their link to come up.
+    held: HashMap<(usize, usize), VecDeque<InFlight>>,
+    /// Hashes of every frame delivered, to count [`NetworkStats::redundant`].
+    delivered_frames: HashSet<u64>,
 }
 
 impl MockNetwork {
@@ -177,7 +258,16 @@ impl MockNetwork {
             stats: NetworkStats::default(),
             finished: Vec::new(),
             results: Arc::default(),
+            link_faults: LinkFaults::default(),
+            links: HashMap::new(),
+            held: HashMap::new(),
+            delivered_frames: HashSet::new(),
         }
+    }
+
+    /// Turns on seeded link faults (and link modelling: see [`LinkFaults`]).
+    pub fn set_link_faults(&mut self, faults: LinkFaults) {
+        self.link_faults = faults;
     }
 
     /// Sets the node configuration used by nodes created (or restarted) from
@@ -193,7 +283,11 @@ impl MockNetwork {
 
     /// What the network has done so far.
     pub fn stats(&self) -> NetworkStats {
-        self.stats
+        let resent_now: u64 = self.nodes.iter().map(|n| resent(&n.delivery)).sum();
+        NetworkStats {
+            resent: self.stats.resent + resent_now,
+            ..self.stats
+        }
     }
 
     /// The virtual clock.
@@ -226,6 +320,7 @@ impl MockNetwork {
             observers: HashMap::new(),
             draining: false,
             installers: Vec::new(),
+            delivery: Delivery::new(),
         });
         self.open_node(index);
         NodeId(index)
@@ -402,6 +497,14 @@ impl MockNetwork {
         }
         slot.incarnation += 1;
         self.stats.restarts += 1;
+        // Its connections died with it.
+        if self.link_faults.modelled() {
+            for other in 0..self.nodes.len() {
+                if other != node.0 {
+                    self.disconnect(node, NodeId(other));
+                }
+            }
+        }
         self.open_node(node.0);
     }
 
@@ -411,6 +514,25 @@ impl MockNetwork {
         if self.faults.restart > 0.0 && !self.nodes.is_empty() && self.chance(self.faults.restart) {
             let n = (self.rng.next_id() % self.nodes.len() as u64) as usize;
             self.restart_node(NodeId(n));
+        }
+        if self.link_faults.break_link > 0.0
+            && self.nodes.len() >= 2
+            && self.chance(self.link_faults.break_link)
+        {
+            let a = (self.rng.next_id() % self.nodes.len() as u64) as usize;
+            let b = (a + 1 + (self.rng.next_id() % (self.nodes.len() as u64 - 1)) as usize)
+                % self.nodes.len();
+            self.disconnect(NodeId(a), NodeId(b));
+        }
+        if let Some(&(a, b)) = self
+            .links
+            .iter()
+            .filter(|(_, s)| **s == LinkState::Dialling)
+            .map(|(pair, _)| pair)
+            .min()
+        {
+            self.connect(NodeId(a), NodeId(b));
+            return true;
         }
         if let Some(i) = self
             .nodes
@@ -441,6 +563,11 @@ impl MockNetwork {
             match self.by_key.get(&msg.to).copied() {
                 Some(i) => {
                     self.stats.delivered += 1;
+                    let hash = BuildHasherDefault::<DefaultHasher>::default()
+                        .hash_one((&msg.from, &msg.to, &msg.frame));
+                    if !self.delivered_frames.insert(hash) {
+                        self.stats.redundant += 1;
+                    }
                     let now = self.clock;
                     self.operate(i, |c| c.deliver(now, vec![(msg.from, msg.frame)]));
                 }
@@ -455,18 +582,28 @@ impl MockNetwork {
         }
         if self.fruitless_redeliveries < MAX_FRUITLESS_REDELIVERIES {
             self.fruitless_redeliveries += 1;
-            let mut any = false;
+            // Broken links come back first: their ends re-send at once what
+            // the links may have lost.
+            let mut broken: Vec<(usize, usize)> = self
+                .links
+                .iter()
+                .filter(|(_, s)| **s == LinkState::Broken)
+                .map(|(pair, _)| *pair)
+                .collect();
+            broken.sort_unstable();
+            let mut any = !broken.is_empty();
+            for (a, b) in broken {
+                self.connect(NodeId(a), NodeId(b));
+            }
             for i in 0..self.nodes.len() {
-                let from = *self.nodes[i].party.key();
                 let Some(core) = self.nodes[i].core.as_ref() else {
                     continue;
                 };
-                match core.unacked() {
-                    Ok(frames) => {
-                        for (to, frame) in frames {
-                            any = true;
-                            self.in_flight.push_back(InFlight { from, to, frame });
-                        }
+                match core.unacked_frames() {
+                    Ok(outbox) => {
+                        any |= !outbox.is_empty();
+                        self.nodes[i].delivery.tick(outbox);
+                        self.transmit(i);
                     }
                     Err(e) => tracing::error!("{e}"),
                 }
@@ -501,6 +638,71 @@ impl MockNetwork {
             return true;
         }
         false
+    }
+
+    /// Breaks the link between `a` and `b` (with or without [`LinkFaults`]):
+    /// the frames on it are lost, each end hears that its link to the other
+    /// went down, and frames sent meanwhile wait in the link's queue until
+    /// [`connect`](Self::connect) or the next redelivery round brings it
+    /// back. Turns link modelling on.
+    pub fn disconnect(&mut self, a: NodeId, b: NodeId) {
+        if a == b {
+            return;
+        }
+        if !self.link_faults.modelled() {
+            self.link_faults.dial = true;
+        }
+        let pair = (a.0.min(b.0), a.0.max(b.0));
+        if self.links.get(&pair) == Some(&LinkState::Broken) {
+            return;
+        }
+        self.links.insert(pair, LinkState::Broken);
+        self.stats.links_broken += 1;
+        let (ka, kb) = (*self.nodes[a.0].party.key(), *self.nodes[b.0].party.key());
+        let before = self.in_flight.len();
+        self.in_flight
+            .retain(|m| !((m.from == ka && m.to == kb) || (m.from == kb && m.to == ka)));
+        self.stats.dropped += (before - self.in_flight.len()) as u64;
+        for (end, peer) in [(a.0, kb), (b.0, ka)] {
+            let outbox = self.nodes[end]
+                .core
+                .as_ref()
+                .and_then(|c| c.unacked_frames().map_err(|e| tracing::error!("{e}")).ok());
+            self.nodes[end].delivery.disconnected(peer, outbox);
+        }
+    }
+
+    /// Brings the link between `a` and `b` up: the frames its queue held go
+    /// out, and each end hears that the link came up (and re-sends what the
+    /// link may have lost).
+    pub fn connect(&mut self, a: NodeId, b: NodeId) {
+        let pair = (a.0.min(b.0), a.0.max(b.0));
+        if a == b || self.links.get(&pair) == Some(&LinkState::Up) {
+            return;
+        }
+        self.links.insert(pair, LinkState::Up);
+        for direction in [(a.0, b.0), (b.0, a.0)] {
+            if let Some(held) = self.held.remove(&direction) {
+                self.in_flight.extend(held);
+            }
+        }
+        for (end, peer) in [(a.0, b.0), (b.0, a.0)] {
+            let key = *self.nodes[peer].party.key();
+            let outbox = if self.nodes[end].delivery.has_losses(&key) {
+                match self.nodes[end].core.as_ref().map(NodeCore::unacked_frames) {
+                    Some(Ok(outbox)) => outbox,
+                    Some(Err(e)) => {
+                        tracing::error!("{e}");
+                        continue;
+                    }
+                    None => continue,
+                }
+            } else {
+                Vec::new()
+            };
+            self.nodes[end].delivery.connected(key, outbox);
+            self.transmit(end);
+        }
     }
 
     /// Steps until idle.
@@ -643,14 +845,17 @@ impl MockNetwork {
             Err(e) => panic!("MockNetwork: cannot open node {}: {e}", slot.party),
         };
         core.set_draining(slot.draining);
+        // A new process: its delivery starts afresh (its first tick re-sends
+        // the whole outbox). `stats.resent` keeps what the old one re-sent.
+        let old = std::mem::take(&mut slot.delivery);
+        self.stats.resent += resent(&old);
         for install in &slot.installers {
             install(core.services());
         }
-        // A real node redelivers its outbox when it starts (its connections
-        // lost whatever was in them). Here frames in flight survive a
-        // restart, so redelivery waits for the next idle redelivery round;
-        // resending at every restart would flood a test that restarts after
-        // every step.
+        // A real node's first redelivery tick comes when it starts (its
+        // connections lost whatever was in them). Here it comes at the next
+        // idle redelivery round; resending at every restart would flood a
+        // test that restarts after every step.
         slot.core = Some(core);
     }
 
@@ -676,10 +881,8 @@ impl MockNetwork {
     }
 
     fn absorb(&mut self, i: usize, out: Output) {
-        let from = *self.nodes[i].party.key();
-        for (to, frame) in out.frames {
-            self.in_flight.push_back(InFlight { from, to, frame });
-        }
+        self.nodes[i].delivery.released(out.frames);
+        self.transmit(i);
         for (run_id, flow, outcome) in out.finished {
             self.results
                 .finished
@@ -697,5 +900,44 @@ impl MockNetwork {
         for (run, path) in out.progress {
             slot.observers.entry(run).or_default().push(path);
         }
+    }
+
+    /// Puts every frame node `i`'s delivery has queued on the network,
+    /// through the link model if it is on, and reports to the delivery what
+    /// the network took.
+    fn transmit(&mut self, i: usize) {
+        let from = *self.nodes[i].party.key();
+        while let Some(Transmit { to, frame, receipt }) = self.nodes[i].delivery.poll_transmit() {
+            let sent = self.offer(i, InFlight { from, to, frame });
+            if sent == Sent::Refused {
+                self.stats.refused += 1;
+            }
+            self.nodes[i].delivery.report(receipt, sent);
+        }
+    }
+
+    /// What the network does with a frame node `i` sends.
+    fn offer(&mut self, i: usize, msg: InFlight) -> Sent {
+        let peer = self.by_key.get(&msg.to).copied();
+        let Some(j) = peer.filter(|&j| j != i && self.link_faults.modelled()) else {
+            self.in_flight.push_back(msg);
+            return Sent::Accepted;
+        };
+        if self.link_faults.refuse > 0.0 && self.chance(self.link_faults.refuse) {
+            return Sent::Refused;
+        }
+        let pair = (i.min(j), i.max(j));
+        let state = *self.links.entry(pair).or_insert(LinkState::Dialling);
+        if state == LinkState::Up {
+            self.in_flight.push_back(msg);
+            return Sent::Accepted;
+        }
+        let limit = self.link_faults.queue_limit;
+        let held = self.held.entry((i, j)).or_default();
+        if limit > 0 && held.len() >= limit {
+            return Sent::Refused;
+        }
+        held.push_back(msg);
+        Sent::Accepted
     }
 }

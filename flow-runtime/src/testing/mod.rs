@@ -4,9 +4,11 @@ mod flow_driver;
 pub use flow_driver::{DriverError, FlowDriver, StepReport};
 
 mod mock;
-pub use mock::{Faults, Finished, MockNetwork, NetworkStats, NodeId};
+pub use mock::{Faults, Finished, LinkFaults, MockNetwork, NetworkStats, NodeId};
 
 mod handwritten;
 pub use handwritten::HandwrittenPing;
 
 pub mod ping_pong;
+
+pub mod cluster;

@@ -1,5 +1,5 @@
-//! [`RedeliverySchedule`]: which unacknowledged outbox messages the tokio
-//! driver re-sends at a redelivery tick.
+//! [`RedeliverySchedule`]: which unacknowledged outbox messages a node's
+//! [`Delivery`](super::Delivery) re-sends at a redelivery tick.
 //!
 //! Why: the outbox holds every message whose ack has not been committed yet,
 //! and under load most of them were sent moments ago with their acks simply

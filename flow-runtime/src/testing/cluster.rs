@@ -6,14 +6,17 @@
 //!
 //! Unlike `MockNetwork` (one frame per step, in-memory databases, built for
 //! deterministic tests) this measures what a node's step engine and storage
-//! do under load. It is single-threaded: the three nodes share one core's
-//! worth of time slices, with no thread wake-ups or sockets in between.
+//! do under load. It is single-threaded: the nodes share one core's worth
+//! of time slices, with no thread wake-ups or sockets in between. What each
+//! node sends and re-sends after a crash is decided by the same
+//! [`Delivery`] as on a tokio node.
 
-use flow_runtime::node::OsIds;
-use flow_runtime::registry::{NewFlow, Registry};
-pub use flow_runtime::store::StorageStats;
-use flow_runtime::store::{RedbOptions, RedbStore, StorageCounters, Store, TimedStore};
-use flow_runtime::{Flow, FlowError, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
+use crate::node::delivery::{Delivery, Sent, Transmit};
+use crate::node::{CheckpointSummary, OsIds, Output};
+use crate::registry::{NewFlow, Registry};
+pub use crate::store::StorageStats;
+use crate::store::{RedbOptions, RedbStore, StorageCounters, Store, Table, TimedStore, WriteBatch};
+use crate::{Flow, FlowError, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use std::time::Instant;
 
 /// A flow that finished on a cluster node: `(node, run, flow name,
 /// outcome)`, the outcome's output in MessagePack.
-pub type Finished = (usize, RunId, String, Result<Vec<u8>, FlowError>);
+pub type FinishedRun = (usize, RunId, String, Result<Vec<u8>, FlowError>);
 
 type Register = Arc<dyn Fn(&mut Registry) + Send + Sync>;
 
@@ -31,6 +34,7 @@ struct Member {
     register: Register,
     core: Option<NodeCore>,
     store: Option<Arc<dyn Store>>,
+    delivery: Delivery,
 }
 
 /// The size of one suspended flow's checkpoint.
@@ -66,7 +70,7 @@ pub struct Cluster {
     options: RedbOptions,
     stats: ClusterStats,
     storage: Arc<StorageCounters>,
-    finished: Vec<Finished>,
+    finished: Vec<FinishedRun>,
 }
 
 impl Cluster {
@@ -92,7 +96,7 @@ impl Cluster {
 
     /// Every flow (top-level, responder, or started from inside a node)
     /// that finished since the last call.
-    pub fn take_finished(&mut self) -> Vec<Finished> {
+    pub fn take_finished(&mut self) -> Vec<FinishedRun> {
         std::mem::take(&mut self.finished)
     }
 
@@ -116,6 +120,7 @@ impl Cluster {
             register: Arc::new(register),
             core: None,
             store: None,
+            delivery: Delivery::new(),
         });
         self.by_key.insert(key, index);
         self.open(index)?;
@@ -127,6 +132,7 @@ impl Cluster {
         let m = &mut self.members[index];
         m.core = None;
         m.store = None;
+        m.delivery = Delivery::new();
         let store: Arc<dyn Store> = Arc::new(TimedStore::new(
             Arc::new(RedbStore::open(&m.path, self.options).map_err(|e| e.to_string())?),
             self.storage.clone(),
@@ -157,31 +163,24 @@ impl Cluster {
             return Err(format!("node {index} is not open"));
         };
         let rows = store
-            .range(
-                &flow_runtime::store::Table::CHECKPOINTS,
-                &[],
-                None,
-                usize::MAX,
-            )
+            .range(&Table::CHECKPOINTS, &[], None, usize::MAX)
             .map_err(|e| e.to_string())?;
         Ok(rows
             .into_iter()
-            .map(
-                |(_, v)| match flow_runtime::node::CheckpointSummary::decode(&v) {
-                    Ok(view) => CheckpointSize {
-                        flow: view.flow,
-                        state: view.state_name,
-                        state_bytes: view.state_bytes,
-                        record_bytes: v.len(),
-                    },
-                    Err(_) => CheckpointSize {
-                        flow: String::new(),
-                        state: String::new(),
-                        state_bytes: 0,
-                        record_bytes: v.len(),
-                    },
+            .map(|(_, v)| match CheckpointSummary::decode(&v) {
+                Ok(view) => CheckpointSize {
+                    flow: view.flow,
+                    state: view.state_name,
+                    state_bytes: view.state_bytes,
+                    record_bytes: v.len(),
                 },
-            )
+                Err(_) => CheckpointSize {
+                    flow: String::new(),
+                    state: String::new(),
+                    state_bytes: 0,
+                    record_bytes: v.len(),
+                },
+            })
             .collect())
     }
 
@@ -210,21 +209,27 @@ impl Cluster {
         Ok(run)
     }
 
-    fn absorb(&mut self, from: usize, out: flow_runtime::node::Output) {
+    fn absorb(&mut self, from: usize, out: Output) {
         self.finished.extend(
             out.finished
                 .into_iter()
                 .map(|(run, name, outcome)| (from, run, name, outcome)),
         );
-        self.absorb_frames(from, out.frames);
+        self.members[from].delivery.released(out.frames);
+        self.transmit(from);
     }
 
-    fn absorb_frames(&mut self, from: usize, frames: Vec<(PublicKey, Vec<u8>)>) {
-        for (to, frame) in frames {
+    /// Moves every frame node `from`'s delivery queued into flight (the
+    /// cluster's network never refuses one).
+    fn transmit(&mut self, from: usize) {
+        while let Some(Transmit { to, frame, receipt }) =
+            self.members[from].delivery.poll_transmit()
+        {
             match self.by_key.get(&to) {
                 Some(&to) => self.in_flight.push((from, to, frame)),
                 None => tracing::warn!(?to, "frame for a node outside the cluster dropped"),
             }
+            self.members[from].delivery.report(receipt, Sent::Accepted);
         }
     }
 
@@ -273,9 +278,19 @@ impl Cluster {
     pub fn crash_and_restart(&mut self, index: usize) -> Result<(), String> {
         self.in_flight.retain(|(_, to, _)| *to != index);
         self.open(index)?;
+        let crashed = *self.members[index].party.key();
         for i in 0..self.members.len() {
-            let frames = self.core(i)?.unacked().map_err(|e| e.to_string())?;
-            self.absorb_frames(i, frames);
+            let outbox = self.core(i)?.unacked_frames().map_err(|e| e.to_string())?;
+            let delivery = &mut self.members[i].delivery;
+            if i == index {
+                // Its first tick: everything unacknowledged goes again.
+                delivery.tick(outbox);
+            } else {
+                // Its link to the crashed node broke and is back.
+                delivery.disconnected(crashed, Some(outbox.clone()));
+                delivery.connected(crashed, outbox);
+            }
+            self.transmit(i);
         }
         Ok(())
     }
@@ -299,4 +314,19 @@ impl Cluster {
     pub fn stats(&self) -> ClusterStats {
         self.stats
     }
+}
+
+/// Commits per second of the bare store: `n` commits of one 200-byte row
+/// each to a fresh database at `path`, with nothing of a node around them.
+/// The floor a node's commit rate is measured against.
+pub fn raw_commits_per_s(path: &Path, options: RedbOptions, n: u64) -> Result<f64, String> {
+    let store = RedbStore::open(path, options).map_err(|e| e.to_string())?;
+    let table = Table::service("raw");
+    let started = Instant::now();
+    for i in 0..n {
+        let mut batch = WriteBatch::default();
+        batch.put(table.clone(), i.to_be_bytes().to_vec(), vec![7; 200]);
+        store.commit(batch).map_err(|e| e.to_string())?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
