@@ -16,38 +16,6 @@ use std::collections::HashSet;
 use syn::visit::{self, Visit};
 use syn::{Expr, Ident, Pat, Type};
 
-/// Index of a binding in [`crate::lower::Cfg::bindings`].
-pub type BindingId = usize;
-
-/// A local variable of the flow body (or a parameter, or a synthetic local
-/// the lowering introduces, like a `for` loop's iterator).
-#[derive(Clone)]
-pub struct Binding {
-    /// Its name as the user wrote it (with the user's span, so restoring it
-    /// with `let name = ..` makes the user's later uses refer to it).
-    pub name: Ident,
-    /// Declared `mut`.
-    pub mutable: bool,
-    /// The type the macro can see, if any.
-    pub ty: Option<Type>,
-    /// Where it comes from, for error messages.
-    pub origin: Origin,
-}
-
-/// How a binding was introduced; chooses the fix an error message suggests.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// A fn parameter.
-    Param,
-    /// `let` with a plain name.
-    Let,
-    /// A name inside a pattern (`if let`, `match`, `while let`, `for`, a
-    /// destructuring `let`).
-    Pattern,
-    /// The iterator of a lowered `for` loop.
-    ForIter,
-}
-
 /// A binding found in a pattern.
 pub struct PatBinding {
     /// The bound name.
@@ -107,10 +75,25 @@ fn collect_pat(pat: &Pat, ty: Option<&Type>, whole: bool, out: &mut Vec<PatBindi
                 collect_pat(p, elems.as_ref().map(|e| e[i]), false, out);
             }
         }
-        Pat::TupleStruct(t) => t
-            .elems
-            .iter()
-            .for_each(|p| collect_pat(p, None, false, out)),
+        Pat::TupleStruct(t) => {
+            // `Some(x): Option<T>`, `Ok(x): Result<T, E>`, `Err(e): Result<T, E>`:
+            // the payload's type is a generic argument of the written type.
+            let payload = match (t.path.segments.last(), ty) {
+                (Some(seg), Some(ty)) if t.elems.len() == 1 => {
+                    let index = match seg.ident.to_string().as_str() {
+                        "Some" => Some(("Option", 0)),
+                        "Ok" => Some(("Result", 0)),
+                        "Err" => Some(("Result", 1)),
+                        _ => None,
+                    };
+                    index.and_then(|(outer, i)| generic_arg(ty, outer, i))
+                }
+                _ => None,
+            };
+            t.elems
+                .iter()
+                .for_each(|p| collect_pat(p, payload.as_ref(), false, out))
+        }
         Pat::Struct(s) => s
             .fields
             .iter()
@@ -598,7 +581,7 @@ fn awaited_ok_type(op: &Expr) -> Option<Type> {
             Some(syn::parse_quote!(::flow_runtime::Untrustworthy<#t>))
         }
         "sub_flow" => {
-            let child = crate::ops::child_flow_path(m.args.first()?)?;
+            let child = child_flow_path(m.args.first()?)?;
             Some(syn::parse_quote!(<#child as ::flow_runtime::Flow>::Output))
         }
         _ => None,
@@ -612,6 +595,36 @@ pub fn turbofish_type(m: &syn::ExprMethodCall) -> Option<Type> {
         return None;
     }
     match tf.args.first()? {
+        syn::GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// `path::child::Flow` for a call `path::child(..)`: a flow fn and its
+/// module share a name, so the call path names the child's state type.
+pub fn child_flow_path(arg: &Expr) -> Option<Type> {
+    let Expr::Call(c) = arg else { return None };
+    let Expr::Path(p) = &*c.func else { return None };
+    if p.qself.is_some() || p.path.segments.iter().any(|s| !s.arguments.is_empty()) {
+        return None;
+    }
+    let mut path = p.path.clone();
+    path.segments.push(syn::parse_quote!(Flow));
+    Some(Type::Path(syn::TypePath { qself: None, path }))
+}
+
+/// The `index`th type argument of `ty` when `ty` is written `outer<..>`
+/// (`Option<u64>`, `std::option::Option<u64>`).
+fn generic_arg(ty: &Type, outer: &str, index: usize) -> Option<Type> {
+    let Type::Path(tp) = ty else { return None };
+    let last = tp.path.segments.last()?;
+    if last.ident != outer {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(a) = &last.arguments else {
+        return None;
+    };
+    match a.args.iter().nth(index)? {
         syn::GenericArgument::Type(t) => Some(t.clone()),
         _ => None,
     }

@@ -38,6 +38,12 @@ impl Errors {
         self.errors.is_empty()
     }
 
+    /// The messages, for tests.
+    #[cfg(test)]
+    pub fn messages(&self) -> Vec<String> {
+        self.errors.iter().map(|e| e.to_string()).collect()
+    }
+
     /// All errors as `compile_error!` invocations.
     pub fn into_compile_errors(self) -> TokenStream {
         self.errors

@@ -7,12 +7,13 @@
 //! Bindings move between blocks through `Option` slots whose types rustc
 //! infers; only bindings stored in a variant need a type the macro can see.
 
-use crate::analyse::{BindingId, Origin};
+use crate::cfg::{self, BindingId, BlockId, Cfg, Origin, PieceKind, Term};
 use crate::errors::Errors;
 use crate::liveness::{self, Liveness, Set};
-use crate::lower::{self, BlockId, Cfg, PieceKind, Term};
+use crate::lower;
 use crate::ops::Op;
 use crate::parse::{FlowArgs, FlowSig};
+use crate::pretty::pretty_tokens;
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use std::collections::{BTreeSet, HashMap};
@@ -53,6 +54,7 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         ctx: &input.sig.ctx,
         variants: &variants,
         used_slots: BTreeSet::new(),
+        slot_types: HashMap::new(),
         pcs: HashMap::new(),
     };
     // Blocks that only jump on (an `if` without `else`, a `continue`) are
@@ -159,10 +161,10 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         |acc, fp| quote!(::flow_runtime::__private::combine(#acc, #fp)),
     );
 
-    let slot_decls = g
-        .used_slots
-        .iter()
-        .map(|s| quote!(let mut #s = ::core::option::Option::None;));
+    let slot_decls = g.used_slots.iter().map(|s| match g.slot_types.get(s) {
+        Some(t) => quote!(let mut #s: ::core::option::Option<#t> = ::core::option::Option::None;),
+        None => quote!(let mut #s = ::core::option::Option::None;),
+    });
     let items = &cfg.items;
 
     // The constructor, outside the module, with the user's attributes.
@@ -390,7 +392,7 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
     out
 }
 
-fn untyped_message(b: &crate::analyse::Binding, line: usize) -> String {
+fn untyped_message(b: &cfg::Binding, line: usize) -> String {
     let name = &b.name;
     match b.origin {
         Origin::ForIter => format!(
@@ -411,6 +413,8 @@ struct Gen<'a> {
     ctx: &'a Ident,
     variants: &'a [Variant],
     used_slots: BTreeSet<Ident>,
+    /// The declared type of each binding's slot, where the macro sees it.
+    slot_types: HashMap<Ident, Type>,
     pcs: HashMap<BlockId, u32>,
 }
 
@@ -425,6 +429,9 @@ impl Gen<'_> {
             b
         );
         self.used_slots.insert(id.clone());
+        if let Some(t) = &self.cfg.bindings[b].ty {
+            self.slot_types.insert(id.clone(), t.clone());
+        }
         id
     }
 
@@ -563,7 +570,11 @@ impl Gen<'_> {
                 let slot = self.slot(v);
                 out.extend(quote!(let #m #name = ::flow_runtime::__private::take(&mut #slot)?;));
             } else {
-                out.extend(quote!(let #m #name;));
+                // Dead here, assigned again before its next use: declared
+                // with the type its own declaration gives, so that the
+                // assignment infers exactly as it does in the user's code.
+                let ty = self.cfg.bindings[v].ty.as_ref().map(|t| quote!(: #t));
+                out.extend(quote!(let #m #name #ty;));
             }
             held.insert(name.to_string(), v);
         }
@@ -818,67 +829,6 @@ fn rewrite_returns(e: &syn::Expr) -> syn::Expr {
     e
 }
 
-/// Renders tokens compactly for messages and doc comments
-/// (`session.receive::<u32>()` rather than `session . receive :: < u32 > ()`).
-pub fn pretty_tokens(ts: &TokenStream) -> String {
-    let mut out = String::new();
-    let mut prev_joint_word = false;
-    for tt in ts.clone() {
-        match tt {
-            TokenTree::Group(g) => {
-                let (open, close) = match g.delimiter() {
-                    proc_macro2::Delimiter::Parenthesis => ("(", ")"),
-                    proc_macro2::Delimiter::Brace => (" { ", " }"),
-                    proc_macro2::Delimiter::Bracket => ("[", "]"),
-                    proc_macro2::Delimiter::None => ("", ""),
-                };
-                out.push_str(open);
-                out.push_str(&pretty_tokens(&g.stream()));
-                out.push_str(close);
-                prev_joint_word = true;
-            }
-            TokenTree::Ident(i) => {
-                if prev_joint_word
-                    && out.ends_with(|c: char| {
-                        c.is_alphanumeric() || c == '_' || c == ')' || c == '>'
-                    })
-                {
-                    out.push(' ');
-                }
-                out.push_str(&i.to_string());
-                prev_joint_word = true;
-            }
-            TokenTree::Literal(l) => {
-                if prev_joint_word && out.ends_with(|c: char| c.is_alphanumeric() || c == '_') {
-                    out.push(' ');
-                }
-                out.push_str(&l.to_string());
-                prev_joint_word = true;
-            }
-            TokenTree::Punct(p) => {
-                let c = p.as_char();
-                if c == ',' {
-                    out.push_str(", ");
-                } else if c == '=' || c == '+' || c == '-' || c == '*' || c == '/' || c == '|' {
-                    if !out.ends_with(' ')
-                        && !out.ends_with(['=', '!', '<', '>', '+', '-', '*', '/', '|', '&'])
-                    {
-                        out.push(' ');
-                    }
-                    out.push(c);
-                    if p.spacing() == proc_macro2::Spacing::Alone {
-                        out.push(' ');
-                    }
-                } else {
-                    out.push(c);
-                }
-                prev_joint_word = false;
-            }
-        }
-    }
-    out.trim().to_string()
-}
-
 fn collect_value_slots(ts: TokenStream, out: &mut BTreeSet<Ident>) {
     for tt in ts {
         match tt {
@@ -904,7 +854,7 @@ fn ty_span(ty: &Type) -> Span {
 fn thread(cfg: &Cfg, mut b: BlockId) -> BlockId {
     for _ in 0..cfg.blocks.len() {
         match &cfg.blocks[b] {
-            lower::Block {
+            cfg::Block {
                 pieces,
                 term: Some(Term::Goto(next)),
                 ..

@@ -5,19 +5,22 @@
 //! private modules:
 //!
 //! * `parse` checks the signature and the `#[flow(..)]` arguments;
-//! * `lower` turns the body into basic blocks, split at each `.await` (with
-//!   `analyse` for names, scopes, types and purity, and `ops` to recognise
-//!   what is awaited);
+//! * `lower` turns the body into the control-flow graph of `cfg` (basic
+//!   blocks split at each `.await`), with `analyse` for names, scopes,
+//!   types and purity, and `ops` to recognise what is awaited;
 //! * `liveness` finds the locals live at each suspension point;
 //! * `generate` writes the state enum, the `Flow` impl and the trampoline;
 //! * `errors` collects spanned errors so every problem is reported in one
-//!   compile, and nothing panics.
+//!   compile, and nothing panics; `pretty` renders code for messages.
+//!
+//! Each pass depends only on `cfg` and on the passes before it.
 
 #![warn(missing_docs)]
 
 use proc_macro::TokenStream;
 
 mod analyse;
+mod cfg;
 mod errors;
 mod expand;
 mod generate;
@@ -25,6 +28,7 @@ mod liveness;
 mod lower;
 mod ops;
 mod parse;
+mod pretty;
 
 /// Marks an `async fn` as a flow: a durable, checkpointable state machine.
 ///

@@ -3,8 +3,7 @@
 //! it before overwriting it. Only bindings live where a flow resumes are
 //! stored in that state's variant; that is what keeps checkpoints small.
 
-use crate::analyse::BindingId;
-use crate::lower::{BlockId, Cfg, Term};
+use crate::cfg::{BindingId, BlockId, Cfg, Term};
 use std::collections::BTreeSet;
 
 /// A set of bindings, ordered by declaration (binding ids are allocated in
@@ -99,4 +98,108 @@ pub fn compute(cfg: &Cfg) -> Liveness {
         }
     }
     Liveness { live_in, reachable }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lower::testing::{lower_source, names};
+
+    /// The bindings live where each suspension point resumes, by name.
+    fn live_at_sites(source: &str) -> Vec<Vec<String>> {
+        let cfg = lower_source(source);
+        let live = compute(&cfg);
+        cfg.sites
+            .iter()
+            .map(|s| names(&cfg, live.live_in[s.resume].iter().copied()))
+            .collect()
+    }
+
+    #[test]
+    fn a_local_read_after_the_await_is_live_and_a_dead_one_is_not() {
+        let live = live_at_sites(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u64, FlowError> {
+                let kept: u64 = 1;
+                let dropped: u64 = 2;
+                s.send(&dropped)?;
+                let x: u64 = s.receive::<u64>().await?.validate(Ok)?;
+                Ok(x + kept)
+            }",
+        );
+        assert_eq!(live, [vec!["kept".to_string()]]);
+    }
+
+    #[test]
+    fn nothing_after_a_return_is_live_in_the_branch_that_returns() {
+        let live = live_at_sites(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, c: bool) -> Result<usize, FlowError> {
+                let big: Vec<u64> = vec![1, 2, 3];
+                if c {
+                    let y: usize = s.receive::<usize>().await?.validate(Ok)?;
+                    return Ok(y);
+                }
+                Ok(big.len())
+            }",
+        );
+        assert_eq!(live, [Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn a_let_else_whose_else_waits_keeps_nothing_the_else_skips() {
+        let live = live_at_sites(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, o: Option<u32>) -> Result<u32, FlowError> {
+                let Some(x): Option<u32> = o else {
+                    let z: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    return Ok(z);
+                };
+                let w: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                Ok(x + w)
+            }",
+        );
+        assert_eq!(live, [vec![], vec!["x".to_string()]]);
+    }
+
+    #[test]
+    fn a_diverging_macro_has_no_successor() {
+        let live = live_at_sites(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, c: bool) -> Result<u64, FlowError> {
+                let big: Vec<u64> = vec![1];
+                if c {
+                    s.receive::<u64>().await?.validate(Ok)?;
+                    panic!(\"stop\");
+                }
+                Ok(big[0])
+            }",
+        );
+        assert_eq!(live, [Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn a_local_overwritten_after_the_await_is_not_live() {
+        let live = live_at_sites(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u64, FlowError> {
+                let mut st: Vec<u64> = vec![1];
+                let x: u64 = s.receive::<u64>().await?.validate(Ok)?;
+                st = Vec::new();
+                Ok(x + st.len() as u64)
+            }",
+        );
+        assert_eq!(live, [Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn a_loop_keeps_its_accumulator_live_around_the_back_edge() {
+        let live = live_at_sites(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, n: u32) -> Result<u64, FlowError> {
+                let mut total: u64 = 0;
+                let mut i: u32 = 0;
+                while i < n {
+                    total += s.receive::<u64>().await?.validate(Ok)?;
+                    i += 1;
+                }
+                Ok(total)
+            }",
+        );
+        assert_eq!(live, [vec!["s", "n", "total", "i"]]);
+    }
 }

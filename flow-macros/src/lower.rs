@@ -20,140 +20,17 @@
 //! place. That is only equivalent if nothing evaluated before it in the same
 //! expression has a side effect — checked by [`crate::analyse::is_pure`].
 
-use crate::analyse::{self, Binding, BindingId, Origin};
+use crate::analyse;
+use crate::cfg::{
+    Binding, BindingId, Block, BlockId, Cfg, MatchArm, Origin, Piece, PieceKind, Site, Term,
+};
 use crate::errors::Errors;
-use crate::ops::{self, Op};
-use proc_macro2::{Span, TokenStream};
+use crate::ops;
+use proc_macro2::Span;
 use quote::{ToTokens, format_ident, quote};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{Expr, Ident, Pat, Stmt, Type};
-
-/// Index of a block in [`Cfg::blocks`].
-pub type BlockId = usize;
-
-/// One piece of straight-line code in a block.
-pub struct Piece {
-    /// The code.
-    pub kind: PieceKind,
-    /// Bindings it reads.
-    pub uses: Vec<BindingId>,
-    /// Bindings it certainly overwrites (a top-level `x = ..;`).
-    pub kills: Vec<BindingId>,
-    /// Every binding it names (read or written).
-    pub mentions: Vec<BindingId>,
-    /// Bindings it declares (a `let`).
-    pub declares: Vec<BindingId>,
-}
-
-/// The kinds of [`Piece`].
-pub enum PieceKind {
-    /// A complete statement.
-    Code(TokenStream),
-    /// A `let`; kept apart because a `let` that shadows a binding still
-    /// needed later first saves that binding (see `generate`).
-    Let(Box<syn::Local>),
-}
-
-/// How a block ends.
-pub enum Term {
-    /// Continue with another block.
-    Goto(BlockId),
-    /// `if cond { then } else { otherwise }`; `binds` are the names an
-    /// `if let` condition binds for the `then` block.
-    If {
-        /// The condition (may be `let PAT = EXPR`).
-        cond: Expr,
-        /// Bindings the condition introduces.
-        binds: Vec<BindingId>,
-        /// Block when true.
-        then_: BlockId,
-        /// Block when false.
-        else_: BlockId,
-    },
-    /// `match scrut { arms }`.
-    Match {
-        /// The scrutinee.
-        scrut: Expr,
-        /// The arms, each jumping to its own block.
-        arms: Vec<MatchArm>,
-    },
-    /// An `.await`: start the operation; suspend, or continue at `resume`
-    /// at once if it is already complete.
-    Suspend {
-        /// Index into [`Cfg::sites`].
-        site: usize,
-        /// The operation expression (hoisted, await-free).
-        op: Expr,
-    },
-    /// The flow ends with this `Result<T, FlowError>`.
-    Return(Expr),
-}
-
-/// One arm of a [`Term::Match`].
-pub struct MatchArm {
-    /// The pattern.
-    pub pat: Pat,
-    /// Its guard (never lowered: guards cannot await).
-    pub guard: Option<Expr>,
-    /// Bindings the pattern introduces.
-    pub binds: Vec<BindingId>,
-    /// The arm's block.
-    pub target: BlockId,
-}
-
-/// A basic block.
-pub struct Block {
-    /// Bindings visible by name where the block starts, in declaration
-    /// order (shadowed ones left out).
-    pub visible: Vec<BindingId>,
-    /// Straight-line code.
-    pub pieces: Vec<Piece>,
-    /// How it ends; `None` only for a block that was never finished (it is
-    /// then unreachable).
-    pub term: Option<Term>,
-    /// Bindings the terminator reads (condition, scrutinee, guards, the
-    /// awaited operation).
-    pub term_uses: Vec<BindingId>,
-    /// Bindings the terminator names.
-    pub term_mentions: Vec<BindingId>,
-    /// Position in source order, so blocks are emitted in the order the
-    /// code was written (helps both readers and type inference).
-    pub order: usize,
-}
-
-/// A suspension point: one `.await`.
-pub struct Site {
-    /// Source file of the `.await`, when the compiler tells.
-    pub file: Option<String>,
-    /// What is awaited.
-    pub op: Op,
-    /// The block that continues after it.
-    pub resume: BlockId,
-    /// The variant name requested: a `#[state(..)]` label (`true`) or one
-    /// derived from the binding that receives the value (`false`).
-    pub name_hint: Option<(String, bool)>,
-    /// The awaited expression as text, for the variant's doc comment.
-    pub text: String,
-    /// Source line of the `.await`.
-    pub line: usize,
-    /// Span of the `.await`, for errors.
-    pub span: Span,
-}
-
-/// The lowered flow body.
-pub struct Cfg {
-    /// Every binding (parameters first).
-    pub bindings: Vec<Binding>,
-    /// Every block; block 0 is the entry.
-    pub blocks: Vec<Block>,
-    /// Every suspension point.
-    pub sites: Vec<Site>,
-    /// Number of value slots (hoisted results of lowered expressions).
-    pub value_slots: usize,
-    /// Items declared in the body, hoisted so every block can see them.
-    pub items: Vec<syn::Item>,
-}
 
 #[derive(Clone)]
 enum Dest {
@@ -388,6 +265,11 @@ impl Lowerer<'_> {
                         self.errors.error_at(&m.mac, await_in_macro_message(&m.mac));
                     }
                     self.push_stmt(stmt.clone());
+                    if stmt_diverges(stmt) {
+                        // `panic!()` and friends: nothing after them runs,
+                        // so the block has no successor.
+                        self.after_jump();
+                    }
                 }
                 Stmt::Expr(e, None) if last => {
                     let (e, label) = self.strip_label(e);
@@ -536,10 +418,13 @@ impl Lowerer<'_> {
             self.enter(otherwise);
             self.lower_tail(&diverge, Dest::Discard);
             if !self.terminated() {
+                // The `else` diverged inside code kept verbatim (rustc
+                // checks that it does): the block has no successor, so
+                // nothing the `else` skips is live in it.
                 self.push_expr_stmt(syn::parse_quote_spanned!(diverge.span()=>
                     ::core::unreachable!("the `else` of a `let ... else` must diverge")
                 ));
-                self.goto(cont);
+                self.after_jump();
             }
             if let Some(top) = self.scopes.last_mut() {
                 top.extend(ids);
@@ -564,6 +449,18 @@ impl Lowerer<'_> {
     }
 
     fn lower_expr_stmt(&mut self, e: &Expr) {
+        if let Expr::Return(_) = e {
+            // Always a jump, even without an `.await`: the code after it is
+            // dead, and treating it as a fall-through would make whatever it
+            // reads look live at the suspension points before.
+            self.lower_jump(e);
+            return;
+        }
+        if stmt_diverges(&Stmt::Expr(e.clone(), None)) && !analyse::needs_lowering(e) {
+            self.push_expr_stmt(e.clone());
+            self.after_jump();
+            return;
+        }
         if !analyse::needs_lowering(e) {
             self.push_expr_stmt(e.clone());
             return;
@@ -591,6 +488,10 @@ impl Lowerer<'_> {
 
     /// Lowers `e`, whose value goes to `dest`.
     fn lower_tail(&mut self, e: &Expr, dest: Dest) {
+        if let Expr::Return(_) = e {
+            self.lower_jump(e);
+            return;
+        }
         if !analyse::needs_lowering(e) {
             if matches!(dest, Dest::Discard) {
                 self.push_expr_stmt(e.clone());
@@ -1139,7 +1040,7 @@ impl Lowerer<'_> {
                     &**c,
                     format!(
                         "`{}` is evaluated before the `.await` that follows it in the same expression, and a flow runs it only after resuming: bind it with `let` first",
-                        crate::generate::pretty_tokens(&c.to_token_stream())
+                        crate::pretty::pretty_tokens(&c.to_token_stream())
                     ),
                 );
             }
@@ -1173,7 +1074,7 @@ impl Lowerer<'_> {
             op,
             resume,
             name_hint: None,
-            text: crate::generate::pretty_tokens(&a.base.to_token_stream()),
+            text: crate::pretty::pretty_tokens(&a.base.to_token_stream()),
             line: span.start().line,
             file: Some(span.file()).filter(|f| !f.starts_with('<')),
             span,
@@ -1381,4 +1282,107 @@ fn report_labels(stmt: &Stmt, errors: &mut Errors) {
         }
     }
     syn::visit::Visit::visit_stmt(&mut Finder(errors), stmt);
+}
+
+/// Lowering a whole `#[flow]` fn from source text, for the unit tests of
+/// this pass and of the passes after it.
+#[cfg(test)]
+pub mod testing {
+    use crate::cfg::{BindingId, Cfg};
+    use crate::errors::Errors;
+
+    /// Lowers `source` (an `async fn` with a `ctx: &mut FlowContext`
+    /// first parameter); panics on a macro error, with the messages.
+    pub fn lower_source(source: &str) -> Cfg {
+        let (cfg, errors) = lower_with_errors(source);
+        assert!(
+            errors.is_empty(),
+            "unexpected errors: {:?}",
+            errors.messages()
+        );
+        cfg
+    }
+
+    /// Lowers `source` and returns the errors recorded.
+    pub fn lower_with_errors(source: &str) -> (Cfg, Errors) {
+        let item: syn::ItemFn = syn::parse_str(source).expect("test source parses");
+        let mut errors = Errors::default();
+        let sig = crate::parse::parse_sig(&item, &mut errors).expect("test signature is valid");
+        let cfg = super::lower(&item.block, &sig.params, &sig.ctx, &mut errors);
+        (cfg, errors)
+    }
+
+    /// The names of `ids`, in order.
+    pub fn names(cfg: &Cfg, ids: impl IntoIterator<Item = BindingId>) -> Vec<String> {
+        ids.into_iter()
+            .map(|b| cfg.bindings[b].name.to_string())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{lower_source, lower_with_errors, names};
+    use crate::cfg::Term;
+
+    fn suspends(cfg: &crate::cfg::Cfg) -> usize {
+        cfg.blocks
+            .iter()
+            .filter(|b| matches!(b.term, Some(Term::Suspend { .. })))
+            .count()
+    }
+
+    #[test]
+    fn every_await_is_a_site_with_its_own_suspending_block() {
+        let cfg = lower_source(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+                let a: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                if a > 1 { ctx.sleep(d).await; }
+                Ok(a)
+            }",
+        );
+        assert_eq!(cfg.sites.len(), 2);
+        assert_eq!(suspends(&cfg), 2);
+        assert_eq!(names(&cfg, 0..cfg.bindings.len()), ["s", "a"]);
+    }
+
+    #[test]
+    fn a_return_without_await_ends_its_block() {
+        let cfg = lower_source(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, c: bool) -> Result<u32, FlowError> {
+                if c {
+                    let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    return Ok(y);
+                }
+                Ok(1)
+            }",
+        );
+        // The block after the receive returns: it has no successor.
+        let resume = cfg.sites[0].resume;
+        assert!(matches!(cfg.blocks[resume].term, Some(Term::Return(_))));
+    }
+
+    #[test]
+    fn a_typed_let_else_pattern_gives_its_binding_a_type() {
+        let cfg = lower_source(
+            "async fn f(ctx: &mut FlowContext, o: Option<u64>) -> Result<u64, FlowError> {
+                let Some(limit): Option<u64> = o else { return Ok(0) };
+                Ok(limit)
+            }",
+        );
+        let limit = cfg.bindings.iter().find(|b| b.name == "limit").unwrap();
+        let ty = limit.ty.as_ref().map(|t| quote::quote!(#t).to_string());
+        assert_eq!(ty.as_deref(), Some("u64"));
+    }
+
+    #[test]
+    fn an_unsupported_await_is_an_error_not_a_panic() {
+        let (_, errors) = lower_with_errors(
+            "async fn f(ctx: &mut FlowContext) -> Result<u32, FlowError> {
+                let v = (|| tokio::time::sleep(d).await)();
+                Ok(1)
+            }",
+        );
+        assert_eq!(errors.len(), 1);
+    }
 }

@@ -66,7 +66,7 @@ pub fn classify(
                         "`ctx.sub_flow` takes one argument: the child flow, e.g. `ctx.sub_flow(child(a, b))`",
                     ));
                 };
-                if let Some(child) = child_flow_path(arg) {
+                if let Some(child) = crate::analyse::child_flow_path(arg) {
                     let name = child_fn_name(arg).unwrap_or_else(|| "Child".into());
                     return Ok(Op::SubFlow { child, name });
                 }
@@ -132,19 +132,6 @@ fn not_an_operation(what: &str, span: Span, foreign: bool) -> syn::Error {
 
 fn is_ident(e: &Expr, id: &Ident) -> bool {
     matches!(e, Expr::Path(p) if p.path.is_ident(id))
-}
-
-/// `path::child::Flow` for a call `path::child(..)`: a flow fn and its
-/// module share a name, so the call path names the child's state type.
-pub fn child_flow_path(arg: &Expr) -> Option<Type> {
-    let Expr::Call(c) = arg else { return None };
-    let Expr::Path(p) = &*c.func else { return None };
-    if p.qself.is_some() || p.path.segments.iter().any(|s| !s.arguments.is_empty()) {
-        return None;
-    }
-    let mut path = p.path.clone();
-    path.segments.push(syn::parse_quote!(Flow));
-    Some(Type::Path(syn::TypePath { qself: None, path }))
 }
 
 fn child_fn_name(arg: &Expr) -> Option<String> {

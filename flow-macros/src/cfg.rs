@@ -1,0 +1,165 @@
+//! The control-flow graph the passes share: `lower` builds it, `liveness`
+//! reads it, `generate` turns it into code. Only data lives here, so every
+//! pass depends on this module and none on a later pass.
+
+use crate::ops::Op;
+use proc_macro2::{Span, TokenStream};
+use syn::{Expr, Ident, Pat, Type};
+
+/// Index of a binding in [`Cfg::bindings`].
+pub type BindingId = usize;
+
+/// A local variable of the flow body (or a parameter, or a synthetic local
+/// the lowering introduces, like a `for` loop's iterator).
+#[derive(Clone)]
+pub struct Binding {
+    /// Its name as the user wrote it (with the user's span, so restoring it
+    /// with `let name = ..` makes the user's later uses refer to it).
+    pub name: Ident,
+    /// Declared `mut`.
+    pub mutable: bool,
+    /// The type the macro can see, if any.
+    pub ty: Option<Type>,
+    /// Where it comes from, for error messages.
+    pub origin: Origin,
+}
+
+/// How a binding was introduced; chooses the fix an error message suggests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A fn parameter.
+    Param,
+    /// `let` with a plain name.
+    Let,
+    /// A name inside a pattern (`if let`, `match`, `while let`, `for`, a
+    /// destructuring `let`).
+    Pattern,
+    /// The iterator of a lowered `for` loop.
+    ForIter,
+}
+
+/// Index of a block in [`Cfg::blocks`].
+pub type BlockId = usize;
+
+/// One piece of straight-line code in a block.
+pub struct Piece {
+    /// The code.
+    pub kind: PieceKind,
+    /// Bindings it reads.
+    pub uses: Vec<BindingId>,
+    /// Bindings it certainly overwrites (a top-level `x = ..;`).
+    pub kills: Vec<BindingId>,
+    /// Every binding it names (read or written).
+    pub mentions: Vec<BindingId>,
+    /// Bindings it declares (a `let`).
+    pub declares: Vec<BindingId>,
+}
+
+/// The kinds of [`Piece`].
+pub enum PieceKind {
+    /// A complete statement.
+    Code(TokenStream),
+    /// A `let`; kept apart because a `let` that shadows a binding still
+    /// needed later first saves that binding (see `generate`).
+    Let(Box<syn::Local>),
+}
+
+/// How a block ends.
+pub enum Term {
+    /// Continue with another block.
+    Goto(BlockId),
+    /// `if cond { then } else { otherwise }`; `binds` are the names an
+    /// `if let` condition binds for the `then` block.
+    If {
+        /// The condition (may be `let PAT = EXPR`).
+        cond: Expr,
+        /// Bindings the condition introduces.
+        binds: Vec<BindingId>,
+        /// Block when true.
+        then_: BlockId,
+        /// Block when false.
+        else_: BlockId,
+    },
+    /// `match scrut { arms }`.
+    Match {
+        /// The scrutinee.
+        scrut: Expr,
+        /// The arms, each jumping to its own block.
+        arms: Vec<MatchArm>,
+    },
+    /// An `.await`: start the operation; suspend, or continue at `resume`
+    /// at once if it is already complete.
+    Suspend {
+        /// Index into [`Cfg::sites`].
+        site: usize,
+        /// The operation expression (hoisted, await-free).
+        op: Expr,
+    },
+    /// The flow ends with this `Result<T, FlowError>`.
+    Return(Expr),
+}
+
+/// One arm of a [`Term::Match`].
+pub struct MatchArm {
+    /// The pattern.
+    pub pat: Pat,
+    /// Its guard (never lowered: guards cannot await).
+    pub guard: Option<Expr>,
+    /// Bindings the pattern introduces.
+    pub binds: Vec<BindingId>,
+    /// The arm's block.
+    pub target: BlockId,
+}
+
+/// A basic block.
+pub struct Block {
+    /// Bindings visible by name where the block starts, in declaration
+    /// order (shadowed ones left out).
+    pub visible: Vec<BindingId>,
+    /// Straight-line code.
+    pub pieces: Vec<Piece>,
+    /// How it ends; `None` only for a block that was never finished (it is
+    /// then unreachable).
+    pub term: Option<Term>,
+    /// Bindings the terminator reads (condition, scrutinee, guards, the
+    /// awaited operation).
+    pub term_uses: Vec<BindingId>,
+    /// Bindings the terminator names.
+    pub term_mentions: Vec<BindingId>,
+    /// Position in source order, so blocks are emitted in the order the
+    /// code was written (helps both readers and type inference).
+    pub order: usize,
+}
+
+/// A suspension point: one `.await`.
+pub struct Site {
+    /// Source file of the `.await`, when the compiler tells.
+    pub file: Option<String>,
+    /// What is awaited.
+    pub op: Op,
+    /// The block that continues after it.
+    pub resume: BlockId,
+    /// The variant name requested: a `#[state(..)]` label (`true`) or one
+    /// derived from the binding that receives the value (`false`).
+    pub name_hint: Option<(String, bool)>,
+    /// The awaited expression as text, for the variant's doc comment.
+    pub text: String,
+    /// Source line of the `.await`.
+    pub line: usize,
+    /// Span of the `.await`, for errors.
+    pub span: Span,
+}
+
+/// The lowered flow body.
+pub struct Cfg {
+    /// Every binding (parameters first).
+    pub bindings: Vec<Binding>,
+    /// Every block; block 0 is the entry.
+    pub blocks: Vec<Block>,
+    /// Every suspension point.
+    pub sites: Vec<Site>,
+    /// Number of value slots (hoisted results of lowered expressions).
+    pub value_slots: usize,
+    /// Items declared in the body, hoisted so every block can see them.
+    pub items: Vec<syn::Item>,
+}

@@ -1,0 +1,66 @@
+//! Compact rendering of tokens for error messages, doc comments and the
+//! fingerprint's text (`session.receive::<u32>()` rather than
+//! `session . receive :: < u32 > ()`).
+
+use proc_macro2::{TokenStream, TokenTree};
+
+/// Renders tokens compactly for messages and doc comments
+/// (`session.receive::<u32>()` rather than `session . receive :: < u32 > ()`).
+pub fn pretty_tokens(ts: &TokenStream) -> String {
+    let mut out = String::new();
+    let mut prev_joint_word = false;
+    for tt in ts.clone() {
+        match tt {
+            TokenTree::Group(g) => {
+                let (open, close) = match g.delimiter() {
+                    proc_macro2::Delimiter::Parenthesis => ("(", ")"),
+                    proc_macro2::Delimiter::Brace => (" { ", " }"),
+                    proc_macro2::Delimiter::Bracket => ("[", "]"),
+                    proc_macro2::Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                out.push_str(&pretty_tokens(&g.stream()));
+                out.push_str(close);
+                prev_joint_word = true;
+            }
+            TokenTree::Ident(i) => {
+                if prev_joint_word
+                    && out.ends_with(|c: char| {
+                        c.is_alphanumeric() || c == '_' || c == ')' || c == '>'
+                    })
+                {
+                    out.push(' ');
+                }
+                out.push_str(&i.to_string());
+                prev_joint_word = true;
+            }
+            TokenTree::Literal(l) => {
+                if prev_joint_word && out.ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                    out.push(' ');
+                }
+                out.push_str(&l.to_string());
+                prev_joint_word = true;
+            }
+            TokenTree::Punct(p) => {
+                let c = p.as_char();
+                if c == ',' {
+                    out.push_str(", ");
+                } else if c == '=' || c == '+' || c == '-' || c == '*' || c == '/' || c == '|' {
+                    if !out.ends_with(' ')
+                        && !out.ends_with(['=', '!', '<', '>', '+', '-', '*', '/', '|', '&'])
+                    {
+                        out.push(' ');
+                    }
+                    out.push(c);
+                    if p.spacing() == proc_macro2::Spacing::Alone {
+                        out.push(' ');
+                    }
+                } else {
+                    out.push(c);
+                }
+                prev_joint_word = false;
+            }
+        }
+    }
+    out.trim().to_string()
+}
