@@ -372,6 +372,19 @@ pub fn needs_lowering(e: &Expr) -> bool {
     f.found
 }
 
+/// Whether a statement contains `.await` anywhere (a `let`'s initialiser
+/// or `else` included).
+pub fn stmt_contains_await(s: &syn::Stmt) -> bool {
+    match s {
+        syn::Stmt::Local(l) => l.init.as_ref().is_some_and(|i| {
+            contains_await(&i.expr) || i.diverge.as_ref().is_some_and(|(_, d)| contains_await(d))
+        }),
+        syn::Stmt::Expr(e, _) => contains_await(e),
+        syn::Stmt::Macro(m) => tokens_contain_await(&m.mac.tokens),
+        syn::Stmt::Item(_) => false,
+    }
+}
+
 /// Whether an expression contains `.await` anywhere (closures included).
 pub fn contains_await(e: &Expr) -> bool {
     struct F(bool);

@@ -137,6 +137,13 @@ pub struct Site {
     pub file: Option<String>,
     /// What is awaited.
     pub op: Op,
+    /// Where it sits in the control structure, as text: the path from the
+    /// body through each enclosing branch, arm and loop (with its condition,
+    /// pattern or label) to the statement, ranked among the statements of
+    /// its block that await, and the `.await`'s rank in its statement, e.g.
+    /// `stmt 1 / if ok then / stmt 0 / await 0`. Part of the fingerprint;
+    /// independent of source lines and of code that does not suspend.
+    pub place: String,
     /// The block that continues after it.
     pub resume: BlockId,
     /// The variant name requested: a `#[state(..)]` label (`true`) or one

@@ -88,6 +88,11 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
     let output = &input.sig.output;
     let ctx = &input.sig.ctx;
     let version = input.args.version;
+    let name = match &input.args.name {
+        Some(n) => quote!(#n),
+        // Inside `mod #fn_name`: the module path ends with the fn's name.
+        None => quote!(::core::module_path!()),
+    };
 
     // The state enum.
     let mut enum_variants = Vec::new();
@@ -95,14 +100,13 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
     let mut name_arms = Vec::new();
     let mut checks = Vec::new();
     let mut checked = BTreeSet::new();
-    let mut shape = format!("output={};", pretty_tokens(&output.to_token_stream()));
-    let mut child_fps = Vec::new();
+    let mut shape = Shape::new(output);
     for v in &variants {
         let name = &v.name;
         let doc = &v.doc;
         let mut fields = Vec::new();
         let mut names = Vec::new();
-        shape.push_str(&format!("{name}{{"));
+        shape.variant(cfg, v);
         if let Some(child) = &v.child {
             fields.push(quote!(
                 #[doc = "The running sub-flow's own state, nested in this one's checkpoint."]
@@ -110,15 +114,10 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
                 child: #child
             ));
             names.push(format_ident!("child"));
-            shape.push_str(&format!(
-                "child:{};",
-                pretty_tokens(&child.to_token_stream())
-            ));
-            child_fps.push(quote!(<#child as ::flow_runtime::Flow>::FINGERPRINT));
         }
         for (f, b) in &v.fields {
             let ty = binding_type(cfg, *b);
-            shape.push_str(&format!("{f}:{};", pretty_tokens(&ty.to_token_stream())));
+            shape.field(f, &ty);
             let span = ty_span(&ty);
             let field_doc = if name == "Start" {
                 format!("The argument `{f}`.")
@@ -138,7 +137,7 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
                 });
             }
         }
-        shape.push_str("};");
+
         let name_str = name.to_string();
         if fields.is_empty() {
             enum_variants.push(quote!(#[doc = #doc] #name));
@@ -155,11 +154,7 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
             name_arms.push(quote!(Flow::#name { .. } => #name_str));
         }
     }
-    let fingerprint_base = fnv1a(0xcbf2_9ce4_8422_2325, shape.as_bytes());
-    let fingerprint = child_fps.iter().fold(
-        quote!(#fingerprint_base),
-        |acc, fp| quote!(::flow_runtime::__private::combine(#acc, #fp)),
-    );
+    let (fingerprint, fingerprint_doc, stored_shapes) = shape.finish();
 
     let slot_decls = g.used_slots.iter().map(|s| match g.slot_types.get(s) {
         Some(t) => quote!(let mut #s: ::core::option::Option<#t> = ::core::option::Option::None;),
@@ -216,9 +211,14 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
 
             impl ::flow_runtime::Flow for Flow {
                 type Output = #output;
-                const NAME: &'static str = ::core::module_path!();
+                const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
+                #[doc = #fingerprint_doc]
                 const FINGERPRINT: u64 = #fingerprint;
+
+                fn stored_shapes(shapes: &mut ::flow_runtime::fingerprint::Shapes) {
+                    #stored_shapes
+                }
 
                 fn resume(
                     &mut self,
@@ -271,6 +271,109 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
                 }
             }
         }
+    }
+}
+
+/// What a checkpoint means, as the macro sees it, in canonical text; its
+/// hash is the constant `FINGERPRINT`. For `Start` and then every
+/// suspension point in order: the variant's name, its place in the control
+/// structure, the operation and the awaited type as written, and the stored
+/// fields with their types as written. Never a line number, a comment or
+/// code that does not suspend. Alongside, the calls that hand each distinct
+/// stored or awaited type, and each sub-flow, to the run-time half
+/// (`Flow::stored_shapes`), which adds their serde shapes.
+struct Shape {
+    text: String,
+    /// Child flows, whose constants are mixed in (in order).
+    children: Vec<Type>,
+    /// Distinct types by their text, for `stored_shapes`.
+    types: BTreeSet<String>,
+    calls: Vec<TokenStream>,
+}
+
+impl Shape {
+    /// The version of the text's layout: a new layout changes every
+    /// fingerprint on purpose.
+    const LAYOUT: &'static str = "flow-fingerprint 2";
+
+    fn new(output: &Type) -> Self {
+        let mut s = Shape {
+            text: format!(
+                "{};output {};",
+                Self::LAYOUT,
+                pretty_tokens(&output.to_token_stream())
+            ),
+            children: Vec::new(),
+            types: BTreeSet::new(),
+            // The state enum itself: its serde shape holds every stored
+            // field's (a sub-flow's state included). Tracing it as a whole
+            // asks nothing of the stored types that the enum's own
+            // `Deserialize` does not already ask, so a stored type that is
+            // not checkpointable draws no second error from here.
+            calls: vec![quote!(shapes.stored::<Flow>("state");)],
+        };
+        s.add_type(output);
+        s
+    }
+
+    fn add_type(&mut self, ty: &Type) {
+        let text = pretty_tokens(&ty.to_token_stream());
+        if self.types.insert(text.clone()) {
+            self.calls.push(quote!(shapes.stored::<#ty>(#text);));
+        }
+    }
+
+    fn variant(&mut self, cfg: &Cfg, v: &Variant) {
+        self.text.push_str(&format!("\n{}", v.name));
+        let Some(site) = v.site.map(|i| &cfg.sites[i]) else {
+            self.text.push_str(" start;");
+            return;
+        };
+        self.text.push_str(&format!(" at {};", site.place));
+        let (kind, ty) = match &site.op {
+            Op::Receive { ty, sends: false } => ("receive", ty.clone()),
+            Op::Receive { ty, sends: true } => ("send_and_receive", ty.clone()),
+            Op::Sleep => ("sleep", None),
+            Op::SubFlow { child, .. } => ("sub_flow", Some(child.clone())),
+        };
+        let ty_text = ty
+            .as_ref()
+            .map_or_else(|| "_".to_string(), |t| pretty_tokens(&t.to_token_stream()));
+        self.text.push_str(&format!(" {kind} {ty_text};"));
+        match (&site.op, ty) {
+            (Op::SubFlow { child, .. }, _) => {
+                self.children.push(child.clone());
+                self.calls.push(quote!(shapes.child::<#child>();));
+            }
+            (_, Some(t)) => self.add_type(&t),
+            _ => {}
+        }
+    }
+
+    fn field(&mut self, name: &Ident, ty: &Type) {
+        self.text.push_str(&format!(
+            " {name}: {};",
+            pretty_tokens(&ty.to_token_stream())
+        ));
+    }
+
+    /// The `FINGERPRINT` expression, its doc (the hashed text) and the body
+    /// of `stored_shapes`.
+    fn finish(self) -> (TokenStream, String, TokenStream) {
+        let base = fnv1a(0xcbf2_9ce4_8422_2325, self.text.as_bytes());
+        let constant = self.children.iter().fold(quote!(#base), |acc, child| {
+            quote!(::flow_runtime::__private::combine(#acc, <#child as ::flow_runtime::Flow>::FINGERPRINT))
+        });
+        let calls = self.calls;
+        let doc = format!(
+            " FNV-1a of this text (then combined with each sub-flow's constant):\n\n ```text\n{}\n ```",
+            self.text
+                .lines()
+                .map(|l| format!(" {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        (constant, doc, quote!(#(#calls)*))
     }
 }
 

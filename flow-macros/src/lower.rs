@@ -67,6 +67,8 @@ pub fn lower(
         errors,
         ctx: ctx.clone(),
         next_order: 0,
+        place: Vec::new(),
+        awaits_at: std::collections::HashMap::new(),
     };
     for p in params {
         l.declare(Binding {
@@ -92,6 +94,12 @@ struct Lowerer<'e> {
     errors: &'e mut Errors,
     ctx: Ident,
     next_order: usize,
+    /// Where the lowering is in the control structure, outermost first
+    /// (see [`Site::place`]).
+    place: Vec<String>,
+    /// Sites created so far at each place, to number the `.await`s of one
+    /// statement.
+    awaits_at: std::collections::HashMap<String, usize>,
 }
 
 /// A `::flow_runtime::__private::take(&mut slot)?` expression: the value a
@@ -255,8 +263,34 @@ impl Lowerer<'_> {
     // ----- statements --------------------------------------------------
 
     fn lower_stmts(&mut self, stmts: &[Stmt], dest: Dest, end: Span) {
+        let mut awaiting = 0;
         for (i, stmt) in stmts.iter().enumerate() {
             let last = i + 1 == stmts.len();
+            // A statement's place is its rank among the statements of its
+            // block that await: adding code that does not suspend keeps
+            // every suspension point where it was.
+            let awaits = analyse::stmt_contains_await(stmt);
+            if awaits {
+                self.place.push(format!("stmt {awaiting}"));
+                awaiting += 1;
+            }
+            self.lower_stmt(stmt, last, &dest);
+            if awaits {
+                self.place.pop();
+            }
+            if last && matches!(stmt, Stmt::Expr(_, None)) {
+                return;
+            }
+        }
+        // No tail expression: the block's value is `()`, unless it diverges.
+        let diverges = stmts.last().is_some_and(stmt_diverges);
+        if !matches!(dest, Dest::Discard) && !diverges {
+            self.emit_dest(syn::parse_quote_spanned!(end=> ()), &dest);
+        }
+    }
+
+    fn lower_stmt(&mut self, stmt: &Stmt, last: bool, dest: &Dest) {
+        {
             match stmt {
                 Stmt::Item(item) => self.cfg.items.push(item.clone()),
                 Stmt::Local(local) => self.lower_local(local),
@@ -276,7 +310,6 @@ impl Lowerer<'_> {
                     let before = self.cfg.sites.len();
                     self.lower_tail(&e, dest.clone());
                     self.name_sites(before, label, None);
-                    return;
                 }
                 Stmt::Expr(e, _) => {
                     let (e, label) = self.strip_label(e);
@@ -286,11 +319,14 @@ impl Lowerer<'_> {
                 }
             }
         }
-        // No tail expression: the block's value is `()`, unless it diverges.
-        let diverges = stmts.last().is_some_and(stmt_diverges);
-        if !matches!(dest, Dest::Discard) && !diverges {
-            self.emit_dest(syn::parse_quote_spanned!(end=> ()), &dest);
-        }
+    }
+
+    /// Runs `f` one level deeper in the control structure, at `place`.
+    fn at<R>(&mut self, place: String, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.place.push(place);
+        let r = f(self);
+        self.place.pop();
+        r
     }
 
     /// Removes a `#[state(Name)]` label from an expression statement (not
@@ -416,7 +452,8 @@ impl Lowerer<'_> {
                 refs,
             );
             self.enter(otherwise);
-            self.lower_tail(&diverge, Dest::Discard);
+            let place = format!("let {} else", code(&local.pat));
+            self.at(place, |l| l.lower_tail(&diverge, Dest::Discard));
             if !self.terminated() {
                 // The `else` diverged inside code kept verbatim (rustc
                 // checks that it does): the block has no successor, so
@@ -551,11 +588,14 @@ impl Lowerer<'_> {
                 });
                 self.push_scope();
                 self.enter(body);
-                self.lower_stmts(
-                    &l.body.stmts,
-                    Dest::Discard,
-                    l.body.brace_token.span.close(),
-                );
+                let place = format!("{}loop", label_text(l.label.as_ref()));
+                self.at(place, |this| {
+                    this.lower_stmts(
+                        &l.body.stmts,
+                        Dest::Discard,
+                        l.body.brace_token.span.close(),
+                    )
+                });
                 self.goto(body);
                 self.scopes.pop();
                 self.loops.pop();
@@ -577,11 +617,14 @@ impl Lowerer<'_> {
                 });
                 self.enter(body);
                 self.push_scope();
-                self.lower_stmts(
-                    &w.body.stmts,
-                    Dest::Discard,
-                    w.body.brace_token.span.close(),
-                );
+                let place = format!("{}while {}", label_text(w.label.as_ref()), code(&w.cond));
+                self.at(place, |this| {
+                    this.lower_stmts(
+                        &w.body.stmts,
+                        Dest::Discard,
+                        w.body.brace_token.span.close(),
+                    )
+                });
                 self.scopes.pop();
                 self.goto(head);
                 self.scopes.pop();
@@ -602,14 +645,19 @@ impl Lowerer<'_> {
                         dest: dest.clone(),
                     });
                     self.push_scope();
-                    self.lower_stmts(&b.block.stmts, dest, b.block.brace_token.span.close());
+                    let place = format!("{}block", label_text(Some(label)));
+                    self.at(place, |this| {
+                        this.lower_stmts(&b.block.stmts, dest, b.block.brace_token.span.close())
+                    });
                     self.scopes.pop();
                     self.loops.pop();
                     self.goto(exit);
                     self.enter(exit);
                 } else {
                     self.push_scope();
-                    self.lower_stmts(&b.block.stmts, dest, b.block.brace_token.span.close());
+                    self.at("block".into(), |this| {
+                        this.lower_stmts(&b.block.stmts, dest, b.block.brace_token.span.close())
+                    });
                     self.pop_scope();
                 }
             }
@@ -664,6 +712,10 @@ impl Lowerer<'_> {
     }
 
     fn lower_if(&mut self, i: &syn::ExprIf, dest: Dest) {
+        // The condition is part of the place: `if c {A} else {B}` and
+        // `if !c {B} else {A}` put A's suspension points in different
+        // branches of different conditions.
+        let cond = code(&i.cond);
         let then_ = self.new_block();
         let else_ = self.new_block();
         let join = self.new_block();
@@ -672,11 +724,14 @@ impl Lowerer<'_> {
         self.enter(then_);
         self.push_scope();
         let close = i.then_branch.brace_token.span.close();
-        self.lower_stmts(&i.then_branch.stmts, dest.clone(), close);
+        self.at(format!("if {cond} then"), |this| {
+            this.lower_stmts(&i.then_branch.stmts, dest.clone(), close)
+        });
         self.scopes.pop();
         self.goto(join);
         self.scopes.pop();
         self.enter(else_);
+        self.place.push(format!("if {cond} else"));
         match i.else_branch.as_ref().map(|(_, e)| &**e) {
             None => {
                 if !matches!(dest, Dest::Discard) {
@@ -691,6 +746,7 @@ impl Lowerer<'_> {
             }
             Some(other) => self.lower_tail(other, dest),
         }
+        self.place.pop();
         self.goto(join);
         self.enter(join);
     }
@@ -734,13 +790,19 @@ impl Lowerer<'_> {
                 binds,
                 target,
             });
-            bodies.push((target, scope, (*arm.body).clone()));
+            let place = match &arm.guard {
+                Some((_, g)) => format!("arm {} if {}", code(&arm.pat), code(g)),
+                None => format!("arm {}", code(&arm.pat)),
+            };
+            bodies.push((target, scope, (*arm.body).clone(), place));
         }
         self.terminate(Term::Match { scrut, arms }, refs);
-        for (target, scope, body) in bodies {
+        let scrut_text = code(&m.expr);
+        for (target, scope, body, place) in bodies {
             self.scopes.push(scope);
             self.enter(target);
-            self.lower_tail(&body, dest.clone());
+            let place = format!("match {scrut_text} {place}");
+            self.at(place, |this| this.lower_tail(&body, dest.clone()));
             self.scopes.pop();
             self.goto(join);
         }
@@ -845,11 +907,19 @@ impl Lowerer<'_> {
         self.scopes.push(scope);
         self.enter(body);
         self.push_scope();
-        self.lower_stmts(
-            &f.body.stmts,
-            Dest::Discard,
-            f.body.brace_token.span.close(),
+        let place = format!(
+            "{}for {} in {}",
+            label_text(f.label.as_ref()),
+            code(&f.pat),
+            code(&f.expr)
         );
+        self.at(place, |this| {
+            this.lower_stmts(
+                &f.body.stmts,
+                Dest::Discard,
+                f.body.brace_token.span.close(),
+            )
+        });
         self.scopes.pop();
         self.goto(head);
         self.scopes.pop();
@@ -1070,7 +1140,12 @@ impl Lowerer<'_> {
         let resume = self.new_block();
         let site = self.cfg.sites.len();
         let span = a.await_token.span;
+        let at = self.place.join(" / ");
+        let n = self.awaits_at.entry(at.clone()).or_insert(0);
+        let place = format!("{at} / await {n}");
+        *n += 1;
         self.cfg.sites.push(Site {
+            place,
             op,
             resume,
             name_hint: None,
@@ -1084,6 +1159,16 @@ impl Lowerer<'_> {
         self.enter(resume);
         take_expr(&await_slot(site))
     }
+}
+
+/// Code as compact text, for places: tokens only, so comments, whitespace
+/// and line numbers never show.
+fn code(node: &impl ToTokens) -> String {
+    crate::pretty::pretty_tokens(&node.to_token_stream())
+}
+
+fn label_text(label: Option<&syn::Label>) -> String {
+    label.map_or_else(String::new, |l| format!("'{}: ", l.name.ident))
 }
 
 fn dedup(mut v: Vec<BindingId>) -> Vec<BindingId> {

@@ -15,11 +15,21 @@ pub struct FlowArgs {
     /// `version = N`: sent with session initiations so a responder can
     /// refuse a protocol it does not speak. Default 1.
     pub version: u32,
+    /// `name = "..."`: pins `Flow::NAME` (default: module path and fn
+    /// name), so that moving or renaming the fn keeps its checkpoints and
+    /// session initiations, and two builds of one flow can share a name.
+    pub name: Option<syn::LitStr>,
 }
 
-/// Parses `#[flow]` / `#[flow(version = N)]`.
+/// The arguments `#[flow(..)]` takes, for error messages.
+const ARGS_HELP: &str = "the arguments are `version = N` and `name = \"..\"`, e.g. `#[flow(version = 2, name = \"trade.buyer\")]`";
+
+/// Parses `#[flow]` / `#[flow(version = N, name = "..")]`.
 pub fn parse_args(attr: TokenStream, errors: &mut Errors) -> FlowArgs {
-    let mut args = FlowArgs { version: 1 };
+    let mut args = FlowArgs {
+        version: 1,
+        name: None,
+    };
     if attr.is_empty() {
         return args;
     }
@@ -28,7 +38,7 @@ pub fn parse_args(attr: TokenStream, errors: &mut Errors) -> FlowArgs {
         Err(e) => {
             errors.error(
                 e.span(),
-                format!("cannot parse the `#[flow(..)]` arguments ({e}): the only argument is `version = N`, e.g. `#[flow(version = 2)]`"),
+                format!("cannot parse the `#[flow(..)]` arguments ({e}): {ARGS_HELP}"),
             );
             return args;
         }
@@ -58,10 +68,22 @@ pub fn parse_args(attr: TokenStream, errors: &mut Errors) -> FlowArgs {
                     ),
                 }
             }
-            _ => errors.error_at(
-                &meta,
-                "unknown `#[flow]` argument: the only argument is `version = N`, e.g. `#[flow(version = 2)]`",
-            ),
+            syn::Meta::NameValue(nv) if nv.path.is_ident("name") => {
+                if args.name.is_some() {
+                    errors.error_at(&meta, "`name` is given twice: keep one");
+                }
+                match &nv.value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) if !s.value().trim().is_empty() => args.name = Some(s.clone()),
+                    other => errors.error_at(
+                        other,
+                        "the flow name must be a non-empty string literal, e.g. `#[flow(name = \"trade.buyer\")]`",
+                    ),
+                }
+            }
+            _ => errors.error_at(&meta, format!("unknown `#[flow]` argument: {ARGS_HELP}")),
         }
     }
     args

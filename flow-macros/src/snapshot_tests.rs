@@ -158,3 +158,36 @@ fn malformed_inputs_give_errors_not_panics() {
     );
     assert!(out.to_string().contains("compile_error"));
 }
+
+/// `docs/macro.md` shows `ping`'s fingerprint text and value: both must be
+/// what the committed expansion holds.
+#[test]
+fn the_book_shows_the_generated_fingerprint() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let snap = std::fs::read_to_string(root.join("snapshots/ping.rs.snap")).expect("snapshot");
+    let book = std::fs::read_to_string(root.join("../docs/macro.md")).expect("docs/macro.md");
+    let value = snap
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("const FINGERPRINT: u64 = "))
+        .and_then(|v| v.strip_suffix("u64;"))
+        .expect("the snapshot has a FINGERPRINT");
+    assert!(
+        book.contains(&format!("const FINGERPRINT: u64 = {value};")),
+        "docs/macro.md must show FINGERPRINT = {value}"
+    );
+    assert!(
+        book.contains(&format!("its hash is `{value}`")),
+        "docs/macro.md must say its hash is {value}"
+    );
+    let start = snap.find("flow-fingerprint").expect("fingerprint text");
+    let text: Vec<&str> = snap[start..]
+        .lines()
+        .take_while(|l| !l.contains("```"))
+        .map(str::trim)
+        .collect();
+    assert!(
+        book.contains(&text.join("\n")),
+        "docs/macro.md must show the fingerprint text:\n{}",
+        text.join("\n")
+    );
+}

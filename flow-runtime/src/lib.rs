@@ -43,6 +43,7 @@ extern crate self as flow_runtime;
 mod context;
 mod error;
 mod fast_hash;
+pub mod fingerprint;
 mod flow;
 mod handle;
 mod party;

@@ -1,7 +1,7 @@
 //! The per-node flow registry: how a node that stores flows as bytes finds
 //! the code to run them.
 //!
-//! Checkpoints hold a flow's `NAME`, `FINGERPRINT`, `VERSION` and its state
+//! Checkpoints hold a flow's `NAME`, `fingerprint()`, `VERSION` and its state
 //! in MessagePack. The registry maps each `NAME` to a [`FlowType`] (a small
 //! vtable built from the concrete `F: Flow`) that decodes the state, runs one
 //! step with [`run_step`] and encodes the result. Responders are registered
@@ -33,7 +33,8 @@ pub trait FlowType: Send + Sync {
     fn name(&self) -> &'static str;
     /// `Flow::VERSION`.
     fn version(&self) -> u32;
-    /// `Flow::FINGERPRINT`.
+    /// `Flow::fingerprint()`: the full fingerprint, stored with every
+    /// checkpoint and checked before one is resumed.
     fn fingerprint(&self) -> u64;
     /// Decodes `state`, runs one step with `event`, encodes the outcome.
     /// `Err` if `state` does not decode (the checkpoint is then sent to the
@@ -49,7 +50,21 @@ pub trait FlowType: Send + Sync {
     fn state_name(&self, state: &[u8]) -> Option<&'static str>;
 }
 
-struct Typed<F>(std::marker::PhantomData<fn() -> F>);
+/// The vtable of `F`, with its full fingerprint computed once, at
+/// registration.
+struct Typed<F> {
+    fingerprint: u64,
+    flow: std::marker::PhantomData<fn() -> F>,
+}
+
+impl<F: Flow> Typed<F> {
+    fn new() -> Self {
+        Typed {
+            fingerprint: F::fingerprint(),
+            flow: std::marker::PhantomData,
+        }
+    }
+}
 
 /// Encodes a flow's state into a buffer sized for the previous state (a
 /// state usually keeps its size from step to step), so encoding does not
@@ -71,7 +86,7 @@ impl<F: Flow> FlowType for Typed<F> {
         F::VERSION
     }
     fn fingerprint(&self) -> u64 {
-        F::FINGERPRINT
+        self.fingerprint
     }
     fn step(
         &self,
@@ -124,7 +139,7 @@ impl NewFlow {
             FlowError::internal(format!("cannot serialize the flow `{}`: {e}", F::NAME))
         })?;
         Ok(Self {
-            flow_type: Arc::new(Typed::<F>(std::marker::PhantomData)),
+            flow_type: Arc::new(Typed::<F>::new()),
             state,
         })
     }
@@ -165,8 +180,7 @@ impl Registry {
     /// Makes `F` runnable from checkpoints (replacing any other type
     /// registered under the same `NAME`).
     pub fn register_flow<F: Flow>(&mut self) {
-        self.flows
-            .insert(F::NAME, Arc::new(Typed::<F>(std::marker::PhantomData)));
+        self.flows.insert(F::NAME, Arc::new(Typed::<F>::new()));
     }
 
     /// Registers `responder` to answer sessions opened by the flow `I`; the

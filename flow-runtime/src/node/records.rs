@@ -106,7 +106,7 @@ pub fn parse_run_key(k: &[u8]) -> Option<u64> {
 pub struct CheckpointRecord {
     /// `Flow::NAME`.
     pub flow: String,
-    /// `Flow::FINGERPRINT` of the code that wrote the state.
+    /// `Flow::fingerprint()` of the code that wrote the state.
     pub fingerprint: u64,
     /// `Flow::VERSION` of that code.
     pub version: u32,
