@@ -186,7 +186,7 @@ mod cosmetic_code {
     #[flow(name = "fingerprint.branches")]
     pub async fn f(ctx: &mut FlowContext, peer: Party, flag: bool) -> Result<u32, FlowError> {
         let s = ctx.initiate_flow(&peer);
-        let greeting = 1u32 + u32::from(flag) * 0;
+        let greeting = u32::from(flag) | 1;
         s.send(&greeting)?;
         if flag {
             let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
@@ -294,7 +294,7 @@ fn upgrade<V1: Flow, Next: Flow>(
     let mut net = MockNetwork::new(12);
     let alice = net.create_node("Alice");
     let bob = net.create_node("Bob");
-    net.register_responder::<V1, _>(bob, |s| replier(s));
+    net.register_responder::<V1, _>(bob, replier);
     let handle = net.start_flow(alice, start(net.party(bob)));
     while net.stats().timer_jumps == 0 && net.step() {}
     assert!(net.result(&handle).is_none(), "v1 is waiting on Bob");
