@@ -1,14 +1,19 @@
 //! [`FlowContext`]: what a flow reaches the node through, and the per-step
-//! effects buffer that sends and session openings are recorded in.
+//! effects buffer everything a step does is recorded in.
 //!
 //! A step runs synchronously on one thread. While it runs, the runtime
 //! installs a [`StepEffects`] buffer in a thread-local slot (see
-//! [`run_step`]); `FlowSession::send` and `FlowContext::initiate_flow`
-//! append to it, and the runtime takes it back when the step ends and
-//! commits it with the checkpoint. That is why a `FlowSession` can be a bare
-//! id and still send.
+//! [`run_step`]); `FlowSession::send`, `FlowContext::initiate_flow`,
+//! `FlowContext::start_flow`, sleeps and progress append to it, and the
+//! runtime takes it back when the step ends and commits it with the
+//! checkpoint. That is why a `FlowSession` can be a bare id and still send.
+//! It is the one channel for a step's effects: the node's writes to service
+//! tables go through [`FlowContext::step_writes`], which the runtime owns
+//! (it is not in [`FlowContext::services`], so no flow can remove it and
+//! make its step non-atomic).
 
-use crate::{Flow, FlowError, FlowSession, Party, SessionId, Step};
+use crate::registry::NewFlow;
+use crate::{Flow, FlowError, FlowErrorKind, FlowSession, Party, SessionId, Step, StepWrites};
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -78,6 +83,9 @@ pub struct StepEffects {
     /// The progress path: one step label per nesting level (top-level flow
     /// first). Loaded from the checkpoint before the step, saved after it.
     pub progress: Vec<String>,
+    /// Flows started with [`FlowContext::start_flow`], created when the step
+    /// commits.
+    pub started: Vec<NewFlow>,
 }
 
 thread_local! {
@@ -169,6 +177,11 @@ pub struct FlowContext {
     now: Timestamp,
     ids: Box<dyn IdSource>,
     services: crate::services::Services,
+    /// The node's service tables for this step (absent outside a node,
+    /// e.g. under `FlowDriver`). Owned by the runtime, set when it opens.
+    writes: Option<StepWrites>,
+    /// Whether the node is draining (it then starts no new flows).
+    draining: bool,
 }
 
 impl FlowContext {
@@ -179,7 +192,29 @@ impl FlowContext {
             now,
             ids,
             services: crate::services::Services::default(),
+            writes: None,
+            draining: false,
         }
+    }
+
+    /// Gives the context the node's service tables (when the node opens).
+    pub(crate) fn install_step_writes(&mut self, writes: StepWrites) {
+        self.writes = Some(writes);
+    }
+
+    /// The node's service tables, for the node itself between steps.
+    pub(crate) fn node_writes(&mut self) -> Option<&mut StepWrites> {
+        self.writes.as_mut()
+    }
+
+    /// The node's service tables, read-only.
+    pub(crate) fn node_writes_ref(&self) -> Option<&StepWrites> {
+        self.writes.as_ref()
+    }
+
+    /// Tells the steps that follow whether the node is draining.
+    pub(crate) fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// The identity of the node running this flow.
@@ -197,9 +232,41 @@ impl FlowContext {
         self.now = now;
     }
 
-    /// The node's services, for the runtime and for flows that need one.
+    /// The node's services (a vault, a key manager...), installed by the
+    /// node's code. The step's own machinery is not among them: see
+    /// [`step_writes`](Self::step_writes) and [`start_flow`](Self::start_flow).
     pub fn services(&mut self) -> &mut crate::services::Services {
         &mut self.services
+    }
+
+    /// The node's key/value service tables, whose writes commit in the same
+    /// transaction as this step (see [`StepWrites`]). `None` when the flow
+    /// does not run on a node (e.g. driven by hand with `FlowDriver`).
+    pub fn step_writes(&mut self) -> Option<&mut StepWrites> {
+        self.writes.as_mut()
+    }
+
+    /// Starts `flow` on this node as a new top-level flow, created in the
+    /// same commit as this step (and not at all if the step fails). Refused
+    /// while the node is draining, like flows started from outside, and
+    /// outside a step (start those with the node's `start_flow`).
+    pub fn start_flow<F: Flow>(&mut self, flow: F) -> Result<(), FlowError> {
+        if self.draining {
+            return Err(FlowError::with_kind(
+                FlowErrorKind::Refused,
+                format!(
+                    "cannot start `{}`: the node is draining (it takes no new flows until an operator stops draining)",
+                    F::NAME
+                ),
+            ));
+        }
+        let new = NewFlow::new(&flow)?;
+        with_effects(|effects| effects.started.push(new)).map_err(|_| {
+            FlowError::internal(format!(
+                "cannot start `{}`: flows are started from a flow only inside a step (they commit with it); from outside a step, start it with the node's start_flow",
+                F::NAME
+            ))
+        })
     }
 
     /// Opens a session to `party`. The counterparty's node starts the
@@ -279,4 +346,51 @@ pub struct Sleep {
 #[derive(Debug)]
 pub struct SubFlow<F> {
     pub(crate) flow: F,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_flow_works_only_inside_a_step_and_not_while_draining() {
+        let peer = Party::new("Bob", crate::PublicKey([2; 32]));
+        let flow = || crate::testing::HandwrittenPing::new(peer.clone(), 1);
+        let mut ctx = FlowContext::new(peer.clone(), Timestamp(0), Box::new(SeededIds::new(1)));
+        let outside = ctx.start_flow(flow()).expect_err("no step to commit with");
+        assert!(
+            outside.message().contains("only inside a step"),
+            "{outside}"
+        );
+        // A step is running on this thread (as `run_step` installs it).
+        CURRENT.with(|slot| *slot.borrow_mut() = Some(StepEffects::default()));
+        ctx.set_draining(true);
+        let draining = ctx.start_flow(flow()).expect_err("draining");
+        assert_eq!(draining.kind(), FlowErrorKind::Refused);
+        ctx.set_draining(false);
+        ctx.start_flow(flow()).expect("inside a step");
+        let effects = CURRENT.with(|slot| slot.borrow_mut().take());
+        assert_eq!(effects.expect("installed").started.len(), 1);
+        assert!(ctx.start_flow(flow()).is_err(), "the step is over");
+    }
+
+    #[test]
+    fn the_step_machinery_is_not_among_the_services() {
+        let me = Party::new("Alice", crate::PublicKey([1; 32]));
+        let mut ctx = FlowContext::new(me, Timestamp(0), Box::new(SeededIds::new(1)));
+        assert!(
+            ctx.step_writes().is_none(),
+            "outside a node: no node storage"
+        );
+        let store = std::sync::Arc::new(
+            crate::store::RedbStore::open_in_memory(
+                &crate::store::SharedMemory::new(),
+                crate::store::RedbOptions::default(),
+            )
+            .expect("memory store"),
+        );
+        ctx.install_step_writes(StepWrites::new(store));
+        assert!(ctx.step_writes().is_some());
+        assert!(ctx.services().get::<StepWrites>().is_none());
+    }
 }

@@ -75,7 +75,7 @@ pub use error::{FlowError, FlowErrorKind};
 pub use flow::{Event, Flow, Step};
 pub use flow_macros::flow;
 pub use handle::FlowHandle;
-pub use node::{NodeConfig, NodeCore, RunId};
+pub use node::{NodeConfig, NodeCore, RunId, StepWrites};
 pub use party::{Party, PublicKey};
 pub use progress::{ProgressStream, ProgressTracker};
 pub use session::{FlowSession, OutgoingMessage, Payload, Receive, SessionId};

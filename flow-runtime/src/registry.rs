@@ -132,6 +132,15 @@ pub struct NewFlow {
     pub state: Vec<u8>,
 }
 
+impl std::fmt::Debug for NewFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewFlow")
+            .field("flow", &self.flow_type.name())
+            .field("state_bytes", &self.state.len())
+            .finish()
+    }
+}
+
 impl NewFlow {
     /// Encodes `flow` for starting.
     pub fn new<F: Flow>(flow: &F) -> Result<Self, FlowError> {

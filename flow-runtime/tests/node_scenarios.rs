@@ -5,7 +5,6 @@
 
 mod mock_support;
 
-use flow_runtime::node::StepWrites;
 use flow_runtime::prelude::*;
 use flow_runtime::testing::{Faults, MockNetwork, NodeId};
 use flow_runtime::{Event, Step};
@@ -522,11 +521,7 @@ fn service_writes_commit_with_the_step_and_vanish_with_a_failed_one() {
     assert_eq!(net.result(&ok), Some(Ok(0)));
     assert!(matches!(net.result(&bad), Some(Err(_))));
     net.restart_node(a);
-    let w = net
-        .node_core(a)
-        .services()
-        .get::<StepWrites>()
-        .expect("installed");
+    let w = net.node_core(a).service_tables().expect("installed");
     assert_eq!(w.get("test", b"k1").unwrap(), Some(b"v1".to_vec()));
     assert_eq!(w.get("test", b"k2").unwrap(), None);
 }

@@ -24,7 +24,6 @@ use finance_flows::flows::notarise::{notarise, notary_service};
 use finance_flows::flows::trade::{buy, sell};
 use finance_flows::ledger::{Amount, AssetKind, Currency, SignedTransaction, StateRef};
 use finance_flows::store::codec_metrics;
-use flow_runtime::node::FlowStarter;
 use flow_runtime::prelude::*;
 use flow_runtime::store::RedbOptions;
 use flow_runtime::testing::cluster::{CheckpointSize, Cluster, raw_commits_per_s};
@@ -62,12 +61,8 @@ async fn launch_sales(
     price: Amount,
     notary: Notary,
 ) -> Result<u32, FlowError> {
-    let starter = ctx
-        .services()
-        .get_mut::<FlowStarter>()
-        .ok_or_else(|| FlowError::internal("this node cannot start flows from a flow"))?;
     for p in &papers {
-        starter.start(sell(buyer.clone(), *p, price, notary.clone()))?;
+        ctx.start_flow(sell(buyer.clone(), *p, price, notary.clone()))?;
     }
     Ok(u32::try_from(papers.len()).unwrap_or(u32::MAX))
 }

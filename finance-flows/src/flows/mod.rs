@@ -27,28 +27,26 @@ pub mod signatures;
 pub mod trade;
 
 use crate::store::{MemStore, Store};
-use flow_runtime::node::StepWrites;
-use flow_runtime::{FlowContext, FlowError, Party};
+use flow_runtime::{FlowContext, FlowError, Party, StepWrites};
 use serde::{Deserialize, Serialize};
 
 /// The node's finance storage for this step: the runtime's `StepWrites`
-/// (writes commit with the step), or else a [`MemStore`] service (for
-/// driving a flow by hand in a test, e.g. with `FlowDriver`). Fails rather
-/// than panics on a context with neither.
+/// (`ctx.step_writes()`: writes commit with the step), or else a
+/// [`MemStore`] service (for driving a flow by hand in a test, e.g. with
+/// `FlowDriver`). Fails rather than panics on a context with neither.
 pub fn store(ctx: &mut FlowContext) -> Result<&mut dyn Store, FlowError> {
-    let services = ctx.services();
     let missing = || {
         FlowError::internal(
-            "this node has no StepWrites service: finance flows must run on a flow_runtime node or MockNetwork",
+            "no node storage: finance flows must run on a flow_runtime node or MockNetwork (or be given a MemStore service)",
         )
     };
-    if services.get::<StepWrites>().is_some() {
-        return services
-            .get_mut::<StepWrites>()
+    if ctx.step_writes().is_some() {
+        return ctx
+            .step_writes()
             .map(|db| db as &mut dyn Store)
             .ok_or_else(missing);
     }
-    services
+    ctx.services()
         .get_mut::<MemStore>()
         .map(|db| db as &mut dyn Store)
         .ok_or_else(missing)

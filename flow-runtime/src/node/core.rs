@@ -19,7 +19,7 @@ use super::batch::Batch;
 use super::dump::OperatorView;
 use super::hot::HotCheckpoints;
 use super::records::*;
-use super::step_services::{FlowStarter, StepWrites};
+use super::step_services::StepWrites;
 use super::{NodeConfig, NodeError, Output, RunId};
 use crate::registry::Registry;
 use crate::store::{Store, Table};
@@ -111,8 +111,7 @@ impl NodeCore {
         }
         let config_cache = config.checkpoint_cache_bytes;
         let mut ctx = FlowContext::new(identity.clone(), now, session_ids);
-        ctx.services().insert(StepWrites::new(store.clone()));
-        ctx.services().insert(FlowStarter::default());
+        ctx.install_step_writes(StepWrites::new(store.clone()));
         Ok(Self {
             identity,
             store,
@@ -145,6 +144,13 @@ impl NodeCore {
     /// The registry, to add flows and responders.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+
+    /// The node's service tables as a step would see them (committed data
+    /// plus this batch's writes): for tools and tests that read what flows
+    /// wrote.
+    pub fn service_tables(&self) -> Option<&StepWrites> {
+        self.ctx.node_writes_ref()
     }
 
     /// The node's services (inserted into every step's `ctx.services()`).
@@ -288,7 +294,7 @@ impl NodeCore {
             }
             Err(e) => {
                 tracing::error!("batch not committed, nothing of it happened: {e}");
-                if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
+                if let Some(w) = self.ctx.node_writes() {
                     w.discard_step();
                     let mut sink = crate::store::WriteBatch::default();
                     w.drain_into(&mut sink);
@@ -311,7 +317,7 @@ impl NodeCore {
                 w.delete(Table::RUNNABLE, run_key(run));
             }
         }
-        if let Some(writes) = self.ctx.services().get_mut::<StepWrites>() {
+        if let Some(writes) = self.ctx.node_writes() {
             writes.drain_into(&mut w);
         }
         if w.is_empty() {

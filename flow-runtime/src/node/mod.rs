@@ -18,7 +18,7 @@ mod step_services;
 pub use self::core::NodeCore;
 pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump};
 pub use records::{CheckpointSummary, STORE_FORMAT};
-pub use step_services::{FlowStarter, StepWrites};
+pub use step_services::StepWrites;
 
 use crate::{FlowError, PublicKey};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,6 @@
 use super::batch::{Batch, Loaded};
 use super::core::{NodeCore, encode, store_err};
 use super::records::*;
-use super::step_services::{FlowStarter, StepWrites};
 use super::{NodeError, RunId};
 use crate::protocol::{Body, WireMessage};
 use crate::registry::{ErasedStep, FlowType, NewFlow};
@@ -224,10 +223,7 @@ impl NodeCore {
     ) -> Result<(), NodeError> {
         b.steps += 1;
         self.ctx.set_now(self.now);
-        let draining = self.draining;
-        if let Some(starter) = self.ctx.services().get_mut::<FlowStarter>() {
-            starter.begin_step(draining);
-        }
+        self.ctx.set_draining(self.draining);
         let effects = StepEffects {
             progress: rec.progress.clone(),
             ..StepEffects::default()
@@ -236,12 +232,6 @@ impl NodeCore {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             flow_type.step(&rec.state, ctx, wake.event, effects)
         }));
-        let requests = self
-            .ctx
-            .services()
-            .get_mut::<FlowStarter>()
-            .map(FlowStarter::end_step)
-            .unwrap_or_default();
         let (erased, effects) = match outcome {
             Err(panic) => {
                 self.discard_step_writes();
@@ -293,7 +283,7 @@ impl NodeCore {
             self.end_run(b, run, &rec, Err(e), None);
             return Ok(());
         }
-        if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
+        if let Some(w) = self.ctx.node_writes() {
             w.keep_step();
         }
         if in_hospital {
@@ -363,7 +353,7 @@ impl NodeCore {
             b.put_session(key, s);
             self.send_sequenced(b, key, seq, &to, &msg);
         }
-        for f in requests {
+        for f in effects.started {
             let new_run = self.fresh_run_id()?;
             self.registry.insert_type(f.flow_type.clone());
             self.create_run(b, new_run, f, Vec::new(), false, None);
@@ -413,7 +403,7 @@ impl NodeCore {
     }
 
     pub(super) fn discard_step_writes(&mut self) {
-        if let Some(w) = self.ctx.services().get_mut::<StepWrites>() {
+        if let Some(w) = self.ctx.node_writes() {
             w.discard_step();
         }
     }

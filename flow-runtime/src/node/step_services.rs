@@ -1,10 +1,9 @@
-//! Services the node puts into every step's `ctx.services()`:
-//! [`StepWrites`] (service tables committed atomically with the step) and
-//! [`FlowStarter`] (starting flows from inside the node).
+//! [`StepWrites`]: the node's service tables, whose writes commit
+//! atomically with the step that made them. The runtime owns it and lends
+//! it to each step through [`FlowContext::step_writes`](crate::FlowContext::step_writes).
 
-use crate::registry::NewFlow;
 use crate::store::{Entries, Store, Table, WriteBatch};
-use crate::{Flow, FlowError, FlowErrorKind};
+use crate::{FlowError, FlowErrorKind};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -24,8 +23,7 @@ type Overlay = BTreeMap<Table, TableOverlay>;
 /// if it commits, they are durable together with its checkpoint and
 /// messages.
 ///
-/// Reach it in a flow step with
-/// `ctx.services().get_mut::<StepWrites>()`. Reads see, in order: this
+/// Reach it in a flow step with `ctx.step_writes()`. Reads see, in order: this
 /// step's own writes, the writes of earlier steps in the same group commit,
 /// then committed data. Tables are named by the service (`"vault"`); they are
 /// stored as `svc/<name>` so they cannot clash with the node's tables.
@@ -196,55 +194,6 @@ fn walk<'a>(
         .flat_map(move |m| m.range::<[u8], _>(bounds))
 }
 
-/// Starts flows from inside the node: a service or flow step calls
-/// `ctx.services().get_mut::<FlowStarter>().start(flow)`. The new flow is
-/// created in the same commit as the step (and not at all if the step
-/// fails). Refused while the node is draining, like flows started from
-/// outside, and outside a step (there is no step to commit with: start
-/// flows from outside with `NodeCore::start` or the node's `start_flow`).
-#[derive(Default)]
-pub struct FlowStarter {
-    draining: bool,
-    in_step: bool,
-    requests: Vec<NewFlow>,
-}
-
-impl FlowStarter {
-    /// Queues `flow` to start when the current step commits.
-    pub fn start<F: Flow>(&mut self, flow: F) -> Result<(), FlowError> {
-        if !self.in_step {
-            return Err(FlowError::internal(format!(
-                "cannot start `{}`: FlowStarter starts flows only from inside a flow step (they commit with it); from outside a step, start it with NodeCore::start or the node's start_flow",
-                F::NAME
-            )));
-        }
-        if self.draining {
-            return Err(FlowError::with_kind(
-                FlowErrorKind::Refused,
-                format!(
-                    "cannot start `{}`: the node is draining (it takes no new flows until an operator stops draining)",
-                    F::NAME
-                ),
-            ));
-        }
-        self.requests.push(NewFlow::new(&flow)?);
-        Ok(())
-    }
-
-    /// A step begins (on a node that is `draining` or not).
-    pub(crate) fn begin_step(&mut self, draining: bool) {
-        self.draining = draining;
-        self.in_step = true;
-        self.requests.clear();
-    }
-
-    /// The step ended: the flows it asked for.
-    pub(crate) fn end_step(&mut self) -> Vec<NewFlow> {
-        self.in_step = false;
-        std::mem::take(&mut self.requests)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,22 +273,5 @@ mod tests {
                 assert_eq!(w.get("t", &[k]).expect("get"), model.get(&vec![k]).cloned());
             }
         }
-    }
-
-    #[test]
-    fn flow_starter_works_only_inside_a_step_and_not_while_draining() {
-        let peer = crate::Party::new("Bob", crate::PublicKey([2; 32]));
-        let flow = || crate::testing::HandwrittenPing::new(peer.clone(), 1);
-        let mut starter = FlowStarter::default();
-        let outside = starter.start(flow()).expect_err("no step to commit with");
-        assert!(outside.message().contains("only from inside a flow step"));
-        starter.begin_step(true);
-        let draining = starter.start(flow()).expect_err("draining");
-        assert_eq!(draining.kind(), FlowErrorKind::Refused);
-        starter.begin_step(false);
-        starter.start(flow()).expect("inside a step");
-        assert_eq!(starter.end_step().len(), 1);
-        assert!(starter.start(flow()).is_err(), "the step is over");
-        assert!(starter.end_step().is_empty());
     }
 }

@@ -84,6 +84,10 @@ pub struct StepReport {
     pub opened: Vec<OpenedSession>,
     /// Messages the step queued, in order.
     pub sends: Vec<OutgoingMessage>,
+    /// `Flow::NAME` of each flow the step started with
+    /// `ctx.start_flow` (a node would create them when the step commits;
+    /// the driver only reports them).
+    pub started: Vec<String>,
     /// What the flow waits on now; `None` if it finished (or, a bug in the
     /// flow's code, suspended without registering a wait).
     pub wait: Option<Wait>,
@@ -333,6 +337,11 @@ impl<F: Flow> FlowDriver<F> {
         let mut report = StepReport {
             opened: effects.opened,
             sends: effects.sends,
+            started: effects
+                .started
+                .iter()
+                .map(|f| f.flow_type.name().to_owned())
+                .collect(),
             wait: None,
             checkpoint_bytes: None,
             finished: false,

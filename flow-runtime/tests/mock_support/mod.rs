@@ -315,18 +315,13 @@ impl<const K: u8> Flow for Script<K> {
                     }
                 }
                 Op::StartFlow => {
-                    let started = match ctx.services().get_mut::<flow_runtime::node::FlowStarter>()
-                    {
-                        Some(s) => s.start(script::<3>(vec![])),
-                        None => Err(FlowError::internal("no FlowStarter")),
-                    };
-                    if let Err(e) = started {
+                    if let Err(e) = ctx.start_flow(script::<3>(vec![])) {
                         return Step::Done(Err(e));
                     }
                 }
                 Op::Panic(m) => panic!("{m}"),
                 Op::Write(k, v) => {
-                    if let Some(w) = ctx.services().get_mut::<flow_runtime::node::StepWrites>() {
+                    if let Some(w) = ctx.step_writes() {
                         w.put("test", k.as_bytes(), v.as_bytes());
                     }
                 }
