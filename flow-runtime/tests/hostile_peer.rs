@@ -2,11 +2,21 @@
 //! one attack, and shows the node refusing it with a clear error rather
 //! than crashing, exhausting memory, or changing its data.
 
+mod tcp_common;
+
+use bytes::BytesMut;
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder, RunnerError};
+use flow_runtime::tcp::{TcpConfig, codec};
 use flow_runtime::testing::ping_pong::{ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
+use tcp_common::{Logs, Net, recv};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::codec::Decoder;
 
 fn party(name: &str, byte: u8) -> Party {
     Party::new(name, PublicKey([byte; 32]))
@@ -76,4 +86,138 @@ async fn a_damaged_database_is_an_error_not_a_panic() {
         refused > 0,
         "no damaged page was reached: the test proves nothing"
     );
+}
+
+/// A TCP connection to `to` from the loopback address `127.0.0.<host>`:
+/// Linux routes all of 127/8 to loopback, so a test can play many remote
+/// addresses.
+async fn connect_from(host: u8, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)),
+            0,
+        ))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the node closed `stream` within `wait` (reads end of file or
+/// a reset); `false` if it is still open, waiting for the handshake.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+        Ok(Ok(0) | Err(_)) => true,
+        Ok(Ok(_)) => panic!("the node sent bytes to a client that sent none"),
+        Err(_) => false,
+    }
+}
+
+/// Many strangers open connections and never finish the handshake. Past
+/// the per-address cap and the global cap, connections are closed at
+/// once (nothing is read from them, no buffer is allocated), with a WARN
+/// line naming the cap; a real peer still connects and delivers while the
+/// strangers hold every slot.
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_globally_and_per_address() {
+    let (logs, _guard) = Logs::capture();
+    let mut net = Net::new(2).await;
+    let config = TcpConfig {
+        max_handshakes: 4,
+        max_handshakes_per_address: 2,
+        // Long enough that no held slot expires during the test.
+        handshake_timeout: Duration::from_secs(30),
+        ..tcp_common::test_config()
+    };
+    let (_alice, mut alice_in) = net.start_with(0, config);
+    let (bob, _bob_in) = net.start(1);
+    let alice_addr = net.addrs[0];
+
+    // One address: two handshakes held, the third refused at once.
+    let mut held = vec![
+        connect_from(2, alice_addr).await,
+        connect_from(2, alice_addr).await,
+    ];
+    let mut third = connect_from(2, alice_addr).await;
+    assert!(
+        closed_within(&mut third, Duration::from_secs(5)).await,
+        "a third handshake from one address was accepted"
+    );
+    let line = logs
+        .wait_for_warning(&["refused inbound connections", "max_handshakes_per_address"])
+        .await;
+    assert!(line.contains("127.0.0.2"), "{line}");
+
+    // Another address fills the global cap; a third stranger address is
+    // refused although it has no handshake of its own in progress.
+    held.push(connect_from(3, alice_addr).await);
+    held.push(connect_from(3, alice_addr).await);
+    let mut stranger = connect_from(4, alice_addr).await;
+    assert!(
+        closed_within(&mut stranger, Duration::from_secs(5)).await,
+        "a handshake beyond the global cap was accepted"
+    );
+    // The held ones are still open (they have a slot until the deadline).
+    for stream in &mut held {
+        assert!(!closed_within(stream, Duration::from_millis(50)).await);
+    }
+
+    // Bob connects from 127.0.0.1, the host of the network map's parties:
+    // the strangers' cap does not apply to him.
+    bob.send(&net.key(0), b"still here".to_vec()).await.unwrap();
+    assert_eq!(
+        recv(&mut alice_in).await,
+        (net.key(1), b"still here".to_vec())
+    );
+}
+
+/// A stranger announces a 65,535-byte handshake record (the largest Noise
+/// message) and sends most of it: the node closes the connection when it
+/// reads the length, since no handshake message of this protocol is
+/// longer than 2,048 bytes, instead of buffering 64 KiB per connection.
+#[tokio::test]
+async fn a_large_handshake_record_is_refused_before_it_is_buffered() {
+    let (logs, _guard) = Logs::capture();
+    let mut net = Net::new(1).await;
+    let (_alice, _alice_in) = net.start_with(
+        0,
+        TcpConfig {
+            handshake_timeout: Duration::from_secs(30),
+            ..tcp_common::test_config()
+        },
+    );
+    let mut stream = connect_from(5, net.addrs[0]).await;
+    stream.write_all(&65_535u32.to_be_bytes()).await.unwrap();
+    // The rest may fail to write once the node has hung up.
+    let _ = stream.write_all(&[0u8; 4096]).await;
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)).await,
+        "a 65,535-byte handshake record was accepted"
+    );
+    let line = logs
+        .wait_for_warning(&["rejected inbound connection", "longer than 2048 bytes"])
+        .await;
+    assert!(line.contains("127.0.0.5"), "{line}");
+}
+
+/// An authenticated peer announces a 16 MiB frame and sends 10 bytes of
+/// it: the record decoder keeps waiting for the rest without reserving
+/// the announced size, so what a peer makes the node hold is what it
+/// actually sent.
+#[test]
+fn an_announced_frame_is_not_reserved_before_its_bytes_arrive() {
+    let mut decoder = codec(32 * 1024 * 1024);
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&(16u32 * 1024 * 1024).to_be_bytes());
+    buf.extend_from_slice(&[7u8; 10]);
+    assert!(decoder.decode(&mut buf).unwrap().is_none());
+    assert!(
+        buf.capacity() < 64 * 1024,
+        "the decoder reserved {} bytes for a frame of which 10 arrived",
+        buf.capacity()
+    );
+    // The whole frame still decodes once it has arrived.
+    buf.extend_from_slice(&vec![7u8; 16 * 1024 * 1024 - 10]);
+    let frame = decoder.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(frame.len(), 16 * 1024 * 1024);
 }

@@ -74,7 +74,7 @@ async fn garbage_bytes_are_refused() {
     let line = logs
         .wait_for_warning(&["rejected inbound connection", "handshake"])
         .await;
-    assert!(line.contains("longer than 65535 bytes"), "{line}");
+    assert!(line.contains("longer than 2048 bytes"), "{line}");
     raw.expect_closed().await;
     s.bob_reaches_alice().await;
     s.nothing_else_delivered();

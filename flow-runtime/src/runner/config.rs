@@ -11,7 +11,9 @@
 //! max_frame_bytes = 16777216
 //! peer_queue_frames = 1024
 //! connect_timeout_ms = 5000
-//! handshake_timeout_ms = 10000
+//! handshake_timeout_ms = 3000
+//! max_handshakes = 128              # unauthenticated connections at once (strangers)
+//! max_handshakes_per_address = 8    # ... and from one IP address
 //! backoff_min_ms = 50
 //! backoff_max_ms = 2000
 //!
@@ -111,6 +113,10 @@ pub struct TransportSection {
     pub connect_timeout_ms: Option<u64>,
     /// [`TcpConfig::handshake_timeout`], in milliseconds.
     pub handshake_timeout_ms: Option<u64>,
+    /// [`TcpConfig::max_handshakes`].
+    pub max_handshakes: Option<usize>,
+    /// [`TcpConfig::max_handshakes_per_address`].
+    pub max_handshakes_per_address: Option<usize>,
     /// [`TcpConfig::backoff_min`], in milliseconds.
     pub backoff_min_ms: Option<u64>,
     /// [`TcpConfig::backoff_max`], in milliseconds.
@@ -185,6 +191,12 @@ impl TransportSection {
         }
         if let Some(v) = self.handshake_timeout_ms {
             c.handshake_timeout = ms(v);
+        }
+        if let Some(v) = self.max_handshakes {
+            c.max_handshakes = v;
+        }
+        if let Some(v) = self.max_handshakes_per_address {
+            c.max_handshakes_per_address = v;
         }
         if let Some(v) = self.backoff_min_ms {
             c.backoff_min = ms(v);

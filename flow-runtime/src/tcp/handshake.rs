@@ -14,13 +14,16 @@
 //! that key; and (dialer only) it is the party we meant to reach.
 
 use super::network_map::{NetworkMap, PeerEntry};
-use super::records::{IdentityProof, NOISE_MAX_MESSAGE, NOISE_PARAMS, PROLOGUE, WireError};
+use super::records::{
+    IdentityProof, MAX_HANDSHAKE_RECORD, NOISE_PARAMS, PROLOGUE, RecordCodec, RecordTooLarge,
+    WireError,
+};
 use crate::PublicKey;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::codec::Framed;
 
 /// This node's side of every handshake: its Noise static key pair
 /// (generated fresh when the transport starts) and the proof, signed once,
@@ -81,9 +84,10 @@ pub enum HandshakeError {
     /// The peer hung up before the handshake finished.
     #[error("the peer closed the connection during the handshake")]
     Closed,
-    /// A handshake record longer than any Noise message.
+    /// A handshake record longer than any handshake message of this
+    /// protocol.
     #[error(
-        "handshake record longer than {NOISE_MAX_MESSAGE} bytes (garbage or not a flow-runtime node)"
+        "handshake record longer than {MAX_HANDSHAKE_RECORD} bytes (garbage or not a flow-runtime node)"
     )]
     RecordTooLarge,
     /// Noise refused a handshake message.
@@ -131,13 +135,11 @@ fn noise_params() -> Result<snow::params::NoiseParams, snow::Error> {
 
 /// Classifies a codec read error: oversized records are reported as such.
 pub(crate) fn is_oversized(error: &std::io::Error) -> bool {
-    error
-        .get_ref()
-        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+    RecordTooLarge::is_cause_of(error)
 }
 
 async fn read_record<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, LengthDelimitedCodec>,
+    framed: &mut Framed<S, RecordCodec>,
 ) -> Result<bytes::BytesMut, HandshakeError> {
     match framed.next().await {
         None => Err(HandshakeError::Closed),
@@ -176,7 +178,7 @@ fn check_peer(
 /// Runs the dialer's side. On success the connection is encrypted and the
 /// peer is `expected`, authenticated.
 pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, LengthDelimitedCodec>,
+    framed: &mut Framed<S, RecordCodec>,
     local: &LocalIdentity,
     map: &NetworkMap,
     expected: &PeerEntry,
@@ -186,8 +188,10 @@ pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
         .and_then(|b| b.local_private_key(&local.noise_private))
         .and_then(|b| b.build_initiator())
         .map_err(HandshakeError::Noise)?;
-    let mut buf = vec![0u8; NOISE_MAX_MESSAGE];
-    let mut payload = vec![0u8; NOISE_MAX_MESSAGE];
+    // Small buffers: nothing large is allocated for a peer that has not
+    // authenticated yet.
+    let mut buf = vec![0u8; MAX_HANDSHAKE_RECORD];
+    let mut payload = vec![0u8; MAX_HANDSHAKE_RECORD];
 
     let n = noise
         .write_message(&[], &mut buf)
@@ -216,7 +220,7 @@ pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 /// Runs the listener's side. On success the connection is encrypted and
 /// the returned entry is the authenticated peer.
 pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, LengthDelimitedCodec>,
+    framed: &mut Framed<S, RecordCodec>,
     local: &LocalIdentity,
     map: &NetworkMap,
 ) -> Result<(snow::TransportState, PeerEntry), HandshakeError> {
@@ -225,8 +229,10 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         .and_then(|b| b.local_private_key(&local.noise_private))
         .and_then(|b| b.build_responder())
         .map_err(HandshakeError::Noise)?;
-    let mut buf = vec![0u8; NOISE_MAX_MESSAGE];
-    let mut payload = vec![0u8; NOISE_MAX_MESSAGE];
+    // Small buffers: nothing large is allocated for a peer that has not
+    // authenticated yet.
+    let mut buf = vec![0u8; MAX_HANDSHAKE_RECORD];
+    let mut payload = vec![0u8; MAX_HANDSHAKE_RECORD];
 
     let msg1 = read_record(framed).await?;
     noise
@@ -248,7 +254,7 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, LengthDelimitedCodec>,
+    framed: &mut Framed<S, RecordCodec>,
     bytes: &[u8],
 ) -> Result<(), HandshakeError> {
     framed
@@ -257,10 +263,8 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(HandshakeError::Io)
 }
 
-/// The record codec: 4-byte big-endian length, at most `max_record` bytes.
-pub fn codec(max_record: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_type::<u32>()
-        .max_frame_length(max_record)
-        .new_codec()
+/// The record codec: 4-byte big-endian length, at most `max_record` bytes,
+/// buffering only what has arrived (see [`RecordCodec`]).
+pub fn codec(max_record: usize) -> RecordCodec {
+    RecordCodec::new(max_record)
 }

@@ -17,20 +17,22 @@
 
 use super::handshake::{self, HandshakeError, LocalIdentity, is_oversized};
 use super::network_map::{NetworkMap, PeerEntry};
-use super::records::{NOISE_MAX_MESSAGE, WireError, open_frame, seal_frame, sealed_len};
+use super::records::{
+    MAX_HANDSHAKE_RECORD, RecordCodec, WireError, open_frame, seal_frame, sealed_len,
+};
 use crate::PublicKey;
 use crate::transport::{Incoming, SendError, Transport, TransportEvent};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -50,9 +52,21 @@ pub struct TcpConfig {
     pub incoming_queue_len: usize,
     /// How long a TCP connect may take (default 5 s).
     pub connect_timeout: Duration,
-    /// How long the Noise handshake may take, both directions (default 10 s).
-    /// Bounds what a silent or slow client can hold.
+    /// How long the Noise handshake may take, both directions (default
+    /// 3 s; a handshake is three small messages, one and a half round
+    /// trips). Bounds how long a silent or slow client holds a handshake
+    /// slot.
     pub handshake_timeout: Duration,
+    /// Inbound handshakes in progress at once from addresses that are not
+    /// in the network map (default 128). A connection beyond it is closed
+    /// at once, before a byte is read. Handshakes from the host of a party
+    /// in the map (its address, when written as an IP address) do not
+    /// count here, so strangers filling this cap cannot lock real peers
+    /// out; they are bounded per address instead.
+    pub max_handshakes: usize,
+    /// Inbound handshakes in progress at once from one IP address
+    /// (default 8), so one address cannot take the whole global cap.
+    pub max_handshakes_per_address: usize,
     /// First reconnect delay after a failure (default 50 ms); doubles per
     /// consecutive failure, with ±25% jitter.
     pub backoff_min: Duration,
@@ -67,7 +81,9 @@ impl Default for TcpConfig {
             peer_queue_len: 1024,
             incoming_queue_len: 1024,
             connect_timeout: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            max_handshakes: 128,
+            max_handshakes_per_address: 8,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
         }
@@ -157,6 +173,7 @@ struct Inner {
     inbound: Mutex<HashMap<PublicKey, (u64, CancellationToken)>>,
     next_connection: AtomicU64,
     incoming: mpsc::Sender<(PublicKey, Vec<u8>)>,
+    handshakes: Arc<HandshakeSlots>,
     events: broadcast::Sender<LinkEvent>,
     /// The same events as the node sees them (outbound links only).
     link_events: broadcast::Sender<TransportEvent>,
@@ -206,6 +223,7 @@ impl TcpTransport {
                 source,
             })?;
         let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue_len.max(1));
+        let handshakes = Arc::new(HandshakeSlots::new(&config, &map));
         let (events, _) = broadcast::channel(256);
         let (link_events, _) = broadcast::channel(256);
         let inner = Arc::new(Inner {
@@ -218,6 +236,7 @@ impl TcpTransport {
             inbound: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             incoming,
+            handshakes,
             events,
             link_events,
             shutdown: CancellationToken::new(),
@@ -396,6 +415,126 @@ impl Transport for TcpTransport {
 
 // ---------------------------------------------------------------- inbound
 
+/// Admission control for unauthenticated connections: how many handshakes
+/// may be in progress at once, globally (for strangers) and per remote IP
+/// address. A slot is held from accept until the handshake ends, which the
+/// handshake deadline bounds; a connection that finds no free slot is
+/// closed before anything is read from it.
+struct HandshakeSlots {
+    max_strangers: usize,
+    max_per_address: usize,
+    /// IP addresses of the parties in the network map: their handshakes do
+    /// not compete with strangers for the global cap.
+    known_hosts: HashSet<IpAddr>,
+    counts: Mutex<SlotCounts>,
+    /// Refusals not yet logged (the WARN line is rate-limited: a flood
+    /// must not flood the log too).
+    refused: AtomicU64,
+    last_refusal_log: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct SlotCounts {
+    strangers: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection found no handshake slot.
+#[derive(Debug, Clone, Copy)]
+enum NoSlot {
+    PerAddress,
+    Global,
+}
+
+/// A handshake slot, given back when dropped.
+struct HandshakeSlot {
+    slots: Arc<HandshakeSlots>,
+    ip: IpAddr,
+    stranger: bool,
+}
+
+/// At most one refusal line per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl HandshakeSlots {
+    fn new(config: &TcpConfig, map: &NetworkMap) -> Self {
+        let known_hosts = map
+            .entries()
+            .iter()
+            .filter_map(|e| e.address.parse::<SocketAddr>().ok())
+            .map(|a| a.ip())
+            .collect();
+        HandshakeSlots {
+            max_strangers: config.max_handshakes,
+            max_per_address: config.max_handshakes_per_address,
+            known_hosts,
+            counts: Mutex::new(SlotCounts::default()),
+            refused: AtomicU64::new(0),
+            last_refusal_log: Mutex::new(None),
+        }
+    }
+
+    fn try_take(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeSlot, NoSlot> {
+        let stranger = !self.known_hosts.contains(&ip);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_ip = counts.per_address.get(&ip).copied().unwrap_or(0);
+        if from_ip >= self.max_per_address {
+            return Err(NoSlot::PerAddress);
+        }
+        if stranger && counts.strangers >= self.max_strangers {
+            return Err(NoSlot::Global);
+        }
+        *counts.per_address.entry(ip).or_insert(0) += 1;
+        if stranger {
+            counts.strangers += 1;
+        }
+        Ok(HandshakeSlot {
+            slots: self.clone(),
+            ip,
+            stranger,
+        })
+    }
+
+    /// Counts a refusal and logs it, at most once per second.
+    fn log_refusal(&self, remote: SocketAddr, why: NoSlot) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self
+            .last_refusal_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.refused.fetch_sub(refused, Ordering::Relaxed);
+        let cap = match why {
+            NoSlot::PerAddress => "max_handshakes_per_address",
+            NoSlot::Global => "max_handshakes",
+        };
+        warn!(%remote, cap, refused,
+            "refused inbound connections: too many handshakes in progress (a flood of unauthenticated connections?); `refused` counts them since the last such line");
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .slots
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.per_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_address.remove(&self.ip);
+            }
+        }
+        if self.stranger {
+            counts.strangers -= 1;
+        }
+    }
+}
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     loop {
         tokio::select! {
@@ -403,8 +542,18 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             _ = inner.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    // Checked here, before a task or a buffer exists for
+                    // the connection: a refused one costs nothing more.
+                    let slot = match inner.handshakes.try_take(remote.ip()) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            inner.handshakes.log_refusal(remote, why);
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
-                    inner.tasks.spawn_on(serve_inbound(inner.clone(), stream, remote), &inner.runtime);
+                    inner.tasks.spawn_on(serve_inbound(inner.clone(), stream, remote, slot), &inner.runtime);
                 }
                 Err(error) => {
                     // Typically out of file descriptors: wait rather than spin.
@@ -416,8 +565,13 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-async fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, remote: SocketAddr) {
-    let mut framed = Framed::new(stream, handshake::codec(NOISE_MAX_MESSAGE));
+async fn serve_inbound(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    slot: HandshakeSlot,
+) {
+    let mut framed = Framed::new(stream, handshake::codec(MAX_HANDSHAKE_RECORD));
     let timeout = inner.config.handshake_timeout;
     let handshake = tokio::select! {
         _ = inner.shutdown.cancelled() => return,
@@ -425,6 +579,8 @@ async fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, remote: SocketAddr)
             r.unwrap_or(Err(HandshakeError::Timeout(timeout)))
         }
     };
+    // The slot covers exactly the unauthenticated part of the connection.
+    drop(slot);
     let (mut noise, peer) = match handshake {
         Ok(ok) => ok,
         Err(error) => {
@@ -442,7 +598,7 @@ async fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, remote: SocketAddr)
         }
     };
     let max = inner.config.max_frame_len;
-    framed.codec_mut().set_max_frame_length(sealed_len(max));
+    framed.codec_mut().set_max_record(sealed_len(max));
 
     // A new connection from a peer replaces its previous one, so frames of
     // one peer never arrive over two connections at once.
@@ -546,7 +702,7 @@ enum DialError {
 }
 
 type Connection = (
-    Framed<TcpStream, LengthDelimitedCodec>,
+    Framed<TcpStream, RecordCodec>,
     snow::TransportState,
     SocketAddr,
 );
@@ -568,7 +724,7 @@ async fn dial(inner: &Inner, peer: &PeerEntry) -> Result<Connection, DialError> 
         address: peer.address.clone(),
         source,
     })?;
-    let mut framed = Framed::new(stream, handshake::codec(NOISE_MAX_MESSAGE));
+    let mut framed = Framed::new(stream, handshake::codec(MAX_HANDSHAKE_RECORD));
     let timeout = inner.config.handshake_timeout;
     let noise = tokio::time::timeout(
         timeout,
@@ -579,7 +735,7 @@ async fn dial(inner: &Inner, peer: &PeerEntry) -> Result<Connection, DialError> 
     // The codec checks the limit on writes too.
     framed
         .codec_mut()
-        .set_max_frame_length(sealed_len(inner.config.max_frame_len));
+        .set_max_record(sealed_len(inner.config.max_frame_len));
     Ok((framed, noise, remote))
 }
 
@@ -690,7 +846,7 @@ enum PumpEnd {
 /// transport shuts down. Frames leave `unsent` only once flushed to the
 /// socket.
 async fn pump(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    framed: &mut Framed<TcpStream, RecordCodec>,
     noise: &mut snow::TransportState,
     unsent: &mut VecDeque<Vec<u8>>,
     rx: &mut mpsc::Receiver<Vec<u8>>,
@@ -736,7 +892,7 @@ async fn pump(
 }
 
 async fn write_batch(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    framed: &mut Framed<TcpStream, RecordCodec>,
     noise: &mut snow::TransportState,
     frames: &VecDeque<Vec<u8>>,
 ) -> Result<(), String> {

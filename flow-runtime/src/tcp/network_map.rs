@@ -13,6 +13,7 @@
 //! public_key = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
 //! ```
 
+use super::records::MAX_NAME_LEN;
 use crate::{Party, PublicKey};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -63,6 +64,11 @@ pub enum NetworkMapError {
         /// What was wrong.
         reason: String,
     },
+    /// A name too long to fit in the handshake's identity proof.
+    #[error(
+        "a name in the network map is {0} bytes long; names may have at most {MAX_NAME_LEN} bytes"
+    )]
+    NameTooLong(usize),
     /// Two entries share a name.
     #[error("the name `{0}` appears twice in the network map: names must be unique")]
     DuplicateName(String),
@@ -109,6 +115,9 @@ impl NetworkMap {
             }
             if entry.address.trim().is_empty() {
                 return Err(NetworkMapError::Empty("address"));
+            }
+            if entry.name.len() > MAX_NAME_LEN {
+                return Err(NetworkMapError::NameTooLong(entry.name.len()));
             }
             if map.by_name.contains_key(&entry.name) {
                 return Err(NetworkMapError::DuplicateName(entry.name));

@@ -49,9 +49,123 @@ pub const TAG_LEN: usize = 16;
 /// The largest plaintext chunk of a frame: one Noise message minus its tag.
 pub const MAX_CHUNK_PLAINTEXT: usize = NOISE_MAX_MESSAGE - TAG_LEN;
 
-/// The largest identity proof accepted in a handshake; a name longer than
-/// about 60 KiB is refused rather than buffered.
-pub const MAX_PROOF_LEN: usize = NOISE_MAX_MESSAGE - 200;
+/// The largest handshake record accepted or sent. Handshake messages are
+/// small (an ephemeral key, a static key, an identity proof), so a stranger
+/// who has not yet authenticated can make the node hold at most this much
+/// per connection; a record announcing more closes the connection before
+/// a byte of it is buffered.
+pub const MAX_HANDSHAKE_RECORD: usize = 2048;
+
+/// The largest identity proof accepted in a handshake: what fits in a
+/// handshake record beside the ephemeral key (32 bytes), the encrypted
+/// static key (48) and the payload's tag (16). Names in the network map
+/// are limited so that every member's proof fits.
+pub const MAX_PROOF_LEN: usize = MAX_HANDSHAKE_RECORD - 32 - 48 - TAG_LEN;
+
+/// The longest legal name a party may have: its identity proof (name,
+/// 32-byte key, 64-byte signature, MessagePack overhead) must fit in
+/// [`MAX_PROOF_LEN`].
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// The length-delimited record codec: a 4-byte big-endian length, then
+/// that many bytes.
+///
+/// tokio-util's `LengthDelimitedCodec` reserves the whole announced length
+/// as soon as it reads a header, so a peer announcing a 16 MiB record and
+/// sending nothing more makes the node reserve 16 MiB. This codec checks
+/// the length against the maximum and then lets the read buffer grow only
+/// as bytes actually arrive: what a peer can make the node hold is what it
+/// has sent, never what it has announced.
+#[derive(Debug, Clone)]
+pub struct RecordCodec {
+    max: usize,
+}
+
+/// A record announced longer than the codec's maximum. It arrives inside
+/// the `std::io::Error` the codec returns (see [`RecordTooLarge::is_cause_of`]).
+#[derive(Debug, thiserror::Error)]
+#[error("record of {len} bytes announced, more than the maximum of {max}")]
+pub struct RecordTooLarge {
+    /// The announced length.
+    pub len: usize,
+    /// The codec's maximum.
+    pub max: usize,
+}
+
+impl RecordTooLarge {
+    /// Whether `error` (from [`RecordCodec`]) is an oversized record.
+    pub fn is_cause_of(error: &std::io::Error) -> bool {
+        error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<RecordTooLarge>())
+    }
+}
+
+impl RecordCodec {
+    /// A codec for records of at most `max` bytes (both directions).
+    pub fn new(max: usize) -> Self {
+        RecordCodec { max }
+    }
+
+    /// The largest record accepted or sent.
+    pub fn max_record(&self) -> usize {
+        self.max
+    }
+
+    /// Changes the maximum (after the handshake, to the frame limit).
+    pub fn set_max_record(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    fn too_large(&self, len: usize) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            RecordTooLarge { len, max: self.max },
+        )
+    }
+}
+
+const LENGTH_PREFIX: usize = 4;
+
+impl tokio_util::codec::Decoder for RecordCodec {
+    type Item = bytes::BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        let Some(head) = src.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let mut prefix = [0u8; LENGTH_PREFIX];
+        prefix.copy_from_slice(head);
+        let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
+        if len > self.max {
+            return Err(self.too_large(len));
+        }
+        if src.len() - LENGTH_PREFIX < len {
+            // Deliberately no `reserve(len)`: the buffer grows with what
+            // arrives (Framed reads into whatever spare room it has).
+            return Ok(None);
+        }
+        let _ = src.split_to(LENGTH_PREFIX);
+        Ok(Some(src.split_to(len)))
+    }
+}
+
+impl tokio_util::codec::Encoder<bytes::Bytes> for RecordCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut bytes::BytesMut) -> Result<(), Self::Error> {
+        let len = item.len();
+        let prefix = u32::try_from(len)
+            .ok()
+            .filter(|_| len <= self.max)
+            .ok_or_else(|| self.too_large(len))?;
+        dst.reserve(LENGTH_PREFIX + len);
+        dst.extend_from_slice(&prefix.to_be_bytes());
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
+}
 
 /// Why a record or a proof was refused. Each variant ends the connection.
 #[derive(Debug, thiserror::Error)]

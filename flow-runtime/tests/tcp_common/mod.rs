@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use flow_runtime::PublicKey;
+use flow_runtime::tcp::records::RecordCodec;
 use flow_runtime::tcp::records::{self, IdentityProof};
 use flow_runtime::tcp::{
     Incoming, NetworkMap, PeerEntry, SigningKey, TcpConfig, TcpTransport, codec,
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
 pub const NAMES: [&str; 4] = ["Alice", "Bob", "Carol", "Dave"];
 
@@ -154,7 +155,7 @@ impl Logs {
 /// handshake with any proof, then send arbitrary records. It remembers every
 /// record it sent so tests can replay them.
 pub struct RawPeer {
-    pub framed: Framed<TcpStream, LengthDelimitedCodec>,
+    pub framed: Framed<TcpStream, RecordCodec>,
     pub noise: Option<snow::TransportState>,
     pub sent: Vec<Vec<u8>>,
 }
