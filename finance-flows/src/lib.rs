@@ -6,6 +6,7 @@
 //! * [`store`]: the storage boundary the services write through.
 //! * [`vault`], [`keys`], [`notary`]: the node services, as pure logic over a
 //!   [`store::Store`].
+//! * [`trust`]: which cash issuers the node accepts (by key, per node).
 //!
 //! Crates used beyond the workspace core: `ed25519-dalek` (signatures) and
 //! `sha2` (ids), the RustCrypto/dalek crates the Rust community audits and
@@ -23,4 +24,5 @@ pub mod notary;
 pub mod resolution;
 pub mod store;
 pub mod trade;
+pub mod trust;
 pub mod vault;

@@ -1,14 +1,31 @@
-//! The notary's uniqueness service: it signs a transaction only if none of
-//! its inputs has been consumed by another transaction, and records the
-//! inputs as consumed in the same write. It is non-validating (it does not
-//! run the contracts, so it learns nothing of the states) but it does check
-//! the signatures of every other required signer: otherwise anyone could
-//! "consume" someone else's states with a bogus transaction.
+//! The notary: it signs a transaction only if none of its inputs has been
+//! consumed by another transaction, and records the inputs as consumed in
+//! the same write.
+//!
+//! It is **validating**: before it consumes anything it checks the
+//! transaction as a participant would — every required signature present
+//! and valid (each input's owner signs through the command that moves it,
+//! which the contracts require), the inputs resolved from its own records,
+//! the contracts satisfied, its clock inside the time window. The
+//! requester supplies the history the notary lacks (the
+//! [`notary_service`](crate::flows::notarise::notary_service) flow resolves
+//! it like any participant, verifying every dependency); nothing in the
+//! request itself is trusted. A non-validating notary, which checks only
+//! the signers a transaction names, lets anyone who has seen a state's
+//! reference "consume" it with a transaction signed by itself alone, and
+//! the owner's honest spend is then refused forever; this one refuses
+//! that transaction, and records nothing.
+//!
+//! The price is that the notary sees the transactions it notarises and
+//! their history. It keeps each notarised transaction (as a dependency,
+//! not as states it owns), so the next spend of its outputs resolves
+//! locally and the steady state costs no extra message.
 
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys::{self, KeyError};
 use crate::ledger::{SignedTransaction, StateRef, VerifyError};
 use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::vault;
 use flow_runtime::{Party, Timestamp};
 
 /// Why the notary refused.
@@ -49,8 +66,10 @@ pub enum NotaryError {
     Store(#[from] StoreError),
 }
 
-/// Notarises `stx` as `notary` at time `now`: checks it, commits its inputs
-/// as consumed by it, and returns the notary's signature over its id.
+/// Notarises `stx` as `notary` at time `now`: checks it in full (see the
+/// module's docs; the transactions its inputs point at must be recorded in
+/// `store` already), commits its inputs as consumed by it, records it, and
+/// returns the notary's signature over its id. Refused, it writes nothing.
 /// Notarising the same transaction again returns a fresh signature without
 /// error (a client that retries after a crash must not be told it double
 /// spent itself).
@@ -61,19 +80,8 @@ pub fn notarise(
     now: Timestamp,
 ) -> Result<TxSignature, NotaryError> {
     let id = stx.id();
-    if stx.tx.notary != *notary {
-        return Err(NotaryError::WrongNotary {
-            tx: id,
-            named: stx.tx.notary.name().to_owned(),
-            us: notary.name().to_owned(),
-        });
-    }
-    stx.verify_signatures_except(&[*notary.key()])?;
-    if let Some(window) = stx.tx.time_window
-        && !window.contains(now)
-    {
-        return Err(NotaryError::OutsideTimeWindow { now });
-    }
+    precheck(notary, stx, now)?;
+    stx.verify_except(&[*notary.key()], vault::resolver(store))?;
     for input in &stx.tx.inputs {
         if let Some(bytes) = store.get(Table::NotaryCommits, &input.to_key())? {
             let consumed_by: SecureHash = decode(Table::NotaryCommits, &bytes)?;
@@ -90,7 +98,35 @@ pub fn notarise(
     for input in &stx.tx.inputs {
         store.put(Table::NotaryCommits, &input.to_key(), &record)?;
     }
-    Ok(keys::sign(store, notary.key(), &id.0)?)
+    let sig = keys::sign(store, notary.key(), &id.0)?;
+    // Kept (with its signature) so that spends of its outputs verify
+    // without asking the requester for it.
+    vault::record_dependency(store, &stx.clone().with_signature(sig.clone()))?;
+    Ok(sig)
+}
+
+/// The checks that need no history and no storage: `stx` names this
+/// notary and `now` is inside its time window. The notary service makes
+/// them before fetching anything from the requester; [`notarise`] makes
+/// them again.
+pub fn precheck(
+    notary: &Party,
+    stx: &SignedTransaction,
+    now: Timestamp,
+) -> Result<(), NotaryError> {
+    if stx.tx.notary != *notary {
+        return Err(NotaryError::WrongNotary {
+            tx: stx.id(),
+            named: stx.tx.notary.name().to_owned(),
+            us: notary.name().to_owned(),
+        });
+    }
+    if let Some(window) = stx.tx.time_window
+        && !window.contains(now)
+    {
+        return Err(NotaryError::OutsideTimeWindow { now });
+    }
+    Ok(())
 }
 
 /// How many states the notary has recorded as consumed.

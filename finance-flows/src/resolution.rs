@@ -287,16 +287,86 @@ fn topological_order(
     Ok(order)
 }
 
-/// The peer's side: answers a fetch request from the vault.
-pub fn serve(store: &dyn Store, ids: &[SecureHash]) -> Result<FetchReply, StoreError> {
-    if ids.len() > MAX_BATCH {
-        tracing::warn!(
-            asked = ids.len(),
-            "a peer asked for more transactions than one batch; serving the first {MAX_BATCH}"
-        );
+/// Why a serving side refused a fetch request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// The peer asked for a transaction outside the dependency chain of
+    /// what this node sent it: a resolution never needs it, so the peer is
+    /// probing the vault.
+    #[error(
+        "the peer asked for transaction {0}, which is not in the dependency chain of the transaction this node sent it: refusing to serve it"
+    )]
+    OutsideChain(SecureHash),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the serving side of one resolution may send: the dependency chain
+/// of the transaction it sent on that session, and nothing else from its
+/// vault (a peer that knows an id must not be able to read any
+/// transaction).
+///
+/// The chain is not computed up front (it may be long): it grows as it is
+/// served. It starts with the transactions the peer may ask for first (the
+/// ones the sent transaction spends from); serving one allows the ones
+/// *it* spends from. A resolver walks exactly that way, breadth first
+/// from the sent transaction's inputs, so an honest peer is never refused.
+/// Kept in the serving flow's checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vending {
+    allowed: BTreeSet<SecureHash>,
+}
+
+impl Vending {
+    /// Serving the history of transactions with ids `roots` and their
+    /// dependencies (e.g. an offered asset's transaction, which the peer
+    /// may not have been sent).
+    pub fn of(roots: impl IntoIterator<Item = SecureHash>) -> Self {
+        Self {
+            allowed: roots.into_iter().collect(),
+        }
     }
-    ids.iter()
-        .take(MAX_BATCH)
-        .map(|id| vault::transaction(store, id))
-        .collect()
+
+    /// Serving the dependencies of `sent`, the transaction this node sent
+    /// the peer: what `sent` spends from, and what those spend from.
+    pub fn of_dependencies(sent: &SignedTransaction) -> Self {
+        Self::of(sent.tx.inputs.iter().map(|i| i.tx_id))
+    }
+
+    /// Allows the dependencies of `sent` too (a transaction sent with an
+    /// earlier message, e.g. an offered asset's).
+    pub fn allow_dependencies_of(&mut self, sent: &SignedTransaction) {
+        self.allowed.insert(sent.id());
+        self.allowed.extend(sent.tx.inputs.iter().map(|i| i.tx_id));
+    }
+
+    /// Answers a fetch request from the vault, if every id is in the
+    /// chain; `None` for one this node does not hold.
+    pub fn serve(
+        &mut self,
+        store: &dyn Store,
+        ids: &[SecureHash],
+    ) -> Result<FetchReply, ServeError> {
+        if ids.len() > MAX_BATCH {
+            tracing::warn!(
+                asked = ids.len(),
+                "a peer asked for more transactions than one batch; serving the first {MAX_BATCH}"
+            );
+        }
+        let ids = &ids[..ids.len().min(MAX_BATCH)];
+        if let Some(outside) = ids.iter().find(|id| !self.allowed.contains(id)) {
+            tracing::warn!(tx = %outside, "a peer asked for a transaction outside the chain it is resolving");
+            return Err(ServeError::OutsideChain(*outside));
+        }
+        let mut reply = Vec::with_capacity(ids.len());
+        for id in ids {
+            let stx = vault::transaction(store, id)?;
+            if let Some(stx) = &stx {
+                self.allowed.extend(stx.tx.inputs.iter().map(|i| i.tx_id));
+            }
+            reply.push(stx);
+        }
+        Ok(reply)
+    }
 }

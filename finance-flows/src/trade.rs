@@ -5,10 +5,10 @@
 
 use crate::keys;
 use crate::ledger::{
-    Amount, AssetKind, CommandData, ContractState, SignedTransaction, StateAndRef,
-    TransactionBuilder, VerifyError,
+    Amount, AssetKind, CommandData, SignedTransaction, StateAndRef, TransactionBuilder, VerifyError,
 };
 use crate::store::{Store, StoreError};
+use crate::trust;
 use crate::vault::{self, LockId, VaultError};
 use flow_runtime::{Party, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -92,6 +92,20 @@ pub enum TradeError {
         /// The agreed notary.
         expected: String,
     },
+    /// The proposal asks more of the seller's keys than the deal: an extra
+    /// command or output involving them.
+    #[error("the proposed transaction asks for more than the deal: {0}")]
+    Unexpected(String),
+    /// The proposal pays in cash of an issuer the seller does not trust.
+    #[error(
+        "the proposed transaction pays in cash issued by {issuer} ({key:?}), an issuer this node does not trust"
+    )]
+    UntrustedIssuer {
+        /// The issuer's name (a label).
+        issuer: String,
+        /// The issuer's key (its identity).
+        key: PublicKey,
+    },
     /// The transaction is invalid.
     #[error(transparent)]
     Invalid(#[from] VerifyError),
@@ -167,16 +181,26 @@ pub fn build_proposal(
     Ok(stx)
 }
 
-/// The seller's check of the buyer's proposal, before signing: it spends the
-/// offered asset and no other state of ours, pays exactly the price to our
-/// key, names the agreed notary, and is valid apart from our signature and
-/// the notary's (its dependencies must have been resolved first).
+/// The seller's check of the buyer's proposal, before signing. Returns the
+/// keys to sign with: exactly the asset owner's, the only key the deal
+/// names.
+///
+/// The proposal must spend the offered asset exactly once and no other
+/// state of ours; pay exactly the price to our `pay_to` key, in cash of
+/// an issuer this node trusts (see [`crate::trust`]); name the agreed
+/// notary; and be valid apart from our signature and the notary's (its
+/// dependencies must have been resolved first, so the payment's chain has
+/// been verified back to its issuer's signed issuance). Our signature
+/// authorises every command that lists our key, so nothing may involve
+/// our keys beyond the deal: the only command naming one of our keys is
+/// the asset's move, naming only the asset's owner; the only outputs to
+/// our keys are the payment.
 pub fn check_proposal(
     store: &dyn Store,
     stx: &SignedTransaction,
     offer: &TradeOffer,
     notary: &Party,
-) -> Result<(), TradeError> {
+) -> Result<Vec<PublicKey>, TradeError> {
     if stx.tx.notary != *notary {
         return Err(TradeError::WrongNotary {
             named: stx.tx.notary.name().to_owned(),
@@ -192,14 +216,30 @@ pub fn check_proposal(
             return Err(TradeError::SpendsSellerState(input.to_string()));
         }
     }
-    let paid: u64 = stx
-        .tx
-        .outputs
-        .iter()
-        .filter_map(ContractState::as_cash)
-        .filter(|c| c.owner == offer.pay_to && c.amount.currency == offer.price.currency)
-        .map(|c| c.amount.quantity)
-        .fold(0u64, u64::saturating_add);
+    let owner = *offer.asset.state.owner();
+    check_commands(store, stx, offer, &owner)?;
+    let mut paid: u64 = 0;
+    for output in &stx.tx.outputs {
+        if !keys::is_ours(store, output.owner())? {
+            continue;
+        }
+        let cash = match output.as_cash() {
+            Some(c) if c.owner == offer.pay_to && c.amount.currency == offer.price.currency => c,
+            _ => {
+                return Err(TradeError::Unexpected(format!(
+                    "an output gives the seller's key {:?} something other than the payment: {output:?}",
+                    output.owner()
+                )));
+            }
+        };
+        if !trust::is_trusted(store, cash.issuer.key())? {
+            return Err(TradeError::UntrustedIssuer {
+                issuer: cash.issuer.name().to_owned(),
+                key: *cash.issuer.key(),
+            });
+        }
+        paid = paid.saturating_add(cash.amount.quantity);
+    }
     let paid = Amount::new(paid, offer.price.currency);
     if paid != offer.price {
         return Err(TradeError::WrongPayment {
@@ -207,9 +247,43 @@ pub fn check_proposal(
             price: offer.price,
         });
     }
-    stx.verify_except(
-        &[*offer.asset.state.owner(), *notary.key()],
-        vault::resolver(store),
-    )?;
+    stx.verify_except(&[owner, *notary.key()], vault::resolver(store))?;
+    Ok(vec![owner])
+}
+
+/// Every command that names one of our keys must be the asset's move,
+/// naming the asset's owner and no other key of ours: anything else would
+/// have our signature authorise what we never agreed to (an issuance in
+/// our name, a move of something else).
+fn check_commands(
+    store: &dyn Store,
+    stx: &SignedTransaction,
+    offer: &TradeOffer,
+    owner: &PublicKey,
+) -> Result<(), TradeError> {
+    let expected = match offer.asset.state.kind() {
+        AssetKind::CommercialPaper => CommandData::PaperMove,
+        AssetKind::Cash => CommandData::CashMove,
+    };
+    let mut asset_moved = false;
+    for command in &stx.tx.commands {
+        for key in &command.signers {
+            if !keys::is_ours(store, key)? {
+                continue;
+            }
+            if command.data != expected || key != owner {
+                return Err(TradeError::Unexpected(format!(
+                    "a {:?} command needs the signature of the seller's key {key:?}; the seller agreed only to a {expected:?} of the offered asset by {owner:?}",
+                    command.data
+                )));
+            }
+            asset_moved = true;
+        }
+    }
+    if !asset_moved {
+        return Err(TradeError::Unexpected(format!(
+            "no {expected:?} command is signed by the asset's owner {owner:?}"
+        )));
+    }
     Ok(())
 }

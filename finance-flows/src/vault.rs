@@ -3,6 +3,10 @@
 //!
 //! All functions work on a [`Store`]; with a node they run inside a flow
 //! step, so what they write commits with that step's checkpoint.
+//!
+//! Coin selection only ever picks cash of an issuer the node trusts (see
+//! [`crate::trust`]): cash of any other issuer is recorded and reported,
+//! by issuer key, but never enters the coin-selection index.
 
 use crate::crypto::SecureHash;
 use crate::keys;
@@ -10,6 +14,7 @@ use crate::ledger::{
     Amount, Cash, ContractState, Currency, InputResolver, SignedTransaction, StateAndRef, StateRef,
 };
 use crate::store::{Store, StoreError, Table, decode, encode, prefix_end, prefix_range};
+use crate::trust;
 use flow_runtime::Party;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -176,7 +181,9 @@ pub fn record(store: &mut dyn Store, stx: &SignedTransaction) -> Result<bool, St
         if keys::is_ours(store, state.owner())? {
             let state_ref = StateRef { tx_id: id, index };
             store.put(Table::Unconsumed, &state_ref.to_key(), &encode(state)?)?;
-            if let Some(cash) = state.as_cash() {
+            if let Some(cash) = state.as_cash()
+                && trust::is_trusted(store, cash.issuer.key())?
+            {
                 make_available(store, cash, &state_ref)?;
             }
         }
@@ -286,28 +293,35 @@ pub fn unconsumed(store: &dyn Store) -> Result<Vec<StateAndRef>, StoreError> {
         .collect()
 }
 
-/// The node's unconsumed cash, summed per (issuer name, currency).
+/// The node's unconsumed cash, summed per (issuer, currency). Issuers are
+/// told apart by key (see [`Party`]): cash a stranger issued under a
+/// well-known name is a line of its own, not part of the real issuer's.
 pub fn cash_balances(
     store: &dyn Store,
-) -> Result<BTreeMap<(String, crate::ledger::Currency), u64>, StoreError> {
+) -> Result<BTreeMap<(Party, crate::ledger::Currency), u64>, StoreError> {
     let mut balances = BTreeMap::new();
     for s in unconsumed(store)? {
         if let ContractState::Cash(c) = s.state {
-            *balances
-                .entry((c.issuer.name().to_owned(), c.amount.currency))
-                .or_insert(0u64) += c.amount.quantity;
+            let sum = balances
+                .entry((c.issuer, c.amount.currency))
+                .or_insert(0u64);
+            *sum = sum.saturating_add(c.amount.quantity);
         }
     }
     Ok(balances)
 }
 
-/// The node's total unconsumed cash of `currency`, any issuer.
+/// The node's total unconsumed cash of `currency` from the issuers it
+/// trusts (see [`crate::trust`]): what it can pay with. Cash of other
+/// issuers is in [`cash_balances`] but is worth nothing here.
 pub fn cash_total(store: &dyn Store, currency: crate::ledger::Currency) -> Result<u64, StoreError> {
-    Ok(cash_balances(store)?
-        .iter()
-        .filter(|((_, c), _)| *c == currency)
-        .map(|(_, q)| *q)
-        .sum())
+    let mut total = 0u64;
+    for ((issuer, c), q) in cash_balances(store)? {
+        if c == currency && trust::is_trusted(store, issuer.key())? {
+            total = total.saturating_add(q);
+        }
+    }
+    Ok(total)
 }
 
 fn lock_of(store: &dyn Store, state_ref: &StateRef) -> Result<Option<LockId>, StoreError> {
@@ -446,6 +460,7 @@ pub fn release_locks(store: &mut dyn Store, lock: LockId) -> Result<usize, Store
         store.remove(Table::LocksByHolder, key)?;
         if let Some(s) = state(store, &r)?
             && let Some(cash) = s.state.as_cash()
+            && trust::is_trusted(store, cash.issuer.key())?
         {
             make_available(store, cash, &r)?;
         }

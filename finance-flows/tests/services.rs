@@ -4,7 +4,7 @@ use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
 use finance_flows::notary::{self, NotaryError};
 use finance_flows::store::{Entries, MemStore, Store, StoreError, Table};
-use finance_flows::{keys, vault};
+use finance_flows::{keys, trust, vault};
 use flow_runtime::{Party, Timestamp};
 
 struct Setup {
@@ -20,12 +20,15 @@ fn setup() -> Setup {
     let mut notary_store = MemStore::new();
     keys::import(&mut notary_store, &notary_key).unwrap();
     let bank_key = KeyPair::from_seed([2; 32]);
+    let bank = Party::new("Bank", bank_key.public());
+    let mut node = MemStore::new();
+    trust::trust_issuer(&mut node, &bank).unwrap();
     Setup {
         notary: Party::new("Notary", notary_key.public()),
         notary_store,
-        bank: Party::new("Bank", bank_key.public()),
+        bank,
         bank_key,
-        node: MemStore::new(),
+        node,
     }
 }
 
@@ -44,6 +47,9 @@ fn issue_to_node(s: &mut Setup, amounts: &[u64], salt: u64) -> SignedTransaction
     let stx = SignedTransaction::new(tx.clone()).with_signature(s.bank_key.sign(&tx.id().0));
     stx.verify(vault::resolver(&s.node)).unwrap();
     assert!(vault::record(&mut s.node, &stx).unwrap());
+    // The validating notary holds the history of what it notarises (the
+    // notary flow resolves it from the requester).
+    vault::record_dependency(&mut s.notary_store, &stx).unwrap();
     stx
 }
 
@@ -228,6 +234,52 @@ fn notary_refuses_unsigned_or_foreign_transactions() {
     let other = Party::new("Other", KeyPair::generate().public());
     let err = notary::notarise(&mut s.notary_store, &other, &unsigned, Timestamp(0)).unwrap_err();
     assert!(matches!(err, NotaryError::WrongNotary { .. }), "{err}");
+}
+
+#[test]
+fn notary_refuses_a_spend_its_input_owner_did_not_sign() {
+    let mut s = setup();
+    let issue = issue_to_node(&mut s, &[100], 1);
+    let coin = issue.tx.out_refs().remove(0);
+    // A stranger moves the node's coin to itself and signs as the only
+    // signer its command names.
+    let thief = KeyPair::generate();
+    let mut b = TransactionBuilder::new(s.notary.clone());
+    b.add_input(coin.clone());
+    b.add_output(coin.state.with_owner(thief.public()));
+    b.add_command(CommandData::CashMove, vec![thief.public()]);
+    let tx = b.to_wire();
+    let theft = SignedTransaction::new(tx.clone()).with_signature(thief.sign(&tx.id().0));
+    let err = notary::notarise(&mut s.notary_store, &s.notary, &theft, Timestamp(0)).unwrap_err();
+    assert!(
+        matches!(err, NotaryError::Invalid(VerifyError::Contract(ref m)) if m.contains("not signed by the cash owner")),
+        "{err}"
+    );
+    assert_eq!(notary::committed_count(&s.notary_store).unwrap(), 0);
+    // The owner's own spend still goes through.
+    pay(&mut s, 100, 1).unwrap();
+    assert_eq!(notary::committed_count(&s.notary_store).unwrap(), 1);
+}
+
+#[test]
+fn notary_refuses_a_spend_of_a_state_it_cannot_resolve() {
+    let mut s = setup();
+    let issue = issue_to_node(&mut s, &[100], 1);
+    let stx = pay(&mut s, 100, 1).unwrap();
+    // A fresh notary store without the history: nothing is consumed.
+    let mut empty = MemStore::new();
+    keys::import(&mut empty, &KeyPair::from_seed([1; 32])).unwrap();
+    let unsigned_by_notary = SignedTransaction {
+        sigs: stx.sigs[..1].to_vec(),
+        ..stx
+    };
+    let err =
+        notary::notarise(&mut empty, &s.notary, &unsigned_by_notary, Timestamp(0)).unwrap_err();
+    assert!(
+        matches!(err, NotaryError::Invalid(VerifyError::UnresolvedInput(r)) if r.tx_id == issue.id()),
+        "{err}"
+    );
+    assert_eq!(notary::committed_count(&empty).unwrap(), 0);
 }
 
 #[test]

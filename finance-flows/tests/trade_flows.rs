@@ -11,6 +11,7 @@ use finance_flows::flows::signatures::receive_to_sign;
 use finance_flows::flows::trade::{buy_steps, sell};
 use finance_flows::flows::{Notary, fail, store};
 use finance_flows::ledger::{AssetKind, SignedTransaction, StateAndRef};
+use finance_flows::resolution::Vending;
 use finance_flows::trade::{self, TradeOffer};
 use finance_flows::{keys, vault};
 use flow_runtime::Timestamp;
@@ -101,6 +102,7 @@ async fn rogue_seller(
             vault::record_dependency(db, stx).map_err(fail)?;
         }
     }
+    let asset_tx: SecureHash = asset.state_ref.tx_id;
     let session: FlowSession = ctx.initiate_flow(&buyer);
     let pay_to: PublicKey = keys::fresh_key(store(ctx)?).map_err(fail)?;
     // No history with the offer: the buyer fetches the asset's transaction
@@ -115,7 +117,9 @@ async fn rogue_seller(
         // Serve the buyer's fetch of the asset's transaction, take the
         // proposal that ends it, and disappear mid-trade.
         let serving: FlowSession = session.clone();
-        let served: Served = ctx.sub_flow(serve_transactions(serving)).await?;
+        let served: Served = ctx
+            .sub_flow(serve_transactions(serving, Vending::of([asset_tx])))
+            .await?;
         if served.next.is_none() {
             return Err(FlowError::new(
                 "expected the proposal to end the resolution",
@@ -125,7 +129,8 @@ async fn rogue_seller(
     }
     // receive_to_sign serves the buyer's fetch of the asset's transaction.
     let signing: FlowSession = session.clone();
-    let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing)).await?;
+    let vending: Vending = Vending::of([asset_tx]);
+    let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing, vending)).await?;
     let sig: TxSignature = forge(store(ctx)?, &proposal, &pay_to, mode)?;
     send_ending_resolution(&session, &vec![sig])?;
     // An honest buyer refuses the forgery, so this receive fails with its

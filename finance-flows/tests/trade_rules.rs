@@ -3,10 +3,10 @@
 
 use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
-use finance_flows::resolution::{Resolution, ResolveError, serve};
+use finance_flows::resolution::{Resolution, ResolveError, Vending};
 use finance_flows::store::MemStore;
 use finance_flows::trade::{self, TradeError, TradeOffer};
-use finance_flows::{keys, notary, vault};
+use finance_flows::{keys, notary, trust, vault};
 use flow_runtime::{Party, Timestamp};
 
 struct Net {
@@ -23,13 +23,19 @@ fn net() -> Net {
     let mut notary_store = MemStore::new();
     keys::import(&mut notary_store, &nk).unwrap();
     let bk = KeyPair::from_seed([2; 32]);
+    let bank = Party::new("Bank", bk.public());
+    // Both accept the bank's cash.
+    let mut seller = MemStore::new();
+    let mut buyer = MemStore::new();
+    trust::trust_issuer(&mut seller, &bank).unwrap();
+    trust::trust_issuer(&mut buyer, &bank).unwrap();
     Net {
         notary: Party::new("Notary", nk.public()),
         notary_store,
-        bank: Party::new("Bank", bk.public()),
+        bank,
         bank_key: bk,
-        seller: MemStore::new(),
-        buyer: MemStore::new(),
+        seller,
+        buyer,
     }
 }
 
@@ -70,13 +76,18 @@ fn resolve(
     to: &mut MemStore,
     ids: Vec<finance_flows::crypto::SecureHash>,
 ) -> Result<usize, ResolveError> {
+    let mut vending = Vending::of(ids.clone());
     let mut r = Resolution::new(ids);
     loop {
         let req = r.next_request(to)?;
         if req.is_empty() {
             return r.finish(to);
         }
-        r.accept(serve(from, &req)?)?;
+        r.accept(
+            vending
+                .serve(from, &req)
+                .expect("an honest resolution asks only for the chain"),
+        )?;
     }
 }
 
@@ -118,6 +129,9 @@ fn a_full_trade_by_the_rules() {
     let id = proposal.id();
     let signed =
         proposal.with_signature(keys::sign(&n.seller, asset.state.owner(), &id.0).unwrap());
+    // The validating notary needs the history too (the flows fetch it).
+    let deps: Vec<_> = signed.tx.inputs.iter().map(|i| i.tx_id).collect();
+    resolve(&n.seller, &mut n.notary_store, deps).unwrap();
     let sig = notary::notarise(&mut n.notary_store, &n.notary, &signed, Timestamp(0)).unwrap();
     let fin = signed.with_signature(sig);
     fin.verify(vault::resolver(&n.seller)).unwrap();
@@ -227,7 +241,12 @@ fn a_supplied_transaction_is_not_fetched_but_still_verified() {
     let mut r = Resolution::new(vec![wanted.id()]);
     assert_eq!(r.supply(&n.seller, vec![other.clone()]).unwrap(), 0);
     assert_eq!(r.next_request(&n.seller).unwrap(), vec![wanted.id()]);
-    r.accept(serve(&n.buyer, &[wanted.id()]).unwrap()).unwrap();
+    r.accept(
+        Vending::of([wanted.id()])
+            .serve(&n.buyer, &[wanted.id()])
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(r.finish(&mut n.seller).unwrap(), 1);
     assert!(!vault::has_transaction(&n.seller, &other.id()).unwrap());
 
@@ -258,6 +277,7 @@ fn a_supplied_transaction_s_own_dependencies_are_fetched() {
     let tx = b.to_wire();
     let pay = SignedTransaction::new(tx.clone())
         .with_signature(keys::sign(&n.buyer, &owner, &tx.id().0).unwrap());
+    resolve(&n.buyer, &mut n.notary_store, vec![cash.id()]).unwrap();
     let pay = pay.clone().with_signature(
         notary::notarise(&mut n.notary_store, &n.notary, &pay, Timestamp(0)).unwrap(),
     );
@@ -266,7 +286,12 @@ fn a_supplied_transaction_s_own_dependencies_are_fetched() {
     assert_eq!(r.supply(&n.seller, vec![pay.clone()]).unwrap(), 1);
     // Only the issuance it spends is asked for.
     assert_eq!(r.next_request(&n.seller).unwrap(), vec![cash.id()]);
-    r.accept(serve(&n.buyer, &[cash.id()]).unwrap()).unwrap();
+    r.accept(
+        Vending::of([cash.id()])
+            .serve(&n.buyer, &[cash.id()])
+            .unwrap(),
+    )
+    .unwrap();
     assert!(r.next_request(&n.seller).unwrap().is_empty());
     assert_eq!(r.finish(&mut n.seller).unwrap(), 2);
 }

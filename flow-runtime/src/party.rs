@@ -21,7 +21,12 @@ impl fmt::Debug for PublicKey {
 /// A node on the network: a legal name plus the identity key that
 /// authenticates it. An ordinary serde value: flows may send it and keep it
 /// in their state.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// **Identity is the key.** Two parties are equal (and hash and order
+/// alike) exactly when their keys are; the name is a label for people and
+/// logs. Anyone can call themselves "Bank", only the bank holds its key: a
+/// comparison by name would let a peer pass for another by choosing a name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Party {
     name: String,
     key: PublicKey,
@@ -47,8 +52,51 @@ impl Party {
     }
 }
 
+impl PartialEq for Party {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Party {}
+
+impl std::hash::Hash for Party {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl PartialOrd for Party {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Party {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
 impl fmt::Display for Party {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parties_are_the_same_exactly_when_their_keys_are() {
+        let bank = Party::new("Bank", PublicKey([1; 32]));
+        let impostor = Party::new("Bank", PublicKey([2; 32]));
+        let renamed = Party::new("Bank of Somewhere", PublicKey([1; 32]));
+        assert_ne!(bank, impostor, "a name does not make an identity");
+        assert_eq!(bank, renamed, "the name is only a label");
+        assert_eq!(bank.cmp(&renamed), std::cmp::Ordering::Equal);
+        let set: std::collections::HashSet<Party> = [bank, impostor, renamed].into();
+        assert_eq!(set.len(), 2);
     }
 }

@@ -18,7 +18,7 @@ use clap::Parser;
 use finance_flows::crypto::KeyPair;
 use finance_flows::crypto::metrics;
 use finance_flows::flows::Notary;
-use finance_flows::flows::identity::ledger_identity;
+use finance_flows::flows::identity::{ledger_identity, trust_issuers};
 use finance_flows::flows::issue::{issue_cash, issue_paper};
 use finance_flows::flows::notarise::{notarise, notary_service};
 use finance_flows::flows::trade::{buy, sell};
@@ -173,12 +173,19 @@ fn bench(args: Args) -> Result<(), String> {
             buy(s, price, AssetKind::CommercialPaper, n.clone())
         });
         r.register_flow::<issue_cash::Flow>();
+        r.register_flow::<ledger_identity::Flow>();
     })?;
     let seller = c.add_node("Seller", &dir.join("seller.redb"), |r| {
         r.register_flow::<sell::Flow>();
         r.register_flow::<issue_paper::Flow>();
         r.register_flow::<launch_sales::Flow>();
+        r.register_flow::<trust_issuers::Flow>();
     })?;
+    // The buyer issues the cash it pays with: the seller accepts it.
+    let run = c.start(buyer, ledger_identity())?;
+    let bank = wait::<ledger_identity::Flow>(&mut c, buyer, run)?;
+    let run = c.start(seller, trust_issuers(vec![bank]))?;
+    wait::<trust_issuers::Flow>(&mut c, seller, run)?;
 
     let run = c.start(buyer, issue_cash(price, args.trades, notary.clone()))?;
     wait::<issue_cash::Flow>(&mut c, buyer, run)?;

@@ -5,7 +5,7 @@
 
 use super::{DemoConfig, DemoProgress, DemoSummary, double_spend_probe, reconcile};
 use crate::flows::Notary;
-use crate::flows::identity::ledger_identity;
+use crate::flows::identity::{ledger_identity, trust_issuers};
 use crate::flows::issue::{issue_cash, issue_paper};
 use crate::flows::notarise::{notarise, notary_service};
 use crate::flows::report::vault_report;
@@ -46,6 +46,10 @@ pub fn run_in_process(
     net.register_responder::<sell::Flow, _>(buyer, move |s| {
         buy(s, price, AssetKind::CommercialPaper, n.clone())
     });
+
+    // The buyer is the demo's bank: the seller accepts its cash.
+    let bank = run(&mut net, buyer, ledger_identity())?;
+    run(&mut net, seller, trust_issuers(vec![bank.clone()]))?;
 
     // Issue: one coin per trade for the buyer, one paper per trade for the
     // seller.
@@ -128,7 +132,7 @@ pub fn run_in_process(
     let seller_report = run(&mut net, seller, vault_report())?;
     let buyer_report = run(&mut net, buyer, vault_report())?;
     let issued = [(
-        net.party(buyer).name().to_owned(),
+        bank,
         Currency::USD,
         price.quantity * u64::from(config.trades),
     )];

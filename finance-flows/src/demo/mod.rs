@@ -172,7 +172,7 @@ fn build_respend(
     Ok(SignedTransaction::new(tx).with_signature(sig))
 }
 
-/// Checks the end state of a run in which `issued` cash (per issuer name
+/// Checks the end state of a run in which `issued` cash (per issuer key
 /// and currency) and the `papers` were issued, and `completed` trades at
 /// `config.price` (in USD) settled:
 ///
@@ -187,7 +187,7 @@ fn build_respend(
 /// Returns every problem found (empty when all is well).
 pub fn reconcile(
     config: &DemoConfig,
-    issued: &[(String, Currency, u64)],
+    issued: &[(Party, Currency, u64)],
     completed: u32,
     papers: &[StateRef],
     seller: &VaultReport,
@@ -195,12 +195,12 @@ pub fn reconcile(
     failures: &[String],
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut held: BTreeMap<(String, Currency), u64> = BTreeMap::new();
+    let mut held: BTreeMap<(Party, Currency), u64> = BTreeMap::new();
     for (issuer, currency, q) in seller.cash.iter().chain(&buyer.cash) {
         let sum = held.entry((issuer.clone(), *currency)).or_default();
         *sum = sum.saturating_add(*q);
     }
-    let mut expected: BTreeMap<(String, Currency), u64> = BTreeMap::new();
+    let mut expected: BTreeMap<(Party, Currency), u64> = BTreeMap::new();
     for (issuer, currency, q) in issued {
         let sum = expected.entry((issuer.clone(), *currency)).or_default();
         *sum = sum.saturating_add(*q);
@@ -209,13 +209,15 @@ pub fn reconcile(
         let have = held.remove(&(issuer.clone(), *currency)).unwrap_or(0);
         if have != *want {
             problems.push(format!(
-                "{currency} cash issued by {issuer} not conserved: the vaults hold {have}, {want} was issued"
+                "{currency} cash issued by {issuer} ({:?}) not conserved: the vaults hold {have}, {want} was issued",
+                issuer.key()
             ));
         }
     }
     for ((issuer, currency), have) in held {
         problems.push(format!(
-            "the vaults hold {have} of {currency} cash issued by {issuer}, which was never issued"
+            "the vaults hold {have} of {currency} cash issued by {issuer} ({:?}), which was never issued",
+            issuer.key()
         ));
     }
     let s_cash = seller.cash_total(Currency::USD);
@@ -292,7 +294,7 @@ mod tests {
     fn vault(cash: u64, papers: &[u8]) -> VaultReport {
         VaultReport {
             cash: if cash > 0 {
-                vec![("Buyer".to_owned(), Currency::USD, cash)]
+                vec![(bank(), Currency::USD, cash)]
             } else {
                 Vec::new()
             },
@@ -305,13 +307,17 @@ mod tests {
 
     /// Two trades, both settled: the seller holds the price of both, the
     /// buyer both papers (under their new refs).
-    fn settled() -> (DemoConfig, Vec<(String, Currency, u64)>, Vec<StateRef>) {
+    fn bank() -> Party {
+        Party::new("Buyer", PublicKey([5; 32]))
+    }
+
+    fn settled() -> (DemoConfig, Vec<(Party, Currency, u64)>, Vec<StateRef>) {
         let config = DemoConfig {
             trades: 2,
             price: PRICE,
             ..DemoConfig::default()
         };
-        let issued = vec![("Buyer".to_owned(), Currency::USD, 2 * PRICE)];
+        let issued = vec![(bank(), Currency::USD, 2 * PRICE)];
         (config, issued, vec![paper_ref(1), paper_ref(2)])
     }
 
@@ -371,7 +377,13 @@ mod tests {
     fn cash_of_an_unknown_issuer_is_found() {
         let (config, issued, papers) = settled();
         let mut buyer = vault(0, &[11, 12]);
-        buyer.cash.push(("Mallory".to_owned(), Currency::USD, 5));
+        buyer
+            .cash
+            .push((Party::new("Mallory", PublicKey([6; 32])), Currency::USD, 5));
+        // Cash issued under the bank's name by another key is not the bank's.
+        buyer
+            .cash
+            .push((Party::new("Buyer", PublicKey([7; 32])), Currency::USD, 3));
         let problems = reconcile(
             &config,
             &issued,
@@ -383,6 +395,12 @@ mod tests {
         );
         assert!(
             problems.iter().any(|p| p.contains("Mallory")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("3 of USD cash issued by Buyer")),
             "{problems:?}"
         );
     }

@@ -6,7 +6,9 @@
 //!
 //! 1. the notary reports its ledger identity, written to
 //!    `notary-identity.json` for the buyer (which checks every trade names
-//!    it);
+//!    it); the buyer, the demo's bank, reports its own, written to
+//!    `trusted-issuers.json` for the seller (which accepts only that
+//!    issuer's cash);
 //! 2. the buyer issues one coin per trade, the seller one paper per trade;
 //! 3. the seller starts the trades (every one at once, or in two halves
 //!    with a crash) and streams each trade's progress step and outcome back;
@@ -25,6 +27,7 @@
 //! DIR/{notary,seller,buyer}.redb        the node's database: checkpoints, vault, notary index
 //! DIR/{notary,seller,buyer}.log         the node's log (stderr), appended across restarts
 //! DIR/notary-identity.json              the notary's ledger identity, read by the buyer
+//! DIR/trusted-issuers.json              the cash issuers the seller accepts (the buyer)
 //! ```
 //!
 //! No child can outlive the orchestrator: every child is killed when its
@@ -55,6 +58,10 @@ use tokio::sync::mpsc;
 
 /// The file the notary's identity is written to, for the buyer.
 pub const NOTARY_IDENTITY_FILE: &str = "notary-identity.json";
+
+/// The file the seller's trusted cash issuers (the buyer, the demo's bank)
+/// are written to.
+pub const TRUSTED_ISSUERS_FILE: &str = "trusted-issuers.json";
 
 /// How long a node may take to stop after being asked before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -186,9 +193,8 @@ async fn demo(
             .ok_or_else(|| format!("internal: no {role} in the network map"))
     };
 
-    cluster.note(observe, "starting the notary, seller and buyer processes");
+    cluster.note(observe, "starting the notary, buyer and seller processes");
     cluster.spawn(Role::Notary)?;
-    cluster.spawn(Role::Seller)?;
     cluster.wait_ready(Role::Notary).await?;
     let Reply::Identity(ledger) = cluster
         .request(Role::Notary, Command::LedgerIdentity)
@@ -202,19 +208,22 @@ async fn demo(
     };
     write_notary(&cluster.dir, &notary)?;
     cluster.spawn(Role::Buyer)?;
-    cluster.wait_ready(Role::Seller).await?;
     cluster.wait_ready(Role::Buyer).await?;
-
-    cluster.note(
-        observe,
-        &format!("issuing {trades} coins to the buyer and {trades} papers to the seller"),
-    );
+    // The buyer is the demo's bank: the seller is told to accept its cash.
     let Reply::Identity(buyer_ledger) = cluster
         .request(Role::Buyer, Command::LedgerIdentity)
         .await?
     else {
         return Err("the buyer answered its identity with something else".into());
     };
+    write_issuers(&cluster.dir, std::slice::from_ref(&buyer_ledger))?;
+    cluster.spawn(Role::Seller)?;
+    cluster.wait_ready(Role::Seller).await?;
+
+    cluster.note(
+        observe,
+        &format!("issuing {trades} coins to the buyer and {trades} papers to the seller"),
+    );
     cluster
         .request(
             Role::Buyer,
@@ -343,7 +352,7 @@ async fn demo(
     let buyer = report(cluster, Role::Buyer).await?;
     let notary_report = report(cluster, Role::Notary).await?;
     let issued = [(
-        buyer_ledger.name().to_owned(),
+        buyer_ledger.clone(),
         Currency::USD,
         config.demo.price.saturating_mul(u64::from(trades)),
     )];
@@ -455,6 +464,12 @@ fn write_notary(dir: &Path, notary: &Notary) -> Result<(), String> {
     write(&dir.join(NOTARY_IDENTITY_FILE), &text)
 }
 
+fn write_issuers(dir: &Path, issuers: &[Party]) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(issuers)
+        .map_err(|e| format!("cannot encode the trusted issuers: {e}"))?;
+    write(&dir.join(TRUSTED_ISSUERS_FILE), &text)
+}
+
 fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
@@ -549,6 +564,11 @@ impl Cluster {
             .arg(self.file(role, "toml"))
             .arg("--role")
             .arg(role.file_stem());
+        if role == Role::Seller {
+            command
+                .arg("--trust")
+                .arg(self.dir.join(TRUSTED_ISSUERS_FILE));
+        }
         if role == Role::Buyer {
             command
                 .arg("--notary")

@@ -19,7 +19,7 @@ use super::protocol::{
     Command, Event, Reply, Request, Role, Settled, TradeOrder, decode_request, encode,
 };
 use crate::flows::Notary;
-use crate::flows::identity::ledger_identity;
+use crate::flows::identity::{ledger_identity, trust_issuers};
 use crate::flows::issue::{issue_cash, issue_paper};
 use crate::flows::notarise::{notarise, notary_service};
 use crate::flows::report::vault_report;
@@ -57,6 +57,11 @@ pub struct NodeArgs {
     /// buyer needs it to check the trades it answers.
     #[arg(long)]
     pub notary: Option<PathBuf>,
+    /// The cash issuers the seller accepts (a JSON list of parties, written
+    /// by the orchestrator: the demo's bank, which is the buyer). Kept in
+    /// the node's database; without it the seller trusts only itself.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
     /// Highest price the buyer accepts for a paper, in cents.
     #[arg(long, default_value_t = 90_000)]
     pub price: u64,
@@ -96,6 +101,18 @@ pub fn read_notary(path: &Path) -> Result<Notary, String> {
     })
 }
 
+/// Reads the trusted issuers file the orchestrator wrote.
+pub fn read_issuers(path: &Path) -> Result<Vec<Party>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the trusted issuers {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a list of issuers ({e}); it is written by the orchestrator: start a fresh demo",
+            path.display()
+        )
+    })
+}
+
 async fn run(args: NodeArgs) -> Result<(), String> {
     let loaded = Config::read(&args.config)
         .and_then(Config::load)
@@ -110,6 +127,7 @@ async fn run(args: NodeArgs) -> Result<(), String> {
         Role::Seller => {
             builder.flow::<sell::Flow>();
             builder.flow::<issue_paper::Flow>();
+            builder.flow::<trust_issuers::Flow>();
         }
         Role::Buyer => {
             let path = args
@@ -126,6 +144,10 @@ async fn run(args: NodeArgs) -> Result<(), String> {
         }
     }
     let node = builder.start().await.map_err(|e| e.to_string())?;
+    if let Some(path) = &args.trust {
+        let issuers = read_issuers(path)?;
+        run_flow(&node, trust_issuers(issuers)).await?;
+    }
 
     let (out, out_rx) = mpsc::unbounded_channel::<Event>();
     let writer = tokio::spawn(write_events(out_rx));

@@ -8,6 +8,7 @@ use super::resolve::{
 use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
+use crate::resolution::Vending;
 use crate::vault;
 use flow_runtime::prelude::*;
 
@@ -56,7 +57,9 @@ pub async fn finality(
     ctx.set_progress("Sending the final transaction");
     for session in sessions {
         session.send(&fin)?;
-        let served: Result<Served, FlowError> = ctx.sub_flow(serve_transactions(session)).await;
+        let vending: Vending = Vending::of_dependencies(&fin);
+        let served: Result<Served, FlowError> =
+            ctx.sub_flow(serve_transactions(session, vending)).await;
         match served {
             Ok(Served { next: None, .. }) => {}
             Ok(Served { next: Some(_), .. }) => {

@@ -7,6 +7,7 @@ use super::store;
 use crate::crypto::KeyPair;
 use crate::keys;
 use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::trust;
 use flow_runtime::prelude::*;
 
 const IDENTITY_KEY: &[u8] = b"ledger-identity";
@@ -26,6 +27,8 @@ fn get_or_create(store: &mut dyn Store, name: &str) -> Result<Party, StoreError>
     keys::import(store, &pair)?;
     let party = Party::new(name, pair.public());
     store.put(Table::Config, IDENTITY_KEY, &encode(&party)?)?;
+    // A node's own cash is what it pays with.
+    trust::trust_issuer(store, &party)?;
     Ok(party)
 }
 
@@ -34,4 +37,21 @@ fn get_or_create(store: &mut dyn Store, name: &str) -> Result<Party, StoreError>
 #[flow]
 pub async fn ledger_identity(ctx: &mut FlowContext) -> Result<Party, FlowError> {
     ledger_identity_of(ctx)
+}
+
+/// Adds `issuers` to the cash issuers this node accepts (see
+/// [`crate::trust`]): by key, per node, kept in the node's database. The
+/// operator runs it once when setting a node up (the demo makes its seller
+/// trust the buyer's bank this way); running it again changes nothing.
+/// Returns every issuer now trusted.
+#[flow]
+pub async fn trust_issuers(
+    ctx: &mut FlowContext,
+    issuers: Vec<Party>,
+) -> Result<Vec<Party>, FlowError> {
+    let db = store(ctx)?;
+    for issuer in &issuers {
+        trust::trust_issuer(db, issuer).map_err(|e| FlowError::internal(e.to_string()))?;
+    }
+    trust::trusted_issuers(db).map_err(|e| FlowError::internal(e.to_string()))
 }

@@ -1,11 +1,24 @@
-//! The notary round trip: a client sends a transaction, the notary's
-//! uniqueness service signs it or refuses it.
+//! The notary round trip: a client sends a transaction, the notary fetches
+//! the history it lacks (the client serves it), validates the transaction
+//! and signs it or refuses it (see [`crate::notary`]).
+//!
+//! ```text
+//!   client (notarise)                         notary (notary_service)
+//!     transaction ─────────────────────────────▶ checks notary, time window
+//!       (serves it) ◀──────────────── fetch ──── resolve_transactions (deferred)
+//!                   ◀──── Done(Signed | Rejected) notary::notarise
+//! ```
 
 use super::identity::ledger_identity_of;
+use super::resolve::{
+    Ending, dependencies, resolve_transactions, send_ending_resolution, serve_until_next,
+};
 use super::store;
-use crate::crypto::TxSignature;
+use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
 use crate::notary::{self, NotaryError};
+use crate::resolution::{FetchRequest, Vending};
+use flow_runtime::Payload;
 use flow_runtime::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +32,10 @@ pub enum NotaryResponse {
 }
 
 /// Asks the notary running on `notary_node` to notarise `stx`; returns its
-/// signature. A refusal (double spend, time window, missing signature)
-/// fails the flow with the notary's reason.
+/// signature. The notary validates `stx` and fetches the history it lacks
+/// from this node (only `stx`'s dependency chain is served). A refusal
+/// (double spend, time window, missing signature, contract) fails the flow
+/// with the notary's reason.
 #[flow]
 pub async fn notarise(
     ctx: &mut FlowContext,
@@ -29,12 +44,17 @@ pub async fn notarise(
 ) -> Result<TxSignature, FlowError> {
     ctx.set_progress("Requesting the notary's signature");
     let session: FlowSession = ctx.initiate_flow(&notary_node);
+    session.send(&stx)?;
+    let mut vending: Vending = Vending::of_dependencies(&stx);
+    let reply: Payload = loop {
+        let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
+        if let Some(reply) = serve_until_next(ctx, &session, &mut vending, request)? {
+            break reply;
+        }
+    };
+    let response: NotaryResponse = reply.decode()?;
     let notary_key: PublicKey = *stx.tx.notary.key();
     let id: crate::crypto::SecureHash = stx.id();
-    let response: NotaryResponse = session
-        .send_and_receive::<NotaryResponse>(&stx)
-        .await?
-        .validate(Ok)?;
     match response {
         NotaryResponse::Signed(sig) if sig.by == notary_key && sig.is_valid_for(&id.0) => Ok(sig),
         NotaryResponse::Signed(_) => Err(FlowError::new(
@@ -48,9 +68,32 @@ pub async fn notarise(
 
 /// The notary's side of [`notarise`]: register it as the responder to
 /// `notarise::Flow` on the notary node.
+///
+/// Receives the transaction, makes the checks that need no history (the
+/// notary named, the time window), fetches the history it lacks from the
+/// requester (verified like any resolution; a requester that cannot
+/// supply it gets the resolution's error), then validates and commits
+/// through [`notary::notarise`]. Its answer ends the resolution.
 #[flow]
 pub async fn notary_service(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
     let stx: SignedTransaction = session.receive::<SignedTransaction>().await?.validate(Ok)?;
+    let me = ledger_identity_of(ctx)?;
+    let now = ctx.now();
+    if let Err(e) = notary::precheck(&me, &stx, now) {
+        tracing::info!(tx = %stx.id(), reason = %e, "notarisation refused");
+        send_ending_resolution(&session, &NotaryResponse::Rejected(e.to_string()))?;
+        return Ok(());
+    }
+    let deps: Vec<SecureHash> = dependencies(&stx);
+    let fetching: FlowSession = session.clone();
+    let _resolved: u32 = ctx
+        .sub_flow(resolve_transactions(
+            fetching,
+            deps,
+            Vec::new(),
+            Ending::Deferred,
+        ))
+        .await?;
     let me = ledger_identity_of(ctx)?;
     let now = ctx.now();
     let response = match notary::notarise(store(ctx)?, &me, &stx, now) {
@@ -65,6 +108,6 @@ pub async fn notary_service(ctx: &mut FlowContext, session: FlowSession) -> Resu
             NotaryResponse::Rejected(e.to_string())
         }
     };
-    session.send(&response)?;
+    send_ending_resolution(&session, &response)?;
     Ok(())
 }

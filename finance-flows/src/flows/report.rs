@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 /// What a node's vault holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultReport {
-    /// Unconsumed cash per (issuer name, currency), in minor units.
-    pub cash: Vec<(String, Currency, u64)>,
+    /// Unconsumed cash per (issuer, currency), in minor units. Issuers are
+    /// told apart by key: cash issued under a known name by another key is
+    /// a line of its own.
+    pub cash: Vec<(Party, Currency, u64)>,
     /// Unconsumed commercial paper, with where it lives.
     pub papers: Vec<(StateRef, CommercialPaper)>,
     /// States still soft-locked (zero when no trade is in flight).
@@ -31,7 +33,16 @@ impl VaultReport {
             .iter()
             .filter(|(_, c, _)| *c == currency)
             .map(|(_, _, q)| *q)
-            .sum()
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Unconsumed cash of `currency` issued by `issuer` (by key).
+    pub fn cash_of(&self, issuer: &Party, currency: Currency) -> u64 {
+        self.cash
+            .iter()
+            .filter(|(i, c, _)| i == issuer && *c == currency)
+            .map(|(_, _, q)| *q)
+            .fold(0, u64::saturating_add)
     }
 }
 

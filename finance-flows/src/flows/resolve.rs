@@ -12,7 +12,7 @@
 use super::{fail, store};
 use crate::crypto::SecureHash;
 use crate::ledger::SignedTransaction;
-use crate::resolution::{self, FetchReply, FetchRequest, Resolution};
+use crate::resolution::{FetchReply, FetchRequest, Resolution, Vending};
 use flow_runtime::prelude::*;
 use flow_runtime::{FlowErrorKind, Payload};
 use serde::{Deserialize, Serialize};
@@ -102,15 +102,18 @@ pub fn send_ending_resolution(
     session.send(&FetchRequest::Done(Some(Payload::encode(next)?)))
 }
 
-/// Answers one fetch request from the vault on `session`; returns how many
-/// transactions it sent. For a serving loop that also waits for the
-/// resolver's next message (see [`send_ending_resolution`]).
+/// Answers one fetch request from the vault on `session`, within the
+/// chain `vending` allows (a request outside it fails the flow, and the
+/// peer receives why); returns how many transactions it sent. For a
+/// serving loop that also waits for the resolver's next message (see
+/// [`send_ending_resolution`]).
 pub fn serve_request(
     ctx: &mut FlowContext,
     session: &FlowSession,
+    vending: &mut Vending,
     ids: &[SecureHash],
 ) -> Result<u32, FlowError> {
-    let reply: FetchReply = resolution::serve(store(ctx)?, ids).map_err(fail)?;
+    let reply: FetchReply = vending.serve(store(ctx)?, ids).map_err(fail)?;
     session.send(&reply)?;
     Ok(u32::try_from(reply.len()).unwrap_or(u32::MAX))
 }
@@ -123,11 +126,12 @@ pub fn serve_request(
 pub fn serve_until_next(
     ctx: &mut FlowContext,
     session: &FlowSession,
+    vending: &mut Vending,
     request: FetchRequest,
 ) -> Result<Option<Payload>, FlowError> {
     match request {
         FetchRequest::Transactions(ids) => {
-            serve_request(ctx, session, &ids)?;
+            serve_request(ctx, session, vending, &ids)?;
             Ok(None)
         }
         FetchRequest::Done(next) => Ok(next),
@@ -147,7 +151,9 @@ pub struct Served {
 }
 
 /// The other end of [`resolve_transactions`](fn@resolve_transactions):
-/// answers fetch requests from the vault until the peer says it is done.
+/// answers fetch requests from the vault until the peer says it is done,
+/// serving only the chain `vending` allows (normally
+/// [`Vending::of_dependencies`] of the transaction sent to the peer).
 /// Returns what was served and the message that came with the `Done`, if
 /// any.
 ///
@@ -158,14 +164,16 @@ pub struct Served {
 pub async fn serve_transactions(
     ctx: &mut FlowContext,
     session: FlowSession,
+    vending: Vending,
 ) -> Result<Served, FlowError> {
     let mut sent: u32 = 0;
+    let mut vending: Vending = vending;
     loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
         match request {
             FetchRequest::Done(next) => return Ok(Served { sent, next }),
             FetchRequest::Transactions(ids) => {
-                sent = sent.saturating_add(serve_request(ctx, &session, &ids)?);
+                sent = sent.saturating_add(serve_request(ctx, &session, &mut vending, &ids)?);
             }
         }
     }

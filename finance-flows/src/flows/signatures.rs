@@ -1,7 +1,9 @@
 //! A signature round: the initiator sends a partly signed transaction, the
 //! signer resolves its dependencies, checks it (its own rules, in its own
 //! code between [`receive_to_sign`](fn@receive_to_sign) and
-//! [`sign_and_reply`]), and returns its signatures.
+//! [`sign_and_reply`]), and returns its signatures — made with exactly the
+//! keys its check approved, never with every key it holds that the
+//! transaction happens to list.
 //!
 //! ```text
 //!   initiator                                 signer
@@ -24,7 +26,7 @@ use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::SignedTransaction;
-use crate::resolution::FetchRequest;
+use crate::resolution::{FetchRequest, Vending};
 use crate::vault;
 use flow_runtime::Payload;
 use flow_runtime::prelude::*;
@@ -47,9 +49,11 @@ pub async fn collect_signatures(
     ctx.set_progress("Sending the transaction for signing");
     send_ending_resolution(&session, &stx)?;
     ctx.set_progress("Waiting for signatures");
+    // The signer may fetch the proposal's history, and only that.
+    let mut vending: Vending = Vending::of_dependencies(&stx);
     let reply: Payload = loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
-        if let Some(reply) = serve_until_next(ctx, &session, request)? {
+        if let Some(reply) = serve_until_next(ctx, &session, &mut vending, request)? {
             break reply;
         }
     };
@@ -96,18 +100,22 @@ fn check_returned_signatures(
 /// dependencies from the peer. The caller then applies its own checks and, if satisfied, calls
 /// [`sign_and_reply`] or [`sign_verified_and_reply`], whose reply also ends
 /// this resolution (left open: [`Ending::Deferred`]); to refuse, it returns
-/// an error, which the initiator receives. Like
-/// [`serve_transactions`](fn@super::resolve::serve_transactions), it serves
-/// any transaction of the vault the initiator asks for by id.
+/// an error, which the initiator receives.
+///
+/// While it waits it serves the initiator's fetches within `vending`: the
+/// history of what this node sent the initiator before the round (e.g. an
+/// offered asset's transaction), or nothing ([`Vending::default`]).
 #[flow]
 pub async fn receive_to_sign(
     ctx: &mut FlowContext,
     session: FlowSession,
+    vending: Vending,
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Receiving the transaction to sign");
+    let mut vending: Vending = vending;
     let stx: SignedTransaction = loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
-        if let Some(proposal) = serve_until_next(ctx, &session, request)? {
+        if let Some(proposal) = serve_until_next(ctx, &session, &mut vending, request)? {
             break proposal.decode::<SignedTransaction>()?;
         }
     };
@@ -125,70 +133,71 @@ pub async fn receive_to_sign(
 }
 
 /// The signer's second half (does not suspend): verifies `stx` — every
-/// signature present valid, contracts satisfied, only the signatures of this
-/// node's keys and of `notary_key` missing — signs with every required key
-/// this node holds, and sends the signatures on `session`. Returns the
-/// signatures made. The reply ends the resolution
-/// [`receive_to_sign`](fn@receive_to_sign) left open.
+/// signature present valid, contracts satisfied, only the signatures of
+/// `keys` and of `notary_key` missing — signs with exactly `keys`, and
+/// sends the signatures on `session`. Returns the signatures made. The
+/// reply ends the resolution [`receive_to_sign`](fn@receive_to_sign) left
+/// open.
+///
+/// `keys` are the keys the caller's own check found the deal to name
+/// (e.g. [`trade::check_proposal`](crate::trade::check_proposal)'s
+/// result): a signature authorises every command that lists its key, so
+/// the caller must have checked each of those commands before. A
+/// transaction that also needs another key of this node fails the
+/// verification (its signature is missing), so this node never signs
+/// for more than it checked.
 pub fn sign_and_reply(
     ctx: &mut FlowContext,
     session: &FlowSession,
     stx: &SignedTransaction,
     notary_key: &PublicKey,
+    keys: &[PublicKey],
 ) -> Result<Vec<TxSignature>, FlowError> {
     let db = store(ctx)?;
-    let ours = our_missing_keys(db, stx)?;
-    let mut allowed = ours.clone();
+    let mut allowed = keys.to_vec();
     allowed.push(*notary_key);
     stx.verify_except(&allowed, vault::resolver(db))
         .map_err(fail)?;
-    sign_with(db, session, stx, &ours)
+    sign_with(db, session, stx, keys)
 }
 
 /// As [`sign_and_reply`] without verifying `stx` again: for a caller that
-/// has just verified it in full in the same step — as
-/// [`trade::check_proposal`](crate::trade::check_proposal) does, with the
-/// same allowance for the missing signatures — so the signatures present
-/// are not checked twice (~27 µs each).
+/// has just verified it in full in the same step, with the same allowance
+/// for the missing signatures — as
+/// [`trade::check_proposal`](crate::trade::check_proposal) does — so the
+/// signatures present are not checked twice (~27 µs each). Signs with
+/// exactly `keys`, each of which must still be missing.
 pub fn sign_verified_and_reply(
     ctx: &mut FlowContext,
     session: &FlowSession,
     stx: &SignedTransaction,
+    keys: &[PublicKey],
 ) -> Result<Vec<TxSignature>, FlowError> {
     let db = store(ctx)?;
-    let ours = our_missing_keys(db, stx)?;
-    sign_with(db, session, stx, &ours)
+    sign_with(db, session, stx, keys)
 }
 
-/// The missing signers of `stx` whose keys this node holds; an error if
-/// there are none (this node has nothing to sign).
-fn our_missing_keys(
-    db: &dyn crate::store::Store,
-    stx: &SignedTransaction,
-) -> Result<Vec<PublicKey>, FlowError> {
-    let mut ours = Vec::new();
-    for key in stx.missing_signers() {
-        if keys::is_ours(db, &key).map_err(fail)? {
-            ours.push(key);
-        }
-    }
-    if ours.is_empty() {
-        return Err(FlowError::new(
-            "this node holds none of the keys the transaction still needs",
-        ));
-    }
-    Ok(ours)
-}
-
+/// Signs `stx` with exactly `ours` and sends the signatures. Each key must
+/// be one the transaction still needs (and this node holds: signing fails
+/// otherwise).
 fn sign_with(
     db: &dyn crate::store::Store,
     session: &FlowSession,
     stx: &SignedTransaction,
     ours: &[PublicKey],
 ) -> Result<Vec<TxSignature>, FlowError> {
+    if ours.is_empty() {
+        return Err(FlowError::new("no key to sign the transaction with"));
+    }
+    let missing = stx.missing_signers();
     let id = stx.id();
     let mut sigs = Vec::with_capacity(ours.len());
     for key in ours {
+        if !missing.contains(key) {
+            return Err(FlowError::new(format!(
+                "the transaction does not need a signature by {key:?}"
+            )));
+        }
         sigs.push(keys::sign(db, key, &id.0).map_err(fail)?);
     }
     send_ending_resolution(session, &sigs)?;

@@ -38,6 +38,7 @@ use super::{Notary, fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::{Amount, AssetKind, SignedTransaction, StateRef};
+use crate::resolution::Vending;
 use crate::trade::{self, TradeOffer};
 use crate::vault::{self, LockId};
 use flow_runtime::prelude::*;
@@ -118,17 +119,24 @@ pub async fn sell_steps(
     notary: Notary,
 ) -> Result<SignedTransaction, FlowError> {
     session.send(&offer)?;
+    // The buyer may fetch the asset's history, and only that.
+    let mut vending: Vending = Vending::of([offer.asset.state_ref.tx_id]);
+    for sent in &offer.history {
+        vending.allow_dependencies_of(sent);
+    }
     let offer: TradeOffer = offer.without_history();
     // receive_to_sign serves the older history the buyer may still fetch
     // before its proposal ends that resolution.
     ctx.set_progress("Waiting for the buyer's proposal");
     let signing: FlowSession = session.clone();
-    let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing)).await?;
+    let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing, vending)).await?;
     ctx.set_progress("Checking the buyer's proposal");
-    trade::check_proposal(store(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
+    let keys: Vec<PublicKey> =
+        trade::check_proposal(store(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
     ctx.set_progress("Signing");
-    // check_proposal verified the proposal in full: sign without a second pass.
-    let ours: Vec<TxSignature> = sign_verified_and_reply(ctx, &session, &proposal)?;
+    // check_proposal verified the proposal in full: sign, with exactly the
+    // key it approved, without a second pass.
+    let ours: Vec<TxSignature> = sign_verified_and_reply(ctx, &session, &proposal, &keys)?;
     ctx.set_progress("Waiting for the final transaction");
     let expected: Option<SecureHash> = Some(proposal.id());
     // The buyer's signatures were verified above and ours we just made: the

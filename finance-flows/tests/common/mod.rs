@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use finance_flows::flows::Notary;
-use finance_flows::flows::identity::ledger_identity;
+use finance_flows::flows::identity::{ledger_identity, trust_issuers};
 use finance_flows::flows::issue::{issue_cash, issue_paper};
 use finance_flows::flows::notarise::{notarise, notary_service};
 use finance_flows::flows::report::{VaultReport, vault_report};
@@ -58,6 +58,10 @@ impl World {
             party,
             node: net.party(notary_node),
         };
+        // The buyer issues the cash it pays with: the seller trusts it as
+        // an issuer (a node's trust is its own, configured by key).
+        let bank = run(&mut net, buyer, ledger_identity()).unwrap();
+        run(&mut net, seller, trust_issuers(vec![bank])).unwrap();
         if honest_buyer {
             let n = notary.clone();
             net.register_responder::<sell::Flow, _>(buyer, move |s| {
