@@ -29,8 +29,9 @@ use flow_runtime::prelude::*;
 /// notary verifies every one of them before signing (and nothing is
 /// recorded without the notary's signature, itself verified by
 /// [`notarise`]), so checking them here too would only double the cost.
-/// The signer set and the contracts are checked here, since the notary is
-/// non-validating. A transaction without a notary is verified in full.
+/// The signer set and the contracts are checked here: the vault records
+/// only what this node verified itself. A transaction without a notary is
+/// verified in full.
 #[flow]
 pub async fn finality(
     ctx: &mut FlowContext,

@@ -44,18 +44,18 @@ pub async fn notarise(
 ) -> Result<TxSignature, FlowError> {
     ctx.set_progress("Requesting the notary's signature");
     let session: FlowSession = ctx.initiate_flow(&notary_node);
-    session.send(&stx)?;
+    let notary_key: PublicKey = *stx.tx.notary.key();
+    let id: SecureHash = stx.id();
+    // The notary may fetch the transaction's history, and only that.
     let mut vending: Vending = Vending::of_dependencies(&stx);
+    session.send(&stx)?;
     let reply: Payload = loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
         if let Some(reply) = serve_until_next(ctx, &session, &mut vending, request)? {
             break reply;
         }
     };
-    let response: NotaryResponse = reply.decode()?;
-    let notary_key: PublicKey = *stx.tx.notary.key();
-    let id: crate::crypto::SecureHash = stx.id();
-    match response {
+    match reply.decode::<NotaryResponse>()? {
         NotaryResponse::Signed(sig) if sig.by == notary_key && sig.is_valid_for(&id.0) => Ok(sig),
         NotaryResponse::Signed(_) => Err(FlowError::new(
             "the notary's signature is invalid or not by the transaction's notary",
