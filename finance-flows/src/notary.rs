@@ -8,7 +8,7 @@
 //! which the contracts require), the inputs resolved from its own records,
 //! the contracts satisfied, its clock inside the time window. The
 //! requester supplies the history the notary lacks (the
-//! [`notary_service`](crate::flows::notarise::notary_service) flow resolves
+//! [`notary_service`](fn@crate::flows::notarise::notary_service) flow resolves
 //! it like any participant, verifying every dependency); nothing in the
 //! request itself is trusted. A non-validating notary, which checks only
 //! the signers a transaction names, lets anyone who has seen a state's

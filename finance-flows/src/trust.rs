@@ -8,7 +8,7 @@
 //!
 //! A node trusts its own ledger identity (its own cash is what it pays
 //! with) and the issuers its operator adds with [`trust_issuer`] (the
-//! [`trust_issuers`](crate::flows::identity::trust_issuers) flow). The
+//! [`trust_issuers`](fn@crate::flows::identity::trust_issuers) flow). The
 //! setting lives in the node's database ([`Table::Config`]), so it survives
 //! restarts and commits with the step that changes it.
 
