@@ -23,11 +23,11 @@
 //!   shows the CPU cost per step against raw redb's).
 
 use flow_runtime::__private as rt;
-use flow_runtime::node::OsIds;
+use flow_runtime::engine::OsIds;
+use flow_runtime::engine::{Body, WireMessage};
+use flow_runtime::engine::{NewFlow, Registry};
 use flow_runtime::prelude::*;
-use flow_runtime::protocol::{Body, WireMessage};
-use flow_runtime::registry::{NewFlow, Registry};
-use flow_runtime::store::{
+use flow_runtime::storage::{
     RedbOptions, RedbStore, StorageCounters, Store, Table, TimedStore, WriteBatch,
 };
 use flow_runtime::testing::HandwrittenPing;

@@ -23,8 +23,8 @@
 
 use criterion::{Criterion, criterion_group};
 use flow_runtime::Payload;
+use flow_runtime::engine::{Body, WireMessage};
 use flow_runtime::prelude::*;
-use flow_runtime::protocol::{Body, WireMessage};
 use flow_runtime::runner::{Node, NodeBuilder, keys};
 use flow_runtime::tcp::{NetworkMap, PeerEntry};
 use std::sync::Mutex;

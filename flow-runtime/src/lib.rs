@@ -46,18 +46,18 @@ mod fast_hash;
 pub mod fingerprint;
 mod flow;
 mod handle;
+mod node;
 mod party;
+mod progress;
+mod protocol;
+mod registry;
+mod services;
 mod session;
+mod store;
 mod untrustworthy;
 
-pub mod node;
-pub mod progress;
-pub mod protocol;
-pub mod registry;
 #[cfg(feature = "tcp")]
 pub mod runner;
-pub mod services;
-pub mod store;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 pub mod testing;
@@ -75,11 +75,47 @@ pub use error::{FlowError, FlowErrorKind};
 pub use flow::{Event, Flow, Step};
 pub use flow_macros::flow;
 pub use handle::FlowHandle;
-pub use node::{NodeConfig, NodeCore, RunId, StepWrites};
+pub use node::{NodeConfig, NodeCore, NodeError, RunId, StepWrites};
 pub use party::{Party, PublicKey};
 pub use progress::{ProgressStream, ProgressTracker};
+pub use registry::ResponderFn;
+pub use services::Services;
 pub use session::{FlowSession, OutgoingMessage, Payload, Receive, SessionId};
 pub use untrustworthy::Untrustworthy;
+
+/// The node's engine, for writing a driver of one's own (a worker process,
+/// another event loop, an operator tool): the synchronous step engine
+/// ([`NodeCore`]), the delivery protocol every driver runs
+/// ([`Delivery`](engine::Delivery)),
+/// the wire format, the flow registry and the operator's views.
+///
+/// Applications do not need it: they run nodes with
+/// [`runner::Node`] and test flows with [`testing::MockNetwork`], which
+/// drive the
+/// engine for them.
+pub mod engine {
+    pub use crate::node::delivery::{Delivery, DeliveryStats, Receipt, Sent, Transmit};
+    pub use crate::node::{
+        CheckpointDump, CheckpointSummary, HospitalEntry, NodeConfig, NodeCore, NodeError,
+        OperatorView, OsIds, Output, RunId, STORE_FORMAT, SessionDump, UnackedFrame,
+    };
+    pub use crate::protocol::{Body, WIRE_VERSION, WireMessage};
+    pub use crate::registry::{ErasedStep, FlowType, NewFlow, Registry, ResponderFn};
+}
+
+/// The checkpoint store: the [`Store`](storage::Store) trait a node
+/// commits through (one atomic write batch per group commit, plus
+/// lookups), its redb implementation ([`RedbStore`](storage::RedbStore),
+/// on a file or in memory) and a timing wrapper for measurements.
+///
+/// Applications choose only [`RedbOptions`](storage::RedbOptions) (through
+/// the node's builder or config file); another backend implements `Store`.
+pub mod storage {
+    pub use crate::store::{
+        Entries, RangeRemoval, RedbOptions, RedbStore, SharedMemory, StorageCounters, StorageStats,
+        Store, StoreError, Table, TimedStore, WriteBatch, WriteOp,
+    };
+}
 
 /// Everything a flow author needs: `use flow_runtime::prelude::*;`.
 pub mod prelude {

@@ -5,10 +5,10 @@
 mod tcp_common;
 
 use flow_runtime::NodeConfig;
+use flow_runtime::engine::WireMessage;
 use flow_runtime::prelude::*;
-use flow_runtime::protocol::WireMessage;
 use flow_runtime::runner::{Node, NodeBuilder};
-use flow_runtime::store::RedbOptions;
+use flow_runtime::storage::RedbOptions;
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
 use std::path::Path;

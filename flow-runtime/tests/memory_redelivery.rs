@@ -9,10 +9,10 @@
 //! exact instants and the tests neither sleep for real nor depend on the
 //! machine's speed.
 
+use flow_runtime::engine::WireMessage;
 use flow_runtime::prelude::*;
-use flow_runtime::protocol::WireMessage;
 use flow_runtime::runner::{Node, NodeBuilder};
-use flow_runtime::store::RedbOptions;
+use flow_runtime::storage::RedbOptions;
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{
     Incoming, MemoryNetwork, MemoryTransport, SendError, Transport, TransportEvent,

@@ -4,11 +4,11 @@
 //! after an eviction, and not differently from a node without the cache.
 
 use flow_runtime::__private as rt;
-use flow_runtime::node::OsIds;
+use flow_runtime::engine::OsIds;
+use flow_runtime::engine::{NewFlow, Registry};
 use flow_runtime::prelude::*;
-use flow_runtime::registry::{NewFlow, Registry};
-use flow_runtime::store::{Entries, RedbOptions, RedbStore, SharedMemory, Store, StoreError};
-use flow_runtime::store::{Table, WriteBatch};
+use flow_runtime::storage::{Entries, RedbOptions, RedbStore, SharedMemory, Store, StoreError};
+use flow_runtime::storage::{Table, WriteBatch};
 use flow_runtime::{Event, NodeConfig, NodeCore, RunId, Step, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

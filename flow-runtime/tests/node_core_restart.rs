@@ -1,11 +1,11 @@
 //! `NodeCore` across crashes, driven directly (no `MockNetwork`, which keeps
 //! its own copy of operator settings): what a node remembers by itself.
 
-use flow_runtime::node::OsIds;
-use flow_runtime::node::{NodeError, STORE_FORMAT};
-use flow_runtime::protocol::{Body, WireMessage};
-use flow_runtime::registry::{NewFlow, Registry};
-use flow_runtime::store::{RedbOptions, RedbStore, SharedMemory, Store, Table, WriteBatch};
+use flow_runtime::engine::OsIds;
+use flow_runtime::engine::{Body, WireMessage};
+use flow_runtime::engine::{NewFlow, Registry};
+use flow_runtime::engine::{NodeError, STORE_FORMAT};
+use flow_runtime::storage::{RedbOptions, RedbStore, SharedMemory, Store, Table, WriteBatch};
 use flow_runtime::testing::HandwrittenPing;
 use flow_runtime::{FlowErrorKind, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
 use std::sync::Arc;

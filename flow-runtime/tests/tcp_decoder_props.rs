@@ -3,7 +3,7 @@
 //! `flow-runtime/fuzz` explore the same decoders coverage-guided.)
 
 use bytes::BytesMut;
-use flow_runtime::protocol::WireMessage;
+use flow_runtime::engine::WireMessage;
 use flow_runtime::tcp::codec;
 use flow_runtime::tcp::records::{
     IdentityProof, NOISE_MAX_MESSAGE, in_memory_transport_pair, open_frame, seal_frame, sealed_len,

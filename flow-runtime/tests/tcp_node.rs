@@ -4,7 +4,7 @@
 
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder, keys};
-use flow_runtime::store::RedbOptions;
+use flow_runtime::storage::RedbOptions;
 use flow_runtime::tcp::{NetworkMap, PeerEntry, SigningKey, TcpConfig};
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use std::path::{Path, PathBuf};

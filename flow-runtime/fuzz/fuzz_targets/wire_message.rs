@@ -3,7 +3,7 @@
 //! must re-encode and decode to the same message.
 #![no_main]
 
-use flow_runtime::protocol::WireMessage;
+use flow_runtime::engine::WireMessage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,6 +10,8 @@ mod event_loop;
 mod handle;
 pub mod keys;
 
+/// The database options a node is built with ([`NodeBuilder::store_options`]).
+pub use crate::store::RedbOptions;
 pub use builder::NodeBuilder;
 pub use config::{Config, ConfigError, LoadedConfig, NodeSection, StoreSection, TransportSection};
 pub use event_loop::MAX_FRAMES_PER_BATCH;

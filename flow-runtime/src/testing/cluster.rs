@@ -14,8 +14,8 @@
 use crate::node::delivery::{Delivery, Sent, Transmit};
 use crate::node::{CheckpointSummary, OsIds, Output};
 use crate::registry::{NewFlow, Registry};
-pub use crate::store::StorageStats;
-use crate::store::{RedbOptions, RedbStore, StorageCounters, Store, Table, TimedStore, WriteBatch};
+pub use crate::store::{RedbOptions, StorageStats};
+use crate::store::{RedbStore, StorageCounters, Store, Table, TimedStore, WriteBatch};
 use crate::{Flow, FlowError, NodeConfig, NodeCore, Party, PublicKey, RunId, Timestamp};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,46 +1,5 @@
-//! [`Delivery`]: the sending side of the session protocol — sending,
-//! re-sending and what a lost link means — as a state machine that does no
-//! I/O (sans-IO, in the manner of `quinn-proto` and `h2`'s codec).
-//!
-//! Why one module: the exactly-once guarantee rests on every unacknowledged
-//! message being sent again until its ack is committed, and on not sending
-//! the rest needlessly (a node with thousands of messages in flight would
-//! otherwise re-send them all at every tick). That policy is subtle, and
-//! every driver needs it: the tokio node, the deterministic
-//! [`MockNetwork`](crate::testing::MockNetwork), benchmark harnesses. Written
-//! once here, the seeded simulation runs exactly the policy production runs,
-//! and a fix is made once.
-//!
-//! How a driver uses it: it feeds in what happened — a committed batch's
-//! frames ([`released`](Delivery::released)), a redelivery tick
-//! ([`tick`](Delivery::tick)), a link that came up or went down
-//! ([`connected`](Delivery::connected), [`disconnected`](Delivery::disconnected)),
-//! missed link events ([`events_lost`](Delivery::events_lost)) — then takes
-//! the frames to send with [`poll_transmit`](Delivery::poll_transmit) and
-//! reports for each whether its transport took it
-//! ([`report`](Delivery::report)). Delivery never calls a transport, never
-//! reads a clock (a tick is whatever interval the driver chooses) and never
-//! reads the store: the outbox is handed in by the caller
-//! ([`NodeCore::unacked_frames`](crate::NodeCore::unacked_frames)).
-//!
-//! The policy:
-//!
-//! * a committed batch's frames are sent at once;
-//! * at a tick, a message unacknowledged for at least one whole interval is
-//!   sent again, and again at every tick until its ack is committed; one
-//!   sent since the previous tick waits for the next (its ack is most likely
-//!   in flight). The first tick (start-up) re-sends the whole outbox: it may
-//!   hold messages of an earlier run whose connections lost them (see
-//!   `schedule.rs`);
-//! * once a peer refuses a frame (its queue is full, it is unreachable),
-//!   the re-sends queued for it now are not tried: they stay in the durable
-//!   outbox for the next tick or the peer's reconnect, instead of collecting
-//!   one refusal each (a batch's new frames are each tried);
-//! * when a link comes (back) up, only what it may have lost is sent again
-//!   at once: the peer's messages that were unacknowledged when its previous
-//!   link went down, or all its unacknowledged messages after a refusal. A
-//!   transport keeps what it accepted queued until a link carries it, so
-//!   after a first connection nothing is missing.
+//! [`Delivery`]: the sending side of the session protocol, sans-IO. The
+//! policy and how a driver uses it are on the type.
 
 mod schedule;
 
@@ -112,8 +71,49 @@ struct LinkLosses {
     in_flight_at_disconnect: HashSet<Vec<u8>>,
 }
 
-/// The sending side of one node's session protocol. See the
-/// [module docs](self).
+/// [`Delivery`]: the sending side of the session protocol — sending,
+/// re-sending and what a lost link means — as a state machine that does no
+/// I/O (sans-IO, in the manner of `quinn-proto` and `h2`'s codec).
+///
+/// Why one module: the exactly-once guarantee rests on every unacknowledged
+/// message being sent again until its ack is committed, and on not sending
+/// the rest needlessly (a node with thousands of messages in flight would
+/// otherwise re-send them all at every tick). That policy is subtle, and
+/// every driver needs it: the tokio node, the deterministic
+/// [`MockNetwork`](crate::testing::MockNetwork), benchmark harnesses. Written
+/// once here, the seeded simulation runs exactly the policy production runs,
+/// and a fix is made once.
+///
+/// How a driver uses it: it feeds in what happened — a committed batch's
+/// frames ([`released`](Delivery::released)), a redelivery tick
+/// ([`tick`](Delivery::tick)), a link that came up or went down
+/// ([`connected`](Delivery::connected), [`disconnected`](Delivery::disconnected)),
+/// missed link events ([`events_lost`](Delivery::events_lost)) — then takes
+/// the frames to send with [`poll_transmit`](Delivery::poll_transmit) and
+/// reports for each whether its transport took it
+/// ([`report`](Delivery::report)). Delivery never calls a transport, never
+/// reads a clock (a tick is whatever interval the driver chooses) and never
+/// reads the store: the outbox is handed in by the caller
+/// ([`NodeCore::unacked_frames`](crate::NodeCore::unacked_frames)).
+///
+/// The policy:
+///
+/// * a committed batch's frames are sent at once;
+/// * at a tick, a message unacknowledged for at least one whole interval is
+///   sent again, and again at every tick until its ack is committed; one
+///   sent since the previous tick waits for the next (its ack is most likely
+///   in flight). The first tick (start-up) re-sends the whole outbox: it may
+///   hold messages of an earlier run whose connections lost them (see
+///   `schedule.rs`);
+/// * once a peer refuses a frame (its queue is full, it is unreachable),
+///   the re-sends queued for it now are not tried: they stay in the durable
+///   outbox for the next tick or the peer's reconnect, instead of collecting
+///   one refusal each (a batch's new frames are each tried);
+/// * when a link comes (back) up, only what it may have lost is sent again
+///   at once: the peer's messages that were unacknowledged when its previous
+///   link went down, or all its unacknowledged messages after a refusal. A
+///   transport keeps what it accepted queued until a link carries it, so
+///   after a first connection nothing is missing.
 #[derive(Debug)]
 pub struct Delivery {
     schedule: RedeliverySchedule,
