@@ -207,6 +207,35 @@ impl Registry {
         self.flows.get(name).cloned()
     }
 
+    /// The code that resumes a checkpoint of `name` written with
+    /// `fingerprint` and `version`, if this registry has it.
+    pub fn resuming(
+        &self,
+        name: &str,
+        fingerprint: u64,
+        version: u32,
+    ) -> Option<Arc<dyn FlowType>> {
+        self.flows
+            .get(name)
+            .filter(|t| t.fingerprint() == fingerprint && t.version() == version)
+            .cloned()
+    }
+
+    /// Why [`resuming`](Self::resuming) found no code: the message an
+    /// operator reads in the hospital.
+    pub fn why_not_resumable(&self, name: &str, fingerprint: u64, version: u32) -> String {
+        match self.flows.get(name) {
+            None => format!(
+                "no flow named `{name}` is registered on this node: deploy the code that has it (the node frees the flow when it starts with that code), or kill the flow"
+            ),
+            Some(t) => format!(
+                "the checkpoint of `{name}` was written by version {version} (fingerprint {fingerprint:016x}) but this node runs version {} (fingerprint {:016x}): the flow's state shape changed; deploy the code it was written with (the node frees the flow when it starts with that code), or kill it",
+                t.version(),
+                t.fingerprint()
+            ),
+        }
+    }
+
     /// Builds the responder for a session opened by the flow `initiating`.
     pub fn responder(
         &self,

@@ -50,6 +50,9 @@ pub struct NodeCore {
     /// Whether the store's `meta` table holds [`STORE_FORMAT`]; until it
     /// does, every commit writes it.
     pub(super) format_recorded: bool,
+    /// Runs held in the hospital for code this node did not have, which
+    /// its registry now has: the next operation frees and runs them.
+    pub(super) code_retries: BTreeSet<u64>,
 }
 
 pub(super) fn store_err(e: crate::store::StoreError) -> NodeError {
@@ -75,6 +78,37 @@ fn check_store_format(store: &dyn Store) -> Result<bool, NodeError> {
     }
 }
 
+/// The runs the hospital holds for code (see
+/// [`HospitalRecord::awaits_code`]) whose checkpoint `registry` can resume.
+fn held_for_known_code(store: &dyn Store, registry: &Registry) -> Result<BTreeSet<u64>, NodeError> {
+    let mut runs = BTreeSet::new();
+    for (key, value) in store
+        .range(&Table::HOSPITAL, &[], None, usize::MAX)
+        .map_err(store_err)?
+    {
+        let Some(run) = parse_run_key(&key) else {
+            continue;
+        };
+        let awaits_code = rmp_serde::from_slice::<HospitalRecord>(&value)
+            .map(|h| h.awaits_code)
+            .unwrap_or(false);
+        if !awaits_code {
+            continue;
+        }
+        let Some(bytes) = store.get(&Table::CHECKPOINTS, &key).map_err(store_err)? else {
+            continue;
+        };
+        if let Ok(rec) = CheckpointRecord::decode(&bytes)
+            && registry
+                .resuming(&rec.flow, rec.fingerprint, rec.version)
+                .is_some()
+        {
+            runs.insert(run);
+        }
+    }
+    Ok(runs)
+}
+
 pub(super) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     // Our own records are plain data (strings, numbers, byte buffers, maps
     // with integer keys): rmp-serde cannot fail on them.
@@ -94,7 +128,7 @@ impl NodeCore {
         config: NodeConfig,
         now: Timestamp,
     ) -> Result<Self, NodeError> {
-        let ready: BTreeSet<u64> = store
+        let mut ready: BTreeSet<u64> = store
             .range(&Table::RUNNABLE, &[], None, usize::MAX)
             .map_err(store_err)?
             .into_iter()
@@ -102,6 +136,11 @@ impl NodeCore {
             .collect();
         let runnable_index = ready.iter().copied().collect();
         let format_recorded = check_store_format(store.as_ref())?;
+        let code_retries = held_for_known_code(store.as_ref(), &registry)?;
+        if !code_retries.is_empty() {
+            tracing::info!(node = %identity, flows = code_retries.len(), "flows held for code this node did not have are freed: it has that code now");
+        }
+        ready.extend(code_retries.iter().copied());
         let draining = store
             .get(&Table::META, META_DRAINING)
             .map_err(store_err)?
@@ -127,6 +166,7 @@ impl NodeCore {
             hot: HotCheckpoints::new(config_cache),
             last_batch_runs: 0,
             format_recorded,
+            code_retries,
         })
     }
 
@@ -253,14 +293,21 @@ impl NodeCore {
         self.now = now;
         let hot = std::mem::take(&mut self.hot);
         let mut b = Batch::new(&*self.store, hot, self.last_batch_runs).map_err(store_err)?;
-        let retry_later = if run {
-            std::mem::take(&mut self.ready)
+        let (retry_later, freed) = if run {
+            (
+                std::mem::take(&mut self.ready),
+                std::mem::take(&mut self.code_retries),
+            )
         } else {
-            BTreeSet::new()
+            (BTreeSet::new(), BTreeSet::new())
         };
         let result = (|| {
             f(self, &mut b)?;
             if run {
+                for &run in &freed {
+                    b.delete(Table::HOSPITAL, run_key(run));
+                    self.wake(&mut b, run);
+                }
                 self.fire_timers(&mut b)?;
                 for &run in &retry_later {
                     b.wake.insert(run);
@@ -301,6 +348,7 @@ impl NodeCore {
                 }
                 self.ready.extend(retry_later);
                 self.ready.extend(b.wake.iter());
+                self.code_retries.extend(freed);
                 self.hot = b.into_hot(false);
                 Err(e)
             }

@@ -411,6 +411,11 @@ pub struct HospitalRecord {
     pub retry_at: Option<Timestamp>,
     /// When it was admitted.
     pub since: Timestamp,
+    /// Held because this node had no code for the checkpoint (no flow of
+    /// its `NAME`, or none with its fingerprint): a node opened later with
+    /// that code frees it on its own. (Absent in older records: `false`.)
+    #[serde(default)]
+    pub awaits_code: bool,
 }
 
 /// `meta` key: present while the node is draining.

@@ -59,6 +59,29 @@ impl NodeCore {
         error: String,
         transient: bool,
     ) -> Result<(), NodeError> {
+        self.admit(b, run, error, transient, false)
+    }
+
+    /// Holds `run` because this node has no code for its checkpoint; it is
+    /// freed when the node is next opened with that code (see
+    /// `NodeCore::open`).
+    pub(super) fn hold_for_code(
+        &mut self,
+        b: &mut Batch,
+        run: u64,
+        error: String,
+    ) -> Result<(), NodeError> {
+        self.admit(b, run, error, false, true)
+    }
+
+    fn admit(
+        &mut self,
+        b: &mut Batch,
+        run: u64,
+        error: String,
+        transient: bool,
+        awaits_code: bool,
+    ) -> Result<(), NodeError> {
         let previous: Option<HospitalRecord> = b
             .get(&*self.store, &Table::HOSPITAL, &run_key(run))
             .map_err(store_err)?
@@ -84,6 +107,7 @@ impl NodeCore {
             attempts,
             retry_at,
             since: previous.map_or(self.now, |p| p.since),
+            awaits_code,
         };
         b.put(Table::HOSPITAL, run_key(run), encode(&rec));
         b.set_runnable(run, false);
@@ -191,24 +215,15 @@ impl NodeCore {
             b.set_runnable(run, false);
             return Ok(());
         };
-        let Some(flow_type) = self.registry.flow(&rec.flow) else {
-            let e = format!(
-                "no flow named `{}` is registered on this node: deploy the code that has it (or kill the flow)",
-                rec.flow
-            );
-            return self.hospitalize(b, run, e, false);
+        let Some(flow_type) = self
+            .registry
+            .resuming(&rec.flow, rec.fingerprint, rec.version)
+        else {
+            let e = self
+                .registry
+                .why_not_resumable(&rec.flow, rec.fingerprint, rec.version);
+            return self.hold_for_code(b, run, e);
         };
-        if flow_type.fingerprint() != rec.fingerprint || flow_type.version() != rec.version {
-            let e = format!(
-                "the checkpoint of `{}` was written by version {} (fingerprint {:016x}) but this node runs version {} (fingerprint {:016x}): the flow's state shape changed; deploy the code it was written with to finish it, or kill it",
-                rec.flow,
-                rec.version,
-                rec.fingerprint,
-                flow_type.version(),
-                flow_type.fingerprint()
-            );
-            return self.hospitalize(b, run, e, false);
-        }
         self.step(b, run, rec, flow_type, wake, in_hospital)
     }
 
