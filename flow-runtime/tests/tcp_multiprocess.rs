@@ -87,6 +87,16 @@ impl Proc {
         assert!(status.success());
     }
 
+    /// Sends the signal `name` (as `kill -<name>` spells it).
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     fn sigterm(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -140,6 +150,21 @@ fn setup(dir: &Path, names: &[&str]) -> Vec<NodeFiles> {
     let map = NetworkMap::new(entries).unwrap();
     std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
     files
+}
+
+/// Waits until `log` holds `needle` `times` times.
+fn wait_for_log(log: &Path, needle: &str, times: usize, deadline: Instant) {
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not logged {times} times; log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The text of the first `<prefix>*.json` file in `dir`.
@@ -245,4 +270,36 @@ fn three_processes_survive_sigkill_mid_run_with_exactly_once_results() {
     }
     assert!(started.elapsed() < LIMIT);
     eprintln!("multi-process run took {:?}", started.elapsed());
+}
+
+/// An operator drains Bob with SIGUSR1 (Alice's ping is refused), then
+/// changes their mind and undrains him with SIGHUP, no code involved:
+/// Carol's ping is answered.
+#[test]
+fn sighup_stops_the_draining_sigusr1_started() {
+    let deadline = Instant::now() + LIMIT;
+    let dir = tempfile::tempdir().unwrap();
+    let files = setup(dir.path(), &["Alice", "Bob", "Carol"]);
+    let (alice_f, bob_f, carol_f) = (&files[0], &files[1], &files[2]);
+    let ping_args = ["--ping", "Bob=1", "--rounds", "3"];
+
+    let bob = Proc::start(&bob_f.config, &[], &bob_f.log);
+    wait_for_log(&bob_f.log, "signals: SIGUSR1 starts draining", 1, deadline);
+    bob.signal("USR1");
+    wait_for_log(&bob_f.log, "draining started", 1, deadline);
+    let mut alice = Proc::start(&alice_f.config, &ping_args, &alice_f.log);
+    let line = alice.wait_for("FAILED", deadline, &alice_f.log);
+    assert!(line.contains("draining"), "{line}");
+    assert!(!alice.child.wait().unwrap().success());
+
+    bob.signal("HUP");
+    wait_for_log(&bob_f.log, "draining stopped", 1, deadline);
+    let mut carol = Proc::start(&carol_f.config, &ping_args, &carol_f.log);
+    let line = carol.wait_for("", deadline, &carol_f.log);
+    assert_eq!(line, "STARTED");
+    let line = carol.wait_for("", deadline, &carol_f.log);
+    assert_eq!(line, "RESULT ping-Bob-0 3");
+    carol.wait_for("DONE", deadline, &carol_f.log);
+    assert!(carol.child.wait().unwrap().success());
+    assert!(bob.sigterm().success());
 }

@@ -455,8 +455,10 @@ impl<T: Transport> Node<T> {
 
     /// Runs until SIGINT or SIGTERM, then shuts down cleanly. SIGUSR1
     /// starts draining (the node logs "node drained" once no flow is in
-    /// flight; stop it then). SIGUSR2 writes a checkpoint dump beside the
-    /// database ([`write_dump`](Self::write_dump)) and logs its path.
+    /// flight; stop it then); SIGHUP stops draining (an operator who
+    /// drained, then decided not to stop the node, needs no code for it).
+    /// SIGUSR2 writes a checkpoint dump beside the database
+    /// ([`write_dump`](Self::write_dump)) and logs its path.
     pub async fn run_until_signal(&self) -> Result<(), RunnerError> {
         let signal = super::shutdown_signal();
         tokio::pin!(signal);
@@ -468,7 +470,18 @@ impl<T: Transport> Node<T> {
         let mut usr2 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
                 .map_err(RunnerError::Signals)?;
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(RunnerError::Signals)?;
+        #[cfg(unix)]
+        info!(
+            "signals: SIGUSR1 starts draining, SIGHUP stops it, SIGUSR2 writes a checkpoint dump, SIGINT or SIGTERM stops the node"
+        );
         loop {
+            #[cfg(unix)]
+            let undrain_requested = hup.recv();
+            #[cfg(not(unix))]
+            let undrain_requested = std::future::pending::<Option<()>>();
             #[cfg(unix)]
             let drain_requested = usr1.recv();
             #[cfg(not(unix))]
@@ -486,6 +499,11 @@ impl<T: Transport> Node<T> {
                 _ = drain_requested => {
                     if let Err(e) = self.set_draining(true).await {
                         warn!(error = %e, "cannot start draining");
+                    }
+                }
+                _ = undrain_requested => {
+                    if let Err(e) = self.set_draining(false).await {
+                        warn!(error = %e, "cannot stop draining");
                     }
                 }
                 _ = dump_requested => {
