@@ -15,12 +15,12 @@ use std::time::Duration;
 #[flow]
 pub async fn buyer(ctx: &mut FlowContext, s: FlowSession) -> Result<(), FlowError> {
     let n: u32 = s.receive::<u32>().await?.validate(Ok)?;
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         ctx.sleep(Duration::from_secs(3600)).await;
     }
     s.send(&(n * 2))?;
     let _echo: u32 = s.receive::<u32>().await?.validate(Ok)?;
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         ctx.sleep(Duration::from_secs(3600)).await;
     }
     s.send(&(n * 3))?;
