@@ -2,9 +2,12 @@
 //! the code to run them.
 //!
 //! Checkpoints hold a flow's `NAME`, `fingerprint()`, `VERSION` and its state
-//! in MessagePack. The registry maps each `NAME` to a [`FlowType`] (a small
-//! vtable built from the concrete `F: Flow`) that decodes the state, runs one
-//! step with [`run_step`] and encodes the result. Responders are registered
+//! in MessagePack. The registry maps each `NAME` to the [`FlowType`]s
+//! registered under it (small vtables built from the concrete `F: Flow`,
+//! one per fingerprint, so old and new code of a flow run side by side),
+//! each of which decodes the state, runs one step with [`run_step`] and
+//! encodes the result. A checkpoint resumes only on the type whose
+//! fingerprint wrote it ([`Registry::resuming`]). Responders are registered
 //! by the *initiating* flow's type. Registrations are code, not data: a
 //! restarted node is given the same registry again.
 
@@ -176,7 +179,9 @@ type ResponderFactory = dyn Fn(FlowSession) -> Result<NewFlow, FlowError> + Send
 /// Flow types and responders known to one node.
 #[derive(Clone, Default)]
 pub struct Registry {
-    flows: FastMap<&'static str, Arc<dyn FlowType>>,
+    /// Per `NAME`, every version registered (one per full fingerprint),
+    /// the newest registration last.
+    flows: FastMap<&'static str, Vec<Arc<dyn FlowType>>>,
     responders: FastMap<&'static str, Arc<ResponderFactory>>,
 }
 
@@ -186,10 +191,24 @@ impl Registry {
         Self::default()
     }
 
-    /// Makes `F` runnable from checkpoints (replacing any other type
-    /// registered under the same `NAME`).
+    /// Makes `F` runnable from checkpoints. Types of the same `NAME` with
+    /// other fingerprints stay registered beside it (old and new code side
+    /// by side): each checkpoint resumes on the type whose fingerprint
+    /// wrote it.
     pub fn register_flow<F: Flow>(&mut self) {
-        self.flows.insert(F::NAME, Arc::new(Typed::<F>::new()));
+        self.insert_type(Arc::new(Typed::<F>::new()));
+    }
+
+    /// Forgets the code of `F` (the type with its fingerprint; other
+    /// versions of its `NAME` stay): what a build without it would know.
+    pub fn unregister_flow<F: Flow>(&mut self) {
+        let fingerprint = F::fingerprint();
+        if let Some(versions) = self.flows.get_mut(F::NAME) {
+            versions.retain(|t| t.fingerprint() != fingerprint);
+            if versions.is_empty() {
+                self.flows.remove(F::NAME);
+            }
+        }
     }
 
     /// Registers `responder` to answer sessions opened by the flow `I`; the
@@ -202,9 +221,15 @@ impl Registry {
         );
     }
 
-    /// The type registered under `name`.
+    /// The type registered last under `name` (of every version
+    /// registered, see [`versions`](Self::versions)).
     pub fn flow(&self, name: &str) -> Option<Arc<dyn FlowType>> {
-        self.flows.get(name).cloned()
+        self.flows.get(name).and_then(|v| v.last()).cloned()
+    }
+
+    /// Every version registered under `name`, the newest registration last.
+    pub fn versions(&self, name: &str) -> &[Arc<dyn FlowType>] {
+        self.flows.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// The code that resumes a checkpoint of `name` written with
@@ -215,25 +240,35 @@ impl Registry {
         fingerprint: u64,
         version: u32,
     ) -> Option<Arc<dyn FlowType>> {
-        self.flows
-            .get(name)
-            .filter(|t| t.fingerprint() == fingerprint && t.version() == version)
+        self.versions(name)
+            .iter()
+            .find(|t| t.fingerprint() == fingerprint && t.version() == version)
             .cloned()
     }
 
     /// Why [`resuming`](Self::resuming) found no code: the message an
     /// operator reads in the hospital.
     pub fn why_not_resumable(&self, name: &str, fingerprint: u64, version: u32) -> String {
-        match self.flows.get(name) {
-            None => format!(
+        let known = self.versions(name);
+        if known.is_empty() {
+            return format!(
                 "no flow named `{name}` is registered on this node: deploy the code that has it (the node frees the flow when it starts with that code), or kill the flow"
-            ),
-            Some(t) => format!(
-                "the checkpoint of `{name}` was written by version {version} (fingerprint {fingerprint:016x}) but this node runs version {} (fingerprint {:016x}): the flow's state shape changed; deploy the code it was written with (the node frees the flow when it starts with that code), or kill it",
-                t.version(),
-                t.fingerprint()
-            ),
+            );
         }
+        let runs: Vec<String> = known
+            .iter()
+            .map(|t| {
+                format!(
+                    "version {} (fingerprint {:016x})",
+                    t.version(),
+                    t.fingerprint()
+                )
+            })
+            .collect();
+        format!(
+            "the checkpoint of `{name}` was written by version {version} (fingerprint {fingerprint:016x}) but this node runs {}: the flow's state shape changed; register the code it was written with beside the new one (the node frees the flow when it starts with that code), or kill it",
+            runs.join(", ")
+        )
     }
 
     /// Builds the responder for a session opened by the flow `initiating`.
@@ -245,8 +280,12 @@ impl Registry {
         self.responders.get(initiating).map(|make| make(session))
     }
 
-    /// Registers an already-erased type (used when starting a flow).
+    /// Registers an already-erased type (used when starting a flow), beside
+    /// the other versions of its `NAME`; it replaces only a registration
+    /// with its own fingerprint, and becomes the newest.
     pub(crate) fn insert_type(&mut self, flow_type: Arc<dyn FlowType>) {
-        self.flows.insert(flow_type.name(), flow_type);
+        let versions = self.flows.entry(flow_type.name()).or_default();
+        versions.retain(|t| t.fingerprint() != flow_type.fingerprint());
+        versions.push(flow_type);
     }
 }

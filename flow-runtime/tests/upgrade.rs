@@ -1,7 +1,9 @@
-//! Upgrading flow code while flows are in flight, on the MockNetwork: a
-//! checkpoint the node has no code for is held in the hospital with a reason
-//! that says so, and a node started again with that code frees and finishes
-//! it on its own.
+//! Upgrading flow code while flows are in flight, on the MockNetwork: old
+//! and new code of one flow registered side by side (each checkpoint
+//! resumes on the code that wrote it, new starts run the new code); a
+//! checkpoint the node has no code for is held in the hospital with a
+//! reason that says so, and a node started again with that code frees and
+//! finishes it on its own.
 
 use flow_runtime::FlowHandle;
 use flow_runtime::prelude::*;
@@ -60,7 +62,7 @@ mod v2 {
 /// Alice starts `count` sellers on v1 (numbers 0..count) and the network
 /// runs until every buyer on Bob sleeps: the even sellers wait for their
 /// quote, the odd ones for the final answer.
-fn sellers_in_flight(count: u32) -> (MockNetwork, NodeId, Vec<FlowHandle<v1::sell::Flow>>) {
+fn sellers_in_flight(count: u32) -> (MockNetwork, NodeId, NodeId, Vec<FlowHandle<v1::sell::Flow>>) {
     let mut net = MockNetwork::new(15);
     let alice = net.create_node("Alice");
     let bob = net.create_node("Bob");
@@ -75,14 +77,15 @@ fn sellers_in_flight(count: u32) -> (MockNetwork, NodeId, Vec<FlowHandle<v1::sel
     let states: std::collections::BTreeSet<String> =
         net.dump(alice).into_iter().map(|d| d.state).collect();
     assert_eq!(states.len(), 2, "sellers wait in two states: {states:?}");
-    (net, alice, handles)
+    (net, alice, bob, handles)
 }
 
 #[test]
 fn held_flows_are_freed_when_the_node_restarts_with_their_code() {
-    let (mut net, alice, handles) = sellers_in_flight(6);
+    let (mut net, alice, _bob, handles) = sellers_in_flight(6);
 
     // Deploy only v2: every v1 checkpoint is held, and says why.
+    net.unregister_flow::<v1::sell::Flow>(alice);
     net.register_flow::<v2::sell::Flow>(alice);
     net.restart_node(alice);
     net.run_network();
@@ -102,13 +105,38 @@ fn held_flows_are_freed_when_the_node_restarts_with_their_code() {
     net.run_network();
     assert_eq!(net.hospital(alice).len(), handles.len());
 
-    // Deploy v1 again: the restart frees them, and they finish on v1.
+    // Deploy v1 again, beside v2: the restart frees them, and they finish
+    // on v1.
     net.register_flow::<v1::sell::Flow>(alice);
     net.restart_node(alice);
     net.run_network();
     assert_eq!(net.hospital(alice), vec![]);
     for (n, h) in handles.iter().enumerate() {
         assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 1_000)));
+    }
+    assert_eq!(net.flows_in_flight(alice), 0);
+}
+
+#[test]
+fn old_and_new_code_side_by_side_each_flow_finishes_on_its_own_version() {
+    let (mut net, alice, bob, old) = sellers_in_flight(100);
+
+    // The new build has v2 and keeps v1 (registered when the v1 flows were
+    // started); new starts run v2.
+    net.register_flow::<v2::sell::Flow>(alice);
+    net.restart_node(alice);
+    let bob = net.party(bob);
+    let new: Vec<_> = (0..10)
+        .map(|n| net.start_flow(alice, v2::sell(bob.clone(), n)))
+        .collect();
+    net.run_network();
+
+    assert_eq!(net.hospital(alice), vec![]);
+    for (n, h) in old.iter().enumerate() {
+        assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 1_000)), "v1 flow {n}");
+    }
+    for (n, h) in new.iter().enumerate() {
+        assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 2_000)), "v2 flow {n}");
     }
     assert_eq!(net.flows_in_flight(alice), 0);
 }

@@ -194,7 +194,7 @@ impl OperatorView {
         };
         let state = self
             .registry
-            .flow(&rec.flow)
+            .resuming(&rec.flow, rec.fingerprint, rec.version)
             .and_then(|t| t.state_name(&rec.state))
             .map(str::to_owned)
             .unwrap_or_else(|| rec.state_name.clone());

@@ -345,14 +345,21 @@ impl MockNetwork {
         }
     }
 
-    /// Makes flow type `F` known to `node` (replacing another type with the
-    /// same `NAME`, e.g. to simulate deploying new code before a restart).
+    /// Makes flow type `F` known to `node`, beside the other versions of
+    /// its `NAME` (e.g. to simulate deploying new code before a restart).
     pub fn register_flow<F: Flow>(&mut self, node: NodeId) {
         let slot = &mut self.nodes[node.0];
         slot.registry.register_flow::<F>();
         if let Some(core) = slot.core.as_mut() {
             core.registry_mut().register_flow::<F>();
         }
+    }
+
+    /// Makes `node` forget the code of `F` from its next restart on (other
+    /// versions of its `NAME` stay): simulates deploying a build without
+    /// it. Starting `F` on the node registers it again.
+    pub fn unregister_flow<F: Flow>(&mut self, node: NodeId) {
+        self.nodes[node.0].registry.unregister_flow::<F>();
     }
 
     /// Runs `install` on `node`'s services now and after every restart (a
