@@ -422,7 +422,8 @@ fn fingerprint_mismatch_goes_to_the_hospital_with_a_clear_error() {
     net.register_responder::<Ping, _>(b, pong);
     let old = net.start_flow(a, script::<0>(vec![Op::SleepMs(1_000)]));
     net.step();
-    // New code deployed, then the node restarts.
+    // New code deployed (without the old), then the node restarts.
+    net.unregister_flow::<Script<0>>(a);
     net.register_flow::<ScriptV2>(a);
     net.restart_node(a);
     let other = net.start_flow(a, ping(net.party(b), 2));

@@ -285,7 +285,7 @@ fn the_full_fingerprint_is_computed_once_and_is_stable() {
 
 /// Starts the flow `start` builds (given Bob) on Alice; it checkpoints
 /// while waiting on Bob, who sleeps. When Bob's timer fires (the network
-/// jumps its clock when idle), deploys `Next` on Alice (same NAME),
+/// jumps its clock when idle), deploys `Next` instead of `V1` on Alice (same NAME),
 /// restarts her and lets Bob's answer arrive. Returns the flow's result on Alice and the
 /// errors in her hospital.
 fn upgrade<V1: Flow, Next: Flow>(
@@ -298,6 +298,7 @@ fn upgrade<V1: Flow, Next: Flow>(
     let handle = net.start_flow(alice, start(net.party(bob)));
     while net.stats().timer_jumps == 0 && net.step() {}
     assert!(net.result(&handle).is_none(), "v1 is waiting on Bob");
+    net.unregister_flow::<V1>(alice);
     net.register_flow::<Next>(alice);
     net.restart_node(alice);
     net.run_network();
