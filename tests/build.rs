@@ -5,8 +5,9 @@
 //! Hand-picked examples miss the shapes nobody thought of, so this script
 //! draws bodies from a small grammar: `let` (with shadowing), assignment,
 //! `if`/`else`, `if let`, `match`, `loop`, `while`, `while let`, `for` over
-//! a range and over a `Vec`, labelled `break`/`continue`, early `return`,
-//! `?`, plain blocks — with `receive`, `send_and_receive`, `sleep` and
+//! a range and over a `Vec`, labelled `break`/`continue`, early `return`
+//! (also right after an `.await` in a branch), `let ... else` whose `else`
+//! waits, `?`, plain blocks — with `receive`, `send_and_receive`, `sleep` and
 //! `sub_flow` awaits at random depths. Every loop is bounded (a counter, a
 //! short `Vec`), so every body terminates.
 //!
@@ -392,10 +393,39 @@ impl<'a> Generator<'a> {
         self.line(&format!("ctx.sleep(Duration::from_millis({ms})).await;"));
     }
 
-    /// A sub-flow call, a new session, an early return, a `?` on a helper,
-    /// or a `break`/`continue` out of an enclosing loop.
+    /// A sub-flow call, a new session, an early return (after an `.await`
+    /// in a branch, or from a `let ... else` whose `else` waits), a `?` on a
+    /// helper, or a `break`/`continue` out of an enclosing loop.
     fn sub_flow_or_exit(&mut self) {
-        match self.rng.below(6) {
+        match self.rng.below(8) {
+            6 => {
+                // `let ... else` with a type on the pattern, whose `else`
+                // waits before it returns.
+                let c = self.cond();
+                let e = self.expr(1);
+                let name = self.fresh("v");
+                let s = self.session();
+                let w = self.fresh("w");
+                self.line(&format!(
+                    "let Some({name}): Option<u64> = (if {c} {{ Some({e}) }} else {{ None }}) else {{"
+                ));
+                self.line(&format!(
+                    "    let {w}: u32 = {s}.receive::<u32>().await?.validate(Ok)?;"
+                ));
+                self.line(&format!("    return Ok(acc.wrapping_add(u64::from({w})));"));
+                self.line("};");
+                self.declare(&name, true, false);
+            }
+            7 => {
+                // A branch that waits and returns, before later uses of the
+                // outer locals (which must not be stored at its await).
+                let c = self.rare_cond();
+                let s = self.session();
+                let w = self.fresh("w");
+                self.line(&format!(
+                    "if {c} {{ let {w}: u32 = {s}.receive::<u32>().await?.validate(Ok)?; return Ok(u64::from({w})); }}"
+                ));
+            }
             0 if self.leaves > 0 => {
                 let child = self.first + self.rng.below(self.leaves as u64) as usize;
                 let e = self.expr(1);

@@ -306,6 +306,31 @@ where
     }
 }
 
+/// Serde for a field of a flow's `FlowLocals`: `None` where the local is
+/// not stored, else the local's value in a one-element tuple, so that a
+/// stored `None` of an `Option` local (`Some(None)`) does not read back as
+/// "not stored" (MessagePack writes both `None`s as nil). Bounds on `T`, so
+/// an unstorable local is reported with [`Checkpointable`]'s message.
+pub mod checkpoint_slot {
+    use super::Checkpointable;
+    use serde::{Deserialize, Serialize};
+
+    /// Serializes a stored local's slot.
+    pub fn serialize<T: Checkpointable, S: serde::Serializer>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.as_ref().map(|v| (v,)).serialize(serializer)
+    }
+
+    /// Deserializes a stored local's slot.
+    pub fn deserialize<'de, T: Checkpointable, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        Ok(Option::<(T,)>::deserialize(deserializer)?.map(|(v,)| v))
+    }
+}
+
 /// serde `with` functions for every stored field: they bound the field by
 /// [`Checkpointable`], so a field that cannot be stored is reported with
 /// that trait's message instead of raw serde errors from the derive.
