@@ -53,6 +53,7 @@ mod protocol;
 mod registry;
 mod services;
 mod session;
+mod step_writes;
 mod store;
 mod untrustworthy;
 
@@ -75,12 +76,13 @@ pub use error::{FlowError, FlowErrorKind};
 pub use flow::{Event, Flow, Step};
 pub use flow_macros::flow;
 pub use handle::FlowHandle;
-pub use node::{NodeConfig, NodeCore, NodeError, RunId, StepWrites};
+pub use node::{NodeConfig, NodeCore, NodeError, RunId};
 pub use party::{Party, PublicKey};
 pub use progress::{ProgressStream, ProgressTracker};
 pub use registry::ResponderFn;
 pub use services::Services;
 pub use session::{FlowSession, OutgoingMessage, Payload, Receive, SessionId};
+pub use step_writes::StepWrites;
 pub use untrustworthy::Untrustworthy;
 
 /// The node's engine, for writing a driver of one's own (a worker process,

@@ -16,11 +16,10 @@
 //! the batch is released: peers redeliver, callers see the error.
 
 use super::batch::Batch;
-use super::dump::OperatorView;
 use super::hot::HotCheckpoints;
 use super::records::*;
-use super::step_services::StepWrites;
 use super::{NodeConfig, NodeError, Output, RunId};
+use crate::StepWrites;
 use crate::registry::Registry;
 use crate::store::{Store, Table};
 use crate::{FlowContext, IdSource, Party, Timestamp};
@@ -168,12 +167,6 @@ impl NodeCore {
             format_recorded,
             code_retries,
         })
-    }
-
-    /// A view of this node's database for operator tools, to run apart from
-    /// the node (see [`OperatorView`]).
-    pub fn operator_view(&self) -> OperatorView {
-        OperatorView::new(self.store.clone(), self.registry.clone())
     }
 
     /// This node's identity.

@@ -98,6 +98,12 @@ impl std::fmt::Debug for OperatorView {
 }
 
 impl NodeCore {
+    /// A view of this node's database for operator tools, to run apart from
+    /// the node (see [`OperatorView`]).
+    pub fn operator_view(&self) -> OperatorView {
+        OperatorView::new(self.store.clone(), self.registry.clone())
+    }
+
     /// [`OperatorView::dump`] of this node.
     pub fn dump(&self, now: Timestamp) -> Result<Vec<CheckpointDump>, NodeError> {
         self.operator_view().dump(now)

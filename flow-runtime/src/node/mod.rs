@@ -13,12 +13,10 @@ mod operator;
 mod receive;
 pub(crate) mod records;
 mod step;
-mod step_services;
 
 pub use self::core::NodeCore;
 pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump};
 pub use records::{CheckpointSummary, STORE_FORMAT};
-pub use step_services::StepWrites;
 
 use crate::{FlowError, PublicKey};
 use serde::{Deserialize, Serialize};

@@ -4,8 +4,9 @@
 //! loop (`event_loop.rs`), handing back a [`Node`] handle (`handle.rs`).
 use super::RunnerError;
 use super::config::LoadedConfig;
+use super::event_loop::Observers;
 use super::event_loop::{DEFAULT_LONG_WAIT_CHECK, EventLoop, LongWaitCheck, now};
-use super::handle::{Node, NodeResults, Observers};
+use super::handle::{Node, NodeResults};
 use crate::handle::ResultSource;
 use crate::node::OsIds;
 use crate::registry::{Registry, ResponderFn};

@@ -36,19 +36,35 @@
 //! if a peer's queue is full, the frame stays in the durable outbox and the
 //! next redelivery sends it. The driver never waits on a slow peer.
 
-use super::handle::{Command, Observers};
 use crate::handle::RawResult;
 use crate::node::delivery::{Delivery, Sent, Transmit};
 use crate::node::{NodeError, Output, UnackedFrame};
+use crate::progress::ProgressStream;
 use crate::protocol::WireMessage;
 use crate::transport::{Incoming, SendError, Transport, TransportEvent};
 use crate::{FlowError, NodeCore, PublicKey, RunId, Timestamp};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
+
+/// Progress streams of the runs a handle was asked about, shared with the event loop.
+pub(super) type Observers = Arc<Mutex<HashMap<RunId, ProgressStream>>>;
+pub(super) type Job = Box<dyn FnOnce(&mut NodeCore, Timestamp) -> Option<Output> + Send>;
+
+pub(super) enum Command {
+    /// Run something on the core; its output (if any) is released.
+    Job(Job),
+    /// Reply when the run has a result.
+    Wait {
+        run: RunId,
+        reply: oneshot::Sender<RawResult>,
+    },
+    /// Stop the driver.
+    Shutdown,
+}
 
 /// The most frames delivered in one group commit. Bounds the latency one
 /// batch adds to every flow in it.

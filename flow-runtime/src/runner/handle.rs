@@ -2,40 +2,23 @@
 //! method sends a command to the node's event loop (`event_loop.rs`) and
 //! awaits its answer, so handles on any task drive one node.
 use super::RunnerError;
-use super::event_loop::{in_current_dispatch, now};
+use super::event_loop::{Command, Job, Observers, in_current_dispatch, now};
 use crate::handle::{RawResult, RawResultFuture, ResultSource, decode_output};
 use crate::node::{NodeError, OperatorView, Output};
-use crate::progress::ProgressStream;
 use crate::registry::NewFlow;
 use crate::tcp::TcpTransport;
 use crate::transport::Transport;
 use crate::{Flow, FlowError, FlowHandle, NodeCore, Party, RunId, Timestamp};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-/// Progress streams of the runs a handle was asked about, shared with the event loop.
-pub(super) type Observers = Arc<Mutex<HashMap<RunId, ProgressStream>>>;
 /// The driver task, taken by the first `shutdown`.
 pub(super) type DriverTask =
     Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>>;
-pub(super) type Job = Box<dyn FnOnce(&mut NodeCore, Timestamp) -> Option<Output> + Send>;
-
-pub(super) enum Command {
-    /// Run something on the core; its output (if any) is released.
-    Job(Job),
-    /// Reply when the run has a result.
-    Wait {
-        run: RunId,
-        reply: oneshot::Sender<RawResult>,
-    },
-    /// Stop the driver.
-    Shutdown,
-}
 
 /// How a [`FlowHandle`] of a tokio node waits for its result: through the
 /// node's command queue, held weakly so that a handle does not keep a node

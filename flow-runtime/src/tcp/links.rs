@@ -14,6 +14,11 @@
 //! frame written just before a connection dropped may be lost with it. The
 //! node's session protocol (sequence numbers, acks, redelivery of its
 //! durable outbox) turns that into exactly-once processing.
+//!
+//! One idea in one file, longer than most: the connections of one
+//! transport (dialling, accepting, the per-peer send queue, the reader and
+//! writer tasks and the events they report) share their state and are read
+//! together; the record format and the handshake are in their own files.
 
 use super::handshake::{self, HandshakeError, LocalIdentity, is_oversized};
 use super::network_map::{NetworkMap, PeerEntry};

@@ -28,17 +28,24 @@
 //! frames — and feeds each node the link events a transport would, so the
 //! seeded simulation exercises the production re-sending policy.
 
-use crate::handle::{RawResult, RawResultFuture, ResultSource};
-use crate::node::delivery::{Delivery, Sent, Transmit};
-use crate::node::{CheckpointDump, HospitalEntry, NodeConfig, NodeCore, NodeError, Output, RunId};
+mod flows;
+mod links;
+mod operators;
+
+pub use links::LinkFaults;
+
+use crate::node::delivery::Delivery;
+use crate::node::{NodeConfig, NodeCore, NodeError, Output, RunId};
 use crate::progress::ProgressStream;
-use crate::registry::{NewFlow, Registry, ResponderFn};
+use crate::registry::{Registry, ResponderFn};
 use crate::services::Services;
 use crate::store::{RedbOptions, RedbStore, SharedMemory, Store};
-use crate::{Flow, FlowError, FlowHandle, IdSource, Party, PublicKey, SeededIds, Timestamp};
+use crate::{Flow, FlowError, IdSource, Party, PublicKey, SeededIds, Timestamp};
+use flows::MockResults;
+use links::LinkState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 /// Redelivery rounds in a row that may pass without any node committing
@@ -64,47 +71,6 @@ pub struct Faults {
     pub reorder: f64,
     /// Before a step, a random node crashes and restarts.
     pub restart: f64,
-}
-
-/// Seeded link faults, modelled on TCP connections, for simulations of the
-/// re-sending policy (links broken while frames are queued, refusals,
-/// reconnects). With any of them set, links are *dialled*: a node's first
-/// frames to a peer wait in the link's queue until the next step connects
-/// it, and both ends hear that the link came up.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LinkFaults {
-    /// Before a step, a random link between two nodes breaks, with this
-    /// probability: the frames on it are lost and each end hears that its
-    /// link to the other went down. Frames sent while it is down wait in its
-    /// queue (as TCP queues them while it redials); the link comes back at
-    /// the next redelivery round (or [`MockNetwork::connect`]).
-    pub break_link: f64,
-    /// Each frame sent to another node is refused (as by a full queue) with
-    /// this probability; it stays in the sender's outbox.
-    pub refuse: f64,
-    /// Frames a link that is not up holds at most; a frame beyond that is
-    /// refused. 0: no bound.
-    pub queue_limit: usize,
-    /// Dial links on first use even with no fault above (a fault turns it
-    /// on anyway).
-    pub dial: bool,
-}
-
-impl LinkFaults {
-    fn modelled(&self) -> bool {
-        *self != LinkFaults::default()
-    }
-}
-
-/// The state of the link between two nodes (with [`LinkFaults`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LinkState {
-    /// Never connected: connects at the next step.
-    Dialling,
-    /// Carrying frames.
-    Up,
-    /// Broken: comes back at the next redelivery round.
-    Broken,
 }
 
 /// Messages `delivery` sent again from the outbox so far.
@@ -157,39 +123,6 @@ pub struct NetworkStats {
 }
 
 type ServiceInstaller = Arc<dyn Fn(&mut Services) + Send + Sync>;
-
-/// The outcomes of flows finished on the network, shared with its handles
-/// so that `FlowHandle::result().await` can answer without the network:
-/// the network moves only when the test steps it, so a handle never waits,
-/// it reports what is known now.
-#[derive(Default)]
-struct MockResults {
-    finished: Mutex<HashMap<(usize, RunId), RawResult>>,
-}
-
-/// A handle's view of [`MockResults`] for the flows of one node.
-struct MockResultSource {
-    results: Arc<MockResults>,
-    node: usize,
-}
-
-impl ResultSource for MockResultSource {
-    fn wait(&self, run: RunId) -> RawResultFuture {
-        let known = self
-            .results
-            .finished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(self.node, run))
-            .cloned();
-        Box::pin(std::future::ready(known.unwrap_or_else(|| {
-            Err(FlowError::internal(
-                "the flow has not finished yet, and a MockNetwork moves only when the test steps it: \
-                 call `net.run_network()` (or `net.step()`) and read the outcome with `net.result(&handle)`",
-            ))
-        })))
-    }
-}
 
 struct Slot {
     party: Party,
@@ -377,120 +310,6 @@ impl MockNetwork {
         slot.installers.push(install);
     }
 
-    /// Starts `flow` on `node`, committed before this returns (it runs on the
-    /// next steps, and survives a restart in between).
-    pub fn start_flow<F: Flow>(&mut self, node: NodeId, flow: F) -> FlowHandle<F> {
-        self.start(node, flow, None)
-    }
-
-    /// Starts `flow` under a client-supplied id: if a flow was already
-    /// started with `client_id` on `node`, returns a handle to it and starts
-    /// nothing.
-    pub fn start_flow_with_client_id<F: Flow>(
-        &mut self,
-        node: NodeId,
-        client_id: &str,
-        flow: F,
-    ) -> FlowHandle<F> {
-        self.start(node, flow, Some(client_id.to_owned()))
-    }
-
-    /// A handle to the flow started with `client_id` (running, or finished
-    /// with its result kept), e.g. after a restart.
-    pub fn reattach<F: Flow>(&mut self, node: NodeId, client_id: &str) -> Option<FlowHandle<F>> {
-        let run = self
-            .core(node)
-            .run_for_client_id(client_id)
-            .map_err(|e| tracing::error!("{e}"))
-            .ok()??;
-        Some(self.handle(node, run))
-    }
-
-    fn handle<F>(&mut self, node: NodeId, run: RunId) -> FlowHandle<F> {
-        let progress = self.nodes[node.0].observers.entry(run).or_default().clone();
-        FlowHandle::new(
-            run,
-            node.0,
-            progress,
-            Arc::new(MockResultSource {
-                results: self.results.clone(),
-                node: node.0,
-            }),
-        )
-    }
-
-    fn start<F: Flow>(
-        &mut self,
-        node: NodeId,
-        flow: F,
-        client_id: Option<String>,
-    ) -> FlowHandle<F> {
-        self.nodes[node.0].registry.register_flow::<F>();
-        let now = self.clock;
-        let new = NewFlow::new(&flow);
-        let core = self.core(node);
-        let before = core.commits();
-        let started = match new {
-            Ok(new) => core.start(now, new, client_id),
-            Err(e) => core.record_failed_start(now, F::NAME, e),
-        };
-        let delta = core.commits() - before;
-        self.commits += delta;
-        match started {
-            Ok((run, out)) => {
-                let handle = self.handle(node, run);
-                self.absorb(node.0, out);
-                handle
-            }
-            Err(e) => {
-                // Only a storage failure gets here; MockNetwork's storage is
-                // memory, so this is a bug worth stopping the test for.
-                panic!("MockNetwork could not start `{}`: {e}", F::NAME)
-            }
-        }
-    }
-
-    /// The outcome of the flow: `None` while it runs (or waits forever),
-    /// then its result, as often as asked.
-    pub fn result<F: Flow>(&self, handle: &FlowHandle<F>) -> Option<Result<F::Output, FlowError>> {
-        let core = self.nodes[handle.node_index()].core.as_ref()?;
-        match core.result(handle.run_id()) {
-            Ok(None) => None,
-            Ok(Some(Ok(bytes))) => Some(rmp_serde::from_slice(&bytes).map_err(|e| {
-                FlowError::internal(format!(
-                    "the result of `{}` does not decode as its output type: {e}",
-                    F::NAME
-                ))
-            })),
-            Ok(Some(Err(e))) => Some(Err(e)),
-            Err(e) => Some(Err(FlowError::internal(e.to_string()))),
-        }
-    }
-
-    /// Every flow that has finished on `node` so far (responders included),
-    /// in order. Kept by the network, so it survives node restarts.
-    pub fn finished(&self, node: NodeId) -> Vec<Finished> {
-        self.finished
-            .iter()
-            .filter(|f| f.node == node)
-            .cloned()
-            .collect()
-    }
-
-    /// Forgets a finished flow's result. `true` if there was one.
-    pub fn remove_result<F>(&mut self, handle: &FlowHandle<F>) -> bool {
-        let now = self.clock;
-        let node = NodeId(handle.node_index());
-        self.results
-            .finished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(node.0, handle.run_id()));
-        self.core(node)
-            .remove_result(now, handle.run_id())
-            .unwrap_or(false)
-    }
-
     /// Crashes `node` (drops its in-memory state, open database, pending
     /// work) and starts it again from its database. Frames in flight stay in
     /// flight; the node redelivers its unacknowledged messages.
@@ -647,147 +466,9 @@ impl MockNetwork {
         false
     }
 
-    /// Breaks the link between `a` and `b` (with or without [`LinkFaults`]):
-    /// the frames on it are lost, each end hears that its link to the other
-    /// went down, and frames sent meanwhile wait in the link's queue until
-    /// [`connect`](Self::connect) or the next redelivery round brings it
-    /// back. Turns link modelling on.
-    pub fn disconnect(&mut self, a: NodeId, b: NodeId) {
-        if a == b {
-            return;
-        }
-        if !self.link_faults.modelled() {
-            self.link_faults.dial = true;
-        }
-        let pair = (a.0.min(b.0), a.0.max(b.0));
-        if self.links.get(&pair) == Some(&LinkState::Broken) {
-            return;
-        }
-        self.links.insert(pair, LinkState::Broken);
-        self.stats.links_broken += 1;
-        let (ka, kb) = (*self.nodes[a.0].party.key(), *self.nodes[b.0].party.key());
-        let before = self.in_flight.len();
-        self.in_flight
-            .retain(|m| !((m.from == ka && m.to == kb) || (m.from == kb && m.to == ka)));
-        self.stats.dropped += (before - self.in_flight.len()) as u64;
-        for (end, peer) in [(a.0, kb), (b.0, ka)] {
-            let outbox = self.nodes[end]
-                .core
-                .as_ref()
-                .and_then(|c| c.unacked_frames().map_err(|e| tracing::error!("{e}")).ok());
-            self.nodes[end].delivery.disconnected(peer, outbox);
-        }
-    }
-
-    /// Brings the link between `a` and `b` up: the frames its queue held go
-    /// out, and each end hears that the link came up (and re-sends what the
-    /// link may have lost).
-    pub fn connect(&mut self, a: NodeId, b: NodeId) {
-        let pair = (a.0.min(b.0), a.0.max(b.0));
-        if a == b || self.links.get(&pair) == Some(&LinkState::Up) {
-            return;
-        }
-        self.links.insert(pair, LinkState::Up);
-        for direction in [(a.0, b.0), (b.0, a.0)] {
-            if let Some(held) = self.held.remove(&direction) {
-                self.in_flight.extend(held);
-            }
-        }
-        for (end, peer) in [(a.0, b.0), (b.0, a.0)] {
-            let key = *self.nodes[peer].party.key();
-            let outbox = if self.nodes[end].delivery.has_losses(&key) {
-                match self.nodes[end].core.as_ref().map(NodeCore::unacked_frames) {
-                    Some(Ok(outbox)) => outbox,
-                    Some(Err(e)) => {
-                        tracing::error!("{e}");
-                        continue;
-                    }
-                    None => continue,
-                }
-            } else {
-                Vec::new()
-            };
-            self.nodes[end].delivery.connected(key, outbox);
-            self.transmit(end);
-        }
-    }
-
     /// Steps until idle.
     pub fn run_network(&mut self) {
         while self.step() {}
-    }
-
-    // ----------------------------------------------------------- operators
-
-    /// Makes `node` stop (or resume) taking new flows and sessions.
-    pub fn set_draining(&mut self, node: NodeId, draining: bool) {
-        self.nodes[node.0].draining = draining;
-        self.core(node).set_draining(draining);
-    }
-
-    /// Flows with a checkpoint on `node`; 0 once a draining node is done.
-    pub fn flows_in_flight(&mut self, node: NodeId) -> u64 {
-        self.core(node).flows_in_flight().unwrap_or(u64::MAX)
-    }
-
-    /// Kills a flow on `node`: counterparties told, checkpoint removed,
-    /// result set to a `Killed` error.
-    pub fn kill_flow(&mut self, node: NodeId, run: RunId) -> Result<(), NodeError> {
-        let now = self.clock;
-        self.try_operate(node.0, |c| c.kill(now, run))
-    }
-
-    /// Lets a hospitalised flow on `node` run again.
-    pub fn retry_flow(&mut self, node: NodeId, run: RunId) -> Result<(), NodeError> {
-        let now = self.clock;
-        self.try_operate(node.0, |c| c.retry(now, run))
-    }
-
-    /// Flows in `node`'s hospital.
-    pub fn hospital(&mut self, node: NodeId) -> Vec<HospitalEntry> {
-        self.core(node).hospital().unwrap_or_default()
-    }
-
-    /// The operator's checkpoint dump of `node`.
-    pub fn dump(&mut self, node: NodeId) -> Vec<CheckpointDump> {
-        let now = self.clock;
-        self.core(node).dump(now).unwrap_or_default()
-    }
-
-    /// The dump as JSON.
-    pub fn dump_json(&mut self, node: NodeId) -> String {
-        let now = self.clock;
-        self.core(node)
-            .dump_json(now)
-            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-    }
-
-    /// Logs (and returns) the flows on `node` waiting longer than the
-    /// configured `long_wait_warning`.
-    pub fn warn_long_waits(&mut self, node: NodeId) -> Vec<RunId> {
-        let now = self.clock;
-        let limit = self.config.long_wait_warning;
-        self.core(node)
-            .warn_long_waits(now, limit)
-            .unwrap_or_default()
-    }
-
-    /// Overwrites a checkpoint's state bytes (repair tool; tests use it to
-    /// simulate corruption).
-    pub fn replace_checkpoint_state(
-        &mut self,
-        node: NodeId,
-        run: RunId,
-        state: Vec<u8>,
-    ) -> Result<(), NodeError> {
-        let now = self.clock;
-        self.try_operate(node.0, |c| c.replace_checkpoint_state(now, run, state))
-    }
-
-    /// Direct access to a node's engine, for checks the wrappers above do not
-    /// cover.
-    pub fn node_core(&mut self, node: NodeId) -> &mut NodeCore {
-        self.core(node)
     }
 
     // ------------------------------------------------------------ internals
@@ -907,44 +588,5 @@ impl MockNetwork {
         for (run, path) in out.progress {
             slot.observers.entry(run).or_default().push(path);
         }
-    }
-
-    /// Puts every frame node `i`'s delivery has queued on the network,
-    /// through the link model if it is on, and reports to the delivery what
-    /// the network took.
-    fn transmit(&mut self, i: usize) {
-        let from = *self.nodes[i].party.key();
-        while let Some(Transmit { to, frame, receipt }) = self.nodes[i].delivery.poll_transmit() {
-            let sent = self.offer(i, InFlight { from, to, frame });
-            if sent == Sent::Refused {
-                self.stats.refused += 1;
-            }
-            self.nodes[i].delivery.report(receipt, sent);
-        }
-    }
-
-    /// What the network does with a frame node `i` sends.
-    fn offer(&mut self, i: usize, msg: InFlight) -> Sent {
-        let peer = self.by_key.get(&msg.to).copied();
-        let Some(j) = peer.filter(|&j| j != i && self.link_faults.modelled()) else {
-            self.in_flight.push_back(msg);
-            return Sent::Accepted;
-        };
-        if self.link_faults.refuse > 0.0 && self.chance(self.link_faults.refuse) {
-            return Sent::Refused;
-        }
-        let pair = (i.min(j), i.max(j));
-        let state = *self.links.entry(pair).or_insert(LinkState::Dialling);
-        if state == LinkState::Up {
-            self.in_flight.push_back(msg);
-            return Sent::Accepted;
-        }
-        let limit = self.link_faults.queue_limit;
-        let held = self.held.entry((i, j)).or_default();
-        if limit > 0 && held.len() >= limit {
-            return Sent::Refused;
-        }
-        held.push_back(msg);
-        Sent::Accepted
     }
 }
