@@ -4,8 +4,11 @@
 //! * [`ledger`]: states, transactions, contracts and verification — pure
 //!   data and functions.
 //! * [`store`]: the storage boundary the services write through.
-//! * [`vault`], [`keys`], [`notary`]: the node services, as pure logic over a
+//! * [`vault`], [`keys`], [`notarise`]: the node services, as pure logic over a
 //!   [`store::Store`].
+//! * [`notarise`], [`resolve`], [`trade`]: the rules a flow module of the
+//!   same name under [`flows`] applies (the notary's checks, which
+//!   dependencies a node serves, what a trade's parties accept).
 //! * [`trust`]: which cash issuers the node accepts (by key, per node).
 //!
 //! Crates used beyond the workspace core: `ed25519-dalek` (signatures) and
@@ -20,8 +23,8 @@ pub mod demo;
 pub mod flows;
 pub mod keys;
 pub mod ledger;
-pub mod notary;
-pub mod resolution;
+pub mod notarise;
+pub mod resolve;
 pub mod store;
 pub mod trade;
 pub mod trust;

@@ -19,7 +19,7 @@ use finance_flows::ledger::{
     Amount, AssetKind, Cash, Command, CommandData, ContractState, Currency, SignedTransaction,
     StateAndRef, StateRef, TransactionBuilder,
 };
-use finance_flows::resolution::{FetchReply, FetchRequest};
+use finance_flows::resolve::{FetchReply, FetchRequest};
 use finance_flows::trade::{self, TradeOffer};
 use finance_flows::{keys, trust, vault};
 use flow_runtime::Timestamp;

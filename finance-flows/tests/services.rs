@@ -2,7 +2,7 @@
 
 use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
-use finance_flows::notary::{self, NotaryError};
+use finance_flows::notarise::{self as notary, NotaryError};
 use finance_flows::store::{Entries, MemStore, Store, StoreError, Table};
 use finance_flows::{keys, trust, vault};
 use flow_runtime::{Party, Timestamp};

@@ -11,7 +11,7 @@ use finance_flows::flows::signatures::receive_to_sign;
 use finance_flows::flows::trade::{buy_steps, sell};
 use finance_flows::flows::{Notary, fail, store};
 use finance_flows::ledger::{AssetKind, SignedTransaction, StateAndRef};
-use finance_flows::resolution::Vending;
+use finance_flows::resolve::Vending;
 use finance_flows::trade::{self, TradeOffer};
 use finance_flows::{keys, vault};
 use flow_runtime::Timestamp;

@@ -3,10 +3,11 @@
 
 use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
-use finance_flows::resolution::{Resolution, ResolveError, Vending};
+use finance_flows::notarise as notary;
+use finance_flows::resolve::{Resolution, ResolveError, Vending};
 use finance_flows::store::MemStore;
 use finance_flows::trade::{self, TradeError, TradeOffer};
-use finance_flows::{keys, notary, trust, vault};
+use finance_flows::{keys, trust, vault};
 use flow_runtime::{Party, Timestamp};
 
 struct Net {

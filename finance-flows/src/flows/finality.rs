@@ -8,7 +8,7 @@ use super::resolve::{
 use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
-use crate::resolution::Vending;
+use crate::resolve::Vending;
 use crate::vault;
 use flow_runtime::prelude::*;
 

@@ -1,6 +1,6 @@
 //! The notary round trip: a client sends a transaction, the notary fetches
 //! the history it lacks (the client serves it), validates the transaction
-//! and signs it or refuses it (see [`crate::notary`]).
+//! and signs it or refuses it (see [`crate::notarise`]).
 //!
 //! ```text
 //!   client (notarise)                         notary (notary_service)
@@ -16,8 +16,8 @@ use super::resolve::{
 use super::store;
 use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
-use crate::notary::{self, NotaryError};
-use crate::resolution::{FetchRequest, Vending};
+use crate::notarise::{self as notary, NotaryError};
+use crate::resolve::{FetchRequest, Vending};
 use flow_runtime::Payload;
 use flow_runtime::prelude::*;
 use serde::{Deserialize, Serialize};

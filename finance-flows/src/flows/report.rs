@@ -4,7 +4,8 @@
 
 use super::{fail, store};
 use crate::ledger::{CommercialPaper, ContractState, Currency, StateRef};
-use crate::{notary, vault};
+use crate::notarise as notary;
+use crate::vault;
 use flow_runtime::prelude::*;
 use serde::{Deserialize, Serialize};
 

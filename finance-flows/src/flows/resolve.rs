@@ -12,7 +12,7 @@
 use super::{fail, store};
 use crate::crypto::SecureHash;
 use crate::ledger::SignedTransaction;
-use crate::resolution::{FetchReply, FetchRequest, Resolution, Vending};
+use crate::resolve::{FetchReply, FetchRequest, Resolution, Vending};
 use flow_runtime::prelude::*;
 use flow_runtime::{FlowErrorKind, Payload};
 use serde::{Deserialize, Serialize};

@@ -26,7 +26,7 @@ use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::SignedTransaction;
-use crate::resolution::{FetchRequest, Vending};
+use crate::resolve::{FetchRequest, Vending};
 use crate::vault;
 use flow_runtime::Payload;
 use flow_runtime::prelude::*;

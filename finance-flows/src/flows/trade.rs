@@ -38,7 +38,7 @@ use super::{Notary, fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::{Amount, AssetKind, SignedTransaction, StateRef};
-use crate::resolution::Vending;
+use crate::resolve::Vending;
 use crate::trade::{self, TradeOffer};
 use crate::vault::{self, LockId};
 use flow_runtime::prelude::*;
