@@ -26,7 +26,7 @@ use crate::keys::{self, KeyError};
 use crate::ledger::{SignedTransaction, StateRef, VerifyError};
 use crate::store::{Store, StoreError, Table, decode, encode};
 use crate::vault;
-use flow_runtime::{Party, Timestamp};
+use flow_runtime::{Party, PublicKey, Timestamp};
 
 /// Why the notary refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +125,73 @@ pub fn precheck(
         && !window.contains(now)
     {
         return Err(NotaryError::OutsideTimeWindow { now });
+    }
+    Ok(())
+}
+
+/// The [`Table::Config`] key prefix of what a client knows `notary` holds:
+/// transactions it supplied with a request the notary signed.
+const HOLDS_PREFIX: &[u8] = b"notary-holds/";
+
+fn holds_key(notary: &PublicKey, tx: &SecureHash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(HOLDS_PREFIX.len() + 64);
+    k.extend_from_slice(HOLDS_PREFIX);
+    k.extend_from_slice(&notary.0);
+    k.extend_from_slice(&tx.0);
+    k
+}
+
+/// The client's side: the transactions `stx` spends from that the notary
+/// (by key) is not known to hold, to send with the request so that the
+/// notary need not ask for them (a round trip). The notary is known to
+/// hold what it signed (it keeps what it notarises) and what this node
+/// supplied with a request it signed ([`remember_supplied`]). A guess
+/// either way costs only time: the notary verifies what it is sent, ignores
+/// what it holds, and asks for whatever is still missing.
+pub fn history_to_supply(
+    store: &dyn Store,
+    notary: &PublicKey,
+    stx: &SignedTransaction,
+) -> Result<Vec<SignedTransaction>, StoreError> {
+    let mut ids: Vec<SecureHash> = stx.tx.inputs.iter().map(|i| i.tx_id).collect();
+    ids.sort();
+    ids.dedup();
+    let mut supply = Vec::new();
+    for id in ids {
+        if store.get(Table::Config, &holds_key(notary, &id))?.is_some() {
+            continue;
+        }
+        if let Some(dep) = vault::transaction(store, &id)?
+            && !dep.sigs.iter().any(|s| s.by == *notary)
+        {
+            supply.push(dep);
+        }
+    }
+    Ok(supply)
+}
+
+/// The ids among `supplied` worth remembering once the notary has signed
+/// `stx`: those with outputs `stx` does not consume (later spends may
+/// need them; a transaction whose outputs are all spent never will).
+pub fn worth_remembering(stx: &SignedTransaction, supplied: &[SignedTransaction]) -> Vec<SecureHash> {
+    supplied
+        .iter()
+        .filter_map(|dep| {
+            let id = dep.id();
+            let spent = stx.tx.inputs.iter().filter(|i| i.tx_id == id).count();
+            (dep.tx.outputs.len() > spent).then_some(id)
+        })
+        .collect()
+}
+
+/// Records that `notary` holds `ids` (supplied with a request it signed).
+pub fn remember_supplied(
+    store: &mut dyn Store,
+    notary: &PublicKey,
+    ids: &[SecureHash],
+) -> Result<(), StoreError> {
+    for id in ids {
+        store.put(Table::Config, &holds_key(notary, id), &[])?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use crate::keys;
 use crate::ledger::{
     Amount, AssetKind, CommandData, SignedTransaction, StateAndRef, TransactionBuilder, VerifyError,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Table, decode, encode};
 use crate::trust;
 use crate::vault::{self, LockId, VaultError};
 use flow_runtime::{Party, PublicKey};
@@ -118,6 +118,31 @@ pub enum TradeError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// How long a trade waits for its counterparty before giving up, unless
+/// the node's operator set another bound ([`set_trade_timeout`]).
+pub const DEFAULT_TRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The [`Table::Config`] key of the node's trade timeout (milliseconds).
+const TRADE_TIMEOUT_KEY: &[u8] = b"trade-timeout-ms";
+
+/// The bound on how long this node's trades wait for the counterparty
+/// while they negotiate (see [`crate::flows::trade`]).
+pub fn trade_timeout(store: &dyn Store) -> Result<std::time::Duration, StoreError> {
+    Ok(match store.get(Table::Config, TRADE_TIMEOUT_KEY)? {
+        Some(bytes) => std::time::Duration::from_millis(decode(Table::Config, &bytes)?),
+        None => DEFAULT_TRADE_TIMEOUT,
+    })
+}
+
+/// Sets this node's trade timeout (kept in its database).
+pub fn set_trade_timeout(
+    store: &mut dyn Store,
+    timeout: std::time::Duration,
+) -> Result<(), StoreError> {
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    store.put(Table::Config, TRADE_TIMEOUT_KEY, &encode(&ms)?)
 }
 
 /// The buyer's first check, before downloading anything: price and kind.

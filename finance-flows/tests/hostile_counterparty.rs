@@ -13,7 +13,7 @@ use finance_flows::flows::issue::issue_paper;
 use finance_flows::flows::notarise::notarise;
 use finance_flows::flows::resolve::{Ending, resolve_transactions, send_ending_resolution};
 use finance_flows::flows::signatures::collect_signatures;
-use finance_flows::flows::trade::{buy, sell};
+use finance_flows::flows::trade::{buy, sell, set_trade_timeout};
 use finance_flows::flows::{Notary, fail, store};
 use finance_flows::ledger::{
     Amount, AssetKind, Cash, Command, CommandData, ContractState, Currency, SignedTransaction,
@@ -758,5 +758,122 @@ fn a_stranger_holding_the_history_still_cannot_consume_the_paper() {
     assert_eq!(w.report(w.notary_node).notarised_inputs, 0);
     seller_untouched(&mut w, paper);
     buyer_untouched(&mut w);
+    honest_trade_still_works(&mut w, paper);
+}
+
+/// A seller that offers its real paper, takes the buyer's proposal and
+/// then goes silent: it never signs and never ends.
+#[flow]
+async fn silent_seller(
+    ctx: &mut FlowContext,
+    buyer: Party,
+    asset: StateRef,
+) -> Result<(), FlowError> {
+    let offer: TradeOffer = {
+        let db = store(ctx)?;
+        let state = vault::state(db, &asset)
+            .map_err(fail)?
+            .ok_or_else(|| FlowError::new("no such paper"))?;
+        TradeOffer {
+            asset: state,
+            price: usd(PRICE),
+            pay_to: keys::fresh_key(db).map_err(fail)?,
+            history: vault::transaction(db, &asset.tx_id)
+                .map_err(fail)?
+                .into_iter()
+                .collect(),
+        }
+    };
+    let session: FlowSession = ctx.initiate_flow(&buyer);
+    session.send(&offer)?;
+    let _proposal: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
+    // Wait for a message the buyer never sends.
+    let _never: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
+    Ok(())
+}
+
+/// Attack 7, holding the buyer's coins: any node can start a trade with
+/// the buyer, make it lock coins for a proposal, and never answer. The
+/// buyer gives up at its trade deadline and releases them.
+#[test]
+fn a_seller_that_goes_silent_cannot_hold_the_buyers_coins() {
+    let mut w = World::new(312, PRICE, true);
+    let paper = w.fund();
+    let n = w.notary.clone();
+    w.net
+        .register_responder::<silent_seller::Flow, _>(w.buyer, move |s| {
+            buy(s, usd(PRICE), AssetKind::CommercialPaper, n.clone())
+        });
+    let buyer = w.net.party(w.buyer);
+    let started = w.net.now();
+    let h = w.net.start_flow(w.seller, silent_seller(buyer, paper));
+    // The network runs the conversation, then jumps its virtual clock to
+    // the buyer's deadline.
+    w.net.run_network();
+    let msg = err_message(w.net.result(&h));
+    assert!(msg.contains("went silent"), "{msg}");
+    let waited = w.net.now().0 - started.0;
+    assert!(
+        waited >= 300_000 && waited < 301_000,
+        "the default trade timeout is five minutes: {waited} ms"
+    );
+    buyer_untouched(&mut w);
+    honest_trade_still_works(&mut w, paper);
+}
+
+/// A buyer that takes the offer and then waits for a message the seller
+/// never sends: it never proposes and never ends.
+#[flow]
+async fn silent_buyer(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+    let _offer: TradeOffer = session.receive::<TradeOffer>().await?.validate(Ok)?;
+    let _never: TradeOffer = session.receive::<TradeOffer>().await?.validate(Ok)?;
+    Ok(())
+}
+
+/// Attack 8, holding the seller's paper: a buyer that never proposes. The
+/// seller gives up at its deadline (set by its operator to one minute
+/// here) and its paper is free to sell again.
+#[test]
+fn a_buyer_that_goes_silent_cannot_hold_the_sellers_paper() {
+    let (mut w, mallory, paper) = world_with_mallory(313);
+    run(&mut w.net, w.seller, set_trade_timeout(60_000)).unwrap();
+    w.net
+        .register_responder::<sell::Flow, _>(mallory, silent_buyer);
+    let started = w.net.now();
+    let msg = err_message(sell_to(&mut w, mallory, paper));
+    assert!(msg.contains("went silent"), "{msg}");
+    let waited = w.net.now().0 - started.0;
+    assert!((60_000..61_000).contains(&waited), "{waited} ms");
+    seller_untouched(&mut w, paper);
+    honest_trade_still_works(&mut w, paper);
+}
+
+/// The deadline is part of the checkpoint: a seller restarted while it
+/// waits on a silent buyer still gives up at the deadline it set before
+/// the restart, and releases its paper.
+#[test]
+fn a_trade_deadline_survives_a_restart() {
+    let (mut w, mallory, paper) = world_with_mallory(314);
+    w.net
+        .register_responder::<sell::Flow, _>(mallory, silent_buyer);
+    let party = w.net.party(mallory);
+    let n = w.notary.clone();
+    let started = w.net.now();
+    let h = w
+        .net
+        .start_flow(w.seller, sell(party, paper, usd(PRICE), n));
+    // Run until Mallory holds the offer (and the seller its ack).
+    let before = w.net.stats().delivered;
+    while w.net.stats().delivered < before + 2 {
+        assert!(w.net.step());
+    }
+    assert!(w.net.result(&h).is_none(), "the seller is still waiting");
+    assert_eq!(w.net.now(), started, "no timer fired yet");
+    w.net.restart_node(w.seller);
+    w.net.run_network();
+    let msg = err_message(w.net.result(&h));
+    assert!(msg.contains("went silent"), "{msg}");
+    assert_eq!(w.net.now().0 - started.0, 300_000);
+    seller_untouched(&mut w, paper);
     honest_trade_still_works(&mut w, paper);
 }

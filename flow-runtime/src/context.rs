@@ -86,6 +86,10 @@ pub struct StepEffects {
     /// Flows started with [`FlowContext::start_flow`], created when the step
     /// commits.
     pub started: Vec<NewFlow>,
+    /// The run's receive deadline (see
+    /// [`FlowContext::set_receive_deadline`]). Loaded from the checkpoint
+    /// before the step, saved after it.
+    pub deadline: Option<Timestamp>,
 }
 
 thread_local! {
@@ -316,6 +320,26 @@ impl FlowContext {
     /// is kept inside the parent's checkpoint.
     pub fn sub_flow<F: Flow>(&mut self, flow: F) -> SubFlow<F> {
         SubFlow { flow }
+    }
+
+    /// Bounds every wait for a message from now on: a receive (in this
+    /// flow or any sub-flow of it) still waiting at `now + within` fails
+    /// with a [`FlowError`] saying the counterparty went silent, which the
+    /// flow handles like any failed receive (e.g. releasing what it
+    /// reserved). Not a suspension point. The deadline is part of the
+    /// checkpoint, so it holds across restarts; the runtime's timer wakes
+    /// the flow when it passes (virtual time on the `MockNetwork`). Calling
+    /// it again moves the deadline; sleeps are not affected.
+    pub fn set_receive_deadline(&mut self, within: Duration) {
+        let at = self.now().after(within);
+        let _ = with_effects(|effects| effects.deadline = Some(at));
+    }
+
+    /// Removes the deadline [`set_receive_deadline`](Self::set_receive_deadline)
+    /// set: receives wait as long as it takes again (e.g. once the outcome
+    /// no longer depends on the counterparty answering in time).
+    pub fn clear_receive_deadline(&mut self) {
+        let _ = with_effects(|effects| effects.deadline = None);
     }
 
     /// Records the current progress step of the running (sub-)flow. The

@@ -22,6 +22,19 @@ use flow_runtime::Payload;
 use flow_runtime::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// What a client sends the notary: the transaction, and the transactions
+/// it spends from that the notary is not known to hold
+/// ([`notary::history_to_supply`]), so that in the steady state the
+/// notary asks for nothing. Untrusted like any download: the notary keeps
+/// only the ones it needs and verifies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotaryRequest {
+    /// The transaction to notarise.
+    pub transaction: SignedTransaction,
+    /// History sent ahead of the notary's fetches.
+    pub history: Vec<SignedTransaction>,
+}
+
 /// The notary's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NotaryResponse {
@@ -48,7 +61,13 @@ pub async fn notarise(
     let id: SecureHash = stx.id();
     // The notary may fetch the transaction's history, and only that.
     let mut vending: Vending = Vending::of_dependencies(&stx);
-    session.send(&stx)?;
+    let history: Vec<SignedTransaction> =
+        notary::history_to_supply(store(ctx)?, &notary_key, &stx).map_err(fail)?;
+    let remember: Vec<SecureHash> = notary::worth_remembering(&stx, &history);
+    session.send(&NotaryRequest {
+        transaction: stx,
+        history,
+    })?;
     let reply: Payload = loop {
         let request: FetchRequest = session.receive::<FetchRequest>().await?.validate(Ok)?;
         if let Some(reply) = serve_until_next(ctx, &session, &mut vending, request)? {
@@ -56,7 +75,10 @@ pub async fn notarise(
         }
     };
     match reply.decode::<NotaryResponse>()? {
-        NotaryResponse::Signed(sig) if sig.by == notary_key && sig.is_valid_for(&id.0) => Ok(sig),
+        NotaryResponse::Signed(sig) if sig.by == notary_key && sig.is_valid_for(&id.0) => {
+            notary::remember_supplied(store(ctx)?, &notary_key, &remember).map_err(fail)?;
+            Ok(sig)
+        }
         NotaryResponse::Signed(_) => Err(FlowError::new(
             "the notary's signature is invalid or not by the transaction's notary",
         )),
@@ -76,7 +98,8 @@ pub async fn notarise(
 /// through [`notary::notarise`]. Its answer ends the resolution.
 #[flow]
 pub async fn notary_service(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
-    let stx: SignedTransaction = session.receive::<SignedTransaction>().await?.validate(Ok)?;
+    let request: NotaryRequest = session.receive::<NotaryRequest>().await?.validate(Ok)?;
+    let stx: SignedTransaction = request.transaction;
     let me = ledger_identity_of(ctx)?;
     let now = ctx.now();
     if let Err(e) = notary::precheck(&me, &stx, now) {
@@ -90,7 +113,7 @@ pub async fn notary_service(ctx: &mut FlowContext, session: FlowSession) -> Resu
         .sub_flow(resolve_transactions(
             fetching,
             deps,
-            Vec::new(),
+            request.history,
             Ending::Deferred,
         ))
         .await?;

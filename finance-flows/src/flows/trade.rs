@@ -30,6 +30,14 @@
 //! its coins) under the session's id and release the locks if the trade
 //! fails, so concurrent trades never pick the same states and a failed
 //! trade leaves nothing reserved.
+//!
+//! A silent counterparty cannot hold them forever: each side bounds its
+//! waits by the node's trade timeout ([`crate::trade::trade_timeout`],
+//! five minutes unless set) with a receive deadline, until the point after
+//! which the transaction may become final without it — the seller's
+//! signature, the buyer's request to the notary. From there each side
+//! waits for the outcome: giving up then would release states the ledger
+//! may already have consumed.
 
 use super::finality::{finality, receive_finality};
 use super::resolve::{Ending, resolve_transactions};
@@ -42,6 +50,24 @@ use crate::resolve::Vending;
 use crate::trade::{self, TradeOffer};
 use crate::vault::{self, LockId};
 use flow_runtime::prelude::*;
+
+/// Bounds the negotiation by the node's trade timeout
+/// ([`trade::trade_timeout`]): a counterparty that goes silent before the
+/// transaction is signed (seller) or sent for notarisation (buyer) fails
+/// the trade, which releases its soft locks.
+fn bound_the_negotiation(ctx: &mut FlowContext) -> Result<(), FlowError> {
+    let timeout = trade::trade_timeout(store(ctx)?).map_err(fail)?;
+    ctx.set_receive_deadline(timeout);
+    Ok(())
+}
+
+/// Sets this node's trade timeout (see [`trade::set_trade_timeout`]); its
+/// trades started afterwards use it.
+#[flow]
+pub async fn set_trade_timeout(ctx: &mut FlowContext, timeout_ms: u64) -> Result<(), FlowError> {
+    trade::set_trade_timeout(store(ctx)?, std::time::Duration::from_millis(timeout_ms))
+        .map_err(fail)
+}
 
 /// Releases the trade's soft locks after a failure; the failure itself is
 /// what the flow returns, so a release error is only logged.
@@ -69,6 +95,7 @@ pub async fn sell(
     notary: Notary,
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Offering the asset");
+    bound_the_negotiation(ctx)?;
     let session: FlowSession = ctx.initiate_flow(&buyer);
     let lock: LockId = session.id().0;
     let offer: TradeOffer = make_offer(ctx, asset, price, lock)?;
@@ -137,6 +164,9 @@ pub async fn sell_steps(
     // check_proposal verified the proposal in full: sign, with exactly the
     // key it approved, without a second pass.
     let ours: Vec<TxSignature> = sign_verified_and_reply(ctx, &session, &proposal, &keys)?;
+    // Signed: the buyer may notarise at any moment, so the paper stays
+    // reserved until the final transaction comes, however long that takes.
+    ctx.clear_receive_deadline();
     ctx.set_progress("Waiting for the final transaction");
     let expected: Option<SecureHash> = Some(proposal.id());
     // The buyer's signatures were verified above and ours we just made: the
@@ -168,6 +198,7 @@ pub async fn buy(
     notary: Notary,
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Buying");
+    bound_the_negotiation(ctx)?;
     let lock: LockId = session.id().0;
     let steps: FlowSession = session.clone();
     let outcome: Result<SignedTransaction, FlowError> = ctx
@@ -218,6 +249,9 @@ pub async fn buy_steps(
     let signing: FlowSession = session.clone();
     let signed: SignedTransaction = ctx.sub_flow(collect_signatures(signing, proposal)).await?;
     ctx.set_progress("Finalising");
+    // From here the notary may consume the coins at any moment: wait for
+    // the outcome rather than give up and release them.
+    ctx.clear_receive_deadline();
     let sessions: Vec<FlowSession> = vec![session];
     let notary_node: Party = notary.node;
     let fin: SignedTransaction = ctx

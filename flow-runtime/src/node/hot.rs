@@ -118,6 +118,7 @@ mod tests {
             sessions: Vec::new(),
             keep_result: false,
             client_id: None,
+            deadline: None,
         })
     }
 

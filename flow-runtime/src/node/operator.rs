@@ -184,6 +184,7 @@ impl NodeCore {
                         sessions,
                         keep_result: true,
                         client_id: None,
+                        deadline: None,
                     };
                     core.end_run(b, run.0, &rec, Err(error.clone()), Some(error));
                 }

@@ -130,6 +130,9 @@ pub struct CheckpointRecord {
     pub keep_result: bool,
     /// The client-supplied id it was started with.
     pub client_id: Option<String>,
+    /// When a receive still waiting fails (see
+    /// `FlowContext::set_receive_deadline`); a timer is set for it.
+    pub deadline: Option<Timestamp>,
 }
 
 /// The first byte of an encoded [`CheckpointRecord`]: the layout version, so
@@ -141,11 +144,14 @@ impl CheckpointRecord {
     /// so it is hand-rolled: a generic encoder costs more than the rest of
     /// the step's bookkeeping together). Layout, numbers big-endian:
     /// `format u8 | fingerprint u64 | version u32 | waiting_since u64 |
-    /// flags u8 (1 started, 2 keep_result, 4 client_id present) |
+    /// flags u8 (1 started, 2 keep_result, 4 client_id present, 8 deadline
+    /// present) |
     /// wait tag u8 (0 none, 1 receive, 2 timer) + u64 | flow str |
     /// state_name str | state bytes | progress: u32 count + str each |
     /// sessions: u32 count + (id u64, side u8) each | client_id str (if
-    /// flagged)`, where `str`/`bytes` are a u32 length and the bytes.
+    /// flagged) | deadline u64 (if flagged)`, where `str`/`bytes` are a u32
+    /// length and the bytes. (The deadline came later: records without it
+    /// read as before.)
     pub fn encode(&self) -> Vec<u8> {
         // The fixed fields and length prefixes take 51 bytes.
         let mut out = Vec::with_capacity(
@@ -162,7 +168,8 @@ impl CheckpointRecord {
         out.extend_from_slice(&self.waiting_since.0.to_be_bytes());
         let flags = u8::from(self.started)
             | (u8::from(self.keep_result) << 1)
-            | (u8::from(self.client_id.is_some()) << 2);
+            | (u8::from(self.client_id.is_some()) << 2)
+            | (u8::from(self.deadline.is_some()) << 3);
         out.push(flags);
         let (tag, value) = match &self.wait {
             None => (0u8, 0u64),
@@ -185,6 +192,9 @@ impl CheckpointRecord {
         }
         if let Some(c) = &self.client_id {
             put_bytes(&mut out, c.as_bytes());
+        }
+        if let Some(d) = self.deadline {
+            out.extend_from_slice(&d.0.to_be_bytes());
         }
         out
     }
@@ -233,6 +243,11 @@ impl CheckpointRecord {
         } else {
             None
         };
+        let deadline = if flags & 8 != 0 {
+            Some(Timestamp(r.u64("deadline")?))
+        } else {
+            None
+        };
         if !r.0.is_empty() {
             return Err(format!("{} unexpected bytes after the record", r.0.len()));
         }
@@ -249,6 +264,7 @@ impl CheckpointRecord {
             sessions,
             keep_result: flags & 2 != 0,
             client_id,
+            deadline,
         })
     }
 }
@@ -475,6 +491,7 @@ mod tests {
             ],
             keep_result: true,
             client_id: Some("trade-1".into()),
+            deadline: Some(Timestamp(301_000)),
         }
     }
 
@@ -494,6 +511,7 @@ mod tests {
             started: false,
             keep_result: false,
             client_id: None,
+            deadline: None,
             progress: Vec::new(),
             sessions: Vec::new(),
             state: Vec::new(),

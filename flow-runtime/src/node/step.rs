@@ -47,6 +47,7 @@ impl NodeCore {
                 sessions,
                 keep_result,
                 client_id,
+                deadline: None,
             }),
         );
         self.wake(b, run);
@@ -168,10 +169,23 @@ impl NodeCore {
                         consumes: Some((key, s.next_consume)),
                     }));
                 }
-                Ok(s.ended.clone().map(|error| Wake {
+                if let Some(error) = s.ended.clone() {
+                    return Ok(Some(Wake {
+                        event: Event::SessionEnded {
+                            session: *sid,
+                            error,
+                        },
+                        consumes: None,
+                    }));
+                }
+                // Nothing came: past the run's deadline the receive fails.
+                Ok(rec.deadline.filter(|d| *d <= self.now).map(|d| Wake {
                     event: Event::SessionEnded {
                         session: *sid,
-                        error,
+                        error: FlowError::new(format!(
+                            "no message arrived on session {sid} by the flow's deadline ({} ms): the counterparty went silent",
+                            d.0
+                        )),
                     },
                     consumes: None,
                 }))
@@ -241,6 +255,7 @@ impl NodeCore {
         self.ctx.set_draining(self.draining);
         let effects = StepEffects {
             progress: rec.progress.clone(),
+            deadline: rec.deadline,
             ..StepEffects::default()
         };
         let ctx = &mut self.ctx;
@@ -389,6 +404,15 @@ impl NodeCore {
                 if let Wait::Timer(t) = wait {
                     b.add_timer(&*self.store, t, run).map_err(store_err)?;
                 }
+                if rec.deadline != effects.deadline {
+                    if let Some(old) = rec.deadline {
+                        b.remove_timer(&*self.store, old, run).map_err(store_err)?;
+                    }
+                    if let Some(new) = effects.deadline {
+                        b.add_timer(&*self.store, new, run).map_err(store_err)?;
+                    }
+                    rec.deadline = effects.deadline;
+                }
                 rec.state = state;
                 if rec.state_name != state_name {
                     rec.state_name = state_name.to_owned();
@@ -483,6 +507,11 @@ impl NodeCore {
         // (A timer left behind would only wake a run that is gone, which
         // does nothing: a failed read here is logged, not fatal.)
         if let Some(Wait::Timer(t)) = rec.wait
+            && let Err(e) = b.remove_timer(&*self.store, t, run)
+        {
+            tracing::error!("{e}");
+        }
+        if let Some(t) = rec.deadline
             && let Err(e) = b.remove_timer(&*self.store, t, run)
         {
             tracing::error!("{e}");
