@@ -173,7 +173,10 @@ pub fn history_to_supply(
 /// The ids among `supplied` worth remembering once the notary has signed
 /// `stx`: those with outputs `stx` does not consume (later spends may
 /// need them; a transaction whose outputs are all spent never will).
-pub fn worth_remembering(stx: &SignedTransaction, supplied: &[SignedTransaction]) -> Vec<SecureHash> {
+pub fn worth_remembering(
+    stx: &SignedTransaction,
+    supplied: &[SignedTransaction],
+) -> Vec<SecureHash> {
     supplied
         .iter()
         .filter_map(|dep| {

@@ -63,11 +63,11 @@ fn a_steady_state_trade_sends_no_resolution_message() {
     let first_paper = w.fund();
     let papers = [w.issue_paper_to_seller(), w.issue_paper_to_seller()];
     // The first trade: the seller lacks the buyer's cash issuance and
-    // fetches it (one batch) inside receive_to_sign, before signing; the
-    // notary lacks both issuances and fetches them (one batch) before it
-    // validates.
+    // fetches it (one batch) inside receive_to_sign, before signing. The
+    // notary lacks both issuances too, but the buyer sends them with its
+    // request: the notary fetches nothing.
     let (fin, first) = trade_alone(&mut w, first_paper);
-    assert_eq!(first, STEADY_STATE_FRAMES + 2 * ONE_FETCH_FRAMES);
+    assert_eq!(first, STEADY_STATE_FRAMES + ONE_FETCH_FRAMES);
     let deps = dependencies(&fin);
     let seller = w.seller;
     assert_eq!(
@@ -76,16 +76,12 @@ fn a_steady_state_trade_sends_no_resolution_message() {
         "the seller fetched and recorded the cash's history"
     );
     // Later trades pay from the same issuance: nothing to fetch on either
-    // side, and no message spent on saying so. The notary has not seen the
-    // new paper's issuance and fetches it.
+    // side, and no message spent on saying so. (The notary gets each new
+    // paper's issuance with the request; the cash issuance, which it holds,
+    // is not sent again.)
     for (i, paper) in papers.into_iter().enumerate() {
         let (_, frames) = trade_alone(&mut w, paper);
-        assert_eq!(
-            frames,
-            STEADY_STATE_FRAMES + ONE_FETCH_FRAMES,
-            "trade {}",
-            i + 2
-        );
+        assert_eq!(frames, STEADY_STATE_FRAMES, "trade {}", i + 2);
     }
     w.reconcile(3, 3, PRICE);
 }
@@ -124,11 +120,11 @@ fn a_resold_asset_has_its_older_history_fetched_by_the_new_buyer() {
     // The offer carries the first trade's transaction; the third node
     // fetches what it spent (the paper's and the cash's issuances, one
     // batch) before its proposal ends that resolution, and the reseller
-    // fetches the third node's cash issuance before signing, and so does
-    // the notary.
+    // fetches the third node's cash issuance before signing (the notary
+    // gets it with the request).
     assert_eq!(
         w.net.stats().delivered - before,
-        STEADY_STATE_FRAMES + 3 * ONE_FETCH_FRAMES
+        STEADY_STATE_FRAMES + 2 * ONE_FETCH_FRAMES
     );
     let mut ids = dependencies(&first);
     ids.push(first.id());

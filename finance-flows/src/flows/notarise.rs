@@ -13,7 +13,7 @@ use super::identity::ledger_identity_of;
 use super::resolve::{
     Ending, dependencies, resolve_transactions, send_ending_resolution, serve_until_next,
 };
-use super::store;
+use super::{fail, store};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
 use crate::notarise::{self as notary, NotaryError};
