@@ -6,13 +6,18 @@
 //! byte tables, point and range reads, and ONE atomic [`Store::commit`] of a
 //! whole [`WriteBatch`]. That is all the step logic needs (a batch of steps
 //! commits together or not at all), and it is small enough to implement on
-//! another database later (PostgreSQL for a node split over several worker
-//! processes) without touching the node. No redb type appears outside
-//! the `redb_store` module behind [`RedbStore`].
+//! another database without touching the node: [`RedbStore`] (embedded,
+//! the default) and, with the `postgres` feature, `PostgresStore` (a
+//! PostgreSQL server). No redb type appears outside the `redb_store`
+//! module, and no PostgreSQL type outside `postgres_store`.
 
+#[cfg(feature = "postgres")]
+mod postgres_store;
 mod redb_store;
 mod timed;
 
+#[cfg(feature = "postgres")]
+pub use postgres_store::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
 pub use redb_store::{RedbOptions, RedbStore, SharedMemory};
 pub use timed::{StorageCounters, StorageStats, TimedStore};
 

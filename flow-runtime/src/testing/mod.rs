@@ -12,3 +12,8 @@ pub use handwritten::HandwrittenPing;
 pub mod ping_pong;
 
 pub mod cluster;
+
+#[cfg(feature = "postgres")]
+mod postgres_server;
+#[cfg(feature = "postgres")]
+pub use postgres_server::{TestPostgres, TestPostgresError, postgres_binaries};
