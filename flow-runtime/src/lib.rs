@@ -108,15 +108,19 @@ pub mod engine {
 /// The checkpoint store: the [`Store`](storage::Store) trait a node
 /// commits through (one atomic write batch per group commit, plus
 /// lookups), its redb implementation ([`RedbStore`](storage::RedbStore),
-/// on a file or in memory) and a timing wrapper for measurements.
+/// on a file or in memory), its PostgreSQL implementation (`PostgresStore`,
+/// feature `postgres`) and a timing wrapper for measurements.
 ///
-/// Applications choose only [`RedbOptions`](storage::RedbOptions) (through
-/// the node's builder or config file); another backend implements `Store`.
+/// Applications choose only the store and its options (through the node's
+/// builder or config file: `docs/scale-out.md`); another backend
+/// implements `Store`.
 pub mod storage {
     pub use crate::store::{
         Entries, RangeRemoval, RedbOptions, RedbStore, SharedMemory, StorageCounters, StorageStats,
         Store, StoreError, Table, TimedStore, WriteBatch, WriteOp,
     };
+    #[cfg(feature = "postgres")]
+    pub use crate::store::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
 }
 
 /// Everything a flow author needs: `use flow_runtime::prelude::*;`.

@@ -7,13 +7,16 @@ use flow_runtime::__private as rt;
 use flow_runtime::engine::OsIds;
 use flow_runtime::engine::{NewFlow, Registry};
 use flow_runtime::prelude::*;
-use flow_runtime::storage::{Entries, RedbOptions, RedbStore, SharedMemory, Store, StoreError};
+use flow_runtime::storage::{Entries, Store, StoreError};
 use flow_runtime::storage::{Table, WriteBatch};
 use flow_runtime::{Event, NodeConfig, NodeCore, RunId, Step, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use store_backends::{Backend, on_each_backend};
+
+mod store_backends;
 
 /// Wakes every millisecond and records when; finishes with the record
 /// after `until` wakes. A step that ran but never committed must not
@@ -44,9 +47,9 @@ impl Flow for Diary {
     }
 }
 
-/// A redb store whose next `fail` commits fail (as a full disk would).
+/// A store whose next `fail` commits fail (as a full disk would).
 struct FlakyStore {
-    inner: RedbStore,
+    inner: Arc<dyn Store>,
     fail: AtomicU32,
 }
 
@@ -78,10 +81,9 @@ impl Store for FlakyStore {
     }
 }
 
-fn node(cache_bytes: usize) -> (NodeCore, Arc<FlakyStore>) {
+fn node(backend: &Backend, cache_bytes: usize) -> (NodeCore, Arc<FlakyStore>) {
     let store = Arc::new(FlakyStore {
-        inner: RedbStore::open_in_memory(&SharedMemory::new(), RedbOptions::default())
-            .expect("open the store"),
+        inner: backend.open(),
         fail: AtomicU32::new(0),
     });
     let mut registry = Registry::new();
@@ -147,43 +149,47 @@ fn run_to_the_end(
 
 #[test]
 fn a_step_whose_commit_failed_is_not_seen_by_the_next_step() {
-    let (mut core, store) = node(NodeConfig::default().checkpoint_cache_bytes);
-    let (run, _) = core.start(Timestamp(0), diary(4), None).expect("start");
-    core.tick(Timestamp(0)).expect("first step: sleeps");
-    let diaries = run_to_the_end(&mut core, &store, &[2], &[run]);
-    // The wake at 1 is committed (and cached); the wake at 2 ran but its
-    // commit failed, so the wake at 3 is the second one, not the third (a
-    // stale cache would give [1, 2, 3, 4]).
-    assert_eq!(diaries, vec![vec![1, 3, 4, 5]]);
+    on_each_backend(|backend| {
+        let (mut core, store) = node(backend, NodeConfig::default().checkpoint_cache_bytes);
+        let (run, _) = core.start(Timestamp(0), diary(4), None).expect("start");
+        core.tick(Timestamp(0)).expect("first step: sleeps");
+        let diaries = run_to_the_end(&mut core, &store, &[2], &[run]);
+        // The wake at 1 is committed (and cached); the wake at 2 ran but its
+        // commit failed, so the wake at 3 is the second one, not the third (a
+        // stale cache would give [1, 2, 3, 4]).
+        assert_eq!(diaries, vec![vec![1, 3, 4, 5]]);
+    });
 }
 
 #[test]
 fn a_node_with_a_tiny_cache_or_none_computes_exactly_what_the_default_does() {
-    let outcomes: Vec<Vec<Vec<u64>>> = [0, 2_000, NodeConfig::default().checkpoint_cache_bytes]
-        .into_iter()
-        .map(|cache_bytes| {
-            let (mut core, store) = node(cache_bytes);
-            // Flows of different lengths, so some finish (and leave the
-            // cache) while others keep running through two failed commits.
-            let flows = (1..=40).map(|i| (diary(i % 7 + 1), None)).collect();
-            let (runs, _) = core.start_many(Timestamp(0), flows).expect("start");
-            core.tick(Timestamp(0)).expect("first steps");
-            let mut diaries = run_to_the_end(&mut core, &store, &[4, 5], &runs);
-            // Run ids are random: compare the diaries as a multiset.
-            diaries.sort();
-            diaries
-        })
-        .collect();
-    assert_eq!(outcomes[0], outcomes[1], "a tiny cache changed the outcome");
-    assert_eq!(
-        outcomes[0], outcomes[2],
-        "the default cache changed the outcome"
-    );
-    assert!(
-        outcomes[0]
-            .iter()
-            .all(|d| !d.contains(&4) && !d.contains(&5)),
-        "a wake from a failed commit (at 4 or 5) was kept: {:?}",
-        outcomes[0]
-    );
+    on_each_backend(|backend| {
+        let outcomes: Vec<Vec<Vec<u64>>> = [0, 2_000, NodeConfig::default().checkpoint_cache_bytes]
+            .into_iter()
+            .map(|cache_bytes| {
+                let (mut core, store) = node(&backend.fresh(), cache_bytes);
+                // Flows of different lengths, so some finish (and leave the
+                // cache) while others keep running through two failed commits.
+                let flows = (1..=40).map(|i| (diary(i % 7 + 1), None)).collect();
+                let (runs, _) = core.start_many(Timestamp(0), flows).expect("start");
+                core.tick(Timestamp(0)).expect("first steps");
+                let mut diaries = run_to_the_end(&mut core, &store, &[4, 5], &runs);
+                // Run ids are random: compare the diaries as a multiset.
+                diaries.sort();
+                diaries
+            })
+            .collect();
+        assert_eq!(outcomes[0], outcomes[1], "a tiny cache changed the outcome");
+        assert_eq!(
+            outcomes[0], outcomes[2],
+            "the default cache changed the outcome"
+        );
+        assert!(
+            outcomes[0]
+                .iter()
+                .all(|d| !d.contains(&4) && !d.contains(&5)),
+            "a wake from a failed commit (at 4 or 5) was kept: {:?}",
+            outcomes[0]
+        );
+    });
 }

@@ -7,7 +7,7 @@
 
 mod store_backends;
 
-use flow_runtime::store::{PostgresOptions, PostgresStore, Store, Table, WriteBatch};
+use flow_runtime::storage::{PostgresOptions, PostgresStore, Store, Table, WriteBatch};
 use store_backends::{Backend, on_each_backend};
 
 fn put(store: &dyn Store, table: Table, key: &[u8], value: &[u8]) {
@@ -242,7 +242,7 @@ fn postgres_a_schema_laid_out_by_another_version_is_refused_and_left_alone() {
     };
     let schema = schema_of(connection);
     drop(backend.open());
-    let next = flow_runtime::store::SCHEMA_VERSION + 1;
+    let next = flow_runtime::storage::SCHEMA_VERSION + 1;
     server
         .sql(&format!(
             "UPDATE {schema}.flow_store SET schema_version = {next}"

@@ -6,8 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this
 
-use flow_runtime::store::Store;
-use flow_runtime::store::{PostgresOptions, PostgresStore, RedbOptions, RedbStore, SharedMemory};
+use flow_runtime::storage::Store;
+use flow_runtime::storage::{PostgresOptions, PostgresStore, RedbOptions, RedbStore, SharedMemory};
 use flow_runtime::testing::TestPostgres;
 use std::sync::Arc;
 
@@ -38,6 +38,17 @@ impl Backend {
             connection: server.fresh_schema(),
             server,
         })
+    }
+
+    /// Another fresh, empty store location of the same kind.
+    pub fn fresh(&self) -> Self {
+        match self {
+            Backend::Redb(_) => Backend::redb(),
+            Backend::Postgres { server, .. } => Backend::Postgres {
+                connection: server.fresh_schema(),
+                server,
+            },
+        }
     }
 
     /// What the failure messages call it.
