@@ -18,9 +18,14 @@
 //!   child reopens the node, processes one message for one of them, and
 //!   reports the time from start to that step's commit and its RSS.
 //! * `FLOW_BENCH_BATCHES=1,1000` picks the group-commit batch sizes,
-//!   `FLOW_BENCH_MODES=qr,noqr,nosync` the commit settings: durable with
+//!   `FLOW_BENCH_MODES=qr,noqr,nosync,pg` the stores: redb durable with
 //!   quick repair (the default), durable without, and no fsync at all (which
-//!   shows the CPU cost per step against raw redb's).
+//!   shows the CPU cost per step against raw redb's); `pg` is the
+//!   PostgreSQL store on a throwaway local server with the server's durable
+//!   defaults (fsync, `synchronous_commit = on`), compared with raw commits
+//!   of the same values through the same store. Each store call of the
+//!   PostgreSQL store is one round trip to the server: the `reads/commit`
+//!   column (plus the commit itself) is the round trips per commit.
 
 use flow_runtime::__private as rt;
 use flow_runtime::engine::OsIds;
@@ -28,9 +33,11 @@ use flow_runtime::engine::{Body, WireMessage};
 use flow_runtime::engine::{NewFlow, Registry};
 use flow_runtime::prelude::*;
 use flow_runtime::storage::{
-    RedbOptions, RedbStore, StorageCounters, Store, Table, TimedStore, WriteBatch,
+    PostgresOptions, PostgresStore, RedbOptions, RedbStore, StorageCounters, Store, Table,
+    TimedStore, WriteBatch,
 };
 use flow_runtime::testing::HandwrittenPing;
+use flow_runtime::testing::TestPostgres;
 use flow_runtime::{Event, NodeConfig, NodeCore, Step, Timestamp};
 use flow_runtime::{FlowSession, Payload};
 use serde::{Deserialize, Serialize};
@@ -65,14 +72,9 @@ impl Flow for Ticker {
 /// A ticker node on a fresh database at `path`; its store counts into the
 /// returned counters (which split the node's time into the store's commit,
 /// redb's work and fsync, and the rest).
-fn node(
-    path: &std::path::Path,
-    options: RedbOptions,
-    now: Timestamp,
-) -> (NodeCore, Arc<RedbStore>, Arc<StorageCounters>) {
-    let redb = Arc::new(RedbStore::open(path, options).expect("open store"));
+fn node(inner: Arc<dyn Store>, now: Timestamp) -> (NodeCore, Arc<dyn Store>, Arc<StorageCounters>) {
     let counters = Arc::new(StorageCounters::default());
-    let store = Arc::new(TimedStore::new(redb.clone(), counters.clone()));
+    let store = Arc::new(TimedStore::new(inner.clone(), counters.clone()));
     let mut registry = Registry::new();
     registry.register_flow::<Ticker>();
     let me = Party::new("Bench", PublicKey([9; 32]));
@@ -90,7 +92,29 @@ fn node(
         now,
     )
     .expect("open node");
-    (core, redb, counters)
+    (core, inner, counters)
+}
+
+/// The store a group-commit comparison runs on.
+#[derive(Clone, Copy)]
+enum Backend<'a> {
+    Redb(RedbOptions),
+    Postgres(&'a TestPostgres),
+}
+
+impl Backend<'_> {
+    /// A new, empty store (a file in `dir`, or a fresh schema).
+    fn open(&self, dir: &std::path::Path, name: &str) -> Arc<dyn Store> {
+        match self {
+            Backend::Redb(options) => Arc::new(
+                RedbStore::open(&dir.join(format!("{name}.redb")), *options).expect("open redb"),
+            ),
+            Backend::Postgres(server) => Arc::new(
+                PostgresStore::open(&server.fresh_schema(), PostgresOptions::default())
+                    .expect("open PostgreSQL"),
+            ),
+        }
+    }
 }
 
 fn ticker(every_ms: u64) -> NewFlow {
@@ -106,16 +130,16 @@ fn ticker(every_ms: u64) -> NewFlow {
 /// every millisecond, so one `tick` steps every one of them in one commit.
 struct NodeSide {
     core: NodeCore,
-    store: Arc<RedbStore>,
+    store: Arc<dyn Store>,
     storage: Arc<StorageCounters>,
     now: u64,
     _dir: tempfile::TempDir,
 }
 
 impl NodeSide {
-    fn new(batch: usize, options: RedbOptions) -> Self {
+    fn new(batch: usize, backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut core, store, storage) = node(&dir.path().join("node.redb"), options, Timestamp(0));
+        let (mut core, store, storage) = node(backend.open(dir.path(), "node"), Timestamp(0));
         let flows = (0..batch).map(|_| (ticker(1), None)).collect();
         core.start_many(Timestamp(0), flows).expect("start");
         core.tick(Timestamp(0)).expect("first steps");
@@ -128,9 +152,9 @@ impl NodeSide {
         }
     }
 
-    /// Seconds taken by `rounds` more group commits, and the part of them
-    /// spent in the store's commit.
-    fn run(&mut self, rounds: u32) -> (f64, f64) {
+    /// Seconds taken by `rounds` more group commits, the part of them
+    /// spent in the store's commit, and the store reads per commit.
+    fn run(&mut self, rounds: u32) -> (f64, f64, f64) {
         let before = self.storage.snapshot();
         let start = Instant::now();
         for _ in 0..rounds {
@@ -141,6 +165,7 @@ impl NodeSide {
         (
             start.elapsed().as_secs_f64(),
             done.commit_nanos as f64 * 1e-9,
+            done.reads as f64 / done.commits.max(1) as f64,
         )
     }
 
@@ -154,20 +179,20 @@ impl NodeSide {
     }
 }
 
-/// Raw redb: durable transactions, each inserting `batch` values of the
+/// The raw store: transactions, each inserting `batch` values of the
 /// node's record length at random 64-bit keys (like run ids), the same keys
 /// every round (like the flows' checkpoints being replaced).
 struct RawSide {
-    store: RedbStore,
+    store: Arc<dyn Store>,
     keys: Vec<u64>,
     value: Vec<u8>,
     _dir: tempfile::TempDir,
 }
 
 impl RawSide {
-    fn new(batch: usize, options: RedbOptions, value_len: usize) -> Self {
+    fn new(batch: usize, backend: Backend, value_len: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RedbStore::open(&dir.path().join("raw.redb"), options).expect("open");
+        let store = backend.open(dir.path(), "raw");
         let mut raw = Self {
             store,
             keys: (0..batch).map(|_| rand::random()).collect(),
@@ -207,6 +232,8 @@ struct GroupCommit {
     secs_per_commit: f64,
     /// Median share of the node's time spent inside the store's commit.
     store_share: f64,
+    /// Median store reads per commit.
+    reads_per_commit: f64,
     record_len: usize,
 }
 
@@ -214,18 +241,20 @@ struct GroupCommit {
 /// of `batch` each, and compares them trial by trial: the two sides see the
 /// same machine (load, disk) within a trial, and the median ratio is robust
 /// against a trial that a noisy neighbour spoiled.
-fn group_commit(batch: usize, rounds: u32, trials: usize, options: RedbOptions) -> GroupCommit {
-    let mut node = NodeSide::new(batch, options);
+fn group_commit(batch: usize, rounds: u32, trials: usize, backend: Backend) -> GroupCommit {
+    let mut node = NodeSide::new(batch, backend);
     let record_len = node.record_len();
-    let mut raw = RawSide::new(batch, options, record_len);
+    let mut raw = RawSide::new(batch, backend, record_len);
     let steps = batch as f64 * f64::from(rounds);
     let mut node_rates = Vec::new();
     let mut raw_rates = Vec::new();
     let mut ratios = Vec::new();
     let mut store_shares = Vec::new();
+    let mut reads = Vec::new();
     for _ in 0..trials {
-        let (node_secs, store_secs) = node.run(rounds);
+        let (node_secs, store_secs, reads_per_commit) = node.run(rounds);
         store_shares.push(store_secs / node_secs);
+        reads.push(reads_per_commit);
         let node_rate = steps / node_secs;
         let raw_rate = steps / raw.run(rounds);
         node_rates.push(node_rate);
@@ -243,6 +272,7 @@ fn group_commit(batch: usize, rounds: u32, trials: usize, options: RedbOptions) 
         ),
         secs_per_commit: batch as f64 / node_steps_per_s,
         store_share: median(&mut store_shares),
+        reads_per_commit: median(&mut reads),
         record_len,
     }
 }
@@ -506,35 +536,55 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(7)
         .max(1);
-    let modes = std::env::var("FLOW_BENCH_MODES").unwrap_or_else(|_| "qr,noqr,nosync".into());
+    let modes = std::env::var("FLOW_BENCH_MODES").unwrap_or_else(|_| "qr,noqr,nosync,pg".into());
+    // Started on first use, stopped when the benchmark ends.
+    let mut postgres: Option<TestPostgres> = None;
     for mode in modes.split(',') {
-        let (options, title) = match mode.trim() {
+        let (backend, title) = match mode.trim() {
             "qr" => (
-                RedbOptions::default(),
-                "durable commits, quick_repair = true (the default)",
+                Backend::Redb(RedbOptions::default()),
+                "redb, durable commits, quick_repair = true (the default)",
             ),
             "noqr" => (
-                RedbOptions {
+                Backend::Redb(RedbOptions {
                     quick_repair: false,
                     ..RedbOptions::default()
-                },
-                "durable commits, quick_repair = false",
+                }),
+                "redb, durable commits, quick_repair = false",
             ),
             "nosync" => (
-                RedbOptions {
+                Backend::Redb(RedbOptions {
                     durable: false,
                     ..RedbOptions::default()
-                },
-                "no fsync (CPU cost only, not a durability setting to use)",
+                }),
+                "redb, no fsync (CPU cost only, not a durability setting to use)",
             ),
+            "pg" => {
+                if postgres.is_none() {
+                    match TestPostgres::start(true) {
+                        Ok(server) => postgres = Some(server),
+                        Err(e) => {
+                            println!("PostgreSQL: skipped ({e})");
+                            continue;
+                        }
+                    }
+                }
+                let Some(server) = postgres.as_ref() else {
+                    continue;
+                };
+                (
+                    Backend::Postgres(server),
+                    "PostgreSQL store, local server, durable (fsync, synchronous_commit = on); raw = the same store's commits",
+                )
+            }
             other => {
-                eprintln!("unknown FLOW_BENCH_MODES entry {other:?} (qr, noqr, nosync)");
+                eprintln!("unknown FLOW_BENCH_MODES entry {other:?} (qr, noqr, nosync, pg)");
                 continue;
             }
         };
         println!("{title}");
         println!(
-            "{:>6} {:>14} {:>14} {:>7} {:>13} {:>14} {:>9} {:>7}",
+            "{:>6} {:>14} {:>14} {:>7} {:>13} {:>14} {:>9} {:>13} {:>7}",
             "batch",
             "node steps/s",
             "raw inserts/s",
@@ -542,6 +592,7 @@ fn main() {
             "(min-max)",
             "ms per commit",
             "in store",
+            "reads/commit",
             "record"
         );
         for &batch in &batches {
@@ -552,16 +603,17 @@ fn main() {
                 11..=100 => 60,
                 _ => 30,
             };
-            let g = group_commit(batch, rounds, trials, options);
+            let g = group_commit(batch, rounds, trials, backend);
             let per_commit = g.secs_per_commit;
             println!(
-                "{batch:>6} {:>14.0} {:>14.0} {:>7.2} {:>13} {:>14.3} {:>8.0}% {:>6}B",
+                "{batch:>6} {:>14.0} {:>14.0} {:>7.2} {:>13} {:>14.3} {:>8.0}% {:>13.1} {:>6}B",
                 g.node_steps_per_s,
                 g.raw_inserts_per_s,
                 g.ratio.0,
                 format!("({:.2}-{:.2})", g.ratio.1, g.ratio.2),
                 per_commit * 1e3,
                 g.store_share * 100.0,
+                g.reads_per_commit,
                 g.record_len
             );
             if batch == 1 {

@@ -2,37 +2,35 @@
 //! node runner — driver, group commit, redb files, redelivery — without
 //! sockets. Also `FlowHandle::result().await` on tokio nodes.
 
+mod store_backends;
 mod tcp_common;
 
 use flow_runtime::NodeConfig;
 use flow_runtime::engine::WireMessage;
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder};
-use flow_runtime::storage::RedbOptions;
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport, SendError, Transport};
 use std::path::Path;
 use std::time::Duration;
+use store_backends::NodeStores;
 use tcp_common::Logs;
 
 fn party(name: &str, byte: u8) -> Party {
     Party::new(name, PublicKey([byte; 32]))
 }
 
-/// Starts (or restarts) `who` on `net`, on the redb file `dir/<name>.redb`.
+/// Starts (or restarts) `who` on `net`, on its store in `stores`.
 async fn start(
     net: &MemoryNetwork,
     who: &Party,
-    dir: &Path,
+    stores: &NodeStores,
     redelivery: Duration,
 ) -> Node<MemoryTransport> {
     let (transport, incoming) = net.join(who);
-    let db = dir.join(format!("{}.redb", who.name()));
+    let (db, store) = stores.for_node(who.name());
     let mut b = NodeBuilder::with_transport(who.clone(), db, transport, incoming);
-    b.store_options(RedbOptions {
-        quick_repair: false,
-        ..RedbOptions::default()
-    });
+    b.store(store);
     b.redelivery_interval(redelivery);
     b.flow::<ping::Flow>();
     b.responder::<ping::Flow>(pong);
@@ -40,22 +38,22 @@ async fn start(
 }
 
 /// Alice and Bob as tokio nodes on one `MemoryNetwork`, each on its own
-/// redb file in the returned directory (keep it alive for the test),
-/// redelivering every 200 ms: `(dir, net, alice_party, bob_party, alice, bob)`.
-async fn two_nodes() -> (
-    tempfile::TempDir,
+/// store in `stores`, redelivering every 200 ms:
+/// `(net, alice_party, bob_party, alice, bob)`.
+async fn two_nodes(
+    stores: &NodeStores,
+) -> (
     MemoryNetwork,
     Party,
     Party,
     Node<MemoryTransport>,
     Node<MemoryTransport>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
     let net = MemoryNetwork::new();
     let (a, b) = (party("Alice", 1), party("Bob", 2));
-    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
-    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
-    (dir, net, a, b, alice, bob)
+    let alice = start(&net, &a, stores, Duration::from_millis(200)).await;
+    let bob = start(&net, &b, stores, Duration::from_millis(200)).await;
+    (net, a, b, alice, bob)
 }
 
 async fn within<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
@@ -89,7 +87,14 @@ async fn some_rounds_done(node: &Node<MemoryTransport>, base: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_finish_and_handles_await_their_results() {
-    let (_dir, _net, _, b, alice, bob) = two_nodes().await;
+    for stores in NodeStores::each() {
+        eprintln!("--- on {}", stores.name());
+        flows_finish_and_handles_await_their_results_on(&stores).await;
+    }
+}
+
+async fn flows_finish_and_handles_await_their_results_on(stores: &NodeStores) {
+    let (_net, _, b, alice, bob) = two_nodes(stores).await;
     assert_eq!(alice.transport().endpoint(), "memory://Alice");
     let mut handles = Vec::new();
     for _ in 0..8 {
@@ -110,7 +115,14 @@ async fn flows_finish_and_handles_await_their_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
-    let (dir, net, _, b, alice, bob) = two_nodes().await;
+    for stores in NodeStores::each() {
+        eprintln!("--- on {}", stores.name());
+        a_responder_restarted_from_its_database_mid_run_loses_nothing_on(&stores).await;
+    }
+}
+
+async fn a_responder_restarted_from_its_database_mid_run_loses_nothing_on(stores: &NodeStores) {
+    let (net, _, b, alice, bob) = two_nodes(stores).await;
     let rounds = rounds_for_one_second(&alice, &b).await;
     let base = bob.commits().await.unwrap();
     let h = alice.start_flow(ping(b.clone(), rounds)).await.unwrap();
@@ -128,7 +140,7 @@ async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
         "a stopped node refuses frames; the outbox keeps them"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let bob = start(&net, &b, stores, Duration::from_millis(200)).await;
     assert_eq!(
         within("ping", 60, h.result()).await,
         Ok(expected_total(rounds))
@@ -139,7 +151,14 @@ async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
-    let (dir, net, a, b, alice, bob) = two_nodes().await;
+    for stores in NodeStores::each() {
+        eprintln!("--- on {}", stores.name());
+        an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle_on(&stores).await;
+    }
+}
+
+async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle_on(stores: &NodeStores) {
+    let (net, a, b, alice, bob) = two_nodes(stores).await;
     let rounds = rounds_for_one_second(&alice, &b).await;
     let base = alice.commits().await.unwrap();
     let h = alice
@@ -153,7 +172,7 @@ async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
     let err = within("stale handle", 5, h.result()).await.unwrap_err();
     assert!(err.to_string().contains("shut down"), "{err}");
 
-    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let alice = start(&net, &a, stores, Duration::from_millis(200)).await;
     let again = alice
         .reattach::<ping::Flow>("trade-7")
         .await
@@ -173,16 +192,22 @@ async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
 /// while he was down: this checks that the driver listens to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_while_a_peer_is_down_are_redelivered_when_it_joins() {
-    let dir = tempfile::tempdir().unwrap();
+    for stores in NodeStores::each() {
+        eprintln!("--- on {}", stores.name());
+        messages_sent_while_a_peer_is_down_are_redelivered_when_it_joins_on(&stores).await;
+    }
+}
+
+async fn messages_sent_while_a_peer_is_down_are_redelivered_when_it_joins_on(stores: &NodeStores) {
     let net = MemoryNetwork::new();
     let (a, b) = (party("Alice", 1), party("Bob", 2));
-    let bob = start(&net, &b, dir.path(), Duration::from_secs(3600)).await;
+    let bob = start(&net, &b, stores, Duration::from_secs(3600)).await;
     bob.shutdown().await.unwrap();
-    let alice = start(&net, &a, dir.path(), Duration::from_secs(3600)).await;
+    let alice = start(&net, &a, stores, Duration::from_secs(3600)).await;
     let h = alice.start_flow(ping(b.clone(), 10)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(alice.try_result(&h).await.unwrap(), None);
-    let bob = start(&net, &b, dir.path(), Duration::from_secs(3600)).await;
+    let bob = start(&net, &b, stores, Duration::from_secs(3600)).await;
     assert_eq!(within("ping", 20, h.result()).await, Ok(expected_total(10)));
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
@@ -190,10 +215,16 @@ async fn messages_sent_while_a_peer_is_down_are_redelivered_when_it_joins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_node_ends_a_waiting_handle_with_an_error() {
-    let dir = tempfile::tempdir().unwrap();
+    for stores in NodeStores::each() {
+        eprintln!("--- on {}", stores.name());
+        a_dropped_node_ends_a_waiting_handle_with_an_error_on(&stores).await;
+    }
+}
+
+async fn a_dropped_node_ends_a_waiting_handle_with_an_error_on(stores: &NodeStores) {
     let net = MemoryNetwork::new();
     let (a, b) = (party("Alice", 1), party("Bob", 2));
-    let alice = start(&net, &a, dir.path(), Duration::from_millis(200)).await;
+    let alice = start(&net, &a, stores, Duration::from_millis(200)).await;
     // Bob never joins: the flow waits forever.
     let h = alice.start_flow(ping(b.clone(), 1)).await.unwrap();
     let waiting = tokio::spawn({
@@ -339,7 +370,14 @@ async fn acks_alone_are_committed_at_once_when_not_deferred() {
 /// id — in the batch or from before — is the same flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_flows_start_in_one_commit_and_their_handles_await_results() {
-    let (dir, net, _, b, alice, bob) = two_nodes().await;
+    for stores in NodeStores::each() {
+        eprintln!("--- on {}", stores.name());
+        many_flows_start_in_one_commit_and_their_handles_await_results_on(&stores).await;
+    }
+}
+
+async fn many_flows_start_in_one_commit_and_their_handles_await_results_on(stores: &NodeStores) {
+    let (net, _, b, alice, bob) = two_nodes(stores).await;
     let earlier = alice
         .start_flow_with_client_id("t-0", ping(b.clone(), 5))
         .await
@@ -370,7 +408,7 @@ async fn many_flows_start_in_one_commit_and_their_handles_await_results() {
     let distinct: std::collections::HashSet<_> = handles.iter().map(|h| h.run_id()).collect();
     assert_eq!(distinct.len(), 8);
 
-    let bob = start(&net, &b, dir.path(), Duration::from_millis(200)).await;
+    let bob = start(&net, &b, stores, Duration::from_millis(200)).await;
     for h in &handles {
         assert_eq!(within("ping", 30, h.result()).await, Ok(expected_total(5)));
         assert_eq!(alice.result(h).await, Ok(expected_total(5)));

@@ -3,11 +3,18 @@
 //! batches with their documented order (ranges removed first, then the ops,
 //! a later op on a key winning), and commits that survive a restart. Then
 //! what only the PostgreSQL store has to show: one node per schema, refused
-//! commits that change nothing, and commits across a broken connection.
+//! commits that change nothing, and commits across a broken connection
+//! (including one whose answer was lost: committed, but the store could not
+//! see it).
 
 mod store_backends;
 
 use flow_runtime::storage::{PostgresOptions, PostgresStore, Store, Table, WriteBatch};
+use flow_runtime::testing::TestPostgres;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use store_backends::{Backend, on_each_backend};
 
 fn put(store: &dyn Store, table: Table, key: &[u8], value: &[u8]) {
@@ -282,4 +289,126 @@ fn schema_of(connection: &str) -> String {
         .and_then(|rest| rest.split_whitespace().next())
         .expect("the harness names the schema")
         .to_owned()
+}
+
+/// A TCP proxy to the test server that, when told to, cuts the connection
+/// it carries at the next bytes going one way: before the server sees a
+/// request, or after the server answered it (the request done, the answer
+/// lost). Later connections pass through.
+struct CuttingProxy {
+    port: u16,
+    cut_requests: Arc<AtomicBool>,
+    cut_answers: Arc<AtomicBool>,
+}
+
+impl CuttingProxy {
+    fn start(server_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let cut_requests = Arc::new(AtomicBool::new(false));
+        let cut_answers = Arc::new(AtomicBool::new(false));
+        let (requests, answers) = (cut_requests.clone(), cut_answers.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)) else {
+                    return;
+                };
+                let pump = |from: &TcpStream, to: &TcpStream, cut: &Arc<AtomicBool>| {
+                    let (mut from, mut to, cut) = (
+                        from.try_clone().expect("clone"),
+                        to.try_clone().expect("clone"),
+                        cut.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if cut.swap(false, Ordering::SeqCst) {
+                                break;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                };
+                pump(&client, &server, &requests);
+                pump(&server, &client, &answers);
+            }
+        });
+        CuttingProxy {
+            port,
+            cut_requests,
+            cut_answers,
+        }
+    }
+}
+
+/// How many commits the store whose last token `schema` holds has made
+/// (the token's last 8 bytes count them).
+fn commits_made(server: &TestPostgres, schema: &str) -> u64 {
+    let hex = server
+        .sql(&format!(
+            "SELECT encode(last_commit, 'hex') FROM {schema}.flow_store"
+        ))
+        .expect("read the token");
+    u64::from_str_radix(&hex[hex.len() - 16..], 16).expect("a counter")
+}
+
+#[test]
+fn postgres_a_commit_whose_answer_was_lost_is_known_to_have_committed() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let Backend::Postgres { connection, server } = &backend else {
+        unreachable!()
+    };
+    let schema = schema_of(connection);
+    let proxy = CuttingProxy::start(server.port());
+    let via_proxy = connection.replace(
+        &format!("port={}", server.port()),
+        &format!("port={}", proxy.port),
+    );
+    let store = PostgresStore::open(&via_proxy, PostgresOptions::default()).expect("open");
+    put(&store, Table::META, b"a", b"1");
+    assert_eq!(commits_made(server, &schema), 1);
+
+    // The server commits, its answer is lost: the store learns that it
+    // committed, and does not commit it again.
+    proxy.cut_answers.store(true, Ordering::SeqCst);
+    put(&store, Table::META, b"b", b"2");
+    assert!(
+        !proxy.cut_answers.load(Ordering::SeqCst),
+        "the cut happened"
+    );
+    assert_eq!(
+        store.get(&Table::META, b"b").expect("get"),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(commits_made(server, &schema), 2, "learned, not repeated");
+
+    // The request never reaches the server: the store learns that nothing
+    // committed, and commits it on a new connection.
+    proxy.cut_requests.store(true, Ordering::SeqCst);
+    put(&store, Table::META, b"c", b"3");
+    assert!(
+        !proxy.cut_requests.load(Ordering::SeqCst),
+        "the cut happened"
+    );
+    assert_eq!(
+        store.get(&Table::META, b"c").expect("get"),
+        Some(b"3".to_vec())
+    );
+    assert_eq!(
+        commits_made(server, &schema),
+        4,
+        "the lost one, then its retry"
+    );
+    assert_eq!(store.len(&Table::META).expect("len"), 3);
 }

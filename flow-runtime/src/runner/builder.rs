@@ -4,6 +4,7 @@
 //! loop (`event_loop.rs`), handing back a [`Node`] handle (`handle.rs`).
 use super::RunnerError;
 use super::config::LoadedConfig;
+use super::config::StoreChoice;
 use super::event_loop::Observers;
 use super::event_loop::{DEFAULT_LONG_WAIT_CHECK, EventLoop, LongWaitCheck, now};
 use super::handle::{Node, NodeResults};
@@ -59,7 +60,9 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     long_wait_check: Duration,
     defer_acks: bool,
     node_config: NodeConfig,
-    store_options: RedbOptions,
+    /// The store `start` opens; an error from the configuration is
+    /// reported by `start`.
+    store: Result<StoreChoice, String>,
     registry: Registry,
     installers: Vec<Installer>,
     connect: Box<dyn Connect<T>>,
@@ -169,7 +172,7 @@ impl NodeBuilder<TcpTransport> {
         builder.redelivery = config.node.redelivery_interval();
         builder.long_wait_check = config.node.long_wait_check_interval();
         builder.node_config = config.node.node_config();
-        builder.store_options = config.store.redb_options();
+        builder.store = config.store.choice();
         builder
     }
 
@@ -249,7 +252,7 @@ impl<T: Transport> NodeBuilder<T> {
             long_wait_check: DEFAULT_LONG_WAIT_CHECK,
             defer_acks: true,
             node_config: NodeConfig::default(),
-            store_options: RedbOptions::default(),
+            store: Ok(StoreChoice::Redb(RedbOptions::default())),
             registry: Registry::new(),
             installers: Vec::new(),
             connect,
@@ -330,24 +333,52 @@ impl<T: Transport> NodeBuilder<T> {
         self
     }
 
-    /// Replaces the database options (e.g. `quick_repair`).
+    /// Keeps the checkpoints in the redb file `database` names, with
+    /// `options` (e.g. `quick_repair`). This is the default.
     pub fn store_options(&mut self, options: RedbOptions) -> &mut Self {
-        self.store_options = options;
+        self.store = Ok(StoreChoice::Redb(options));
         self
+    }
+
+    /// Chooses the store: redb (the default) or a PostgreSQL schema. With
+    /// PostgreSQL, `database` only names where dumps are written.
+    pub fn store(&mut self, choice: StoreChoice) -> &mut Self {
+        self.store = Ok(choice);
+        self
+    }
+
+    /// Opens the chosen store; `path` is what errors call it.
+    fn open_store(&self, path: &str) -> Result<Arc<dyn Store>, RunnerError> {
+        let failed = |message: String| RunnerError::Database {
+            path: path.to_owned(),
+            message,
+        };
+        match self.store.clone().map_err(failed)? {
+            StoreChoice::Redb(options) => Ok(Arc::new(
+                RedbStore::open(&self.database, options).map_err(|e| failed(e.0))?,
+            )),
+            #[cfg(feature = "postgres")]
+            StoreChoice::Postgres { connection } => Ok(Arc::new(
+                crate::store::PostgresStore::open(&connection, Default::default())
+                    .map_err(|e| failed(e.0))?,
+            )),
+            #[cfg(not(feature = "postgres"))]
+            StoreChoice::Postgres { .. } => Err(failed(
+                "this build has no PostgreSQL store (flow-runtime's `postgres` feature is off)"
+                    .into(),
+            )),
+        }
     }
 
     /// Opens the database, starts the transport and the driver. Flows that
     /// were in flight when the node last stopped continue from their
     /// checkpoints; unacknowledged messages are sent again.
     pub async fn start(self) -> Result<Node<T>, RunnerError> {
-        let path = self.database.display().to_string();
-        let store = RedbStore::open(&self.database, self.store_options).map_err(|e| {
-            RunnerError::Database {
-                path: path.clone(),
-                message: e.0,
-            }
-        })?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let path = match &self.store {
+            Ok(StoreChoice::Postgres { .. }) => "in PostgreSQL".to_owned(),
+            _ => self.database.display().to_string(),
+        };
+        let store = self.open_store(&path)?;
         let party = self.party;
         let long_wait_limit = self.node_config.long_wait_warning;
         let mut core = NodeCore::open(

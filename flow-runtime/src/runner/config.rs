@@ -24,8 +24,19 @@
 //! long_wait_check_interval_s = 300  # how often to look for such flows (0: never)
 //!
 //! [store]                           # optional; defaults shown
-//! quick_repair = true               # fast open after a crash, at a second fsync per commit
-//! cache_mb = 32                     # redb page cache
+//! kind = "redb"                     # or "postgres" (see below)
+//! quick_repair = true               # redb: fast open after a crash, at a second fsync per commit
+//! cache_mb = 32                     # redb: page cache
+//! ```
+//!
+//! With `kind = "postgres"` the node keeps its checkpoints in a PostgreSQL
+//! schema instead (`docs/scale-out.md`), and `database` only names where
+//! operator dumps are written (beside it):
+//!
+//! ```toml
+//! [store]
+//! kind = "postgres"
+//! connection = "host=db.internal user=alice dbname=flows options='-c search_path=alice'"
 //! ```
 //!
 //! Relative paths are relative to the directory holding the config file,
@@ -147,16 +158,46 @@ pub struct NodeSection {
     pub long_wait_check_interval_s: Option<u64>,
 }
 
-/// `[store]`: how the redb database commits.
+/// `[store]`: which database keeps the node's checkpoints, and how.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// Record redb's allocator state with every commit (default `true`):
-    /// opening after a crash then takes milliseconds instead of a repair
-    /// that grows with the file, at the cost of a second fsync per commit.
+    /// Which store (default redb, the embedded file `database` names).
+    pub kind: Option<StoreKind>,
+    /// redb: record redb's allocator state with every commit (default
+    /// `true`): opening after a crash then takes milliseconds instead of a
+    /// repair that grows with the file, at the cost of a second fsync per
+    /// commit.
     pub quick_repair: Option<bool>,
-    /// redb's page cache in MiB (default 32).
+    /// redb: the page cache in MiB (default 32).
     pub cache_mb: Option<usize>,
+    /// PostgreSQL: the connection string (a `postgresql://` URL or libpq's
+    /// `key=value` pairs); the tables go into the first schema of its
+    /// `search_path`.
+    pub connection: Option<String>,
+}
+
+/// `[store] kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded redb file (the default).
+    #[default]
+    Redb,
+    /// A PostgreSQL schema (needs the `postgres` feature, on by default).
+    Postgres,
+}
+
+/// The store a node opens at start, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The redb file at the node's `database` path.
+    Redb(crate::store::RedbOptions),
+    /// A PostgreSQL schema.
+    Postgres {
+        /// The connection string.
+        connection: String,
+    },
 }
 
 impl StoreSection {
@@ -172,6 +213,34 @@ impl StoreSection {
             o.cache_bytes = mb.saturating_mul(1024 * 1024);
         }
         o
+    }
+
+    /// The store this section selects; an error names a setting that does
+    /// not belong to the chosen kind, or one that is missing.
+    pub fn choice(&self) -> Result<StoreChoice, String> {
+        match self.kind.unwrap_or_default() {
+            StoreKind::Redb => match self.connection {
+                Some(_) => Err("`connection` is a setting of kind = \"postgres\"; \
+                     the store is redb (set kind = \"postgres\" to use PostgreSQL)"
+                    .into()),
+                None => Ok(StoreChoice::Redb(self.redb_options())),
+            },
+            StoreKind::Postgres => {
+                if self.quick_repair.is_some() || self.cache_mb.is_some() {
+                    return Err("`quick_repair` and `cache_mb` are redb settings; \
+                         remove them with kind = \"postgres\""
+                        .into());
+                }
+                match &self.connection {
+                    Some(c) if !c.trim().is_empty() => Ok(StoreChoice::Postgres {
+                        connection: c.clone(),
+                    }),
+                    _ => Err("kind = \"postgres\" needs `connection`, the database's \
+                         connection string"
+                        .into()),
+                }
+            }
+        }
     }
 }
 
@@ -262,6 +331,10 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: shown_path.to_owned(),
             message: e.to_string(),
+        })?;
+        config.store.choice().map_err(|why| ConfigError::Parse {
+            path: shown_path.to_owned(),
+            message: format!("[store]: {why}"),
         })?;
         for p in [
             &mut config.identity_key,
@@ -411,5 +484,60 @@ quick_repair = false
             .unwrap_err()
             .to_string();
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    /// `CONFIG` with its `[store]` section replaced by `store`.
+    fn with_store(store: &str) -> String {
+        let base = CONFIG.split("[store]").next().unwrap_or_default();
+        format!("{base}[store]\n{store}\n")
+    }
+
+    #[test]
+    fn the_store_is_redb_unless_postgres_is_chosen_with_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse =
+            |store: &str| Config::from_toml_str(&with_store(store), dir.path(), "node.toml");
+        let redb = parse("quick_repair = false")
+            .unwrap()
+            .store
+            .choice()
+            .unwrap();
+        assert!(matches!(redb, StoreChoice::Redb(o) if !o.quick_repair));
+        let plain = parse("").unwrap().store.choice().unwrap();
+        assert_eq!(
+            plain,
+            StoreChoice::Redb(crate::store::RedbOptions::default())
+        );
+        let pg = parse("kind = \"postgres\"\nconnection = \"host=db user=alice\"")
+            .unwrap()
+            .store
+            .choice()
+            .unwrap();
+        assert_eq!(
+            pg,
+            StoreChoice::Postgres {
+                connection: "host=db user=alice".into()
+            }
+        );
+        for (store, says) in [
+            ("kind = \"postgres\"", "needs `connection`"),
+            (
+                "kind = \"postgres\"\nconnection = \" \"",
+                "needs `connection`",
+            ),
+            (
+                "kind = \"postgres\"\nconnection = \"host=db\"\ncache_mb = 3",
+                "redb settings",
+            ),
+            ("connection = \"host=db\"", "setting of kind = \"postgres\""),
+            ("kind = \"sqlite\"", "unknown variant `sqlite`"),
+            (
+                "kind = \"postgres\"\nconnection = \"x\"\nurl = \"y\"",
+                "unknown field `url`",
+            ),
+        ] {
+            let err = parse(store).unwrap_err().to_string();
+            assert!(err.contains(says), "{store}: {err}");
+        }
     }
 }

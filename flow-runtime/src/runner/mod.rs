@@ -13,7 +13,10 @@ pub mod keys;
 /// The database options a node is built with ([`NodeBuilder::store_options`]).
 pub use crate::store::RedbOptions;
 pub use builder::NodeBuilder;
-pub use config::{Config, ConfigError, LoadedConfig, NodeSection, StoreSection, TransportSection};
+pub use config::{
+    Config, ConfigError, LoadedConfig, NodeSection, StoreChoice, StoreKind, StoreSection,
+    TransportSection,
+};
 pub use event_loop::MAX_FRAMES_PER_BATCH;
 pub use handle::Node;
 

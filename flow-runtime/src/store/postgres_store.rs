@@ -133,17 +133,33 @@ impl PostgresStore {
             nonce: rand::random(),
             commits: 0,
         };
-        conn.connect_once(options.lock_wait)?;
+        // The first connection is made on the connection thread too: the
+        // client cannot run on a thread that runs a tokio runtime, and
+        // `open` may be called on one.
+        let (opened, outcome) = mpsc::sync_channel(1);
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("postgres-store".into())
             .spawn(move || {
-                while let Ok(job) = queue.recv() {
-                    job(&mut conn);
+                let connected = conn.connect_once(options.lock_wait);
+                let ok = connected.is_ok();
+                let _ = opened.send(connected);
+                if ok {
+                    while let Ok(job) = queue.recv() {
+                        job(&mut conn);
+                    }
+                    conn.close();
                 }
-                conn.close();
             })
             .map_err(|e| err("cannot start the connection thread", e))?;
+        let connected = outcome
+            .recv()
+            .map_err(|_| StoreError("PostgreSQL: the connection thread has stopped".into()))
+            .and_then(|r| r);
+        if let Err(e) = connected {
+            let _ = thread.join();
+            return Err(e);
+        }
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),

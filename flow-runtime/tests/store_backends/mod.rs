@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this
 
+use flow_runtime::runner::StoreChoice;
 use flow_runtime::storage::Store;
 use flow_runtime::storage::{PostgresOptions, PostgresStore, RedbOptions, RedbStore, SharedMemory};
 use flow_runtime::testing::TestPostgres;
@@ -82,5 +83,59 @@ pub fn on_each_backend(test: impl Fn(&Backend)) {
     for backend in &backends {
         eprintln!("--- on {}", backend.name());
         test(backend);
+    }
+}
+
+/// Where the nodes of one runner-level test keep their stores: redb files
+/// in a temporary directory, or a PostgreSQL schema per node name (the
+/// same one again when the node restarts). The directory also holds what
+/// a node writes beside its database (dumps).
+pub struct NodeStores {
+    dir: tempfile::TempDir,
+    server: Option<&'static TestPostgres>,
+    schemas: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl NodeStores {
+    /// redb, and PostgreSQL where installed.
+    pub fn each() -> Vec<NodeStores> {
+        let new = |server| NodeStores {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            server,
+            schemas: Default::default(),
+        };
+        let mut all = vec![new(None)];
+        all.extend(TestPostgres::shared().map(|s| new(Some(s))));
+        all
+    }
+
+    /// What the failure messages call it.
+    pub fn name(&self) -> &'static str {
+        if self.server.is_some() {
+            "PostgreSQL"
+        } else {
+            "redb"
+        }
+    }
+
+    /// Node `name`'s database path and store. redb files are opened
+    /// without quick repair (test nodes open fast either way).
+    pub fn for_node(&self, name: &str) -> (std::path::PathBuf, StoreChoice) {
+        let path = self.dir.path().join(format!("{name}.redb"));
+        let choice = match self.server {
+            None => StoreChoice::Redb(RedbOptions {
+                quick_repair: false,
+                ..RedbOptions::default()
+            }),
+            Some(server) => {
+                let mut schemas = self.schemas.lock().expect("schemas");
+                let connection = schemas
+                    .entry(name.to_owned())
+                    .or_insert_with(|| server.fresh_schema())
+                    .clone();
+                StoreChoice::Postgres { connection }
+            }
+        };
+        (path, choice)
     }
 }
