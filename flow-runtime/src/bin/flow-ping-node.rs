@@ -8,6 +8,8 @@
 //! # a node that also runs 4 pings of 1000 rounds to Bob and 4 to Carol,
 //! # prints each result, then stops
 //! flow-ping-node --config alice.toml --ping Bob=4 --ping Carol=4 --rounds 1000
+//! # before deploying this build: would it resume every flow in flight?
+//! flow-ping-node --config alice.toml --check-upgrade
 //! ```
 //!
 //! Pings are started under client ids `ping-<peer>-<i>`, so a node killed
@@ -21,9 +23,8 @@
 
 use clap::Parser;
 use flow_runtime::prelude::*;
-use flow_runtime::runner::{self, Config, NodeBuilder};
+use flow_runtime::runner::{self, Config, NodeArgs, NodeBuilder};
 use flow_runtime::testing::ping_pong::ping;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -44,9 +45,10 @@ pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), Flo
 /// Run a flow node that answers pings, and optionally pings its peers.
 #[derive(Parser)]
 struct Args {
-    /// The node's configuration file (see docs/operations.md).
-    #[arg(long)]
-    config: PathBuf,
+    /// The arguments every runner binary takes (`--config`,
+    /// `--check-upgrade`).
+    #[command(flatten)]
+    node: NodeArgs,
     /// `NAME=COUNT`: run COUNT concurrent pings to the party NAME, print
     /// their results, then stop. Repeatable.
     #[arg(long, value_parser = parse_ping)]
@@ -79,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -87,18 +89,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let loaded = Config::read(&args.config)
+async fn run(args: Args) -> Result<ExitCode, String> {
+    let loaded = Config::read(&args.node.config)
         .and_then(Config::load)
         .map_err(|e| e.to_string())?;
     let map = loaded.map.clone();
     let mut builder = NodeBuilder::from_config(loaded);
     builder.flow::<ping::Flow>();
     builder.responder::<ping::Flow>(pong);
+    if args.node.check_upgrade {
+        return Ok(builder.run_upgrade_check());
+    }
     let node = builder.start().await.map_err(|e| e.to_string())?;
 
     if args.ping.is_empty() {
-        return node.run_until_signal().await.map_err(|e| e.to_string());
+        node.run_until_signal().await.map_err(|e| e.to_string())?;
+        return Ok(ExitCode::SUCCESS);
     }
 
     let began = Instant::now();
@@ -140,6 +146,6 @@ async fn run(args: Args) -> Result<(), String> {
     if failed {
         Err("some pings failed".into())
     } else {
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     }
 }

@@ -13,10 +13,12 @@ mod operator;
 mod receive;
 pub(crate) mod records;
 mod step;
+mod upgrade_check;
 
 pub use self::core::NodeCore;
 pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump};
 pub use records::{CheckpointSummary, STORE_FORMAT};
+pub use upgrade_check::{UpgradeGroup, UpgradeReport, check_upgrade};
 
 use crate::{FlowError, PublicKey};
 use serde::{Deserialize, Serialize};

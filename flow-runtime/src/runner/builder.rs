@@ -55,15 +55,15 @@ type Installer = Arc<dyn Fn(&mut Services) + Send + Sync>;
 /// ```
 pub struct NodeBuilder<T: Transport = TcpTransport> {
     party: Party,
-    database: PathBuf,
+    pub(super) database: PathBuf,
     redelivery: Duration,
     long_wait_check: Duration,
     defer_acks: bool,
     node_config: NodeConfig,
     /// The store `start` opens; an error from the configuration is
     /// reported by `start`.
-    store: Result<StoreChoice, String>,
-    registry: Registry,
+    pub(super) store: Result<StoreChoice, String>,
+    pub(super) registry: Registry,
     installers: Vec<Installer>,
     connect: Box<dyn Connect<T>>,
 }

@@ -9,6 +9,7 @@ mod config;
 mod event_loop;
 mod handle;
 pub mod keys;
+mod upgrade;
 
 /// The database options a node is built with ([`NodeBuilder::store_options`]).
 pub use crate::store::RedbOptions;
@@ -19,6 +20,7 @@ pub use config::{
 };
 pub use event_loop::MAX_FRAMES_PER_BATCH;
 pub use handle::Node;
+pub use upgrade::NodeArgs;
 
 use crate::node::NodeError;
 use crate::tcp::TransportError;

@@ -1,0 +1,150 @@
+//! The pre-deploy check: which checkpoints in a node's database a new
+//! build's registry resumes as they are, and which it would refuse.
+//!
+//! It answers, before a deployment, the question a node otherwise answers
+//! after it by sending flows to the hospital: for every flow `NAME`,
+//! `VERSION` and fingerprint with checkpoints in the database, does the new
+//! build register code with that fingerprint? It reads the `checkpoints`
+//! table only and runs no flow, so it can run in CI against a copy of a
+//! production database (the runner's `--check-upgrade` does exactly that).
+
+use super::NodeError;
+use super::core::store_err;
+use super::records::CheckpointRecord;
+use crate::registry::Registry;
+use crate::store::{Store, Table};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Checkpoints read per store call: bounds the check's memory on a large
+/// database.
+const PAGE: usize = 1024;
+
+/// What the check found for one version of one flow.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpgradeGroup {
+    /// `Flow::NAME` (for an unreadable record, a description).
+    pub flow: String,
+    /// `Flow::VERSION` of the code that wrote the checkpoints.
+    pub version: u32,
+    /// `Flow::fingerprint()` of that code.
+    pub fingerprint: u64,
+    /// Checkpoints the new build resumes as they are.
+    pub resume: u64,
+    /// Checkpoints the new build would refuse (hold in the hospital).
+    pub refused: u64,
+    /// Why they would be refused, when some are.
+    pub reason: Option<String>,
+}
+
+/// The outcome of [`check_upgrade`]: one group per flow version with
+/// checkpoints in the database, ordered by name, version and fingerprint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UpgradeReport {
+    /// The groups.
+    pub groups: Vec<UpgradeGroup>,
+}
+
+impl UpgradeReport {
+    /// Checkpoints the new build would refuse, over all groups.
+    pub fn refused(&self) -> u64 {
+        self.groups.iter().map(|g| g.refused).sum()
+    }
+
+    /// Checkpoints the new build resumes as they are, over all groups.
+    pub fn resumed(&self) -> u64 {
+        self.groups.iter().map(|g| g.resume).sum()
+    }
+
+    /// Whether deploying the build refuses no checkpoint.
+    pub fn is_safe(&self) -> bool {
+        self.refused() == 0
+    }
+}
+
+/// One line per group, then a total:
+///
+/// ```text
+/// flow upgrade.sell version 1 fingerprint 0ef4b1e39d45ba08: resume 0, refused 6 (the checkpoint of ...)
+/// total: resume 0, refused 6
+/// ```
+impl fmt::Display for UpgradeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for g in &self.groups {
+            write!(
+                f,
+                "flow {} version {} fingerprint {:016x}: resume {}, refused {}",
+                g.flow, g.version, g.fingerprint, g.resume, g.refused
+            )?;
+            match &g.reason {
+                Some(reason) => writeln!(f, " ({reason})")?,
+                None => writeln!(f)?,
+            }
+        }
+        writeln!(
+            f,
+            "total: resume {}, refused {}",
+            self.resumed(),
+            self.refused()
+        )
+    }
+}
+
+/// Reads every checkpoint in `store` and reports, per flow version, how
+/// many `registry` resumes as they are and how many it would refuse. Writes
+/// nothing to `store`.
+pub fn check_upgrade(store: &dyn Store, registry: &Registry) -> Result<UpgradeReport, NodeError> {
+    let mut groups: BTreeMap<(String, u32, u64), UpgradeGroup> = BTreeMap::new();
+    let mut from: Vec<u8> = Vec::new();
+    loop {
+        let page = store
+            .range(&Table::CHECKPOINTS, &from, None, PAGE)
+            .map_err(store_err)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        // The next page starts just after this one's last key.
+        let mut next = last.clone();
+        next.push(0);
+        let full = page.len() == PAGE;
+        for (_, bytes) in page {
+            let (key, reason) = match CheckpointRecord::decode(&bytes) {
+                Ok(rec) => {
+                    let reason = registry
+                        .resuming(&rec.flow, rec.fingerprint, rec.version)
+                        .is_none()
+                        .then(|| {
+                            registry.why_not_resumable(&rec.flow, rec.fingerprint, rec.version)
+                        });
+                    ((rec.flow, rec.version, rec.fingerprint), reason)
+                }
+                Err(e) => (
+                    ("<undecodable checkpoint>".to_owned(), 0, 0),
+                    Some(format!("the record does not decode: {e}")),
+                ),
+            };
+            let group = groups.entry(key.clone()).or_insert_with(|| UpgradeGroup {
+                flow: key.0,
+                version: key.1,
+                fingerprint: key.2,
+                resume: 0,
+                refused: 0,
+                reason: None,
+            });
+            match reason {
+                None => group.resume += 1,
+                Some(reason) => {
+                    group.refused += 1;
+                    group.reason.get_or_insert(reason);
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+        from = next;
+    }
+    Ok(UpgradeReport {
+        groups: groups.into_values().collect(),
+    })
+}
