@@ -51,6 +51,15 @@ pub trait FlowType: Send + Sync {
     ) -> Result<(ErasedStep, StepEffects), String>;
     /// The variant name of an encoded state, if it decodes.
     fn state_name(&self, state: &[u8]) -> Option<&'static str>;
+    /// An encoded state as JSON (its variant and stored fields by name),
+    /// for operators; `Err` says why it cannot be shown.
+    fn state_json(&self, _state: &[u8]) -> Result<serde_json::Value, String> {
+        Err("this flow type cannot show its state".into())
+    }
+    /// An encoded output as JSON, for clients reading a result by name.
+    fn output_json(&self, _output: &[u8]) -> Result<serde_json::Value, String> {
+        Err("this flow type cannot show its output".into())
+    }
 }
 
 /// The vtable of `F`, with its full fingerprint computed once, at
@@ -124,6 +133,16 @@ impl<F: Flow> FlowType for Typed<F> {
         rmp_serde::from_slice::<F>(state)
             .ok()
             .map(|f| f.state_name())
+    }
+    fn state_json(&self, state: &[u8]) -> Result<serde_json::Value, String> {
+        let flow: F = rmp_serde::from_slice(state)
+            .map_err(|e| format!("the checkpoint of `{}` does not decode: {e}", F::NAME))?;
+        serde_json::to_value(&flow).map_err(|e| format!("cannot show the state as JSON: {e}"))
+    }
+    fn output_json(&self, output: &[u8]) -> Result<serde_json::Value, String> {
+        let output: F::Output = rmp_serde::from_slice(output)
+            .map_err(|e| format!("the output of `{}` does not decode: {e}", F::NAME))?;
+        serde_json::to_value(&output).map_err(|e| format!("cannot show the output as JSON: {e}"))
     }
 }
 

@@ -52,6 +52,8 @@ pub struct NodeCore {
     /// Runs held in the hospital for code this node did not have, which
     /// its registry now has: the next operation frees and runs them.
     pub(super) code_retries: BTreeSet<u64>,
+    /// Where steps, commits and finished flows are counted.
+    pub(super) metrics: super::CoreMetrics,
 }
 
 pub(super) fn store_err(e: crate::store::StoreError) -> NodeError {
@@ -166,7 +168,14 @@ impl NodeCore {
             last_batch_runs: 0,
             format_recorded,
             code_retries,
+            metrics: super::CoreMetrics::default(),
         })
+    }
+
+    /// Records this node's steps, commits (with their latency) and
+    /// finished flows into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: super::CoreMetrics) {
+        self.metrics = metrics;
     }
 
     /// This node's identity.
@@ -239,6 +248,12 @@ impl NodeCore {
     /// hospital). Zero after draining means: safe to stop.
     pub fn flows_in_flight(&self) -> Result<u64, NodeError> {
         self.store.len(&Table::CHECKPOINTS).map_err(store_err)
+    }
+
+    /// Messages in the durable outbox not yet acknowledged by their
+    /// receivers (one row count, cheap).
+    pub fn outbox_len(&self) -> Result<u64, NodeError> {
+        self.store.len(&Table::OUTBOX).map_err(store_err)
     }
 
     /// Fires due timers and runs flows left runnable.
@@ -326,6 +341,12 @@ impl NodeCore {
                         .map(|(r, p)| (RunId(r), p))
                         .collect(),
                 };
+                self.metrics.steps.increment(b.steps as u64);
+                let failed = output.finished.iter().filter(|f| f.2.is_err()).count();
+                self.metrics.finished_error.increment(failed as u64);
+                self.metrics
+                    .finished_ok
+                    .increment((output.finished.len() - failed) as u64);
                 // (Capped: one huge batch should not make every later
                 // batch allocate for it.)
                 self.last_batch_runs = b.steps.min(16_384);
@@ -389,7 +410,12 @@ impl NodeCore {
                 STORE_FORMAT.to_be_bytes().to_vec(),
             );
         }
+        let started = std::time::Instant::now();
         self.store.commit(w).map_err(store_err)?;
+        self.metrics
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
+        self.metrics.commits.increment(1);
         self.format_recorded = true;
         self.commits += 1;
         Ok(())

@@ -9,6 +9,7 @@ mod core;
 pub mod delivery;
 mod dump;
 mod hot;
+mod metrics;
 mod operator;
 mod receive;
 pub(crate) mod records;
@@ -16,7 +17,8 @@ mod step;
 mod upgrade_check;
 
 pub use self::core::NodeCore;
-pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump};
+pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump, StateFields};
+pub use metrics::CoreMetrics;
 pub use records::{CheckpointSummary, STORE_FORMAT};
 pub use upgrade_check::{UpgradeGroup, UpgradeReport, check_upgrade};
 
