@@ -3,6 +3,7 @@
 //! opens the database, starts the transport and spawns the node's event
 //! loop (`event_loop.rs`), handing back a [`Node`] handle (`handle.rs`).
 use super::RunnerError;
+use super::admin::{self, AdminSettings, NodeMetrics, Startable};
 use super::config::LoadedConfig;
 use super::config::StoreChoice;
 use super::event_loop::Observers;
@@ -20,8 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -66,6 +67,12 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     pub(super) registry: Registry,
     installers: Vec<Installer>,
     connect: Box<dyn Connect<T>>,
+    /// The admin API's settings; `None`: no admin API.
+    admin: Option<AdminSettings>,
+    /// Flows clients may start by name through the admin API.
+    startable: Startable,
+    /// The peers the node knows (for the admin API's status).
+    known_peers: Vec<Party>,
 }
 
 impl<T: Transport> std::fmt::Debug for NodeBuilder<T> {
@@ -167,12 +174,14 @@ impl NodeBuilder<TcpTransport> {
             identity,
             map,
         } = loaded;
+        let admin = AdminSettings::from_section(&config.admin, &config.database);
         let mut builder = Self::new(identity, &config.listen, config.database, map);
         builder.tcp_config(config.transport.tcp_config());
         builder.redelivery = config.node.redelivery_interval();
         builder.long_wait_check = config.node.long_wait_check_interval();
         builder.node_config = config.node.node_config();
         builder.store = config.store.choice();
+        builder.admin = Some(admin);
         builder
     }
 
@@ -189,6 +198,12 @@ impl NodeBuilder<TcpTransport> {
         let name = map
             .by_key(&key)
             .map_or_else(String::new, |e| e.name.clone());
+        let known_peers = map
+            .entries()
+            .iter()
+            .filter(|e| e.key != key)
+            .map(|e| e.party())
+            .collect();
         let setup = TcpSetup {
             identity,
             listen: listen.to_owned(),
@@ -196,7 +211,10 @@ impl NodeBuilder<TcpTransport> {
             config: TcpConfig::default(),
             listener: None,
         };
-        Self::with_connect(Party::new(name, key), database.into(), Box::new(setup))
+        let mut builder =
+            Self::with_connect(Party::new(name, key), database.into(), Box::new(setup));
+        builder.known_peers = known_peers;
+        builder
     }
 
     /// Listens on an already bound socket instead of binding the configured
@@ -256,8 +274,57 @@ impl<T: Transport> NodeBuilder<T> {
             registry: Registry::new(),
             installers: Vec::new(),
             connect,
+            admin: None,
+            startable: Startable::default(),
+            known_peers: Vec::new(),
         }
     }
+
+    /// Serves the admin/client API ([`admin`](super::admin)) with
+    /// `settings` once the node starts. A node built
+    /// [`from_config`](NodeBuilder::from_config) always serves it (from its
+    /// `[admin]` section, loopback by default); one built from its parts
+    /// only when asked here.
+    pub fn admin(&mut self, settings: AdminSettings) -> &mut Self {
+        self.admin = Some(settings);
+        self
+    }
+
+    /// Makes a flow startable by name through the admin API (`POST
+    /// /api/v1/flows`, `flowctl flows start`), under its `Flow::NAME`: the
+    /// request's JSON `args` are decoded as `A` (serde checks every field
+    /// and type) and `make` builds the flow, or refuses with a message the
+    /// client gets as a 400. Registers the flow's type too. Only flows
+    /// registered here can be started from outside (responders and
+    /// sub-flows are not).
+    ///
+    /// ```no_run
+    /// # use flow_runtime::runner::NodeBuilder;
+    /// # use flow_runtime::testing::ping_pong::ping;
+    /// # use flow_runtime::Party;
+    /// #[derive(serde::Deserialize)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct PingArgs { peer: Party, rounds: u32 }
+    /// # fn f(builder: &mut NodeBuilder) {
+    /// builder.startable(|a: PingArgs| {
+    ///     if a.rounds > 1000 { return Err("at most 1000 rounds".into()); }
+    ///     Ok(ping(a.peer, a.rounds))
+    /// });
+    /// # }
+    /// ```
+    pub fn startable<A, F>(
+        &mut self,
+        make: impl Fn(A) -> Result<F, String> + Send + Sync + 'static,
+    ) -> &mut Self
+    where
+        A: serde::de::DeserializeOwned,
+        F: Flow,
+    {
+        self.registry.register_flow::<F>();
+        self.startable.register(make);
+        self
+    }
+
 
     /// How often the node looks for unacknowledged messages to send again
     /// (default 1 s). At each such tick it re-sends those unacknowledged
@@ -394,6 +461,8 @@ impl<T: Transport> NodeBuilder<T> {
         for install in &self.installers {
             install(core.services());
         }
+        let metrics = NodeMetrics::new();
+        core.set_metrics(metrics.core());
         let (transport, incoming) = self.connect.connect().await?;
         let transport = Arc::new(transport);
         let in_flight = core.flows_in_flight().unwrap_or(0);
@@ -424,6 +493,7 @@ impl<T: Transport> NodeBuilder<T> {
                 scan: None,
             },
             stopping: stopping.clone(),
+            metrics: metrics.driver(),
             multi_thread: tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread,
         };
@@ -431,7 +501,7 @@ impl<T: Transport> NodeBuilder<T> {
             commands: commands.downgrade(),
         });
         let task = tokio::spawn(driver.run());
-        Ok(Node {
+        let node = Node {
             party,
             transport,
             commands,
@@ -440,6 +510,28 @@ impl<T: Transport> NodeBuilder<T> {
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             stopping,
             database: self.database,
-        })
+            admin: Arc::default(),
+        };
+        if let Some(settings) = self.admin {
+            let served = admin::serve(
+                node.clone(),
+                settings,
+                self.startable,
+                metrics,
+                self.known_peers,
+                &node.database,
+            )
+            .await;
+            match served {
+                Ok(running) => {
+                    *node.admin.lock().unwrap_or_else(PoisonError::into_inner) = Some(running);
+                }
+                Err(e) => {
+                    let _ = node.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(node)
     }
 }

@@ -22,6 +22,12 @@
 //! checkpoint_cache_mb = 8           # decoded copies of recently committed checkpoints
 //! long_wait_warning_s = 3600        # log a warning for a flow waiting longer than this
 //! long_wait_check_interval_s = 300  # how often to look for such flows (0: never)
+//! max_transient_retries = 3         # automatic retries of a transient failure, then the hospital
+//! retry_backoff_ms = 1000           # first automatic retry's delay, doubled each time
+//!
+//! [admin]                           # optional; the admin/client API, see runner::admin
+//! listen = "127.0.0.1:7101"         # default 127.0.0.1:0 (a free port, written to <database>.admin-url)
+//! token_file = "alice.admin-token"  # default <database>.admin-token, created with mode 0600
 //!
 //! [store]                           # optional; defaults shown
 //! kind = "redb"                     # or "postgres" (see below)
@@ -110,6 +116,9 @@ pub struct Config {
     /// Database tuning.
     #[serde(default)]
     pub store: StoreSection,
+    /// The admin/client API (see [`AdminSection`](super::admin::AdminSection)).
+    #[serde(default)]
+    pub admin: super::admin::AdminSection,
 }
 
 /// `[transport]`: see [`TcpConfig`] for what each knob does.
@@ -156,6 +165,13 @@ pub struct NodeSection {
     ///
     /// [`NodeBuilder::long_wait_check_interval`]: crate::runner::NodeBuilder::long_wait_check_interval
     pub long_wait_check_interval_s: Option<u64>,
+    /// How many times a step failing with a transient error is retried
+    /// before the flow waits in the hospital for an operator (default 3):
+    /// see [`NodeConfig::max_transient_retries`](crate::NodeConfig).
+    pub max_transient_retries: Option<u32>,
+    /// The first automatic retry's delay in milliseconds, doubled at each
+    /// further one (default 1,000).
+    pub retry_backoff_ms: Option<u64>,
 }
 
 /// `[store]`: which database keeps the node's checkpoints, and how.
@@ -298,6 +314,12 @@ impl NodeSection {
         if let Some(secs) = self.long_wait_warning_s {
             config.long_wait_warning = Duration::from_secs(secs);
         }
+        if let Some(n) = self.max_transient_retries {
+            config.max_transient_retries = n;
+        }
+        if let Some(ms) = self.retry_backoff_ms {
+            config.retry_backoff = Duration::from_millis(ms);
+        }
         config
     }
 }
@@ -344,6 +366,11 @@ impl Config {
             if p.is_relative() {
                 *p = base_dir.join(&*p);
             }
+        }
+        if let Some(p) = &mut config.admin.token_file
+            && p.is_relative()
+        {
+            *p = base_dir.join(&*p);
         }
         Ok(config)
     }

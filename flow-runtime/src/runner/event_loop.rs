@@ -102,6 +102,8 @@ pub(super) struct EventLoop<T> {
     pub(super) long_waits: LongWaitCheck,
     /// Set when the driver stops; shared with the `Node` handles.
     pub(super) stopping: Arc<AtomicBool>,
+    /// Redelivered and refused frames.
+    pub(super) metrics: super::admin::metrics::DriverMetrics,
     pub(super) multi_thread: bool,
 }
 
@@ -270,6 +272,7 @@ impl<T: Transport> EventLoop<T> {
                 }
                 Err(e) => {
                     let name = self.transport.peer_name(&peer);
+                    self.metrics.refused.increment(1);
                     warn!(peer = %name, error = %e, "dropped a frame that does not decode as a session message");
                     if peer != me {
                         self.transport.disconnect(&peer, &e);
@@ -351,6 +354,10 @@ impl<T: Transport> EventLoop<T> {
             };
             self.delivery.report(receipt, sent);
         }
+        let stats = self.delivery.stats();
+        self.metrics
+            .redelivered
+            .absolute(stats.resent_at_tick + stats.resent_on_reconnect);
     }
 
     /// Queues `frame` for `to` on the transport without waiting. Refused

@@ -2,6 +2,7 @@
 //! method sends a command to the node's event loop (`event_loop.rs`) and
 //! awaits its answer, so handles on any task drive one node.
 use super::RunnerError;
+use super::admin::{self, AdminServer};
 use super::event_loop::{Command, Job, Observers, in_current_dispatch, now};
 use crate::handle::{RawResult, RawResultFuture, ResultSource, decode_output};
 use crate::node::{NodeError, OperatorView, Output};
@@ -74,6 +75,8 @@ pub struct Node<T: Transport = TcpTransport> {
     pub(super) stopping: Arc<AtomicBool>,
     /// The database file; dumps are written beside it.
     pub(super) database: PathBuf,
+    /// The admin API, if the node serves one; stopped by `shutdown`.
+    pub(super) admin: Arc<Mutex<Option<admin::Running>>>,
 }
 
 impl<T: Transport> Clone for Node<T> {
@@ -87,6 +90,7 @@ impl<T: Transport> Clone for Node<T> {
             task: self.task.clone(),
             stopping: self.stopping.clone(),
             database: self.database.clone(),
+            admin: self.admin.clone(),
         }
     }
 }
@@ -114,7 +118,22 @@ impl<T: Transport> Node<T> {
         &self.transport
     }
 
-    async fn call<R: Send + 'static>(
+    /// Where the node's admin API listens, if it serves one.
+    pub fn admin_server(&self) -> Option<AdminServer> {
+        self.admin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|r| r.server)
+    }
+
+    /// Waits for `run`'s raw result (the admin API's wait).
+    pub(crate) async fn wait_raw(&self, run: RunId) -> RawResult {
+        wait_for_result(self.commands.clone(), run).await
+    }
+
+    /// Runs `f` on the core in the event loop (one job, between batches).
+    pub(crate) async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut NodeCore, Timestamp) -> (R, Option<Output>) + Send + 'static,
     ) -> Result<R, NodeError> {
@@ -382,7 +401,7 @@ impl<T: Transport> Node<T> {
     }
 
     /// Runs `scan` on an [`OperatorView`] of the node, on a blocking thread.
-    async fn operator_scan<R: Send + 'static>(
+    pub(crate) async fn operator_scan<R: Send + 'static>(
         &self,
         scan: impl FnOnce(&OperatorView, Timestamp) -> Result<R, NodeError> + Send + 'static,
     ) -> Result<R, NodeError> {
@@ -431,6 +450,22 @@ impl<T: Transport> Node<T> {
             },
             None => Ok(()),
         };
+        let admin = self
+            .admin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(admin) = admin {
+            let _ = admin.stop.send(true);
+            // Requests still running end quickly once the event loop is gone.
+            let abort = admin.task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), admin.task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         self.transport.shutdown().await;
         info!(node = %self.party, "node stopped");
         outcome

@@ -4,6 +4,7 @@
 //! A user's binary loads a [`Config`], registers its flows, and runs the
 //! node until SIGINT or SIGTERM. See `docs/operations.md`.
 
+pub mod admin;
 mod builder;
 mod config;
 mod event_loop;
@@ -42,6 +43,9 @@ pub enum RunnerError {
     /// The transport could not start.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The admin API could not start.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     /// Installing the signal handlers failed.
     #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
     Signals(std::io::Error),

@@ -1,0 +1,756 @@
+//! The admin API's routes: authentication middleware, then one handler per
+//! operation. Each handler checks its caller's role and its input before it
+//! touches the node, so a refused request changes nothing.
+
+use super::auth::{Caller, Role, Users};
+use super::metrics::NodeMetrics;
+use super::startable::Startable;
+use super::{AdminError, AdminServer, AdminSettings, ApiError};
+use crate::node::{CheckpointDump, NodeError};
+use crate::runner::Node;
+use crate::transport::{Transport, TransportEvent};
+use crate::{Party, PublicKey, RunId, Timestamp};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path as FsPath;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The longest a result request waits (`wait_s`).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// The most flows one list answer holds.
+const MAX_LIST: usize = 100_000;
+/// The default list limit.
+const DEFAULT_LIST: usize = 1000;
+/// Longest accepted client id.
+const MAX_CLIENT_ID: usize = 256;
+/// Runs remembered by flow name (to show results typed): beyond this the
+/// map is cleared, and older results are shown untyped.
+const MAX_REMEMBERED_RUNS: usize = 100_000;
+
+/// The state every handler shares.
+struct Admin<T: Transport> {
+    node: Node<T>,
+    users: Users,
+    startable: Startable,
+    metrics: NodeMetrics,
+    /// The peers the node knows (its network map), for the status.
+    peers: Vec<Party>,
+    /// Link state per peer, from the transport's events.
+    links: Mutex<HashMap<PublicKey, bool>>,
+    /// Flow names of runs seen (started here, or shown), so their results
+    /// can be decoded as their own output type.
+    run_names: Mutex<HashMap<RunId, String>>,
+}
+
+type Shared<T> = Arc<Admin<T>>;
+
+/// A running admin server, for [`Node`] to stop.
+pub(crate) struct Running {
+    pub(crate) server: AdminServer,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the admin API and serves it on the current runtime until `stop`.
+pub(crate) async fn serve<T: Transport>(
+    node: Node<T>,
+    settings: AdminSettings,
+    startable: Startable,
+    metrics: NodeMetrics,
+    peers: Vec<Party>,
+    database: &FsPath,
+) -> Result<Running, AdminError> {
+    let users = Users::load(settings.token_file.as_deref(), &settings.users)?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|source| AdminError::Bind {
+            address: settings.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AdminError::Bind {
+        address: settings.listen.clone(),
+        source,
+    })?;
+    let server = AdminServer { addr };
+    let url_file = super::url_file(database);
+    if let Err(e) = std::fs::write(&url_file, format!("{}\n", server.url())) {
+        warn!(path = %url_file.display(), error = %e, "cannot write the admin URL file");
+    }
+    let (stop, stopped) = watch::channel(false);
+    let admin = Arc::new(Admin {
+        node,
+        users,
+        startable,
+        metrics,
+        peers,
+        links: Mutex::default(),
+        run_names: Mutex::default(),
+    });
+    tokio::spawn(watch_links(admin.clone(), stopped.clone()));
+    tokio::spawn(upkeep(admin.metrics.clone(), stopped.clone()));
+    let app = router(admin, settings.max_body_bytes);
+    let mut until = stopped;
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = until.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %e, "the admin API stopped");
+        }
+    });
+    info!(url = %server.url(), "admin API listening");
+    Ok(Running { server, stop, task })
+}
+
+fn router<T: Transport>(admin: Shared<T>, max_body: usize) -> Router {
+    Router::new()
+        .route("/health", get(health::<T>))
+        .route("/metrics", get(metrics_text::<T>))
+        .route("/api/v1/node", get(node_status::<T>))
+        .route("/api/v1/node/drain", post(drain::<T>))
+        .route("/api/v1/startable", get(startable::<T>))
+        .route("/api/v1/flows", get(list::<T>).post(start::<T>))
+        .route("/api/v1/flows/{run}", get(show::<T>))
+        .route("/api/v1/flows/{run}/result", get(result::<T>))
+        .route("/api/v1/flows/{run}/progress", get(progress::<T>))
+        .route("/api/v1/flows/{run}/kill", post(kill::<T>))
+        .route("/api/v1/flows/{run}/retry", post(retry::<T>))
+        .route("/api/v1/client-ids/{id}", get(by_client_id::<T>))
+        .route("/api/v1/dump", get(dump::<T>))
+        .fallback(unknown_route)
+        .layer(middleware::from_fn_with_state(
+            admin.clone(),
+            authenticate::<T>,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(admin)
+}
+
+/// Follows the transport's link events into the status and the metrics.
+async fn watch_links<T: Transport>(admin: Shared<T>, mut stopped: watch::Receiver<bool>) {
+    let mut events = admin.node.transport().link_events();
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let (peer, up) = match event {
+            Ok(TransportEvent::Connected { peer }) => (peer, true),
+            Ok(TransportEvent::Disconnected { peer, .. }) => (peer, false),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        admin
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, up);
+        admin
+            .metrics
+            .set_link(&admin.node.transport().peer_name(&peer), up);
+    }
+}
+
+/// Keeps the histograms' memory bounded between scrapes.
+async fn upkeep(metrics: NodeMetrics, mut stopped: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => metrics.upkeep(),
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn authenticate<T: Transport>(
+    State(admin): State<Shared<T>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("<not text>"));
+    match admin.users.authenticate(header) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => {
+            warn!(path = %request.uri().path(), error = %e.message, "admin API request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {} {}; the API is under /api/v1/ (see docs/operations.md)",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn node_error(e: NodeError) -> ApiError {
+    match e {
+        NodeError::UnknownRun(run) => ApiError::not_found(format!("no flow {run} on this node")),
+        NodeError::NotInHospital(_) => ApiError::conflict(e.to_string()),
+        NodeError::Start(_) => ApiError::conflict(e.to_string()),
+        NodeError::Store(_) | NodeError::IncompatibleStore(_) => {
+            ApiError::unavailable(e.to_string())
+        }
+    }
+}
+
+fn parse_run(text: &str) -> Result<RunId, ApiError> {
+    if text.is_empty() || text.len() > 16 {
+        return Err(ApiError::bad_request(format!(
+            "`{text:.40}` is not a run id (up to 16 hex digits)"
+        )));
+    }
+    u64::from_str_radix(text, 16).map(RunId).map_err(|_| {
+        ApiError::bad_request(format!("`{text}` is not a run id (up to 16 hex digits)"))
+    })
+}
+
+fn body_json<B: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<B, ApiError> {
+    let body = body.map_err(|r| ApiError {
+        status: r.status(),
+        message: format!("cannot read the request body: {}", r.body_text()),
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the request body is not the expected JSON: {e}"))
+    })
+}
+
+fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|r| ApiError::bad_request(format!("bad query parameters: {}", r.body_text())))
+}
+
+fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+impl<T: Transport> Admin<T> {
+    fn remember(&self, run: RunId, flow: &str) {
+        let mut names = self
+            .run_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if names.len() >= MAX_REMEMBERED_RUNS {
+            names.clear();
+        }
+        names.insert(run, flow.to_owned());
+    }
+
+    fn remembered(&self, run: RunId) -> Option<String> {
+        self.run_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&run)
+            .cloned()
+    }
+
+    /// The flow's checkpoint as shown, and its fields.
+    async fn show(&self, run: RunId) -> Result<Option<(CheckpointDump, Value)>, ApiError> {
+        let shown = self
+            .node
+            .operator_scan(move |view, now| view.show(now, run))
+            .await
+            .map_err(node_error)?;
+        Ok(shown.map(|(dump, fields)| {
+            if !dump.flow.starts_with('<') {
+                self.remember(run, &dump.flow);
+            }
+            let fields = fields.unwrap_or_else(|why| json!({ "unavailable": why }));
+            (dump, fields)
+        }))
+    }
+
+    /// The kept outcome of `run`, if it finished.
+    async fn outcome(&self, run: RunId) -> Result<Option<Value>, ApiError> {
+        let result = self
+            .node
+            .call(move |core, _| (core.result(run), None))
+            .await
+            .map_err(node_error)?
+            .map_err(node_error)?;
+        match result {
+            None => Ok(None),
+            Some(r) => Ok(Some(self.outcome_json(run, r).await)),
+        }
+    }
+
+    async fn outcome_json(&self, run: RunId, result: Result<Vec<u8>, crate::FlowError>) -> Value {
+        match result {
+            Err(e) => json!({
+                "run_id": run.to_string(), "finished": true, "outcome": "error",
+                "error": e.to_string(),
+            }),
+            Ok(bytes) => {
+                let flow = self.remembered(run);
+                let typed = match &flow {
+                    Some(name) => {
+                        let name = name.clone();
+                        let b = bytes.clone();
+                        self.node
+                            .operator_scan(move |view, _| Ok(view.output_json(&name, &b)))
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(Result::ok)
+                    }
+                    None => None,
+                };
+                // Untyped: MessagePack read as self-describing data (structs
+                // show as arrays of their fields).
+                let output = typed
+                    .or_else(|| rmp_serde::from_slice::<Value>(&bytes).ok())
+                    .unwrap_or_else(|| json!({ "msgpack_hex": hex::encode(&bytes) }));
+                json!({
+                    "run_id": run.to_string(), "finished": true, "outcome": "ok",
+                    "flow": flow, "output": output,
+                })
+            }
+        }
+    }
+}
+
+fn dump_json(dump: &CheckpointDump, now: Timestamp) -> Value {
+    json!({
+        "run_id": dump.run_id,
+        "flow": dump.flow,
+        "state": dump.state,
+        "waiting_on": dump.waiting_on,
+        "waiting_since_ms": now.0.saturating_sub(dump.waiting_for_ms),
+        "waiting_for_ms": dump.waiting_for_ms,
+        "progress": dump.progress,
+        "sessions": dump.sessions,
+        "hospital": dump.hospital.as_ref().map(|h| json!({
+            "error": h.error, "attempts": h.attempts, "retry_at_ms": h.retry_at.map(|t| t.0),
+        })),
+    })
+}
+
+async fn health<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult {
+    match admin
+        .node
+        .call(|core, _| (core.flows_in_flight(), None))
+        .await
+    {
+        Ok(Ok(_)) => {
+            Ok(Json(json!({ "status": "ok", "node": admin.node.party().name() })).into_response())
+        }
+        Ok(Err(e)) | Err(e) => Err(ApiError::unavailable(format!(
+            "the node is not healthy: {e}"
+        ))),
+    }
+}
+
+async fn metrics_text<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult {
+    let (in_flight, hospital, outbox, draining) = admin
+        .node
+        .call(|core, _| {
+            let r = (|| {
+                Ok::<_, NodeError>((
+                    core.flows_in_flight()?,
+                    core.hospital()?.len(),
+                    core.outbox_len()?,
+                    core.is_draining(),
+                ))
+            })();
+            (r, None)
+        })
+        .await
+        .map_err(node_error)?
+        .map_err(node_error)?;
+    admin
+        .metrics
+        .set_node_gauges(in_flight, hospital, outbox, draining);
+    if admin.metrics.flows_by_state_due() {
+        let counts = admin
+            .node
+            .operator_scan(|view, now| {
+                let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+                for d in view.dump(now)? {
+                    *counts.entry((d.flow, d.state)).or_default() += 1;
+                }
+                Ok(counts)
+            })
+            .await
+            .map_err(node_error)?;
+        admin.metrics.set_flows_by_state(counts);
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        admin.metrics.render(),
+    )
+        .into_response())
+}
+
+async fn node_status<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult {
+    let (in_flight, hospital, outbox, draining, commits) = admin
+        .node
+        .call(|core, _| {
+            let r = (|| {
+                Ok::<_, NodeError>((
+                    core.flows_in_flight()?,
+                    core.hospital()?.len(),
+                    core.outbox_len()?,
+                    core.is_draining(),
+                    core.commits(),
+                ))
+            })();
+            (r, None)
+        })
+        .await
+        .map_err(node_error)?
+        .map_err(node_error)?;
+    let links = admin
+        .links
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let peers: Vec<Value> = admin
+        .peers
+        .iter()
+        .map(|p| {
+            let link = match links.get(p.key()) {
+                Some(true) => "up",
+                Some(false) => "down",
+                None => "not connected yet",
+            };
+            json!({ "name": p.name(), "key": hex::encode(p.key().0), "link": link })
+        })
+        .collect();
+    let party = admin.node.party();
+    Ok(Json(json!({
+        "name": party.name(),
+        "key": hex::encode(party.key().0),
+        "endpoint": admin.node.transport().endpoint(),
+        "draining": draining,
+        "flows_in_flight": in_flight,
+        "hospital": hospital,
+        "outbox": outbox,
+        "commits": commits,
+        "peers": peers,
+        "startable": admin.startable.names().collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    draining: bool,
+}
+
+async fn drain<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    caller.require(Role::Operate, "drain on/off")?;
+    let DrainRequest { draining } = body_json(body)?;
+    admin
+        .node
+        .set_draining(draining)
+        .await
+        .map_err(node_error)?;
+    info!(user = %caller.name, draining, "operator action: drain {}", if draining { "on" } else { "off" });
+    Ok(Json(json!({ "draining": draining })).into_response())
+}
+
+async fn startable<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult {
+    let names: Vec<&str> = admin
+        .startable
+        .names()
+        .filter(|n| caller.may_start(n))
+        .collect();
+    Ok(Json(json!({ "startable": names })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    flow: String,
+    #[serde(default)]
+    args: Value,
+    client_id: Option<String>,
+}
+
+async fn start<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    caller.require(Role::Start, "starting a flow")?;
+    let StartRequest {
+        flow,
+        args,
+        client_id,
+    } = body_json(body)?;
+    if let Some(id) = &client_id
+        && (id.is_empty() || id.len() > MAX_CLIENT_ID)
+    {
+        return Err(ApiError::bad_request(format!(
+            "client_id must be 1 to {MAX_CLIENT_ID} bytes"
+        )));
+    }
+    if !caller.may_start(&flow) {
+        return Err(ApiError::forbidden(format!(
+            "user `{}` may not start `{flow:.200}`",
+            caller.name
+        )));
+    }
+    let new = match admin.startable.build(&flow, args) {
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no flow `{flow:.200}` is startable on this node (startable: {})",
+                admin.startable.names().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Some(Err(why)) => return Err(ApiError::bad_request(why)),
+        Some(Ok(new)) => new,
+    };
+    let id = client_id.clone();
+    // Checked in the same driver job as the start: a draining node refuses
+    // the request and records nothing (no failed run is left behind).
+    let run = admin
+        .node
+        .call(move |core, now| {
+            if core.is_draining() {
+                return (Err(None), None);
+            }
+            match core.start(now, new, id) {
+                Ok((run, out)) => (Ok(run), Some(out)),
+                Err(e) => (Err(Some(e)), None),
+            }
+        })
+        .await
+        .map_err(node_error)?
+        .map_err(|e| match e {
+            None => ApiError::conflict(
+                "the node is draining: it takes no new flows until an operator stops draining",
+            ),
+            Some(e) => node_error(e),
+        })?;
+    admin.remember(run, &flow);
+    info!(user = %caller.name, %flow, %run, client_id = client_id.as_deref().unwrap_or(""), "client action: start");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "run_id": run.to_string(), "flow": flow, "client_id": client_id })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    flow: Option<String>,
+    state: Option<String>,
+    hospital: Option<bool>,
+    waiting_longer_than_s: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list<T: Transport>(
+    State(admin): State<Shared<T>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIST);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_LIST}"
+        )));
+    }
+    let (dumps, now) = admin
+        .node
+        .operator_scan(|view, now| Ok((view.dump(now)?, now)))
+        .await
+        .map_err(node_error)?;
+    let longer = q.waiting_longer_than_s.map(|s| s.saturating_mul(1000));
+    let matching: Vec<&CheckpointDump> = dumps
+        .iter()
+        .filter(|d| q.flow.as_ref().is_none_or(|f| *f == d.flow))
+        .filter(|d| q.state.as_ref().is_none_or(|s| *s == d.state))
+        .filter(|d| q.hospital.is_none_or(|h| h == d.hospital.is_some()))
+        .filter(|d| longer.is_none_or(|ms| d.waiting_for_ms > ms))
+        .collect();
+    let total = matching.len();
+    let flows: Vec<Value> = matching
+        .into_iter()
+        .take(limit)
+        .map(|d| dump_json(d, now))
+        .collect();
+    Ok(Json(json!({ "flows": flows, "total": total, "truncated": total > limit })).into_response())
+}
+
+async fn show<T: Transport>(State(admin): State<Shared<T>>, Path(run): Path<String>) -> ApiResult {
+    let run = parse_run(&run)?;
+    if let Some((dump, fields)) = admin.show(run).await? {
+        let mut shown = dump_json(&dump, now());
+        shown["finished"] = json!(false);
+        shown["fields"] = fields;
+        return Ok(Json(shown).into_response());
+    }
+    match admin.outcome(run).await? {
+        Some(outcome) => Ok(Json(outcome).into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no flow {run} on this node (never started, or finished without a kept result)"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultQuery {
+    wait_s: Option<f64>,
+}
+
+async fn result<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Path(run): Path<String>,
+    q: Result<Query<ResultQuery>, QueryRejection>,
+) -> ApiResult {
+    let run = parse_run(&run)?;
+    let q = query(q)?;
+    let wait = match q.wait_s {
+        None => Duration::ZERO,
+        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_WAIT),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "wait_s must be a number of seconds >= 0",
+            ));
+        }
+    };
+    // The checkpoint first, then the result: a flow finishing in between
+    // is found by the second read.
+    let running = admin.show(run).await?.is_some();
+    if let Some(outcome) = admin.outcome(run).await? {
+        return Ok(Json(outcome).into_response());
+    }
+    if !running {
+        return Err(ApiError::not_found(format!(
+            "no flow {run} on this node (never started, or finished without a kept result)"
+        )));
+    }
+    if !wait.is_zero()
+        && let Ok(r) = tokio::time::timeout(wait, admin.node.wait_raw(run)).await
+    {
+        return Ok(Json(admin.outcome_json(run, r).await).into_response());
+    }
+    Ok(Json(json!({ "run_id": run.to_string(), "finished": false })).into_response())
+}
+
+async fn progress<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Path(run): Path<String>,
+) -> ApiResult {
+    let run = parse_run(&run)?;
+    if let Some((dump, _)) = admin.show(run).await? {
+        return Ok(Json(json!({
+            "run_id": run.to_string(), "finished": false, "progress": dump.progress,
+        }))
+        .into_response());
+    }
+    match admin.outcome(run).await? {
+        Some(_) => Ok(Json(json!({
+            "run_id": run.to_string(), "finished": true,
+            "progress": [crate::ProgressTracker::DONE],
+        }))
+        .into_response()),
+        None => Err(ApiError::not_found(format!("no flow {run} on this node"))),
+    }
+}
+
+async fn kill<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Extension(caller): Extension<Caller>,
+    Path(run): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Operate, "killing a flow")?;
+    let run = parse_run(&run)?;
+    admin.node.kill_flow(run).await.map_err(node_error)?;
+    warn!(user = %caller.name, %run, "operator action: kill");
+    Ok(Json(json!({ "run_id": run.to_string(), "killed": true })).into_response())
+}
+
+async fn retry<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Extension(caller): Extension<Caller>,
+    Path(run): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Operate, "retrying a flow")?;
+    let run = parse_run(&run)?;
+    match admin.node.retry_flow(run).await {
+        Ok(()) => {}
+        // Not in the hospital because there is no such flow at all.
+        Err(NodeError::NotInHospital(_)) if admin.show(run).await?.is_none() => {
+            return Err(node_error(NodeError::UnknownRun(run)));
+        }
+        Err(e) => return Err(node_error(e)),
+    }
+    info!(user = %caller.name, %run, "operator action: retry");
+    Ok(Json(json!({ "run_id": run.to_string(), "retried": true })).into_response())
+}
+
+async fn by_client_id<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let key = id.clone();
+    let run = admin
+        .node
+        .call(move |core, _| (core.run_for_client_id(&key), None))
+        .await
+        .map_err(node_error)?
+        .map_err(node_error)?;
+    match run {
+        Some(run) => {
+            Ok(Json(json!({ "client_id": id, "run_id": run.to_string() })).into_response())
+        }
+        None => Err(ApiError::not_found(format!(
+            "no flow was started with client id `{id:.200}`"
+        ))),
+    }
+}
+
+async fn dump<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult {
+    let dumps = admin
+        .node
+        .operator_scan(|view, now| view.dump(now))
+        .await
+        .map_err(node_error)?;
+    Ok(Json(dumps).into_response())
+}

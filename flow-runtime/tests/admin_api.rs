@@ -1,0 +1,591 @@
+//! The admin/client API against a real node over loopback: authentication
+//! (no token, a wrong token), the roles (read, start with its allow list,
+//! operate), every operation (start by name with a client id, result, wait,
+//! progress, list with filters, show, kill, retry of a hospitalised flow,
+//! drain on/off, node status, dump, metrics, health), and bad input, which
+//! gets a clear 4xx and changes nothing.
+
+use flow_runtime::NodeConfig;
+use flow_runtime::prelude::*;
+use flow_runtime::runner::admin::auth::digest;
+use flow_runtime::runner::admin::client::{AdminClient, ClientError};
+use flow_runtime::runner::admin::{AdminSettings, Role, UserSection};
+use flow_runtime::runner::{Node, NodeBuilder, keys};
+use flow_runtime::store::RedbOptions;
+use flow_runtime::tcp::{NetworkMap, PeerEntry, SigningKey, TcpConfig};
+use flow_runtime::testing::ping_pong::{ping, pong};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Whether `flaky` may succeed; it fails transiently until then.
+static FLAKY_MAY_SUCCEED: AtomicBool = AtomicBool::new(false);
+
+#[flow]
+pub async fn flaky(_ctx: &mut FlowContext, label: String) -> Result<String, FlowError> {
+    if FLAKY_MAY_SUCCEED.load(Ordering::SeqCst) {
+        Ok(format!("{label} done"))
+    } else {
+        Err(FlowError::transient("not yet"))
+    }
+}
+
+#[flow]
+pub async fn sleeper(ctx: &mut FlowContext, note: String) -> Result<(), FlowError> {
+    ctx.sleep(Duration::from_secs(3600)).await;
+    let _ = note;
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingArgs {
+    peer: String,
+    rounds: u32,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteArgs {
+    note: String,
+}
+
+const READ_TOKEN: &str = "read-token-0123456789abcdef";
+const START_TOKEN: &str = "start-token-0123456789abcdef";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    alice: Node,
+    bob: Node,
+    url: String,
+    admin_token: String,
+}
+
+fn user(name: &str, role: Role, token: &str, start: &[&str]) -> UserSection {
+    UserSection {
+        name: name.into(),
+        role,
+        token_sha256: hex_digest(token),
+        start: start.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+fn hex_digest(token: &str) -> String {
+    digest(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    let mut parts = Vec::new();
+    for name in ["Alice", "Bob"] {
+        let key = keys::generate_identity().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        entries.push(PeerEntry {
+            name: name.into(),
+            address: addr.clone(),
+            key: keys::public_key(&key),
+        });
+        parts.push((key, listener, addr, dir.path().join(format!("{name}.redb"))));
+    }
+    let map = NetworkMap::new(entries).unwrap();
+    let mut nodes = Vec::new();
+    for (i, (key, listener, addr, db)) in parts.into_iter().enumerate() {
+        let key = SigningKey::from_bytes(&key.to_bytes());
+        let mut b = NodeBuilder::new(key, &addr, &db, map.clone());
+        b.listener(listener);
+        b.tcp_config(TcpConfig {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            ..TcpConfig::default()
+        });
+        b.store_options(RedbOptions {
+            quick_repair: false,
+            ..RedbOptions::default()
+        });
+        b.node_config(NodeConfig {
+            max_transient_retries: 0,
+            ..NodeConfig::default()
+        });
+        b.flow::<ping::Flow>();
+        b.responder::<ping::Flow>(pong);
+        if i == 0 {
+            let peers = map.clone();
+            b.startable(move |a: PingArgs| {
+                let peer = peers
+                    .by_name(&a.peer)
+                    .ok_or_else(|| format!("no party `{}`", a.peer))?;
+                Ok(ping(peer.party(), a.rounds))
+            });
+            b.startable(|a: NoteArgs| Ok(sleeper(a.note)));
+            b.startable(|a: NoteArgs| Ok(flaky(a.note)));
+            let mut settings = AdminSettings::from_section(&Default::default(), &db);
+            settings.users = vec![
+                user("viewer", Role::Read, READ_TOKEN, &[]),
+                user("pinger", Role::Start, START_TOKEN, &[ping::Flow::NAME]),
+            ];
+            b.admin(settings);
+        }
+        nodes.push(b.start().await.unwrap());
+    }
+    let bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    let url = alice.admin_server().unwrap().url();
+    let token_file = dir.path().join("Alice.redb.admin-token");
+    let admin_token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the token file must be private");
+    }
+    // The URL file names the same server.
+    let written = std::fs::read_to_string(dir.path().join("Alice.redb.admin-url")).unwrap();
+    assert_eq!(written.trim(), url);
+    Setup {
+        _dir: dir,
+        alice,
+        bob,
+        url,
+        admin_token,
+    }
+}
+
+/// Runs a blocking client call off the runtime's workers.
+async fn call<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn client(url: &str, token: &str) -> AdminClient {
+    AdminClient::new(url, token, Duration::from_secs(30))
+}
+
+fn status_of(r: Result<Value, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Status { status, message }) => (status, message),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// A raw request: status and body text.
+fn raw(method: &str, url: &str, auth: Option<&str>, body: Option<Vec<u8>>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let answer = match (method, body) {
+        ("GET", _) => {
+            let mut r = agent.get(url);
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        (_, body) => {
+            let mut r = agent.post(url).content_type("application/json");
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.unwrap_or_default().as_slice())
+        }
+    };
+    let mut answer = answer.unwrap();
+    let status = answer.status().as_u16();
+    (
+        status,
+        answer.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+async fn in_flight(api: &AdminClient) -> u64 {
+    let api = api.clone();
+    call(move || {
+        api.get("/api/v1/node").unwrap()["flows_in_flight"]
+            .as_u64()
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_authenticated_and_roles_are_enforced() {
+    let s = setup().await;
+    let url = s.url.clone();
+    // No token, a malformed header, a wrong token: 401 with a clear body,
+    // on every route, health and metrics included.
+    let u = url.clone();
+    let (no_token, wrong, basic, metrics, health, unknown) = call(move || {
+        (
+            raw("GET", &format!("{u}/api/v1/node"), None, None),
+            raw(
+                "GET",
+                &format!("{u}/api/v1/flows"),
+                Some("Bearer wrong-token"),
+                None,
+            ),
+            raw(
+                "GET",
+                &format!("{u}/api/v1/node"),
+                Some("Basic YWRtaW46eA=="),
+                None,
+            ),
+            raw("GET", &format!("{u}/metrics"), None, None),
+            raw("GET", &format!("{u}/health"), None, None),
+            raw("GET", &format!("{u}/no/such/route"), None, None),
+        )
+    })
+    .await;
+    assert_eq!(no_token.0, 401);
+    assert!(no_token.1.contains("Authorization"), "{}", no_token.1);
+    assert_eq!(wrong, (401, json!({"error": "unknown token"}).to_string()));
+    assert_eq!(basic.0, 401);
+    assert!(basic.1.contains("Bearer"), "{}", basic.1);
+    assert_eq!(metrics.0, 401);
+    assert_eq!(health.0, 401);
+    assert_eq!(unknown.0, 401);
+
+    let viewer = client(&url, READ_TOKEN);
+    let pinger = client(&url, START_TOKEN);
+    let admin = client(&url, &s.admin_token);
+    let before = in_flight(&admin).await;
+
+    let (v, p) = (viewer.clone(), pinger.clone());
+    let sleeper_args = json!({"flow": sleeper::Flow::NAME, "args": {"note": "x"}});
+    let ping_args = json!({"flow": ping::Flow::NAME, "args": {"peer": "Bob", "rounds": 10}});
+    let (sa, pa) = (sleeper_args.clone(), ping_args.clone());
+    let outcomes = call(move || {
+        (
+            v.get("/api/v1/node").is_ok() && v.get("/api/v1/flows").is_ok(),
+            v.get_text("/metrics").is_ok() && v.get("/health").is_ok(),
+            status_of(v.post("/api/v1/flows", &pa)),
+            status_of(v.post("/api/v1/node/drain", &json!({"draining": true}))),
+            status_of(v.post("/api/v1/flows/0000000000000001/kill", &json!({}))),
+            status_of(p.post("/api/v1/flows", &sa)),
+            status_of(p.post("/api/v1/flows/0000000000000001/retry", &json!({}))),
+            p.get("/api/v1/startable").unwrap(),
+            v.get("/api/v1/startable").unwrap(),
+        )
+    })
+    .await;
+    assert!(outcomes.0 && outcomes.1, "the read role reads");
+    assert_eq!(outcomes.2.0, 403, "{}", outcomes.2.1);
+    assert!(
+        outcomes.2.1.contains("`viewer` has the `read` role"),
+        "{}",
+        outcomes.2.1
+    );
+    assert_eq!(outcomes.3.0, 403);
+    assert_eq!(outcomes.4.0, 403);
+    assert_eq!(outcomes.5.0, 403, "not on pinger's allow list");
+    assert!(outcomes.5.1.contains("may not start"), "{}", outcomes.5.1);
+    assert_eq!(outcomes.6.0, 403);
+    assert_eq!(outcomes.7, json!({"startable": [ping::Flow::NAME]}));
+    assert_eq!(outcomes.8, json!({"startable": []}));
+    // Nothing refused changed anything.
+    assert_eq!(in_flight(&admin).await, before);
+    let a = admin.clone();
+    assert_eq!(
+        call(move || a.get("/api/v1/node").unwrap()["draining"].clone()).await,
+        json!(false)
+    );
+
+    // The start role starts what its allow list names, and reads results.
+    let p = pinger.clone();
+    let result = call(move || {
+        let started = p.post("/api/v1/flows", &ping_args).unwrap();
+        let run = started["run_id"].as_str().unwrap().to_owned();
+        p.get(&format!("/api/v1/flows/{run}/result?wait_s=30"))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(result["outcome"], "ok");
+    assert_eq!(result["output"], json!(45));
+    s.alice.shutdown().await.unwrap();
+    s.bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_by_name_show_list_kill_retry_drain_and_metrics() {
+    let s = setup().await;
+    let admin = client(&s.url, &s.admin_token);
+
+    // Start by name with a client id: at most once per id.
+    let a = admin.clone();
+    let (first, second, by_id, result, progress) = call(move || {
+        let body = json!({"flow": ping::Flow::NAME, "args": {"peer": "Bob", "rounds": 10}, "client_id": "order-1"});
+        let first = a.post("/api/v1/flows", &body).unwrap();
+        let second = a.post("/api/v1/flows", &body).unwrap();
+        let by_id = a.get("/api/v1/client-ids/order-1").unwrap();
+        let run = first["run_id"].as_str().unwrap().to_owned();
+        let result = a.get(&format!("/api/v1/flows/{run}/result?wait_s=30")).unwrap();
+        let progress = a.get(&format!("/api/v1/flows/{run}/progress")).unwrap();
+        (first, second, by_id, result, progress)
+    })
+    .await;
+    assert_eq!(first["run_id"], second["run_id"]);
+    assert_eq!(by_id["run_id"], first["run_id"]);
+    assert_eq!(result["finished"], true);
+    assert_eq!(result["output"], json!(45));
+    assert_eq!(progress["finished"], true);
+
+    // A waiting flow: shown with its state, stored fields, what it waits
+    // on; listed with filters; then killed.
+    let a = admin.clone();
+    let (shown, listed, filtered_out, long_waiting, not_yet) = call(move || {
+        let started = a
+            .post(
+                "/api/v1/flows",
+                &json!({"flow": sleeper::Flow::NAME, "args": {"note": "keep me"}}),
+            )
+            .unwrap();
+        let run = started["run_id"].as_str().unwrap().to_owned();
+        // Its first step runs right after the start commits.
+        let mut shown = a.get(&format!("/api/v1/flows/{run}")).unwrap();
+        for _ in 0..200 {
+            if shown["waiting_on"].as_str().unwrap_or("").contains("timer") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            shown = a.get(&format!("/api/v1/flows/{run}")).unwrap();
+        }
+        let listed = a
+            .get(&format!("/api/v1/flows?flow={}", sleeper::Flow::NAME))
+            .unwrap();
+        let filtered_out = a.get("/api/v1/flows?hospital=true").unwrap();
+        let long_waiting = a.get("/api/v1/flows?waiting_longer_than_s=600").unwrap();
+        let not_yet = a.get(&format!("/api/v1/flows/{run}/result")).unwrap();
+        (shown, listed, filtered_out, long_waiting, not_yet)
+    })
+    .await;
+    let run = shown["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(shown["flow"], sleeper::Flow::NAME);
+    assert_eq!(shown["finished"], false);
+    assert!(
+        shown["waiting_on"].as_str().unwrap().contains("timer"),
+        "{shown}"
+    );
+    assert!(
+        shown["fields"].to_string().contains("keep me"),
+        "stored fields as JSON: {shown}"
+    );
+    assert!(shown["waiting_since_ms"].as_u64().unwrap() > 0);
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["flows"][0]["run_id"], run.as_str());
+    assert_eq!(filtered_out["total"], 0);
+    assert_eq!(long_waiting["total"], 0);
+    assert_eq!(not_yet["finished"], false);
+    let a = admin.clone();
+    let r = run.clone();
+    let (killed, after) = call(move || {
+        let killed = a
+            .post(&format!("/api/v1/flows/{r}/kill"), &json!({}))
+            .unwrap();
+        (killed, a.get(&format!("/api/v1/flows/{r}")).unwrap())
+    })
+    .await;
+    assert_eq!(killed["killed"], true);
+    assert_eq!(after["finished"], true);
+    assert_eq!(after["outcome"], "error");
+    assert!(
+        after["error"]
+            .as_str()
+            .unwrap()
+            .contains("killed by an operator")
+    );
+
+    // A flow failing transiently goes to the hospital (no automatic
+    // retries here); a retry while it still fails keeps it there; once it
+    // can succeed, a retry finishes it.
+    FLAKY_MAY_SUCCEED.store(false, Ordering::SeqCst);
+    let a = admin.clone();
+    let (run, hospital) = call(move || {
+        let started = a
+            .post(
+                "/api/v1/flows",
+                &json!({"flow": flaky::Flow::NAME, "args": {"note": "f"}}),
+            )
+            .unwrap();
+        let run = started["run_id"].as_str().unwrap().to_owned();
+        let mut hospital = json!(null);
+        for _ in 0..500 {
+            hospital = a.get("/api/v1/flows?hospital=true").unwrap();
+            if hospital["total"] == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (run, hospital)
+    })
+    .await;
+    assert_eq!(hospital["total"], 1, "{hospital}");
+    assert_eq!(hospital["flows"][0]["run_id"], run.as_str());
+    assert!(
+        hospital["flows"][0]["hospital"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not yet")
+    );
+    FLAKY_MAY_SUCCEED.store(true, Ordering::SeqCst);
+    let a = admin.clone();
+    let r = run.clone();
+    let done = call(move || {
+        a.post(&format!("/api/v1/flows/{r}/retry"), &json!({}))
+            .unwrap();
+        a.get(&format!("/api/v1/flows/{r}/result?wait_s=30"))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(done["outcome"], "ok");
+    assert_eq!(done["output"], "f done", "typed output: {done}");
+
+    // Drain on: new flows are refused (409) and nothing starts; off again:
+    // they start.
+    let a = admin.clone();
+    let (drained, refused, status, undrained, started) = call(move || {
+        let drained = a
+            .post("/api/v1/node/drain", &json!({"draining": true}))
+            .unwrap();
+        let refused = status_of(a.post(
+            "/api/v1/flows",
+            &json!({"flow": sleeper::Flow::NAME, "args": {"note": "no"}}),
+        ));
+        let status = a.get("/api/v1/node").unwrap();
+        let undrained = a
+            .post("/api/v1/node/drain", &json!({"draining": false}))
+            .unwrap();
+        let started = a.post(
+            "/api/v1/flows",
+            &json!({"flow": sleeper::Flow::NAME, "args": {"note": "yes"}}),
+        );
+        (drained, refused, status, undrained, started)
+    })
+    .await;
+    assert_eq!(drained["draining"], true);
+    assert_eq!(refused.0, 409, "{}", refused.1);
+    assert_eq!(status["draining"], true);
+    assert_eq!(status["name"], "Alice");
+    assert_eq!(status["peers"][0]["name"], "Bob");
+    assert_eq!(status["peers"][0]["link"], "up");
+    assert_eq!(status["flows_in_flight"], 0);
+    assert_eq!(undrained["draining"], false);
+    assert!(started.is_ok());
+
+    // Metrics in the Prometheus text format, health, dump.
+    let a = admin.clone();
+    let (metrics, health, dump) = call(move || {
+        (
+            a.get_text("/metrics").unwrap(),
+            a.get("/health").unwrap(),
+            a.get("/api/v1/dump").unwrap(),
+        )
+    })
+    .await;
+    for needle in [
+        "# TYPE flow_steps_total counter",
+        "flow_commits_total ",
+        "flow_commit_seconds_bucket{le=\"0.001\"}",
+        "flow_finished_total{outcome=\"ok\"} ",
+        "flow_finished_total{outcome=\"error\"} ",
+        "flow_in_flight 1",
+        "flow_hospital_size 0",
+        "flow_draining 0",
+        "flow_outbox_size ",
+        "flow_peer_link_up{peer=\"Bob\"} 1",
+        "flow_redelivered_frames_total ",
+        "flow_flows{flow=",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    assert_eq!(health["status"], "ok");
+    assert_eq!(dump.as_array().unwrap().len(), 1);
+    s.alice.shutdown().await.unwrap();
+    s.bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let s = setup().await;
+    let admin = client(&s.url, &s.admin_token);
+    let auth = format!("Bearer {}", s.admin_token);
+    let before = in_flight(&admin).await;
+    let url = s.url.clone();
+    let a = admin.clone();
+    let answers = call(move || {
+        let start = |body: Value| status_of(a.post("/api/v1/flows", &body));
+        vec![
+            ("unknown flow", start(json!({"flow": "no::such", "args": {}})), 404, "no flow `no::such` is startable"),
+            ("wrong type", start(json!({"flow": ping::Flow::NAME, "args": {"peer": "Bob", "rounds": "ten"}})), 400, "invalid type"),
+            ("unknown field", start(json!({"flow": ping::Flow::NAME, "args": {"peer": "Bob", "rounds": 1, "x": 1}})), 400, "unknown field"),
+            ("missing field", start(json!({"flow": ping::Flow::NAME, "args": {"peer": "Bob"}})), 400, "missing field"),
+            ("refused by the flow", start(json!({"flow": ping::Flow::NAME, "args": {"peer": "Mallory", "rounds": 1}})), 400, "no party `Mallory`"),
+            ("unknown request field", start(json!({"flow": ping::Flow::NAME, "argz": {}})), 400, "unknown field"),
+            ("empty client id", start(json!({"flow": ping::Flow::NAME, "args": {"peer": "Bob", "rounds": 1}, "client_id": ""})), 400, "client_id"),
+            ("malformed JSON", raw("POST", &format!("{url}/api/v1/flows"), Some(&auth), Some(b"{\"flow\": ".to_vec())), 400, "not the expected JSON"),
+            ("huge body", raw("POST", &format!("{url}/api/v1/flows"), Some(&auth), Some(vec![b' '; 2 * 1024 * 1024])), 413, "length limit"),
+            ("bad run id", status_of(a.get("/api/v1/flows/not-hex")), 400, "not a run id"),
+            ("too long run id", status_of(a.get("/api/v1/flows/00000000000000000001")), 400, "not a run id"),
+            ("unknown run", status_of(a.get("/api/v1/flows/00000000000000ff")), 404, "no flow"),
+            ("kill unknown run", status_of(a.post("/api/v1/flows/00000000000000ff/kill", &json!({}))), 404, "no flow"),
+            ("retry unknown run", status_of(a.post("/api/v1/flows/00000000000000ff/retry", &json!({}))), 404, "no flow"),
+            ("bad wait", status_of(a.get("/api/v1/flows/00000000000000ff/result?wait_s=-1")), 400, "wait_s"),
+            ("bad filter", status_of(a.get("/api/v1/flows?hospital=maybe")), 400, "bad query"),
+            ("unknown filter", status_of(a.get("/api/v1/flows?colour=red")), 400, "bad query"),
+            ("zero limit", status_of(a.get("/api/v1/flows?limit=0")), 400, "limit"),
+            ("bad drain", status_of(a.post("/api/v1/node/drain", &json!({"draining": "yes"}))), 400, "invalid type"),
+            ("unknown client id", status_of(a.get("/api/v1/client-ids/nope")), 404, "no flow was started"),
+            ("unknown route", status_of(a.get("/api/v2/flows")), 404, "no route"),
+        ]
+    })
+    .await;
+    for (what, (status, message), want, needle) in answers {
+        assert_eq!(status, want, "{what}: {message}");
+        assert!(
+            message.contains(needle),
+            "{what}: `{needle}` not in `{message}`"
+        );
+    }
+    // Retrying a flow that is not in the hospital is a conflict.
+    let a = admin.clone();
+    let conflict = call(move || {
+        let started = a
+            .post(
+                "/api/v1/flows",
+                &json!({"flow": sleeper::Flow::NAME, "args": {"note": "n"}}),
+            )
+            .unwrap();
+        let run = started["run_id"].as_str().unwrap().to_owned();
+        status_of(a.post(&format!("/api/v1/flows/{run}/retry"), &json!({})))
+    })
+    .await;
+    assert_eq!(conflict.0, 409, "{}", conflict.1);
+    assert_eq!(
+        in_flight(&admin).await,
+        before + 1,
+        "only the good start started a flow"
+    );
+    let a = admin.clone();
+    assert_eq!(
+        call(move || a.get("/api/v1/node").unwrap()["draining"].clone()).await,
+        json!(false)
+    );
+    s.alice.shutdown().await.unwrap();
+    s.bob.shutdown().await.unwrap();
+}
+
+#[test]
+fn token_digests_are_hex_sha256() {
+    // `printf %s test | sha256sum`
+    assert_eq!(
+        hex_digest("test"),
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+    let _ = Path::new(".");
+}
