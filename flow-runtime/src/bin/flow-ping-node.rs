@@ -16,6 +16,17 @@
 //! and started again with the same arguments finds its flows instead of
 //! starting new ones.
 //!
+//! Started with a config file, the node serves the admin API (see
+//! `flowctl`), where two flows are startable by name:
+//!
+//! * `flow_runtime::testing::ping_pong::ping` with `{"peer": "Bob",
+//!   "rounds": 10}` (the peer by its name in the network map);
+//! * `flow_ping_node::await_marker` with `{"name": "go"}`: ends with
+//!   `"found"` if the file `go` exists beside the config file, and fails
+//!   transiently otherwise, so it lands in the hospital (immediately with
+//!   `[node] max_transient_retries = 0`) until an operator creates the file
+//!   and retries it. It shows the hospital and `flowctl flows retry`.
+//!
 //! Output (stdout, one line each): `STARTED`, then `RESULT <client id>
 //! <total>` (or `FAILED <client id> <error>`), then `DONE <ms>`. The pong
 //! side prints `MARK <n>` when it echoes round n = 300 or 600, which tests
@@ -40,6 +51,41 @@ pub async fn pong(ctx: &mut FlowContext, session: FlowSession) -> Result<(), Flo
         }
         session.send(&n)?;
     }
+}
+
+/// Ends with `"found"` once the marker file `name` exists in `dir`; fails
+/// transiently (so it is retried, then hospitalised) while it does not.
+#[flow]
+pub async fn await_marker(
+    _ctx: &mut FlowContext,
+    dir: String,
+    name: String,
+) -> Result<String, FlowError> {
+    if std::path::Path::new(&dir).join(&name).exists() {
+        Ok("found".to_owned())
+    } else {
+        Err(FlowError::transient(format!(
+            "the marker file `{name}` does not exist yet"
+        )))
+    }
+}
+
+/// `ping`'s arguments through the admin API.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingArgs {
+    /// The peer's name in the network map.
+    peer: String,
+    /// Rounds, 1 to 100,000.
+    rounds: u32,
+}
+
+/// `await_marker`'s arguments through the admin API.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkerArgs {
+    /// A file name: letters, digits, `-` and `_` only.
+    name: String,
 }
 
 /// Run a flow node that answers pings, and optionally pings its peers.
@@ -94,9 +140,34 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         .and_then(Config::load)
         .map_err(|e| e.to_string())?;
     let map = loaded.map.clone();
+    let marker_dir = args
+        .config
+        .parent()
+        .map_or_else(|| ".".to_owned(), |d| d.display().to_string());
     let mut builder = NodeBuilder::from_config(loaded);
     builder.flow::<ping::Flow>();
     builder.responder::<ping::Flow>(pong);
+    let peers = map.clone();
+    builder.startable(move |a: PingArgs| {
+        let peer = peers
+            .by_name(&a.peer)
+            .ok_or_else(|| format!("no party `{}` in the network map", a.peer))?;
+        if a.rounds == 0 || a.rounds > 100_000 {
+            return Err("rounds must be 1 to 100000".to_owned());
+        }
+        Ok(ping(peer.party(), a.rounds))
+    });
+    builder.startable(move |a: MarkerArgs| {
+        let valid = !a.name.is_empty()
+            && a.name.len() <= 64
+            && a.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err("name must be 1 to 64 letters, digits, `-` or `_`".to_owned());
+        }
+        Ok(await_marker(marker_dir.clone(), a.name))
+    });
     if args.node.check_upgrade {
         return Ok(builder.run_upgrade_check());
     }

@@ -1,0 +1,359 @@
+//! `flowctl` as an operator runs it: a subprocess against two running
+//! `flow-ping-node` processes. Start by name (with a client id, waiting for
+//! the result), list and show, kill, retry of a hospitalised flow, drain
+//! on and off across a restart of the node, scraping `/metrics`, the exit
+//! codes scripts rely on, and the operator actions in the node's log with
+//! who took them.
+
+#![cfg(unix)]
+
+use flow_runtime::runner::keys;
+use flow_runtime::tcp::{NetworkMap, PeerEntry};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
+const FLOWCTL: &str = env!("CARGO_BIN_EXE_flowctl");
+const PING: &str = "flow_runtime::testing::ping_pong::ping";
+const MARKER: &str = "flow_ping_node::await_marker";
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A node process, killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Files {
+    config: PathBuf,
+    log: PathBuf,
+    url_file: PathBuf,
+    token_file: PathBuf,
+}
+
+fn setup(dir: &Path) -> Vec<Files> {
+    let mut entries = Vec::new();
+    let mut files = Vec::new();
+    for name in ["Alice", "Bob"] {
+        let key = keys::generate_identity().unwrap();
+        keys::write_key_file(&dir.join(format!("{name}.key")), &key).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        entries.push(PeerEntry {
+            name: name.into(),
+            address: address.clone(),
+            key: keys::public_key(&key),
+        });
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
+                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\n\
+                 [transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
+                 [node]\nredelivery_interval_ms = 300\nmax_transient_retries = 0\n\n\
+                 [store]\nquick_repair = false\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n"
+            ),
+        )
+        .unwrap();
+        files.push(Files {
+            config,
+            log: dir.join(format!("{name}.log")),
+            url_file: dir.join(format!("{name}.redb.admin-url")),
+            token_file: dir.join(format!("{name}.redb.admin-token")),
+        });
+    }
+    let map = NetworkMap::new(entries).unwrap();
+    std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
+    files
+}
+
+/// Starts the node and waits for its admin URL file; returns the URL.
+fn start(f: &Files) -> (Proc, String) {
+    let _ = std::fs::remove_file(&f.url_file);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&f.log)
+        .unwrap();
+    let child = Command::new(NODE)
+        .arg("--config")
+        .arg(&f.config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let proc = Proc { child };
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Ok(url) = std::fs::read_to_string(&f.url_file)
+            && url.ends_with('\n')
+        {
+            return (proc, url.trim().to_owned());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no admin URL file; log:\n{}",
+            std::fs::read_to_string(&f.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs flowctl: exit code, stdout, stderr.
+fn flowctl(url: &str, token_file: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(FLOWCTL)
+        .args(args)
+        .env("FLOWCTL_NODE", url)
+        .env("FLOWCTL_TOKEN_FILE", token_file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs flowctl and expects exit code 0; its stdout.
+fn ok(url: &str, token_file: &Path, args: &[&str]) -> String {
+    let (code, out, err) = flowctl(url, token_file, args);
+    assert_eq!(code, 0, "flowctl {args:?} failed: {err}{out}");
+    out
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Polls `flowctl --json flows list ARGS` until `pred` holds.
+fn wait_listed(url: &str, token: &Path, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + LIMIT;
+    let mut full = vec!["--json", "flows", "list"];
+    full.extend_from_slice(args);
+    loop {
+        let list = json(&ok(url, token, &full));
+        if pred(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "list never matched: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_operator_runs_the_node_with_flowctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = setup(dir.path());
+    let (alice_f, bob_f) = (&files[0], &files[1]);
+    let (_bob, _) = start(bob_f);
+    let (alice, url) = start(alice_f);
+    let token = alice_f.token_file.as_path();
+
+    // Start by name with JSON arguments and a client id, wait for the
+    // result; the same client id again starts nothing new.
+    let out = ok(
+        &url,
+        token,
+        &[
+            "flows",
+            "start",
+            PING,
+            "--args",
+            r#"{"peer": "Bob", "rounds": 10}"#,
+            "--client-id",
+            "order-1",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert_eq!(out.trim(), "45");
+    let first = json(&ok(
+        &url,
+        token,
+        &[
+            "--json",
+            "flows",
+            "start",
+            PING,
+            "--args",
+            r#"{"peer": "Bob", "rounds": 10}"#,
+            "--client-id",
+            "order-1",
+        ],
+    ));
+    let again = json(&ok(
+        &url,
+        token,
+        &[
+            "--json",
+            "flows",
+            "start",
+            PING,
+            "--args",
+            r#"{"peer": "Bob", "rounds": 10}"#,
+            "--client-id",
+            "order-1",
+        ],
+    ));
+    assert_eq!(first["run_id"], again["run_id"]);
+
+    // A flow that fails lands in the hospital; listed, shown; a retry once
+    // the cause is fixed finishes it.
+    let started = json(&ok(
+        &url,
+        token,
+        &[
+            "--json",
+            "flows",
+            "start",
+            MARKER,
+            "--args",
+            r#"{"name": "go"}"#,
+        ],
+    ));
+    let run = started["run_id"].as_str().unwrap().to_owned();
+    wait_listed(&url, token, &["--hospital"], |l| l["total"] == 1);
+    let table = ok(&url, token, &["flows", "list", "--hospital"]);
+    assert!(table.starts_with("RUN "), "{table}");
+    assert!(
+        table.contains(&run) && table.contains("marker file `go` does not exist"),
+        "{table}"
+    );
+    let shown = ok(&url, token, &["flows", "show", &run]);
+    assert!(
+        shown.contains(MARKER) && shown.contains("hospital"),
+        "{shown}"
+    );
+    let (code, _, _) = flowctl(&url, token, &["flows", "wait", &run, "--timeout", "1"]);
+    assert_eq!(code, 3, "not finished within the wait");
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    ok(&url, token, &["flows", "retry", &run]);
+    let out = ok(&url, token, &["flows", "wait", &run, "--timeout", "60"]);
+    assert_eq!(out.trim(), "\"found\"");
+
+    // Kill a hospitalised flow: its wait ends with the error (exit 1).
+    let started = json(&ok(
+        &url,
+        token,
+        &[
+            "--json",
+            "flows",
+            "start",
+            MARKER,
+            "--args",
+            r#"{"name": "never"}"#,
+        ],
+    ));
+    let victim = started["run_id"].as_str().unwrap().to_owned();
+    wait_listed(&url, token, &["--hospital"], |l| l["total"] == 1);
+    ok(&url, token, &["flows", "kill", &victim]);
+    let (code, out, _) = flowctl(&url, token, &["flows", "wait", &victim]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("killed by an operator"), "{out}");
+
+    // Exit codes: refused request, not allowed, unreachable, bad usage.
+    assert_eq!(
+        flowctl(&url, token, &["flows", "show", "00000000000000ff"]).0,
+        4
+    );
+    assert_eq!(flowctl(&url, token, &["flows", "start", "no::such"]).0, 4);
+    let bad_token = dir.path().join("bad-token");
+    std::fs::write(&bad_token, "not-the-token\n").unwrap();
+    assert_eq!(flowctl(&url, &bad_token, &["node", "status"]).0, 5);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(
+        flowctl(&format!("http://{closed}"), token, &["node", "status"]).0,
+        6
+    );
+    assert_eq!(
+        flowctl(&url, token, &["flows", "start", PING, "--args", "{"]).0,
+        2
+    );
+
+    // Node status and metrics.
+    let status = ok(&url, token, &["node", "status"]);
+    assert!(
+        status.contains("Alice") && status.contains("Bob"),
+        "{status}"
+    );
+    let metrics = ok(&url, token, &["metrics"]);
+    for needle in [
+        "flow_steps_total ",
+        "flow_commit_seconds_bucket",
+        "flow_peer_link_up{peer=\"Bob\"} 1",
+        "flow_finished_total{outcome=\"error\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
+    }
+
+    // Drain on survives a restart; off again lets flows start.
+    ok(&url, token, &["node", "drain", "on"]);
+    drop(alice); // SIGKILL
+    let (alice, url) = start(alice_f);
+    let status = json(&ok(&url, token, &["--json", "node", "status"]));
+    assert_eq!(status["draining"], true, "{status}");
+    let (code, _, err) = flowctl(
+        &url,
+        token,
+        &[
+            "flows",
+            "start",
+            PING,
+            "--args",
+            r#"{"peer": "Bob", "rounds": 3}"#,
+        ],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("draining"), "{err}");
+    ok(&url, token, &["node", "drain", "off"]);
+    let out = ok(
+        &url,
+        token,
+        &[
+            "flows",
+            "start",
+            PING,
+            "--args",
+            r#"{"peer": "Bob", "rounds": 3}"#,
+            "--wait",
+        ],
+    );
+    assert_eq!(out.trim(), "3");
+    let dump = json(&ok(&url, token, &["dump"]));
+    assert!(dump.is_array());
+    drop(alice);
+
+    // Each operator action is in the node's log, with who took it.
+    let log = std::fs::read_to_string(&alice_f.log).unwrap();
+    for action in [
+        "operator action: kill",
+        "operator action: retry",
+        "operator action: drain on",
+        "operator action: drain off",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(action) && l.contains("user=admin")),
+            "`{action}` by admin not logged:\n{log}"
+        );
+    }
+}
