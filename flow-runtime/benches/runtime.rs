@@ -17,6 +17,8 @@
 //!   (responders waiting for a message) and is killed with SIGKILL; a second
 //!   child reopens the node, processes one message for one of them, and
 //!   reports the time from start to that step's commit and its RSS.
+//! * the node records its metrics into a Prometheus registry, as the
+//!   runner's nodes do; `FLOW_BENCH_METRICS=0` turns that off.
 //! * `FLOW_BENCH_BATCHES=1,1000` picks the group-commit batch sizes,
 //!   `FLOW_BENCH_MODES=qr,noqr,nosync,pg` the stores: redb durable with
 //!   quick repair (the default), durable without, and no fsync at all (which
@@ -82,7 +84,7 @@ fn node(inner: Arc<dyn Store>, now: Timestamp) -> (NodeCore, Arc<dyn Store>, Arc
         max_steps_per_batch: usize::MAX,
         ..NodeConfig::default()
     };
-    let core = NodeCore::open(
+    let mut core = NodeCore::open(
         me,
         store.clone(),
         registry,
@@ -92,6 +94,7 @@ fn node(inner: Arc<dyn Store>, now: Timestamp) -> (NodeCore, Arc<dyn Store>, Arc
         now,
     )
     .expect("open node");
+    record_metrics(&mut core);
     (core, inner, counters)
 }
 
@@ -114,6 +117,15 @@ impl Backend<'_> {
                     .expect("open PostgreSQL"),
             ),
         }
+    }
+}
+
+/// Records the node's metrics into a Prometheus registry, as every node the
+/// runner starts does (`FLOW_BENCH_METRICS=0`: into nothing, to measure
+/// what recording costs).
+fn record_metrics(core: &mut NodeCore) {
+    if std::env::var("FLOW_BENCH_METRICS").as_deref() != Ok("0") {
+        core.set_metrics(flow_runtime::runner::admin::NodeMetrics::new().core());
     }
 }
 

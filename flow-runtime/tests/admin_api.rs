@@ -589,3 +589,75 @@ fn token_digests_are_hex_sha256() {
     );
     let _ = Path::new(".");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_start_is_checked_whole_then_committed_at_once() {
+    let s = setup().await;
+    let admin = client(&s.url, &s.admin_token);
+    let pinger = client(&s.url, START_TOKEN);
+    let before = in_flight(&admin).await;
+    let ping_req = |id: &str| json!({"flow": ping::Flow::NAME, "args": {"peer": "Bob", "rounds": 10}, "client_id": id});
+    let good = json!({"flows": [ping_req("b-1"), ping_req("b-2"), ping_req("b-1")]});
+    let one_bad =
+        json!({"flows": [ping_req("c-1"), {"flow": ping::Flow::NAME, "args": {"peer": "Bob"}}]});
+    let not_allowed =
+        json!({"flows": [ping_req("d-1"), {"flow": sleeper::Flow::NAME, "args": {"note": "x"}}]});
+    let (a, p) = (admin.clone(), pinger.clone());
+    let (bad, forbidden, empty, refused_ids) = call(move || {
+        (
+            status_of(a.post("/api/v1/flows/batch", &one_bad)),
+            status_of(p.post("/api/v1/flows/batch", &not_allowed)),
+            status_of(a.post("/api/v1/flows/batch", &json!({"flows": []}))),
+            (
+                status_of(a.get("/api/v1/client-ids/c-1")).0,
+                status_of(a.get("/api/v1/client-ids/d-1")).0,
+            ),
+        )
+    })
+    .await;
+    assert_eq!(bad.0, 400);
+    assert!(bad.1.starts_with("flows[1]: "), "{}", bad.1);
+    assert_eq!(forbidden.0, 403, "{}", forbidden.1);
+    assert_eq!(empty.0, 400);
+    assert_eq!(refused_ids, (404, 404), "a refused batch started nothing");
+    assert_eq!(in_flight(&admin).await, before);
+
+    let a = admin.clone();
+    let (runs, results) = call(move || {
+        let answer = a.post("/api/v1/flows/batch", &good).unwrap();
+        let runs: Vec<String> = answer["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().to_owned())
+            .collect();
+        let results: Vec<Value> = runs
+            .iter()
+            .map(|r| {
+                a.get(&format!("/api/v1/flows/{r}/result?wait_s=30"))
+                    .unwrap()
+            })
+            .collect();
+        (runs, results)
+    })
+    .await;
+    assert_eq!(runs.len(), 3);
+    assert_eq!(
+        runs[0], runs[2],
+        "a client id repeated in a batch starts once"
+    );
+    assert_ne!(runs[0], runs[1]);
+    for r in results {
+        assert_eq!(r["output"], json!(45));
+    }
+    let a = admin.clone();
+    let drained = call(move || {
+        a.post("/api/v1/node/drain", &json!({"draining": true}))
+            .unwrap();
+        status_of(a.post("/api/v1/flows/batch", &json!({"flows": [ping_req("e-1")]})))
+    })
+    .await;
+    assert_eq!(drained.0, 409, "{}", drained.1);
+    s.alice.shutdown().await.unwrap();
+    s.bob.shutdown().await.unwrap();
+}

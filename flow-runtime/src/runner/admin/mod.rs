@@ -188,7 +188,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            axum::Json(serde_json::json!({ "error": self.message })),
+            Json(serde_json::json!({ "error": self.message })),
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -202,3 +202,27 @@ impl IntoResponse for ApiError {
 }
 
 pub(crate) use routes::{Running, serve};
+
+/// A JSON answer. Why not `axum::Json`: axum's `json` feature turns on
+/// serde_json's `raw_value`, which changes the trait-impl lists in the
+/// compile errors `#[flow]` users see; rendering a `serde_json::Value`
+/// needs nothing of it.
+#[derive(Debug, Clone)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot render the answer as JSON: {e}"),
+            )
+                .into_response(),
+        }
+    }
+}

@@ -5,11 +5,12 @@
 use super::auth::{Caller, Role, Users};
 use super::metrics::NodeMetrics;
 use super::startable::Startable;
-use super::{AdminError, AdminServer, AdminSettings, ApiError};
+use super::{AdminError, AdminServer, AdminSettings, ApiError, Json};
 use crate::node::{CheckpointDump, NodeError};
 use crate::runner::Node;
 use crate::transport::{Transport, TransportEvent};
 use crate::{Party, PublicKey, RunId, Timestamp};
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
@@ -17,7 +18,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -125,6 +125,7 @@ fn router<T: Transport>(admin: Shared<T>, max_body: usize) -> Router {
         .route("/api/v1/node/drain", post(drain::<T>))
         .route("/api/v1/startable", get(startable::<T>))
         .route("/api/v1/flows", get(list::<T>).post(start::<T>))
+        .route("/api/v1/flows/batch", post(start_batch::<T>))
         .route("/api/v1/flows/{run}", get(show::<T>))
         .route("/api/v1/flows/{run}/result", get(result::<T>))
         .route("/api/v1/flows/{run}/progress", get(progress::<T>))
@@ -508,17 +509,18 @@ struct StartRequest {
     client_id: Option<String>,
 }
 
-async fn start<T: Transport>(
-    State(admin): State<Shared<T>>,
-    Extension(caller): Extension<Caller>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    caller.require(Role::Start, "starting a flow")?;
+/// Checks one start request (caller's allow list, client id, startable
+/// name, arguments) and builds its flow; nothing is written.
+fn prepare<T: Transport>(
+    admin: &Admin<T>,
+    caller: &Caller,
+    request: StartRequest,
+) -> Result<(crate::registry::NewFlow, Option<String>, String), ApiError> {
     let StartRequest {
         flow,
         args,
         client_id,
-    } = body_json(body)?;
+    } = request;
     if let Some(id) = &client_id
         && (id.is_empty() || id.len() > MAX_CLIENT_ID)
     {
@@ -532,16 +534,29 @@ async fn start<T: Transport>(
             caller.name
         )));
     }
-    let new = match admin.startable.build(&flow, args) {
-        None => {
-            return Err(ApiError::not_found(format!(
-                "no flow `{flow:.200}` is startable on this node (startable: {})",
-                admin.startable.names().collect::<Vec<_>>().join(", ")
-            )));
-        }
-        Some(Err(why)) => return Err(ApiError::bad_request(why)),
-        Some(Ok(new)) => new,
-    };
+    match admin.startable.build(&flow, args) {
+        None => Err(ApiError::not_found(format!(
+            "no flow `{flow:.200}` is startable on this node (startable: {})",
+            admin.startable.names().collect::<Vec<_>>().join(", ")
+        ))),
+        Some(Err(why)) => Err(ApiError::bad_request(why)),
+        Some(Ok(new)) => Ok((new, client_id, flow)),
+    }
+}
+
+fn draining_conflict() -> ApiError {
+    ApiError::conflict(
+        "the node is draining: it takes no new flows until an operator stops draining",
+    )
+}
+
+async fn start<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    caller.require(Role::Start, "starting a flow")?;
+    let (new, client_id, flow) = prepare(&admin, &caller, body_json(body)?)?;
     let id = client_id.clone();
     // Checked in the same driver job as the start: a draining node refuses
     // the request and records nothing (no failed run is left behind).
@@ -558,12 +573,7 @@ async fn start<T: Transport>(
         })
         .await
         .map_err(node_error)?
-        .map_err(|e| match e {
-            None => ApiError::conflict(
-                "the node is draining: it takes no new flows until an operator stops draining",
-            ),
-            Some(e) => node_error(e),
-        })?;
+        .map_err(|e| e.map_or_else(draining_conflict, node_error))?;
     admin.remember(run, &flow);
     info!(user = %caller.name, %flow, %run, client_id = client_id.as_deref().unwrap_or(""), "client action: start");
     Ok((
@@ -571,6 +581,62 @@ async fn start<T: Transport>(
         Json(json!({ "run_id": run.to_string(), "flow": flow, "client_id": client_id })),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchStartRequest {
+    flows: Vec<StartRequest>,
+}
+
+/// The most flows one batch start takes.
+const MAX_BATCH: usize = 10_000;
+
+/// Starts many flows in ONE commit (a start on its own costs a commit, two
+/// fsyncs): all are checked first, and if any is refused none starts.
+async fn start_batch<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    caller.require(Role::Start, "starting flows")?;
+    let BatchStartRequest { flows } = body_json(body)?;
+    if flows.is_empty() || flows.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {MAX_BATCH} flows"
+        )));
+    }
+    let mut prepared = Vec::with_capacity(flows.len());
+    let mut names = Vec::with_capacity(flows.len());
+    for (i, request) in flows.into_iter().enumerate() {
+        let (new, client_id, flow) = prepare(&admin, &caller, request).map_err(|e| ApiError {
+            message: format!("flows[{i}]: {}", e.message),
+            ..e
+        })?;
+        names.push((flow, client_id.clone()));
+        prepared.push((new, client_id));
+    }
+    let runs = admin
+        .node
+        .call(move |core, now| {
+            if core.is_draining() {
+                return (Err(None), None);
+            }
+            match core.start_many(now, prepared) {
+                Ok((runs, out)) => (Ok(runs), Some(out)),
+                Err(e) => (Err(Some(e)), None),
+            }
+        })
+        .await
+        .map_err(node_error)?
+        .map_err(|e| e.map_or_else(draining_conflict, node_error))?;
+    let mut answer = Vec::with_capacity(runs.len());
+    for (run, (flow, client_id)) in runs.into_iter().zip(names) {
+        admin.remember(run, &flow);
+        answer.push(json!({ "run_id": run.to_string(), "flow": flow, "client_id": client_id }));
+    }
+    info!(user = %caller.name, flows = answer.len(), "client action: start a batch");
+    Ok((StatusCode::CREATED, Json(json!({ "runs": answer }))).into_response())
 }
 
 #[derive(Deserialize)]
