@@ -325,7 +325,6 @@ impl<T: Transport> NodeBuilder<T> {
         self
     }
 
-
     /// How often the node looks for unacknowledged messages to send again
     /// (default 1 s). At each such tick it re-sends those unacknowledged
     /// for at least one whole interval, so a message waits between one and

@@ -49,6 +49,8 @@ struct Admin<T: Transport> {
     peers: Vec<Party>,
     /// Link state per peer, from the transport's events.
     links: Mutex<HashMap<PublicKey, bool>>,
+    /// Largest request body accepted.
+    max_body: usize,
     /// Flow names of runs seen (started here, or shown), so their results
     /// can be decoded as their own output type.
     run_names: Mutex<HashMap<RunId, String>>,
@@ -96,6 +98,7 @@ pub(crate) async fn serve<T: Transport>(
         metrics,
         peers,
         links: Mutex::default(),
+        max_body: settings.max_body_bytes,
         run_names: Mutex::default(),
     });
     tokio::spawn(watch_links(admin.clone(), stopped.clone()));
@@ -187,6 +190,25 @@ async fn authenticate<T: Transport>(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("<not text>"));
+    // A body announced as too large is refused before a byte of it is read
+    // (a body without a length is cut off at the limit as it is read).
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced
+        && len > admin.max_body as u64
+    {
+        return ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "the request body of {len} bytes is over the length limit of {} bytes",
+                admin.max_body
+            ),
+        }
+        .into_response();
+    }
     match admin.users.authenticate(header) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
