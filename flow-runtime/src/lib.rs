@@ -98,9 +98,9 @@ pub use untrustworthy::Untrustworthy;
 pub mod engine {
     pub use crate::node::delivery::{Delivery, DeliveryStats, Receipt, Sent, Transmit};
     pub use crate::node::{
-        CheckpointDump, CheckpointSummary, HospitalEntry, NodeConfig, NodeCore, NodeError,
-        OperatorView, OsIds, Output, RunId, STORE_FORMAT, SessionDump, UnackedFrame, UpgradeGroup,
-        UpgradeReport, check_upgrade,
+        CheckpointDump, CheckpointSummary, CoreMetrics, HospitalEntry, NodeConfig, NodeCore,
+        NodeError, OperatorView, OsIds, Output, RunId, STORE_FORMAT, SessionDump, StateFields,
+        UnackedFrame, UpgradeGroup, UpgradeReport, check_upgrade,
     };
     pub use crate::protocol::{Body, WIRE_VERSION, WireMessage};
     pub use crate::registry::{ErasedStep, FlowType, NewFlow, Registry, ResponderFn};

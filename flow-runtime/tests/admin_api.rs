@@ -11,7 +11,7 @@ use flow_runtime::runner::admin::auth::digest;
 use flow_runtime::runner::admin::client::{AdminClient, ClientError};
 use flow_runtime::runner::admin::{AdminSettings, Role, UserSection};
 use flow_runtime::runner::{Node, NodeBuilder, keys};
-use flow_runtime::store::RedbOptions;
+use flow_runtime::storage::RedbOptions;
 use flow_runtime::tcp::{NetworkMap, PeerEntry, SigningKey, TcpConfig};
 use flow_runtime::testing::ping_pong::{ping, pong};
 use serde_json::{Value, json};

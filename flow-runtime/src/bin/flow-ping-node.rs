@@ -141,6 +141,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     let map = loaded.map.clone();
     let marker_dir = args
+        .node
         .config
         .parent()
         .map_or_else(|| ".".to_owned(), |d| d.display().to_string());
