@@ -12,7 +12,7 @@ use crate::transport::Transport;
 use crate::{Flow, FlowError, FlowHandle, NodeCore, Party, RunId, Timestamp};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
