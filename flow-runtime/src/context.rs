@@ -90,6 +90,20 @@ pub struct StepEffects {
     /// [`FlowContext::set_receive_deadline`]). Loaded from the checkpoint
     /// before the step, saved after it.
     pub deadline: Option<Timestamp>,
+    /// The other end of each session the flow held when the step began,
+    /// filled in by the node (see [`FlowSession::counterparty`]).
+    pub peers: Vec<SessionPeer>,
+}
+
+/// Who is at the other end of one of the running flow's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPeer {
+    /// The session.
+    pub session: SessionId,
+    /// The counterparty, as the node authenticated it.
+    pub party: Party,
+    /// The `VERSION` of the counterparty's flow, when known.
+    pub version: Option<u32>,
 }
 
 thread_local! {

@@ -69,8 +69,8 @@ pub mod transport;
 pub mod __private;
 
 pub use context::{
-    FlowContext, Frame, IdSource, OpenedSession, SeededIds, Sleep, StepEffects, SubFlow, Timestamp,
-    Wait, run_step,
+    FlowContext, Frame, IdSource, OpenedSession, SeededIds, SessionPeer, Sleep, StepEffects,
+    SubFlow, Timestamp, Wait, run_step,
 };
 pub use error::{FlowError, FlowErrorKind};
 pub use flow::{Event, Flow, Step};

@@ -8,11 +8,13 @@
 //! each of which decodes the state, runs one step with [`run_step`] and
 //! encodes the result. A checkpoint resumes only on the type whose
 //! fingerprint wrote it ([`Registry::resuming`]). Responders are registered
-//! by the *initiating* flow's type. Registrations are code, not data: a
-//! restarted node is given the same registry again.
+//! by the *initiating* flow's type and the initiator versions they speak
+//! (see [`Registry::register_responder_for_versions`]). Registrations are
+//! code, not data: a restarted node is given the same registry again.
 
 use crate::fast_hash::FastMap;
 use crate::{Event, Flow, FlowContext, FlowError, FlowSession, Step, StepEffects, run_step};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 /// The outcome of one type-erased step.
@@ -195,13 +197,54 @@ where
 
 type ResponderFactory = dyn Fn(FlowSession) -> Result<NewFlow, FlowError> + Send + Sync;
 
+/// One responder registration: the initiator versions it speaks and how
+/// to build it.
+#[derive(Clone)]
+struct ResponderEntry {
+    versions: RangeInclusive<u32>,
+    make: Arc<ResponderFactory>,
+}
+
+/// What [`Registry::responder`] found for an initiation.
+pub enum ResponderLookup {
+    /// The responder for that flow and version (or the error building it).
+    Found(Result<NewFlow, FlowError>),
+    /// No responder is registered for the initiating flow's `NAME`.
+    UnknownFlow,
+    /// Responders are registered for the flow, but none for its version:
+    /// the versions they speak, in registration order.
+    VersionNotSpoken(Vec<RangeInclusive<u32>>),
+}
+
+/// Writes a set of versions for a message: `version 3`, `versions 1 to 2`,
+/// `versions 1, 3 to 4`.
+pub fn describe_versions(versions: &[RangeInclusive<u32>]) -> String {
+    let parts: Vec<String> = versions
+        .iter()
+        .map(|r| {
+            if r.start() == r.end() {
+                r.start().to_string()
+            } else {
+                format!("{} to {}", r.start(), r.end())
+            }
+        })
+        .collect();
+    let plural = versions.len() > 1 || versions.iter().any(|r| r.start() != r.end());
+    format!(
+        "{} {}",
+        if plural { "versions" } else { "version" },
+        parts.join(", ")
+    )
+}
+
 /// Flow types and responders known to one node.
 #[derive(Clone, Default)]
 pub struct Registry {
     /// Per `NAME`, every version registered (one per full fingerprint),
     /// the newest registration last.
     flows: FastMap<&'static str, Vec<Arc<dyn FlowType>>>,
-    responders: FastMap<&'static str, Arc<ResponderFactory>>,
+    /// Per initiating `NAME`, newest registration last.
+    responders: FastMap<&'static str, Vec<ResponderEntry>>,
 }
 
 impl Registry {
@@ -230,14 +273,39 @@ impl Registry {
         }
     }
 
-    /// Registers `responder` to answer sessions opened by the flow `I`; the
-    /// responder flow's own type is registered too.
+    /// Registers `responder` to answer sessions opened by the flow `I` at
+    /// exactly its current `VERSION` (an initiation by any other version of
+    /// `I` is refused); the responder flow's own type is registered too.
     pub fn register_responder<I: Flow, H: ResponderFn>(&mut self, responder: H) {
+        self.register_responder_for_versions::<I, H>(I::VERSION..=I::VERSION, responder);
+    }
+
+    /// Registers `responder` to answer sessions opened by any version in
+    /// `versions` of the flow named `I::NAME`: a responder that still
+    /// speaks older initiators (reading
+    /// [`FlowSession::counterparty_version`] to choose), or one of several
+    /// responders each answering its own range, so that several versions
+    /// of one flow can be deployed side by side.
+    ///
+    /// A later registration takes precedence over earlier ones for the
+    /// versions they share; an earlier one whose versions it covers
+    /// entirely is dropped. An initiation for a version no registration
+    /// speaks is refused, with an error naming both versions, before any
+    /// responder runs.
+    pub fn register_responder_for_versions<I: Flow, H: ResponderFn>(
+        &mut self,
+        versions: RangeInclusive<u32>,
+        responder: H,
+    ) {
         self.register_flow::<H::Responder>();
-        self.responders.insert(
-            I::NAME,
-            Arc::new(move |session| NewFlow::new(&responder(session))),
-        );
+        let entries = self.responders.entry(I::NAME).or_default();
+        entries.retain(|e| {
+            !(versions.contains(e.versions.start()) && versions.contains(e.versions.end()))
+        });
+        entries.push(ResponderEntry {
+            versions,
+            make: Arc::new(move |session| NewFlow::new(&responder(session))),
+        });
     }
 
     /// The type registered last under `name` (of every version
@@ -290,13 +358,23 @@ impl Registry {
         )
     }
 
-    /// Builds the responder for a session opened by the flow `initiating`.
+    /// Builds the responder for a session opened by version `version` of
+    /// the flow `initiating`.
     pub fn responder(
         &self,
         initiating: &str,
+        version: u32,
         session: FlowSession,
-    ) -> Option<Result<NewFlow, FlowError>> {
-        self.responders.get(initiating).map(|make| make(session))
+    ) -> ResponderLookup {
+        let Some(entries) = self.responders.get(initiating) else {
+            return ResponderLookup::UnknownFlow;
+        };
+        match entries.iter().rev().find(|e| e.versions.contains(&version)) {
+            Some(entry) => ResponderLookup::Found((entry.make)(session)),
+            None => ResponderLookup::VersionNotSpoken(
+                entries.iter().map(|e| e.versions.clone()).collect(),
+            ),
+        }
     }
 
     /// Registers an already-erased type (used when starting a flow), beside

@@ -69,6 +69,47 @@ impl FlowSession {
         })
     }
 
+    /// The party at the other end of this session, as the node
+    /// authenticated it: the key its transport verified, under the name the
+    /// network map lists for that key (never a name the peer wrote in a
+    /// frame). A responder uses it for access control.
+    ///
+    /// Fails outside a flow step, or for a session this flow does not hold.
+    pub fn counterparty(&self) -> Result<crate::Party, FlowError> {
+        self.peer().map(|(party, _)| party)
+    }
+
+    /// The `VERSION` of the flow at the other end: for a responder, the
+    /// initiating flow's (the node checked it is one the responder was
+    /// registered for, see `responder_for_versions`), so a responder
+    /// registered for several versions can speak each one's protocol. On
+    /// the initiating side it is `None`: the responder's version is not
+    /// sent back.
+    ///
+    /// Fails outside a flow step, or for a session this flow does not hold.
+    pub fn counterparty_version(&self) -> Result<Option<u32>, FlowError> {
+        self.peer().map(|(_, version)| version)
+    }
+
+    fn peer(&self) -> Result<(crate::Party, Option<u32>), FlowError> {
+        let id = self.id;
+        with_effects(|effects| {
+            if let Some(p) = effects.peers.iter().find(|p| p.session == id) {
+                return Some((p.party.clone(), p.version));
+            }
+            effects
+                .opened
+                .iter()
+                .find(|o| o.id == id)
+                .map(|o| (o.counterparty.clone(), None))
+        })?
+        .ok_or_else(|| {
+            FlowError::internal(format!(
+                "session {id} does not belong to this flow: it has no counterparty here"
+            ))
+        })
+    }
+
     /// Waits for the next message on this session, decoded as `T`. Only
     /// meaningful as `session.receive::<T>().await` inside a `#[flow]`.
     pub fn receive<T>(&self) -> Receive<T> {

@@ -6,9 +6,12 @@ mod tcp_common;
 
 use bytes::BytesMut;
 use flow_runtime::prelude::*;
+use flow_runtime::protocol::{Body, WireMessage};
 use flow_runtime::runner::{Node, NodeBuilder, RunnerError};
 use flow_runtime::tcp::{TcpConfig, codec};
+use flow_runtime::testing::MockNetwork;
 use flow_runtime::testing::ping_pong::{ping, pong};
+use flow_runtime::transport::Transport;
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -220,4 +223,137 @@ fn an_announced_frame_is_not_reserved_before_its_bytes_arrive() {
     buf.extend_from_slice(&vec![7u8; 16 * 1024 * 1024 - 10]);
     let frame = decoder.decode(&mut buf).unwrap().unwrap();
     assert_eq!(frame.len(), 16 * 1024 * 1024);
+}
+
+// ------------------------------------------------------ versions and names
+
+/// Asks the responder who it thinks it talks to; version 1 of the
+/// protocol `hostile_peer::ask`.
+#[flow(name = "hostile_peer::ask")]
+pub async fn ask(ctx: &mut FlowContext, peer: Party) -> Result<String, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let reply: String = session
+        .send_and_receive::<String>(&1u32)
+        .await?
+        .validate(Ok)?;
+    Ok(reply)
+}
+
+/// The same protocol at version 2.
+#[flow(name = "hostile_peer::ask", version = 2)]
+pub async fn ask_v2(ctx: &mut FlowContext, peer: Party) -> Result<String, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let reply: String = session
+        .send_and_receive::<String>(&2u32)
+        .await?
+        .validate(Ok)?;
+    Ok(reply)
+}
+
+/// The same protocol claiming version 999,999.
+#[flow(name = "hostile_peer::ask", version = 999999)]
+pub async fn ask_v999999(ctx: &mut FlowContext, peer: Party) -> Result<String, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let reply: String = session
+        .send_and_receive::<String>(&3u32)
+        .await?
+        .validate(Ok)?;
+    Ok(reply)
+}
+
+/// Answers with the counterparty's name and flow version, as the node
+/// authenticated them.
+#[flow]
+pub async fn answer(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+    let _n: u32 = session.receive::<u32>().await?.validate(Ok)?;
+    let who = session.counterparty()?;
+    let version = session.counterparty_version()?;
+    session.send(&format!("{} v{}", who.name(), version.unwrap_or(0)))?;
+    Ok(())
+}
+
+/// An initiation by a version the responder was not registered for is
+/// refused before any responder runs, with an error the initiating flow
+/// sees naming both versions; registered versions are answered, and the
+/// responder reads the initiator's identity and version from its session.
+#[test]
+fn an_initiation_by_an_unregistered_version_is_refused_naming_both_versions() {
+    let mut net = MockNetwork::new(14);
+    // One initiating node per version: a node runs one version of a flow.
+    let mallory = net.create_node("Mallory");
+    let alice = net.create_node("Alice");
+    let dave = net.create_node("Dave");
+    let bob = net.create_node("Bob");
+    let carol = net.create_node("Carol");
+    // Bob speaks exactly version 1 (the default); Carol versions 1 to 2.
+    net.register_responder::<ask::Flow, _>(bob, answer);
+    net.register_responder_for_versions::<ask::Flow, _>(carol, 1..=2, answer);
+
+    let attack = net.start_flow(mallory, ask_v999999(net.party(bob)));
+    let v1 = net.start_flow(alice, ask(net.party(bob)));
+    let v2_to_bob = net.start_flow(dave, ask_v2(net.party(bob)));
+    let v2_to_carol = net.start_flow(dave, ask_v2(net.party(carol)));
+    net.run_network();
+
+    let error = net.result(&attack).unwrap().unwrap_err();
+    assert_eq!(error.kind(), FlowErrorKind::Refused, "{error}");
+    assert!(
+        error.message().contains("version 999999") && error.message().contains("version 1"),
+        "{error}"
+    );
+    let error = net.result(&v2_to_bob).unwrap().unwrap_err();
+    assert!(
+        error.message().contains("version 2") && error.message().contains("version 1"),
+        "{error}"
+    );
+    assert_eq!(net.result(&v1), Some(Ok("Alice v1".to_owned())));
+    assert_eq!(net.result(&v2_to_carol), Some(Ok("Dave v2".to_owned())));
+    // No responder ran for the refused initiations: Bob finished one flow.
+    assert_eq!(net.finished(bob).len(), 1);
+}
+
+/// A peer initiates a session with a frame whose initiator name says
+/// "Notary" while its key is its own: the session is recorded, dumped and
+/// shown to the responder under the name the network lists for the key
+/// the transport authenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_written_in_a_frame_is_never_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let alice = party("Alice", 1);
+    let mallory = party("Mallory", 9);
+    let _notary = net.join(&party("Notary", 7));
+    let node = start_node(&net, &alice, &dir.path().join("alice.redb"))
+        .await
+        .unwrap();
+    let (attacker, _incoming) = net.join(&mallory);
+    let init = WireMessage::Session {
+        session: 0x5eed,
+        from_initiator: true,
+        seq: 0,
+        body: Body::Init {
+            flow: <ping::Flow as Flow>::NAME.to_owned(),
+            version: <ping::Flow as Flow>::VERSION,
+            initiator: Party::new("Notary", *mallory.key()),
+        },
+    };
+    attacker
+        .try_send(alice.key(), init.encode().unwrap())
+        .unwrap();
+    // The responder (pong) starts and waits for its first number.
+    let mut dump = String::new();
+    for _ in 0..500 {
+        dump = node.dump_json().await.unwrap();
+        if dump.contains("5eed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(dump.contains("5eed"), "the session never started: {dump}");
+    assert!(dump.contains("Mallory"), "{dump}");
+    assert!(
+        !dump.contains("Notary"),
+        "the attacker's name was believed: {dump}"
+    );
+    node.shutdown().await.unwrap();
 }

@@ -54,7 +54,14 @@ pub struct NodeCore {
     pub(super) code_retries: BTreeSet<u64>,
     /// Where steps, commits and finished flows are counted.
     pub(super) metrics: super::CoreMetrics,
+    /// The names of authenticated peers (see [`NodeCore::set_peer_names`]).
+    pub(super) peer_names: Option<PeerNames>,
 }
+
+/// Looks up the legal name of an authenticated peer key in the network
+/// map (or the test network's list of nodes): `None` for a key it does not
+/// list.
+pub type PeerNames = Arc<dyn Fn(&crate::PublicKey) -> Option<String> + Send + Sync>;
 
 pub(super) fn store_err(e: crate::store::StoreError) -> NodeError {
     NodeError::Store(e.0)
@@ -169,6 +176,7 @@ impl NodeCore {
             format_recorded,
             code_retries,
             metrics: super::CoreMetrics::default(),
+            peer_names: None,
         })
     }
 
@@ -176,6 +184,17 @@ impl NodeCore {
     /// finished flows into `metrics` from now on.
     pub fn set_metrics(&mut self, metrics: super::CoreMetrics) {
         self.metrics = metrics;
+    }
+
+    /// Where the names of peers come from. A session's counterparty, and
+    /// every log line and dump that names it, uses the name listed for the
+    /// key the transport authenticated, never the name a peer wrote in its
+    /// frames; an initiation from a key the directory does not list is
+    /// refused. Every driver sets it (the runner from its transport's
+    /// network map, `MockNetwork` from its nodes); a core without it (one
+    /// driven by hand in a test) takes the name from the initiation frame.
+    pub fn set_peer_names(&mut self, names: PeerNames) {
+        self.peer_names = Some(names);
     }
 
     /// This node's identity.

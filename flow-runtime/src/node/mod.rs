@@ -16,7 +16,7 @@ pub(crate) mod records;
 mod step;
 mod upgrade_check;
 
-pub use self::core::NodeCore;
+pub use self::core::{NodeCore, PeerNames};
 pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump, StateFields};
 pub use metrics::CoreMetrics;
 pub use records::{CheckpointSummary, STORE_FORMAT};

@@ -10,6 +10,7 @@ use super::core::{NodeCore, store_err};
 use super::records::*;
 use super::{NodeError, Output};
 use crate::protocol::{Body, WireMessage};
+use crate::registry::{ResponderLookup, describe_versions};
 use crate::store::Table;
 use crate::{FlowError, FlowErrorKind, FlowSession, Party, PublicKey, SessionId, Timestamp};
 
@@ -204,8 +205,24 @@ impl NodeCore {
             );
             return Ok(());
         }
-        let new_flow = match self.registry.responder(flow, FlowSession::from_id(key.id)) {
-            None => {
+        // The counterparty is whoever the transport authenticated, under
+        // the name the directory lists for that key: never the name the
+        // frame claims.
+        let initiator = match &self.peer_names {
+            None => initiator,
+            Some(names) => match names(from) {
+                Some(name) => Party::new(name, *from),
+                None => {
+                    tracing::warn!(peer = ?from, session = %key.id, flow, "refused a session from a key that is not in the network map");
+                    return Ok(());
+                }
+            },
+        };
+        let new_flow = match self
+            .registry
+            .responder(flow, version, FlowSession::from_id(key.id))
+        {
+            ResponderLookup::UnknownFlow => {
                 refuse(
                     self,
                     b,
@@ -219,11 +236,26 @@ impl NodeCore {
                 );
                 return Ok(());
             }
-            Some(Err(e)) => {
+            ResponderLookup::VersionNotSpoken(spoken) => {
+                refuse(
+                    self,
+                    b,
+                    FlowError::with_kind(
+                        FlowErrorKind::Refused,
+                        format!(
+                            "{} does not answer version {version} of flow `{flow}`: its responder speaks initiator {}; run a version of `{flow}` it speaks, or register a responder for version {version} there (`responder_for_versions`)",
+                            self.identity,
+                            describe_versions(&spoken)
+                        ),
+                    ),
+                );
+                return Ok(());
+            }
+            ResponderLookup::Found(Err(e)) => {
                 refuse(self, b, e);
                 return Ok(());
             }
-            Some(Ok(f)) => f,
+            ResponderLookup::Found(Ok(f)) => f,
         };
         let run = self.fresh_run_id()?;
         b.put_session(
@@ -236,6 +268,7 @@ impl NodeCore {
                 next_consume: 1,
                 inbox: Default::default(),
                 ended: None,
+                counterparty_version: Some(version),
             },
         );
         self.create_run(b, run, new_flow, vec![key], false, None);

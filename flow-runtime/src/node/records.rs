@@ -386,6 +386,12 @@ pub struct SessionRecord {
     pub inbox: BTreeMap<u64, Inbound>,
     /// Set once the flow has consumed the counterparty's `End`.
     pub ended: Option<FlowError>,
+    /// The `VERSION` of the counterparty's flow, when known: for a
+    /// responder's session, the initiator's (from the initiation); `None`
+    /// on the initiator's side. Absent in records written before it
+    /// existed, which decode with `None`.
+    #[serde(default)]
+    pub counterparty_version: Option<u32>,
 }
 
 impl SessionRecord {

@@ -8,6 +8,7 @@ use super::batch::{Batch, Loaded};
 use super::core::{NodeCore, encode, store_err};
 use super::records::*;
 use super::{NodeError, RunId};
+use crate::context::SessionPeer;
 use crate::protocol::{Body, WireMessage};
 use crate::registry::{ErasedStep, FlowType, NewFlow};
 use crate::store::Table;
@@ -253,9 +254,22 @@ impl NodeCore {
         b.steps += 1;
         self.ctx.set_now(self.now);
         self.ctx.set_draining(self.draining);
+        // Who is at the other end of each of the flow's sessions, for
+        // `session.counterparty()` and `counterparty_version()`.
+        let mut peers = Vec::with_capacity(rec.sessions.len());
+        for key in &rec.sessions {
+            if let Some(s) = b.session(&*self.store, *key).map_err(store_err)? {
+                peers.push(SessionPeer {
+                    session: key.id,
+                    party: s.counterparty,
+                    version: s.counterparty_version,
+                });
+            }
+        }
         let effects = StepEffects {
             progress: rec.progress.clone(),
             deadline: rec.deadline,
+            peers,
             ..StepEffects::default()
         };
         let ctx = &mut self.ctx;
@@ -345,6 +359,7 @@ impl NodeCore {
                     next_consume: 0,
                     inbox: Default::default(),
                     ended: None,
+                    counterparty_version: None,
                 },
             );
             rec.sessions.push(key);

@@ -384,6 +384,25 @@ impl<T: Transport> NodeBuilder<T> {
         self
     }
 
+    /// Answers sessions opened by any version in `versions` of the flow
+    /// `I` (by its `NAME`): `builder.responder_for_versions::<ping::Flow>(1..=2,
+    /// pong)`. [`responder`](Self::responder) registers exactly `I::VERSION`;
+    /// an initiation by a version no registration speaks is refused with an
+    /// error the initiating flow sees, naming both versions. Register one
+    /// responder per range to run several versions side by side; the
+    /// responder reads the initiator's version with
+    /// [`FlowSession::counterparty_version`](crate::FlowSession::counterparty_version).
+    /// See [`Registry::register_responder_for_versions`](crate::registry::Registry::register_responder_for_versions).
+    pub fn responder_for_versions<I: Flow>(
+        &mut self,
+        versions: std::ops::RangeInclusive<u32>,
+        responder: impl ResponderFn,
+    ) -> &mut Self {
+        self.registry
+            .register_responder_for_versions::<I, _>(versions, responder);
+        self
+    }
+
     /// Runs `install` on the node's services at start (e.g. a vault).
     pub fn services(
         &mut self,
@@ -464,6 +483,10 @@ impl<T: Transport> NodeBuilder<T> {
         core.set_metrics(metrics.core());
         let (transport, incoming) = self.connect.connect().await?;
         let transport = Arc::new(transport);
+        // Names of peers come from the transport's directory (the network
+        // map for TCP), which only lists keys it authenticates.
+        let names = transport.clone();
+        core.set_peer_names(Arc::new(move |key| Some(names.peer_name(key))));
         let in_flight = core.flows_in_flight().unwrap_or(0);
         info!(node = %party, endpoint = %transport.endpoint(), database = %path, flows_in_flight = in_flight,
             "node started");

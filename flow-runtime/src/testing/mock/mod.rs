@@ -171,6 +171,9 @@ pub struct MockNetwork {
     held: HashMap<(usize, usize), VecDeque<InFlight>>,
     /// Hashes of every frame delivered, to count [`NetworkStats::redundant`].
     delivered_frames: HashSet<u64>,
+    /// The name of every node by key: the network map, shared with every
+    /// node core (names of counterparties come from here).
+    names: Arc<std::sync::Mutex<HashMap<PublicKey, String>>>,
 }
 
 impl MockNetwork {
@@ -195,6 +198,7 @@ impl MockNetwork {
             links: HashMap::new(),
             held: HashMap::new(),
             delivered_frames: HashSet::new(),
+            names: Arc::default(),
         }
     }
 
@@ -243,6 +247,10 @@ impl MockNetwork {
         let party = Party::new(name, PublicKey(key));
         let index = self.nodes.len();
         self.by_key.insert(PublicKey(key), index);
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(PublicKey(key), name.to_owned());
         self.nodes.push(Slot {
             party,
             memory: SharedMemory::new(),
@@ -275,6 +283,26 @@ impl MockNetwork {
         if let Some(core) = slot.core.as_mut() {
             core.registry_mut()
                 .register_responder::<I, _>(move |s| (*responder)(s));
+        }
+    }
+
+    /// Registers `responder` on `node` for sessions opened by any version in
+    /// `versions` of the flow named `I::NAME` (see
+    /// [`Registry::register_responder_for_versions`]); kept across restarts.
+    pub fn register_responder_for_versions<I: Flow, H: ResponderFn>(
+        &mut self,
+        node: NodeId,
+        versions: std::ops::RangeInclusive<u32>,
+        responder: H,
+    ) {
+        let responder = Arc::new(responder);
+        let slot = &mut self.nodes[node.0];
+        let r = responder.clone();
+        slot.registry
+            .register_responder_for_versions::<I, _>(versions.clone(), move |s| (*r)(s));
+        if let Some(core) = slot.core.as_mut() {
+            core.registry_mut()
+                .register_responder_for_versions::<I, _>(versions, move |s| (*responder)(s));
         }
     }
 
@@ -533,6 +561,14 @@ impl MockNetwork {
             Err(e) => panic!("MockNetwork: cannot open node {}: {e}", slot.party),
         };
         core.set_draining(slot.draining);
+        let names = self.names.clone();
+        core.set_peer_names(Arc::new(move |key| {
+            names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(key)
+                .cloned()
+        }));
         // A new process: its delivery starts afresh (its first tick re-sends
         // the whole outbox). `stats.resent` keeps what the old one re-sent.
         let old = std::mem::take(&mut slot.delivery);
