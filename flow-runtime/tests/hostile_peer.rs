@@ -5,17 +5,23 @@
 mod tcp_common;
 
 use bytes::BytesMut;
+use flow_runtime::node::OsIds;
 use flow_runtime::prelude::*;
 use flow_runtime::protocol::{Body, WireMessage};
+use flow_runtime::registry::Registry;
 use flow_runtime::runner::{Node, NodeBuilder, RunnerError};
+use flow_runtime::store::{RedbOptions, RedbStore, Store};
 use flow_runtime::tcp::{TcpConfig, codec};
 use flow_runtime::testing::MockNetwork;
 use flow_runtime::testing::ping_pong::{ping, pong};
 use flow_runtime::transport::Transport;
 use flow_runtime::transport::{MemoryNetwork, MemoryTransport};
+use flow_runtime::{NodeConfig, NodeCore, Payload, Timestamp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tcp_common::{Logs, Net, recv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -356,4 +362,154 @@ async fn a_name_written_in_a_frame_is_never_believed() {
         "the attacker's name was believed: {dump}"
     );
     node.shutdown().await.unwrap();
+}
+
+// ------------------------------------------------- what a peer makes us hold
+
+/// Sends blobs; only its NAME matters here (the attacker plays it).
+#[flow]
+pub async fn blob_source(ctx: &mut FlowContext, peer: Party) -> Result<(), FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    session.send(&vec![0u8; 4])?;
+    Ok(())
+}
+
+/// Takes blobs forever, each filled with the low byte of its sequence
+/// number: a blob out of order, missing or seen twice ends it with an
+/// error.
+#[flow]
+pub async fn blob_sink(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+    let mut expected: u8 = 1;
+    loop {
+        let blob: Vec<u8> = session.receive::<Vec<u8>>().await?.validate(Ok)?;
+        if blob.first() != Some(&expected) {
+            return Err(FlowError::new("a blob out of order"));
+        }
+        expected = expected.wrapping_add(1);
+    }
+}
+
+const BLOB: usize = 256 * 1024;
+
+/// Sequence numbers `Ack`ed in a delivery's output.
+fn acked(frames: &[(PublicKey, Vec<u8>)]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|(_, f)| match WireMessage::decode(f) {
+            Ok(WireMessage::Ack { seq, .. }) => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn blob_frame(session: u64, seq: u64) -> Vec<u8> {
+    WireMessage::Session {
+        session,
+        from_initiator: true,
+        seq,
+        body: Body::Data(Payload::encode(&vec![seq as u8; BLOB]).unwrap()),
+    }
+    .encode()
+    .unwrap()
+}
+
+/// An authenticated peer withholds sequence number 1 and sends 64
+/// messages of 256 KiB after it. Messages beyond the receive window, or
+/// beyond the session's byte bound, are refused (not buffered, not
+/// acknowledged), so what waits for the session stays bounded and each
+/// delivery stays cheap; once the peer sends number 1, its redeliveries
+/// fill the gap and every message is processed exactly once, in order.
+#[test]
+fn a_peer_holding_back_one_sequence_number_cannot_make_a_session_hold_much() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&dir.path().join("alice.redb"), RedbOptions::default()).unwrap());
+    let mallory = party("Mallory", 9);
+    let mut registry = Registry::new();
+    registry.register_responder::<blob_source::Flow, _>(blob_sink);
+    let mut core = NodeCore::open(
+        party("Alice", 1),
+        store,
+        registry,
+        Box::new(OsIds),
+        Box::new(OsIds),
+        NodeConfig::default(),
+        Timestamp(0),
+    )
+    .unwrap();
+    let session = 0xb10b;
+    let init = WireMessage::Session {
+        session,
+        from_initiator: true,
+        seq: 0,
+        body: Body::Init {
+            flow: <blob_source::Flow as Flow>::NAME.to_owned(),
+            version: <blob_source::Flow as Flow>::VERSION,
+            initiator: mallory.clone(),
+        },
+    };
+    let out = core
+        .deliver(Timestamp(1), vec![(*mallory.key(), init.encode().unwrap())])
+        .unwrap();
+    assert_eq!(acked(&out.frames), vec![0]);
+
+    // Numbers 2 to 65, one delivery (one commit) each; 1 is held back.
+    let mut buffered = Vec::new();
+    let mut times = Vec::new();
+    for seq in 2..=65u64 {
+        let began = Instant::now();
+        let out = core
+            .deliver(
+                Timestamp(2),
+                vec![(*mallory.key(), blob_frame(session, seq))],
+            )
+            .unwrap();
+        times.push(began.elapsed());
+        buffered.extend(acked(&out.frames));
+    }
+    let mean = times.iter().sum::<Duration>() / 64;
+    eprintln!(
+        "64 deliveries of 256 KiB past a withheld sequence number: mean {mean:?}, last {:?}, {} buffered",
+        times[63],
+        buffered.len()
+    );
+    let held = buffered.len() * BLOB;
+    assert!(
+        held <= NodeConfig::default().max_buffered_bytes_per_session + BLOB,
+        "the session holds {held} bytes of messages it cannot consume"
+    );
+
+    // Number 1 arrives; the peer redelivers everything unacknowledged
+    // until all is acknowledged (as its outbox would).
+    let mut unacked: Vec<u64> = (1..=65).filter(|s| !buffered.contains(s)).collect();
+    let mut rounds = 0;
+    while !unacked.is_empty() {
+        rounds += 1;
+        assert!(rounds <= 70, "redelivery never filled the gap: {unacked:?}");
+        let frames = unacked
+            .iter()
+            .map(|&s| {
+                let frame = if s == 1 {
+                    WireMessage::Session {
+                        session,
+                        from_initiator: true,
+                        seq: 1,
+                        body: Body::Data(Payload::encode(&vec![1u8; 4]).unwrap()),
+                    }
+                    .encode()
+                    .unwrap()
+                } else {
+                    blob_frame(session, s)
+                };
+                (*mallory.key(), frame)
+            })
+            .collect();
+        let out = core.deliver(Timestamp(3), frames).unwrap();
+        let now_acked = acked(&out.frames);
+        unacked.retain(|s| !now_acked.contains(s));
+    }
+    // Every message was consumed, in order, once: the sink still runs
+    // (a gap or a duplicate would have ended it with an error).
+    let dump = core.dump_json(Timestamp(4)).unwrap();
+    assert!(dump.contains("blob_sink"), "{dump}");
 }

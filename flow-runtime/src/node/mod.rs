@@ -67,6 +67,17 @@ pub struct NodeConfig {
     /// (0 turns the cache off). Suspended flows still live on disk: this
     /// bounds the cache, not the number of flows.
     pub checkpoint_cache_bytes: usize,
+    /// How far ahead of what a session's flow will consume next a peer's
+    /// message may be (default 64 sequence numbers). A message further
+    /// ahead is refused: neither buffered nor acknowledged, so the sender
+    /// redelivers it once the gap before it has filled.
+    pub receive_window: u64,
+    /// Bytes of received, not yet consumed messages one session may hold
+    /// (default 4 MiB). A message beyond it is refused like one beyond the
+    /// window, except the very next one the flow will consume, which is
+    /// always taken so the session can move on: a session holds at most
+    /// this plus one message.
+    pub max_buffered_bytes_per_session: usize,
 }
 
 impl Default for NodeConfig {
@@ -77,6 +88,8 @@ impl Default for NodeConfig {
             max_steps_per_batch: 10_000,
             long_wait_warning: Duration::from_secs(3600),
             checkpoint_cache_bytes: 8 * 1024 * 1024,
+            receive_window: 64,
+            max_buffered_bytes_per_session: 4 * 1024 * 1024,
         }
     }
 }

@@ -303,6 +303,25 @@ impl NodeCore {
             self.emit(b, from, &ack); // duplicate
             return Ok(());
         }
+        // What a peer can make a session hold is bounded: a message too far
+        // ahead, or one that would take the session past its byte bound, is
+        // refused (neither buffered nor acknowledged); the sender's
+        // redelivery brings it back once the flow has consumed what is
+        // before it. The very next message the flow will consume is always
+        // taken, so a session never stalls on its own bounds.
+        if seq >= rec.next_consume.saturating_add(self.config.receive_window) {
+            tracing::debug!(peer = ?from, session = %key.id, seq, next = rec.next_consume,
+                "message beyond the receive window refused (the sender redelivers it)");
+            return Ok(());
+        }
+        if seq != rec.next_consume {
+            let held: usize = rec.inbox.values().map(Inbound::size).sum();
+            if held.saturating_add(item.size()) > self.config.max_buffered_bytes_per_session {
+                tracing::debug!(peer = ?from, session = %key.id, seq, held,
+                    "message refused: the session already holds its bound of unconsumed bytes (the sender redelivers it)");
+                return Ok(());
+            }
+        }
         if matches!(item, Inbound::End(_)) {
             // The peer will read nothing more: stop redelivering to it.
             let our_side = SessionKey {

@@ -394,6 +394,17 @@ pub struct SessionRecord {
     pub counterparty_version: Option<u32>,
 }
 
+impl Inbound {
+    /// Roughly the bytes this message takes in the session record: what a
+    /// session's byte bound counts.
+    pub fn size(&self) -> usize {
+        match self {
+            Inbound::Data(p) => p.bytes.len() + p.type_name.len(),
+            Inbound::End(e) => e.as_ref().map_or(0, |e| e.message().len()) + 16,
+        }
+    }
+}
+
 impl SessionRecord {
     /// Whether the counterparty has ended (its `End` arrived, consumed or not).
     pub fn peer_ended(&self) -> bool {

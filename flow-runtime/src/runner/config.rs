@@ -24,6 +24,8 @@
 //! long_wait_check_interval_s = 300  # how often to look for such flows (0: never)
 //! max_transient_retries = 3         # automatic retries of a transient failure, then the hospital
 //! retry_backoff_ms = 1000           # first automatic retry's delay, doubled each time
+//! receive_window = 64               # how far ahead of the flow a peer's message may be
+//! max_buffered_kb_per_session = 4096 # unconsumed bytes a session may hold
 //!
 //! [admin]                           # optional; the admin/client API, see runner::admin
 //! listen = "127.0.0.1:7101"         # default 127.0.0.1:0 (a free port, written to <database>.admin-url)
@@ -172,6 +174,12 @@ pub struct NodeSection {
     /// The first automatic retry's delay in milliseconds, doubled at each
     /// further one (default 1,000).
     pub retry_backoff_ms: Option<u64>,
+    /// [`NodeConfig::receive_window`](crate::NodeConfig), in sequence
+    /// numbers (default 64).
+    pub receive_window: Option<u64>,
+    /// [`NodeConfig::max_buffered_bytes_per_session`](crate::NodeConfig),
+    /// in KiB (default 4096).
+    pub max_buffered_kb_per_session: Option<usize>,
 }
 
 /// `[store]`: which database keeps the node's checkpoints, and how.
@@ -319,6 +327,12 @@ impl NodeSection {
         }
         if let Some(ms) = self.retry_backoff_ms {
             config.retry_backoff = Duration::from_millis(ms);
+        }
+        if let Some(window) = self.receive_window {
+            config.receive_window = window.max(1);
+        }
+        if let Some(kb) = self.max_buffered_kb_per_session {
+            config.max_buffered_bytes_per_session = kb.saturating_mul(1024);
         }
         config
     }
