@@ -99,11 +99,13 @@ pub mod engine {
     pub use crate::node::delivery::{Delivery, DeliveryStats, Receipt, Sent, Transmit};
     pub use crate::node::{
         CheckpointDump, CheckpointSummary, CoreMetrics, HospitalEntry, NodeConfig, NodeCore,
-        NodeError, OperatorView, OsIds, Output, RunId, STORE_FORMAT, SessionDump, StateFields,
-        UnackedFrame, UpgradeGroup, UpgradeReport, check_upgrade,
+        NodeError, OperatorView, OsIds, Output, PeerNames, RunId, STORE_FORMAT, SessionDump,
+        StateFields, UnackedFrame, UpgradeGroup, UpgradeReport, check_upgrade,
     };
     pub use crate::protocol::{Body, WIRE_VERSION, WireMessage};
-    pub use crate::registry::{ErasedStep, FlowType, NewFlow, Registry, ResponderFn};
+    pub use crate::registry::{
+        ErasedStep, FlowType, NewFlow, Registry, ResponderFn, ResponderLookup, describe_versions,
+    };
 }
 
 /// The checkpoint store: the [`Store`](storage::Store) trait a node

@@ -5,12 +5,12 @@
 mod tcp_common;
 
 use bytes::BytesMut;
-use flow_runtime::node::OsIds;
+use flow_runtime::engine::OsIds;
+use flow_runtime::engine::Registry;
+use flow_runtime::engine::{Body, WireMessage};
 use flow_runtime::prelude::*;
-use flow_runtime::protocol::{Body, WireMessage};
-use flow_runtime::registry::Registry;
 use flow_runtime::runner::{Node, NodeBuilder, RunnerError};
-use flow_runtime::store::{RedbOptions, RedbStore, Store};
+use flow_runtime::storage::{RedbOptions, RedbStore, Store};
 use flow_runtime::tcp::{TcpConfig, codec};
 use flow_runtime::testing::MockNetwork;
 use flow_runtime::testing::ping_pong::{ping, pong};

@@ -392,7 +392,7 @@ impl<T: Transport> NodeBuilder<T> {
     /// responder per range to run several versions side by side; the
     /// responder reads the initiator's version with
     /// [`FlowSession::counterparty_version`](crate::FlowSession::counterparty_version).
-    /// See [`Registry::register_responder_for_versions`](crate::registry::Registry::register_responder_for_versions).
+    /// See [`Registry::register_responder_for_versions`](crate::engine::Registry::register_responder_for_versions).
     pub fn responder_for_versions<I: Flow>(
         &mut self,
         versions: std::ops::RangeInclusive<u32>,
