@@ -36,6 +36,9 @@ pub enum Origin {
     Pattern,
     /// The iterator of a lowered `for` loop.
     ForIter,
+    /// `let` with a plain name bound to a closure, whose type cannot be
+    /// written (or stored).
+    Closure,
 }
 
 /// Index of a block in [`Cfg::blocks`].

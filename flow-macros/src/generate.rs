@@ -503,6 +503,7 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
         child: None,
         site: None,
     }];
+    let by_place = names_by_place(cfg, live);
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut taken: BTreeSet<String> = ["Start".to_string(), "Done".to_string()].into();
     let mut labels_seen: HashMap<String, Span> = HashMap::new();
@@ -535,10 +536,10 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
         // next to `AwaitV12`).
         let n = counts.entry(base.clone()).or_insert(0);
         *n += 1;
-        let mut name = if *n == 1 {
-            base.clone()
-        } else {
-            format!("{base}{n}")
+        let mut name = match by_place.get(&i) {
+            Some(placed) if !taken.contains(placed) => placed.clone(),
+            _ if *n == 1 => base.clone(),
+            _ => format!("{base}{n}"),
         };
         while taken.contains(&name) {
             *n += 1;
@@ -556,10 +557,30 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
             // gets a suffix like any other duplicate.
             names.push("child".into());
         }
+        if let Op::SubFlow { child, .. } = &site.op
+            && is_own_state(child, &input.item.sig.ident)
+        {
+            errors.error(
+                site.span,
+                "a flow cannot run itself as a sub-flow: its checkpoint would contain itself, without end; repeat the work with a loop in the body",
+            );
+        }
         for (k, b) in live_here.iter().enumerate() {
             let binding = &cfg.bindings[*b];
             if binding.ty.is_none() && reported.insert(*b) {
                 errors.error(binding.name.span(), untyped_message(binding, site.line));
+            }
+            if let Some(ty) = &binding.ty
+                && crate::parse::contains_reference(ty)
+                && reported.insert(*b)
+            {
+                errors.error(
+                    binding.name.span(),
+                    format!(
+                        "`{}` is a reference kept across the `.await` on line {}: a reference cannot be checkpointed (what it points to is not in the checkpoint); keep an owned value instead (e.g. `.clone()` or `.to_owned()` it)",
+                        binding.name, site.line
+                    ),
+                );
             }
             // Two live bindings of one name (one shadows the other): the
             // outer ones get a suffix.
@@ -590,6 +611,100 @@ fn variants(input: &Input, cfg: &Cfg, live: &Liveness, errors: &mut Errors) -> V
     out
 }
 
+/// The base name of a site's variant: its label, the binding it fills, or
+/// its operation.
+fn base_name(site: &cfg::Site) -> String {
+    match &site.name_hint {
+        Some((name, _)) => name.clone(),
+        None => site.op.default_state_name(),
+    }
+}
+
+/// Names that say where a suspension point sits, for points that would
+/// otherwise share a name: `AwaitXThen` and `AwaitXElse` for a receive into
+/// `x` in each branch of an `if`, `AwaitXSome`/`AwaitXNone` in the arms of a
+/// `match`. Only when every point of the name gets a different word (points
+/// in one block keep the numbered names `Receive`, `Receive2`).
+fn names_by_place(cfg: &Cfg, live: &Liveness) -> HashMap<usize, String> {
+    let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, site) in cfg.sites.iter().enumerate() {
+        if live.reachable[site.resume] && !matches!(site.name_hint, Some((_, true))) {
+            groups.entry(base_name(site)).or_default().push(i);
+        }
+    }
+    let mut out = HashMap::new();
+    for (base, sites) in groups {
+        if sites.len() < 2 {
+            continue;
+        }
+        let words: Vec<String> = sites
+            .iter()
+            .map(|&i| place_word(&cfg.sites[i].place))
+            .collect();
+        let distinct: BTreeSet<&String> = words.iter().collect();
+        if words.iter().all(|w| !w.is_empty()) && distinct.len() == words.len() {
+            for (i, w) in sites.into_iter().zip(words) {
+                out.insert(i, format!("{base}{w}"));
+            }
+        }
+    }
+    out
+}
+
+/// The word for the innermost branch around a place: `Then`/`Else` for an
+/// `if`, the arm's variant for a `match`, `Else` for a `let ... else`,
+/// `InLoop` for a loop body; empty at the top of the body.
+fn place_word(place: &str) -> String {
+    for part in place.rsplit(" / ") {
+        if part.starts_with("if ") {
+            if part.ends_with(" then") {
+                return "Then".into();
+            }
+            return "Else".into();
+        }
+        if part.starts_with("let ") && part.ends_with(" else") {
+            return "Else".into();
+        }
+        if let Some(arm) = part
+            .split(" arm ")
+            .nth(1)
+            .filter(|_| part.starts_with("match "))
+        {
+            let word = arm_word(arm);
+            return if word.is_empty() { "Arm".into() } else { word };
+        }
+        if part.ends_with("loop") || part.contains("while ") || part.contains("for ") {
+            return "InLoop".into();
+        }
+    }
+    String::new()
+}
+
+/// The last segment of an arm pattern's leading path (`Msg::Ping(x)`
+/// gives `Ping`, `Some(x)` gives `Some`, `_` or a literal nothing).
+fn arm_word(arm: &str) -> String {
+    arm.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .take_while(|w| w.starts_with(|c: char| c.is_uppercase()))
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether `child` names this flow's own state type (`f::Flow`, or
+/// `super::f::Flow` once `self::` paths are shifted into the module).
+fn is_own_state(child: &Type, fn_name: &Ident) -> bool {
+    let Type::Path(tp) = child else { return false };
+    let segs: Vec<String> = tp
+        .path
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
+    let own = [fn_name.to_string(), "Flow".to_string()];
+    segs.ends_with(&own) && segs[..segs.len() - 2].iter().all(|s| s == "super") && segs.len() <= 3
+}
+
 fn untyped_message(b: &cfg::Binding, line: usize) -> String {
     let name = &b.name;
     match b.origin {
@@ -598,6 +713,9 @@ fn untyped_message(b: &cfg::Binding, line: usize) -> String {
         ),
         Origin::Pattern => format!(
             "`{name}` is bound by a pattern and kept in the checkpoint at the `.await` on line {line}: rebind it with an annotated `let` before the `.await` (e.g. `let {name}: T = {name};`)"
+        ),
+        Origin::Closure => format!(
+            "`{name}` is a closure kept across the `.await` on line {line}: a closure cannot be checkpointed; create it after the `.await`, or make it a fn"
         ),
         Origin::Let | Origin::Param => format!(
             "add a type annotation to `{name}`: it is kept in the checkpoint at the `.await` on line {line}"

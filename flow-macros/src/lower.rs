@@ -397,10 +397,10 @@ impl Lowerer<'_> {
                             None
                         }
                     }),
-                    origin: if b.whole {
-                        Origin::Let
-                    } else {
-                        Origin::Pattern
+                    origin: match &original_init {
+                        _ if !b.whole => Origin::Pattern,
+                        Some(Expr::Closure(_)) => Origin::Closure,
+                        _ => Origin::Let,
                     },
                 })
                 .collect()

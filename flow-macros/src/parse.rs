@@ -226,6 +226,12 @@ pub fn parse_sig(item: &ItemFn, errors: &mut Errors) -> Option<FlowSig> {
                 "a flow parameter cannot be a reference: it is stored in the flow's checkpoint; take it by value",
             );
         }
+        if contains_impl_trait(&pt.ty) {
+            errors.error_at(
+                &pt.ty,
+                "a flow parameter cannot be `impl Trait`: it is stored in the flow's checkpoint, whose every type must be named; take a concrete type",
+            );
+        }
     }
     if errors.len() != before {
         return None;
@@ -238,7 +244,7 @@ pub fn parse_sig(item: &ItemFn, errors: &mut Errors) -> Option<FlowSig> {
 }
 
 /// `T` if `ty` is `Result<T, FlowError>` (any path to either).
-fn result_ok_type(ty: &Type) -> Option<Type> {
+pub fn result_ok_type(ty: &Type) -> Option<Type> {
     let Type::Path(tp) = ty else { return None };
     let last = tp.path.segments.last()?;
     if last.ident != "Result" {
@@ -278,7 +284,21 @@ fn is_path_named(ty: &Type, name: &str) -> bool {
     matches!(ty, Type::Path(tp) if tp.path.segments.last().is_some_and(|s| s.ident == name))
 }
 
-fn contains_reference(ty: &Type) -> bool {
+/// Whether `ty` contains `impl Trait`.
+fn contains_impl_trait(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'a> syn::visit::Visit<'a> for Finder {
+        fn visit_type_impl_trait(&mut self, _: &'a syn::TypeImplTrait) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
+/// Whether `ty` contains a reference.
+pub fn contains_reference(ty: &Type) -> bool {
     struct Finder(bool);
     impl<'a> syn::visit::Visit<'a> for Finder {
         fn visit_type_reference(&mut self, _: &'a syn::TypeReference) {
