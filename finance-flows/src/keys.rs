@@ -1,4 +1,4 @@
-//! Key management: the node's signing keys, kept in the [`Table::Keys`]
+//! Key management: the node's signing keys, kept in the [`LedgerTable::Keys`]
 //! table, and a fresh key for every trade so that ledger owners cannot be
 //! linked to the node's identity or to each other.
 //!
@@ -7,7 +7,7 @@
 //! store. A production node would keep them in an HSM behind this same API.
 
 use crate::crypto::{KeyPair, TxSignature};
-use crate::store::{Store, StoreError, Table};
+use crate::ledger_db::{LedgerDb, LedgerDbError, LedgerTable};
 use flow_runtime::PublicKey;
 
 /// Why a signature could not be made.
@@ -18,20 +18,20 @@ pub enum KeyError {
     NotOurKey(PublicKey),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    LedgerDb(#[from] LedgerDbError),
 }
 
 /// Stores `pair` as one of the node's keys (e.g. its legal identity key
 /// at first start). Idempotent.
-pub fn import(store: &mut dyn Store, pair: &KeyPair) -> Result<(), StoreError> {
-    store.put(Table::Keys, &pair.public().0, &pair.seed())?;
+pub fn import(store: &mut dyn LedgerDb, pair: &KeyPair) -> Result<(), LedgerDbError> {
+    store.put(LedgerTable::Keys, &pair.public().0, &pair.seed())?;
     cache::insert(pair);
     Ok(())
 }
 
 /// Creates and stores a new key pair from the operating system's randomness,
 /// returning its public key.
-pub fn fresh_key(store: &mut dyn Store) -> Result<PublicKey, StoreError> {
+pub fn fresh_key(store: &mut dyn LedgerDb) -> Result<PublicKey, LedgerDbError> {
     let pair = KeyPair::generate();
     import(store, &pair)?;
     Ok(pair.public())
@@ -45,15 +45,15 @@ pub fn fresh_key(store: &mut dyn Store) -> Result<PublicKey, StoreError> {
 /// in the store). What the cache saves is re-deriving the key pair from
 /// the seed — a scalar multiplication, about one signature's cost — and it
 /// is used only when its seed is byte-equal to the stored one.
-pub fn key_pair(store: &dyn Store, key: &PublicKey) -> Result<Option<KeyPair>, StoreError> {
-    let Some(seed) = store.get(Table::Keys, &key.0)? else {
+pub fn key_pair(store: &dyn LedgerDb, key: &PublicKey) -> Result<Option<KeyPair>, LedgerDbError> {
+    let Some(seed) = store.get(LedgerTable::Keys, &key.0)? else {
         return Ok(None);
     };
     let seed: [u8; 32] = seed
         .as_slice()
         .try_into()
-        .map_err(|_| StoreError::Corrupt {
-            table: Table::Keys.name(),
+        .map_err(|_| LedgerDbError::Corrupt {
+            table: LedgerTable::Keys.name(),
             detail: format!("a key seed is {} bytes instead of 32", seed.len()),
         })?;
     if let Some(pair) = cache::get(key, &seed) {
@@ -61,8 +61,8 @@ pub fn key_pair(store: &dyn Store, key: &PublicKey) -> Result<Option<KeyPair>, S
     }
     let pair = KeyPair::from_seed(seed);
     if pair.public() != *key {
-        return Err(StoreError::Corrupt {
-            table: Table::Keys.name(),
+        return Err(LedgerDbError::Corrupt {
+            table: LedgerTable::Keys.name(),
             detail: format!("the seed stored for {key:?} belongs to another key"),
         });
     }
@@ -157,12 +157,16 @@ mod cache {
 }
 
 /// True if the node holds the secret of `key`.
-pub fn is_ours(store: &dyn Store, key: &PublicKey) -> Result<bool, StoreError> {
-    Ok(store.get(Table::Keys, &key.0)?.is_some())
+pub fn is_ours(store: &dyn LedgerDb, key: &PublicKey) -> Result<bool, LedgerDbError> {
+    Ok(store.get(LedgerTable::Keys, &key.0)?.is_some())
 }
 
 /// Signs `message` with `key`.
-pub fn sign(store: &dyn Store, key: &PublicKey, message: &[u8]) -> Result<TxSignature, KeyError> {
+pub fn sign(
+    store: &dyn LedgerDb,
+    key: &PublicKey,
+    message: &[u8],
+) -> Result<TxSignature, KeyError> {
     match key_pair(store, key)? {
         Some(pair) => Ok(pair.sign(message)),
         None => Err(KeyError::NotOurKey(*key)),
@@ -172,11 +176,11 @@ pub fn sign(store: &dyn Store, key: &PublicKey, message: &[u8]) -> Result<TxSign
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemStore;
+    use crate::ledger_db::MemLedgerDb;
 
     #[test]
     fn fresh_keys_differ_and_sign() {
-        let mut store = MemStore::new();
+        let mut store = MemLedgerDb::new();
         let a = fresh_key(&mut store).unwrap();
         let b = fresh_key(&mut store).unwrap();
         assert_ne!(a, b);
@@ -192,8 +196,8 @@ mod tests {
 
     #[test]
     fn a_key_cached_for_one_node_is_refused_to_another() {
-        let mut ours = MemStore::new();
-        let theirs = MemStore::new();
+        let mut ours = MemLedgerDb::new();
+        let theirs = MemLedgerDb::new();
         let key = fresh_key(&mut ours).unwrap();
         // Signing once more makes sure the pair is cached (fresh_key caches
         // it too).
@@ -209,7 +213,7 @@ mod tests {
     fn a_key_whose_stored_step_was_rolled_back_is_not_ours() {
         // `fresh_key` caches the pair before the step commits; a node whose
         // step was discarded does not hold it, whatever the cache says.
-        let committed = MemStore::new();
+        let committed = MemLedgerDb::new();
         let mut rolled_back = committed.clone();
         let key = fresh_key(&mut rolled_back).unwrap();
         assert_eq!(
@@ -220,21 +224,21 @@ mod tests {
 
     #[test]
     fn a_cached_key_is_not_used_for_a_different_stored_seed() {
-        let mut store = MemStore::new();
+        let mut store = MemLedgerDb::new();
         let key = fresh_key(&mut store).unwrap();
         sign(&store, &key, b"warm").unwrap();
         // The stored seed changes under the cache (corruption): the cached
         // pair must not paper over it.
-        store.put(Table::Keys, &key.0, &[7; 32]).unwrap();
+        store.put(LedgerTable::Keys, &key.0, &[7; 32]).unwrap();
         assert!(matches!(
             sign(&store, &key, b"msg"),
-            Err(KeyError::Store(StoreError::Corrupt { .. }))
+            Err(KeyError::LedgerDb(LedgerDbError::Corrupt { .. }))
         ));
     }
 
     #[test]
     fn cached_and_derived_pairs_sign_alike() {
-        let mut store = MemStore::new();
+        let mut store = MemLedgerDb::new();
         let pair = KeyPair::from_seed([42; 32]);
         import(&mut store, &pair).unwrap();
         // ed25519 signatures are deterministic: the cached pair must give
@@ -246,7 +250,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded() {
-        let mut store = MemStore::new();
+        let mut store = MemLedgerDb::new();
         let first = fresh_key(&mut store).unwrap();
         for _ in 0..=2 * cache::GENERATION {
             fresh_key(&mut store).unwrap();
@@ -258,12 +262,12 @@ mod tests {
 
     #[test]
     fn corrupt_seed_is_an_error() {
-        let mut store = MemStore::new();
+        let mut store = MemLedgerDb::new();
         let key = KeyPair::from_seed([3; 32]).public();
-        store.put(Table::Keys, &key.0, &[1, 2, 3]).unwrap();
+        store.put(LedgerTable::Keys, &key.0, &[1, 2, 3]).unwrap();
         assert!(matches!(
             key_pair(&store, &key),
-            Err(StoreError::Corrupt { .. })
+            Err(LedgerDbError::Corrupt { .. })
         ));
     }
 }

@@ -3,9 +3,10 @@
 //! * [`crypto`]: SHA-256 ids, ed25519 key pairs and signatures.
 //! * [`ledger`]: states, transactions, contracts and verification — pure
 //!   data and functions.
-//! * [`store`]: the storage boundary the services write through.
+//! * [`ledger_db`]: the ledger database the services write through (its
+//!   tables of transactions, states, keys and notary commits).
 //! * [`vault`], [`keys`], [`notarise`]: the node services, as pure logic over a
-//!   [`store::Store`].
+//!   [`ledger_db::LedgerDb`].
 //! * [`notarise`], [`resolve`], [`trade`]: the rules a flow module of the
 //!   same name under [`flows`] applies (the notary's checks, which
 //!   dependencies a node serves, what a trade's parties accept).
@@ -23,9 +24,9 @@ pub mod demo;
 pub mod flows;
 pub mod keys;
 pub mod ledger;
+pub mod ledger_db;
 pub mod notarise;
 pub mod resolve;
-pub mod store;
 pub mod trade;
 pub mod trust;
 pub mod vault;

@@ -24,7 +24,7 @@
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys::{self, KeyError};
 use crate::ledger::{SignedTransaction, StateRef, VerifyError};
-use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::ledger_db::{LedgerDb, LedgerDbError, LedgerTable, decode, encode};
 use crate::vault;
 use flow_runtime::{Party, PublicKey, Timestamp};
 
@@ -63,7 +63,7 @@ pub enum NotaryError {
     Key(#[from] KeyError),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    LedgerDb(#[from] LedgerDbError),
 }
 
 /// Notarises `stx` as `notary` at time `now`: checks it in full (see the
@@ -74,7 +74,7 @@ pub enum NotaryError {
 /// error (a client that retries after a crash must not be told it double
 /// spent itself).
 pub fn notarise(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     notary: &Party,
     stx: &SignedTransaction,
     now: Timestamp,
@@ -83,8 +83,8 @@ pub fn notarise(
     precheck(notary, stx, now)?;
     stx.verify_except(&[*notary.key()], vault::resolver(store))?;
     for input in &stx.tx.inputs {
-        if let Some(bytes) = store.get(Table::NotaryCommits, &input.to_key())? {
-            let consumed_by: SecureHash = decode(Table::NotaryCommits, &bytes)?;
+        if let Some(bytes) = store.get(LedgerTable::NotaryCommits, &input.to_key())? {
+            let consumed_by: SecureHash = decode(LedgerTable::NotaryCommits, &bytes)?;
             if consumed_by != id {
                 tracing::warn!(tx = %id, %input, %consumed_by, "notary rejected a double spend");
                 return Err(NotaryError::Conflict {
@@ -96,7 +96,7 @@ pub fn notarise(
     }
     let record = encode(&id)?;
     for input in &stx.tx.inputs {
-        store.put(Table::NotaryCommits, &input.to_key(), &record)?;
+        store.put(LedgerTable::NotaryCommits, &input.to_key(), &record)?;
     }
     let sig = keys::sign(store, notary.key(), &id.0)?;
     // Kept (with its signature) so that spends of its outputs verify
@@ -129,7 +129,7 @@ pub fn precheck(
     Ok(())
 }
 
-/// The [`Table::Config`] key prefix of what a client knows `notary` holds:
+/// The [`LedgerTable::Config`] key prefix of what a client knows `notary` holds:
 /// transactions it supplied with a request the notary signed.
 const HOLDS_PREFIX: &[u8] = b"notary-holds/";
 
@@ -149,16 +149,19 @@ fn holds_key(notary: &PublicKey, tx: &SecureHash) -> Vec<u8> {
 /// either way costs only time: the notary verifies what it is sent, ignores
 /// what it holds, and asks for whatever is still missing.
 pub fn history_to_supply(
-    store: &dyn Store,
+    store: &dyn LedgerDb,
     notary: &PublicKey,
     stx: &SignedTransaction,
-) -> Result<Vec<SignedTransaction>, StoreError> {
+) -> Result<Vec<SignedTransaction>, LedgerDbError> {
     let mut ids: Vec<SecureHash> = stx.tx.inputs.iter().map(|i| i.tx_id).collect();
     ids.sort();
     ids.dedup();
     let mut supply = Vec::new();
     for id in ids {
-        if store.get(Table::Config, &holds_key(notary, &id))?.is_some() {
+        if store
+            .get(LedgerTable::Config, &holds_key(notary, &id))?
+            .is_some()
+        {
             continue;
         }
         if let Some(dep) = vault::transaction(store, &id)?
@@ -189,17 +192,17 @@ pub fn worth_remembering(
 
 /// Records that `notary` holds `ids` (supplied with a request it signed).
 pub fn remember_supplied(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     notary: &PublicKey,
     ids: &[SecureHash],
-) -> Result<(), StoreError> {
+) -> Result<(), LedgerDbError> {
     for id in ids {
-        store.put(Table::Config, &holds_key(notary, id), &[])?;
+        store.put(LedgerTable::Config, &holds_key(notary, id), &[])?;
     }
     Ok(())
 }
 
 /// How many states the notary has recorded as consumed.
-pub fn committed_count(store: &dyn Store) -> Result<usize, StoreError> {
-    Ok(store.scan(Table::NotaryCommits)?.len())
+pub fn committed_count(store: &dyn LedgerDb) -> Result<usize, LedgerDbError> {
+    Ok(store.scan(LedgerTable::NotaryCommits)?.len())
 }

@@ -12,7 +12,7 @@
 
 use crate::crypto::SecureHash;
 use crate::ledger::{ContractState, InputResolver, SignedTransaction, StateRef, VerifyError};
-use crate::store::{Store, StoreError};
+use crate::ledger_db::{LedgerDb, LedgerDbError};
 use crate::vault;
 use flow_runtime::{Party, Payload};
 use serde::{Deserialize, Serialize};
@@ -61,7 +61,7 @@ pub enum ResolveError {
     Cycle,
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    LedgerDb(#[from] LedgerDbError),
 }
 
 /// A reply to a fetch request: the transactions asked for, in the order
@@ -125,7 +125,7 @@ impl Resolution {
     /// [`finish`]: Resolution::finish
     pub fn supply(
         &mut self,
-        store: &dyn Store,
+        store: &dyn LedgerDb,
         supplied: Vec<SignedTransaction>,
     ) -> Result<usize, ResolveError> {
         let mut kept = 0;
@@ -152,7 +152,7 @@ impl Resolution {
 
     /// The next batch of ids to ask the peer for, or an empty list when
     /// everything needed is downloaded (or was already held).
-    pub fn next_request(&mut self, store: &dyn Store) -> Result<Vec<SecureHash>, ResolveError> {
+    pub fn next_request(&mut self, store: &dyn LedgerDb) -> Result<Vec<SecureHash>, ResolveError> {
         let mut batch = Vec::new();
         while batch.len() < MAX_BATCH {
             let Some(id) = self.queue.pop_front() else {
@@ -207,7 +207,7 @@ impl Resolution {
     /// Verifies every downloaded transaction, dependencies first, and
     /// records them all; returns how many were recorded. Records nothing if
     /// any fails.
-    pub fn finish(self, store: &mut dyn Store) -> Result<usize, ResolveError> {
+    pub fn finish(self, store: &mut dyn LedgerDb) -> Result<usize, ResolveError> {
         let order = topological_order(&self.downloaded)?;
         let mut verified: BTreeMap<SecureHash, &SignedTransaction> = BTreeMap::new();
         for id in &order {
@@ -299,7 +299,7 @@ pub enum ServeError {
     OutsideChain(SecureHash),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    LedgerDb(#[from] LedgerDbError),
 }
 
 /// What the serving side of one resolution may send: the dependency chain
@@ -345,7 +345,7 @@ impl Vending {
     /// chain; `None` for one this node does not hold.
     pub fn serve(
         &mut self,
-        store: &dyn Store,
+        store: &dyn LedgerDb,
         ids: &[SecureHash],
     ) -> Result<FetchReply, ServeError> {
         if ids.len() > MAX_BATCH {

@@ -1,5 +1,5 @@
 //! The two-party trade's rules, as plain functions over the ledger and a
-//! [`Store`]: what the buyer checks in an offer, how it builds its
+//! [`LedgerDb`]: what the buyer checks in an offer, how it builds its
 //! proposal, and what the seller checks before signing. The flows in
 //! [`crate::flows::trade`] call these between their suspension points.
 
@@ -7,7 +7,7 @@ use crate::keys;
 use crate::ledger::{
     Amount, AssetKind, CommandData, SignedTransaction, StateAndRef, TransactionBuilder, VerifyError,
 };
-use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::ledger_db::{LedgerDb, LedgerDbError, LedgerTable, decode, encode};
 use crate::trust;
 use crate::vault::{self, LockId, VaultError};
 use flow_runtime::{Party, PublicKey};
@@ -117,32 +117,32 @@ pub enum TradeError {
     Key(#[from] keys::KeyError),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    LedgerDb(#[from] LedgerDbError),
 }
 
 /// How long a trade waits for its counterparty before giving up, unless
 /// the node's operator set another bound ([`set_trade_timeout`]).
 pub const DEFAULT_TRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
-/// The [`Table::Config`] key of the node's trade timeout (milliseconds).
+/// The [`LedgerTable::Config`] key of the node's trade timeout (milliseconds).
 const TRADE_TIMEOUT_KEY: &[u8] = b"trade-timeout-ms";
 
 /// The bound on how long this node's trades wait for the counterparty
 /// while they negotiate (see [`crate::flows::trade`]).
-pub fn trade_timeout(store: &dyn Store) -> Result<std::time::Duration, StoreError> {
-    Ok(match store.get(Table::Config, TRADE_TIMEOUT_KEY)? {
-        Some(bytes) => std::time::Duration::from_millis(decode(Table::Config, &bytes)?),
+pub fn trade_timeout(store: &dyn LedgerDb) -> Result<std::time::Duration, LedgerDbError> {
+    Ok(match store.get(LedgerTable::Config, TRADE_TIMEOUT_KEY)? {
+        Some(bytes) => std::time::Duration::from_millis(decode(LedgerTable::Config, &bytes)?),
         None => DEFAULT_TRADE_TIMEOUT,
     })
 }
 
 /// Sets this node's trade timeout (kept in its database).
 pub fn set_trade_timeout(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     timeout: std::time::Duration,
-) -> Result<(), StoreError> {
+) -> Result<(), LedgerDbError> {
     let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    store.put(Table::Config, TRADE_TIMEOUT_KEY, &encode(&ms)?)
+    store.put(LedgerTable::Config, TRADE_TIMEOUT_KEY, &encode(&ms)?)
 }
 
 /// The buyer's first check, before downloading anything: price and kind.
@@ -166,7 +166,7 @@ pub fn check_offer(
 
 /// After resolving the asset's transaction: the offered state must be the
 /// output it claims to be.
-pub fn check_offered_state(store: &dyn Store, offer: &TradeOffer) -> Result<(), TradeError> {
+pub fn check_offered_state(store: &dyn LedgerDb, offer: &TradeOffer) -> Result<(), TradeError> {
     let r = offer.asset.state_ref;
     let stx = vault::transaction(store, &r.tx_id)?
         .ok_or_else(|| TradeError::OfferMismatch(format!("{r} (its transaction is unknown)")))?;
@@ -180,7 +180,7 @@ pub fn check_offered_state(store: &dyn Store, offer: &TradeOffer) -> Result<(), 
 /// under `lock`), takes the asset to a fresh key, and signs for its cash.
 /// The seller's and the notary's signatures are still missing.
 pub fn build_proposal(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     offer: &TradeOffer,
     notary: &Party,
     lock: LockId,
@@ -221,7 +221,7 @@ pub fn build_proposal(
 /// the asset's move, naming only the asset's owner; the only outputs to
 /// our keys are the payment.
 pub fn check_proposal(
-    store: &dyn Store,
+    store: &dyn LedgerDb,
     stx: &SignedTransaction,
     offer: &TradeOffer,
     notary: &Party,
@@ -281,7 +281,7 @@ pub fn check_proposal(
 /// have our signature authorise what we never agreed to (an issuance in
 /// our name, a move of something else).
 fn check_commands(
-    store: &dyn Store,
+    store: &dyn LedgerDb,
     stx: &SignedTransaction,
     offer: &TradeOffer,
     owner: &PublicKey,

@@ -9,13 +9,13 @@
 //! A node trusts its own ledger identity (its own cash is what it pays
 //! with) and the issuers its operator adds with [`trust_issuer`] (the
 //! [`trust_issuers`](fn@crate::flows::identity::trust_issuers) flow). The
-//! setting lives in the node's database ([`Table::Config`]), so it survives
+//! setting lives in the node's database ([`LedgerTable::Config`]), so it survives
 //! restarts and commits with the step that changes it.
 
-use crate::store::{Store, StoreError, Table, decode, encode, prefix_range};
+use crate::ledger_db::{LedgerDb, LedgerDbError, LedgerTable, decode, encode, prefix_range};
 use flow_runtime::{Party, PublicKey};
 
-/// The [`Table::Config`] key prefix of the trusted issuers; the issuer's
+/// The [`LedgerTable::Config`] key prefix of the trusted issuers; the issuer's
 /// key follows.
 const PREFIX: &[u8] = b"trusted-issuer/";
 
@@ -28,32 +28,36 @@ fn config_key(key: &PublicKey) -> Vec<u8> {
 
 /// Trusts cash issued by `issuer` (by its key; the name is kept as a label
 /// for reports). Trusting an issuer again replaces its label.
-pub fn trust_issuer(store: &mut dyn Store, issuer: &Party) -> Result<(), StoreError> {
-    store.put(Table::Config, &config_key(issuer.key()), &encode(issuer)?)
+pub fn trust_issuer(store: &mut dyn LedgerDb, issuer: &Party) -> Result<(), LedgerDbError> {
+    store.put(
+        LedgerTable::Config,
+        &config_key(issuer.key()),
+        &encode(issuer)?,
+    )
 }
 
 /// Whether cash issued by `key` is acceptable to this node: one point read.
-pub fn is_trusted(store: &dyn Store, key: &PublicKey) -> Result<bool, StoreError> {
-    Ok(store.get(Table::Config, &config_key(key))?.is_some())
+pub fn is_trusted(store: &dyn LedgerDb, key: &PublicKey) -> Result<bool, LedgerDbError> {
+    Ok(store.get(LedgerTable::Config, &config_key(key))?.is_some())
 }
 
 /// Every issuer this node trusts, its own ledger identity included once it
 /// exists.
-pub fn trusted_issuers(store: &dyn Store) -> Result<Vec<Party>, StoreError> {
-    prefix_range(store, Table::Config, PREFIX, usize::MAX)?
+pub fn trusted_issuers(store: &dyn LedgerDb) -> Result<Vec<Party>, LedgerDbError> {
+    prefix_range(store, LedgerTable::Config, PREFIX, usize::MAX)?
         .iter()
-        .map(|(_, v)| decode(Table::Config, v))
+        .map(|(_, v)| decode(LedgerTable::Config, v))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemStore;
+    use crate::ledger_db::MemLedgerDb;
 
     #[test]
     fn trust_is_by_key_not_by_name() {
-        let mut store = MemStore::default();
+        let mut store = MemLedgerDb::default();
         let bank = Party::new("Bank", PublicKey([7; 32]));
         let impostor = Party::new("Bank", PublicKey([8; 32]));
         assert!(!is_trusted(&store, bank.key()).unwrap());

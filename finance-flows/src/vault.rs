@@ -1,7 +1,7 @@
 //! The vault: the transactions a node has verified, the states its keys
 //! own and have not spent, and coin selection with soft locks.
 //!
-//! All functions work on a [`Store`]; with a node they run inside a flow
+//! All functions work on a [`LedgerDb`]; with a node they run inside a flow
 //! step, so what they write commits with that step's checkpoint.
 //!
 //! Coin selection only ever picks cash of an issuer the node trusts (see
@@ -13,7 +13,9 @@ use crate::keys;
 use crate::ledger::{
     Amount, Cash, ContractState, Currency, InputResolver, SignedTransaction, StateAndRef, StateRef,
 };
-use crate::store::{Store, StoreError, Table, decode, encode, prefix_end, prefix_range};
+use crate::ledger_db::{
+    LedgerDb, LedgerDbError, LedgerTable, decode, encode, prefix_end, prefix_range,
+};
 use crate::trust;
 use flow_runtime::Party;
 use serde::{Deserialize, Serialize};
@@ -32,14 +34,14 @@ pub enum VaultError {
     },
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    LedgerDb(#[from] LedgerDbError),
 }
 
 /// An id that marks coins reserved by one spend (e.g. one trade), so that
 /// they can be released together if the spend fails.
 pub type LockId = u64;
 
-/// What [`Table::Outputs`] keeps for every output of a recorded
+/// What [`LedgerTable::Outputs`] keeps for every output of a recorded
 /// transaction: the state and the notary of the transaction that created it
 /// (everything verification needs to resolve an input).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +60,7 @@ struct OutputRecordRef<'a> {
     state: &'a ContractState,
 }
 
-/// The [`Table::AvailableCash`] key of a coin: currency, then the quantity
+/// The [`LedgerTable::AvailableCash`] key of a coin: currency, then the quantity
 /// inverted (largest coins first), then the state's reference.
 fn available_key(cash: &Cash, state_ref: &StateRef) -> Vec<u8> {
     let mut key = Vec::with_capacity(3 + 8 + 36);
@@ -69,7 +71,7 @@ fn available_key(cash: &Cash, state_ref: &StateRef) -> Vec<u8> {
 }
 
 /// Where coin selection of `currency` starts reading
-/// [`Table::AvailableCash`]: a key that no available coin of the currency
+/// [`LedgerTable::AvailableCash`]: a key that no available coin of the currency
 /// sorts before (the currency prefix itself when nothing is recorded).
 ///
 /// Invariant, kept by every write of the index in this module: adding a
@@ -79,11 +81,11 @@ fn available_key(cash: &Cash, state_ref: &StateRef) -> Vec<u8> {
 /// breaks it. So starting there skips exactly the coins earlier spends
 /// took — even while their deletions are still uncommitted writes of the
 /// same group commit, which a range read would otherwise walk.
-fn selection_start(store: &dyn Store, currency: &Currency) -> Result<Vec<u8>, StoreError> {
-    match store.get(Table::AvailableCashStart, &currency.0)? {
+fn selection_start(store: &dyn LedgerDb, currency: &Currency) -> Result<Vec<u8>, LedgerDbError> {
+    match store.get(LedgerTable::AvailableCashStart, &currency.0)? {
         Some(start) if start.starts_with(&currency.0) => Ok(start),
-        Some(start) => Err(StoreError::Corrupt {
-            table: Table::AvailableCashStart.name(),
+        Some(start) => Err(LedgerDbError::Corrupt {
+            table: LedgerTable::AvailableCashStart.name(),
             detail: format!(
                 "the selection start of {currency:?} is a {}-byte key outside that currency",
                 start.len()
@@ -93,22 +95,22 @@ fn selection_start(store: &dyn Store, currency: &Currency) -> Result<Vec<u8>, St
     }
 }
 
-/// Adds a coin to [`Table::AvailableCash`], moving its currency's
+/// Adds a coin to [`LedgerTable::AvailableCash`], moving its currency's
 /// [`selection_start`] back to it if it sorts first.
 fn make_available(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     cash: &Cash,
     state_ref: &StateRef,
-) -> Result<(), StoreError> {
+) -> Result<(), LedgerDbError> {
     let key = available_key(cash, state_ref);
     let currency = &cash.amount.currency;
     if key < selection_start(store, currency)? {
-        store.put(Table::AvailableCashStart, &currency.0, &key)?;
+        store.put(LedgerTable::AvailableCashStart, &currency.0, &key)?;
     }
-    store.put(Table::AvailableCash, &key, &[])
+    store.put(LedgerTable::AvailableCash, &key, &[])
 }
 
-/// The [`Table::LocksByHolder`] key of a state held by `lock`.
+/// The [`LedgerTable::LocksByHolder`] key of a state held by `lock`.
 fn holder_key(lock: LockId, state_ref: &StateRef) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + 36);
     key.extend_from_slice(&lock.to_be_bytes());
@@ -117,45 +119,45 @@ fn holder_key(lock: LockId, state_ref: &StateRef) -> Vec<u8> {
 }
 
 /// The `StateRef` at the end of an index key, or a corruption error.
-fn ref_at_end(table: Table, key: &[u8]) -> Result<StateRef, StoreError> {
+fn ref_at_end(table: LedgerTable, key: &[u8]) -> Result<StateRef, LedgerDbError> {
     key.len()
         .checked_sub(36)
         .and_then(|start| StateRef::from_key(&key[start..]))
-        .ok_or_else(|| StoreError::Corrupt {
+        .ok_or_else(|| LedgerDbError::Corrupt {
             table: table.name(),
             detail: format!("an index key is {} bytes, too short for a state", key.len()),
         })
 }
 
-/// Writes the [`Table::Outputs`] records of every output of `stx`.
+/// Writes the [`LedgerTable::Outputs`] records of every output of `stx`.
 fn record_outputs(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     stx: &SignedTransaction,
     id: &SecureHash,
-) -> Result<(), StoreError> {
+) -> Result<(), LedgerDbError> {
     for (state, index) in stx.tx.outputs.iter().zip(0u32..) {
         let record = OutputRecordRef {
             notary: &stx.tx.notary,
             state,
         };
         let state_ref = StateRef { tx_id: *id, index };
-        store.put(Table::Outputs, &state_ref.to_key(), &encode(&record)?)?;
+        store.put(LedgerTable::Outputs, &state_ref.to_key(), &encode(&record)?)?;
     }
     Ok(())
 }
 
 /// Marks `input` consumed: no longer unconsumed, available or locked.
-fn consume(store: &mut dyn Store, input: &StateRef) -> Result<(), StoreError> {
+fn consume(store: &mut dyn LedgerDb, input: &StateRef) -> Result<(), LedgerDbError> {
     let key = input.to_key();
     if let Some(owned) = state(store, input)? {
         if let Some(cash) = owned.state.as_cash() {
-            store.remove(Table::AvailableCash, &available_key(cash, input))?;
+            store.remove(LedgerTable::AvailableCash, &available_key(cash, input))?;
         }
-        store.remove(Table::Unconsumed, &key)?;
+        store.remove(LedgerTable::Unconsumed, &key)?;
     }
     if let Some(holder) = lock_of(store, input)? {
-        store.remove(Table::LocksByHolder, &holder_key(holder, input))?;
-        store.remove(Table::SoftLocks, &key)?;
+        store.remove(LedgerTable::LocksByHolder, &holder_key(holder, input))?;
+        store.remove(LedgerTable::SoftLocks, &key)?;
     }
     Ok(())
 }
@@ -167,12 +169,12 @@ fn consume(store: &mut dyn Store, input: &StateRef) -> Result<(), StoreError> {
 ///
 /// The caller must have verified `stx` (signatures and contracts, its
 /// dependencies recorded first): the vault trusts what it records.
-pub fn record(store: &mut dyn Store, stx: &SignedTransaction) -> Result<bool, StoreError> {
+pub fn record(store: &mut dyn LedgerDb, stx: &SignedTransaction) -> Result<bool, LedgerDbError> {
     let id = stx.id();
-    if store.get(Table::Transactions, &id.0)?.is_some() {
+    if store.get(LedgerTable::Transactions, &id.0)?.is_some() {
         return Ok(false);
     }
-    store.put(Table::Transactions, &id.0, &encode(stx)?)?;
+    store.put(LedgerTable::Transactions, &id.0, &encode(stx)?)?;
     record_outputs(store, stx, &id)?;
     for input in &stx.tx.inputs {
         consume(store, input)?;
@@ -180,7 +182,11 @@ pub fn record(store: &mut dyn Store, stx: &SignedTransaction) -> Result<bool, St
     for (state, index) in stx.tx.outputs.iter().zip(0u32..) {
         if keys::is_ours(store, state.owner())? {
             let state_ref = StateRef { tx_id: id, index };
-            store.put(Table::Unconsumed, &state_ref.to_key(), &encode(state)?)?;
+            store.put(
+                LedgerTable::Unconsumed,
+                &state_ref.to_key(),
+                &encode(state)?,
+            )?;
             if let Some(cash) = state.as_cash()
                 && trust::is_trusted(store, cash.issuer.key())?
             {
@@ -195,10 +201,13 @@ pub fn record(store: &mut dyn Store, stx: &SignedTransaction) -> Result<bool, St
 /// Stores a verified dependency without changing the unconsumed states
 /// (its outputs may have been spent since; a dependency is kept only to
 /// verify what builds on it).
-pub fn record_dependency(store: &mut dyn Store, stx: &SignedTransaction) -> Result<(), StoreError> {
+pub fn record_dependency(
+    store: &mut dyn LedgerDb,
+    stx: &SignedTransaction,
+) -> Result<(), LedgerDbError> {
     let id = stx.id();
-    if store.get(Table::Transactions, &id.0)?.is_none() {
-        store.put(Table::Transactions, &id.0, &encode(stx)?)?;
+    if store.get(LedgerTable::Transactions, &id.0)?.is_none() {
+        store.put(LedgerTable::Transactions, &id.0, &encode(stx)?)?;
         record_outputs(store, stx, &id)?;
     }
     Ok(())
@@ -206,47 +215,47 @@ pub fn record_dependency(store: &mut dyn Store, stx: &SignedTransaction) -> Resu
 
 /// The transaction with id `id`, if recorded.
 pub fn transaction(
-    store: &dyn Store,
+    store: &dyn LedgerDb,
     id: &SecureHash,
-) -> Result<Option<SignedTransaction>, StoreError> {
+) -> Result<Option<SignedTransaction>, LedgerDbError> {
     store
-        .get(Table::Transactions, &id.0)?
-        .map(|bytes| decode(Table::Transactions, &bytes))
+        .get(LedgerTable::Transactions, &id.0)?
+        .map(|bytes| decode(LedgerTable::Transactions, &bytes))
         .transpose()
 }
 
 /// True if the transaction `id` is recorded.
-pub fn has_transaction(store: &dyn Store, id: &SecureHash) -> Result<bool, StoreError> {
-    Ok(store.get(Table::Transactions, &id.0)?.is_some())
+pub fn has_transaction(store: &dyn LedgerDb, id: &SecureHash) -> Result<bool, LedgerDbError> {
+    Ok(store.get(LedgerTable::Transactions, &id.0)?.is_some())
 }
 
 /// Every recorded transaction.
-pub fn transactions(store: &dyn Store) -> Result<Vec<SignedTransaction>, StoreError> {
+pub fn transactions(store: &dyn LedgerDb) -> Result<Vec<SignedTransaction>, LedgerDbError> {
     store
-        .scan(Table::Transactions)?
+        .scan(LedgerTable::Transactions)?
         .iter()
-        .map(|(_, v)| decode(Table::Transactions, v))
+        .map(|(_, v)| decode(LedgerTable::Transactions, v))
         .collect()
 }
 
 /// An [`InputResolver`] over the recorded transactions, for
-/// [`SignedTransaction::verify`]: one point read of [`Table::Outputs`] per
+/// [`SignedTransaction::verify`]: one point read of [`LedgerTable::Outputs`] per
 /// input (falling back to the whole producing transaction if its outputs
 /// were not indexed). A storage error reads as "unknown", which fails
 /// verification with an unresolved input (and is logged by [`decode`]).
-pub fn resolver(store: &dyn Store) -> VaultResolver<'_> {
+pub fn resolver(store: &dyn LedgerDb) -> VaultResolver<'_> {
     VaultResolver { store }
 }
 
 /// See [`resolver`].
 pub struct VaultResolver<'a> {
-    store: &'a dyn Store,
+    store: &'a dyn LedgerDb,
 }
 
 impl InputResolver for VaultResolver<'_> {
     fn resolve_input(&mut self, input: &StateRef) -> Option<(ContractState, Party)> {
-        match self.store.get(Table::Outputs, &input.to_key()) {
-            Ok(Some(bytes)) => decode::<OutputRecord>(Table::Outputs, &bytes)
+        match self.store.get(LedgerTable::Outputs, &input.to_key()) {
+            Ok(Some(bytes)) => decode::<OutputRecord>(LedgerTable::Outputs, &bytes)
                 .ok()
                 .map(|r| (r.state, r.notary)),
             Ok(None) => {
@@ -263,12 +272,15 @@ impl InputResolver for VaultResolver<'_> {
 }
 
 /// The unconsumed state at `state_ref`, if this node owns it.
-pub fn state(store: &dyn Store, state_ref: &StateRef) -> Result<Option<StateAndRef>, StoreError> {
+pub fn state(
+    store: &dyn LedgerDb,
+    state_ref: &StateRef,
+) -> Result<Option<StateAndRef>, LedgerDbError> {
     store
-        .get(Table::Unconsumed, &state_ref.to_key())?
+        .get(LedgerTable::Unconsumed, &state_ref.to_key())?
         .map(|bytes| {
             Ok(StateAndRef {
-                state: decode(Table::Unconsumed, &bytes)?,
+                state: decode(LedgerTable::Unconsumed, &bytes)?,
                 state_ref: *state_ref,
             })
         })
@@ -276,17 +288,17 @@ pub fn state(store: &dyn Store, state_ref: &StateRef) -> Result<Option<StateAndR
 }
 
 /// Every unconsumed state the node owns.
-pub fn unconsumed(store: &dyn Store) -> Result<Vec<StateAndRef>, StoreError> {
+pub fn unconsumed(store: &dyn LedgerDb) -> Result<Vec<StateAndRef>, LedgerDbError> {
     store
-        .scan(Table::Unconsumed)?
+        .scan(LedgerTable::Unconsumed)?
         .iter()
         .map(|(k, v)| {
-            let state_ref = StateRef::from_key(k).ok_or_else(|| StoreError::Corrupt {
-                table: Table::Unconsumed.name(),
+            let state_ref = StateRef::from_key(k).ok_or_else(|| LedgerDbError::Corrupt {
+                table: LedgerTable::Unconsumed.name(),
                 detail: format!("a state key is {} bytes instead of 36", k.len()),
             })?;
             Ok(StateAndRef {
-                state: decode(Table::Unconsumed, v)?,
+                state: decode(LedgerTable::Unconsumed, v)?,
                 state_ref,
             })
         })
@@ -297,8 +309,8 @@ pub fn unconsumed(store: &dyn Store) -> Result<Vec<StateAndRef>, StoreError> {
 /// told apart by key (see [`Party`]): cash a stranger issued under a
 /// well-known name is a line of its own, not part of the real issuer's.
 pub fn cash_balances(
-    store: &dyn Store,
-) -> Result<BTreeMap<(Party, crate::ledger::Currency), u64>, StoreError> {
+    store: &dyn LedgerDb,
+) -> Result<BTreeMap<(Party, crate::ledger::Currency), u64>, LedgerDbError> {
     let mut balances = BTreeMap::new();
     for s in unconsumed(store)? {
         if let ContractState::Cash(c) = s.state {
@@ -314,7 +326,10 @@ pub fn cash_balances(
 /// The node's total unconsumed cash of `currency` from the issuers it
 /// trusts (see [`crate::trust`]): what it can pay with. Cash of other
 /// issuers is in [`cash_balances`] but is worth nothing here.
-pub fn cash_total(store: &dyn Store, currency: crate::ledger::Currency) -> Result<u64, StoreError> {
+pub fn cash_total(
+    store: &dyn LedgerDb,
+    currency: crate::ledger::Currency,
+) -> Result<u64, LedgerDbError> {
     let mut total = 0u64;
     for ((issuer, c), q) in cash_balances(store)? {
         if c == currency && trust::is_trusted(store, issuer.key())? {
@@ -324,10 +339,10 @@ pub fn cash_total(store: &dyn Store, currency: crate::ledger::Currency) -> Resul
     Ok(total)
 }
 
-fn lock_of(store: &dyn Store, state_ref: &StateRef) -> Result<Option<LockId>, StoreError> {
+fn lock_of(store: &dyn LedgerDb, state_ref: &StateRef) -> Result<Option<LockId>, LedgerDbError> {
     store
-        .get(Table::SoftLocks, &state_ref.to_key())?
-        .map(|b| decode(Table::SoftLocks, &b))
+        .get(LedgerTable::SoftLocks, &state_ref.to_key())?
+        .map(|b| decode(LedgerTable::SoftLocks, &b))
         .transpose()
 }
 
@@ -342,14 +357,19 @@ fn lock_of(store: &dyn Store, state_ref: &StateRef) -> Result<Option<LockId>, St
 /// many coins the vault holds or other spends have locked, in this group
 /// commit or before.
 pub fn select_coins(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     amount: Amount,
     lock: LockId,
 ) -> Result<Vec<StateAndRef>, VaultError> {
     let mut chosen = Vec::new();
     let mut total: u64 = 0;
-    for (key, _) in prefix_range(store, Table::LocksByHolder, &lock.to_be_bytes(), usize::MAX)? {
-        let r = ref_at_end(Table::LocksByHolder, &key)?;
+    for (key, _) in prefix_range(
+        store,
+        LedgerTable::LocksByHolder,
+        &lock.to_be_bytes(),
+        usize::MAX,
+    )? {
+        let r = ref_at_end(LedgerTable::LocksByHolder, &key)?;
         if let Some(s) = state(store, &r)?
             && let Some(cash) = s.state.as_cash()
             && cash.amount.currency == amount.currency
@@ -363,15 +383,15 @@ pub fn select_coins(
     let mut from = selection_start(store, &amount.currency)?;
     let mut new_coins = Vec::new();
     'pages: while total < amount.quantity {
-        let page = store.range(Table::AvailableCash, &from, end.as_deref(), PAGE)?;
+        let page = store.range(LedgerTable::AvailableCash, &from, end.as_deref(), PAGE)?;
         let full = page.len() == PAGE;
         for (key, _) in page {
             if total >= amount.quantity {
                 break 'pages;
             }
-            let r = ref_at_end(Table::AvailableCash, &key)?;
-            let s = state(store, &r)?.ok_or_else(|| StoreError::Corrupt {
-                table: Table::AvailableCash.name(),
+            let r = ref_at_end(LedgerTable::AvailableCash, &key)?;
+            let s = state(store, &r)?.ok_or_else(|| LedgerDbError::Corrupt {
+                table: LedgerTable::AvailableCash.name(),
                 detail: format!("the coin index names {r}, which is not an unconsumed state"),
             })?;
             let quantity = s.state.as_cash().map_or(0, |c| c.amount.quantity);
@@ -393,14 +413,18 @@ pub fn select_coins(
     }
     let lock_bytes = encode(&lock)?;
     for (s, key) in chosen.iter().rev().zip(new_coins.iter().rev()) {
-        store.put(Table::SoftLocks, &s.state_ref.to_key(), &lock_bytes)?;
-        store.put(Table::LocksByHolder, &holder_key(lock, &s.state_ref), &[])?;
-        store.remove(Table::AvailableCash, key)?;
+        store.put(LedgerTable::SoftLocks, &s.state_ref.to_key(), &lock_bytes)?;
+        store.put(
+            LedgerTable::LocksByHolder,
+            &holder_key(lock, &s.state_ref),
+            &[],
+        )?;
+        store.remove(LedgerTable::AvailableCash, key)?;
     }
     // Every available coin before `from` (just past the last coin taken)
     // was taken above or was gone already.
     if !new_coins.is_empty() {
-        store.put(Table::AvailableCashStart, &amount.currency.0, &from)?;
+        store.put(LedgerTable::AvailableCashStart, &amount.currency.0, &from)?;
     }
     Ok(chosen)
 }
@@ -408,7 +432,7 @@ pub fn select_coins(
 /// Soft-locks specific states (e.g. the paper a seller offers) under `lock`.
 /// Fails if one is not in the vault or is locked by another spend.
 pub fn lock_states(
-    store: &mut dyn Store,
+    store: &mut dyn LedgerDb,
     refs: &[StateRef],
     lock: LockId,
 ) -> Result<(), VaultLockError> {
@@ -426,10 +450,17 @@ pub fn lock_states(
     }
     let lock_bytes = encode(&lock)?;
     for s in &states {
-        store.put(Table::SoftLocks, &s.state_ref.to_key(), &lock_bytes)?;
-        store.put(Table::LocksByHolder, &holder_key(lock, &s.state_ref), &[])?;
+        store.put(LedgerTable::SoftLocks, &s.state_ref.to_key(), &lock_bytes)?;
+        store.put(
+            LedgerTable::LocksByHolder,
+            &holder_key(lock, &s.state_ref),
+            &[],
+        )?;
         if let Some(cash) = s.state.as_cash() {
-            store.remove(Table::AvailableCash, &available_key(cash, &s.state_ref))?;
+            store.remove(
+                LedgerTable::AvailableCash,
+                &available_key(cash, &s.state_ref),
+            )?;
         }
     }
     Ok(())
@@ -446,18 +477,23 @@ pub enum VaultLockError {
     Locked(StateRef),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    LedgerDb(#[from] LedgerDbError),
 }
 
 /// Releases every state locked under `lock` (a spend that failed); its
 /// unconsumed cash becomes selectable again. A range read of `lock`'s
 /// holdings, not a scan of every lock.
-pub fn release_locks(store: &mut dyn Store, lock: LockId) -> Result<usize, StoreError> {
-    let held = prefix_range(store, Table::LocksByHolder, &lock.to_be_bytes(), usize::MAX)?;
+pub fn release_locks(store: &mut dyn LedgerDb, lock: LockId) -> Result<usize, LedgerDbError> {
+    let held = prefix_range(
+        store,
+        LedgerTable::LocksByHolder,
+        &lock.to_be_bytes(),
+        usize::MAX,
+    )?;
     for (key, _) in &held {
-        let r = ref_at_end(Table::LocksByHolder, key)?;
-        store.remove(Table::SoftLocks, &r.to_key())?;
-        store.remove(Table::LocksByHolder, key)?;
+        let r = ref_at_end(LedgerTable::LocksByHolder, key)?;
+        store.remove(LedgerTable::SoftLocks, &r.to_key())?;
+        store.remove(LedgerTable::LocksByHolder, key)?;
         if let Some(s) = state(store, &r)?
             && let Some(cash) = s.state.as_cash()
             && trust::is_trusted(store, cash.issuer.key())?
@@ -470,6 +506,6 @@ pub fn release_locks(store: &mut dyn Store, lock: LockId) -> Result<usize, Store
 
 /// How many states are soft-locked (for reconciliation: zero once every
 /// trade has ended).
-pub fn locked_count(store: &dyn Store) -> Result<usize, StoreError> {
-    Ok(store.scan(Table::SoftLocks)?.len())
+pub fn locked_count(store: &dyn LedgerDb) -> Result<usize, LedgerDbError> {
+    Ok(store.scan(LedgerTable::SoftLocks)?.len())
 }

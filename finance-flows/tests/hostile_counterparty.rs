@@ -14,7 +14,7 @@ use finance_flows::flows::notarise::notarise;
 use finance_flows::flows::resolve::{Ending, resolve_transactions, send_ending_resolution};
 use finance_flows::flows::signatures::collect_signatures;
 use finance_flows::flows::trade::{buy, sell, set_trade_timeout};
-use finance_flows::flows::{Notary, fail, store};
+use finance_flows::flows::{Notary, fail, ledger_db};
 use finance_flows::ledger::{
     Amount, AssetKind, Cash, Command, CommandData, ContractState, Currency, SignedTransaction,
     StateAndRef, StateRef, TransactionBuilder,
@@ -103,7 +103,7 @@ async fn steal(
     asset: StateAndRef,
 ) -> Result<Option<String>, FlowError> {
     let theft: SignedTransaction = {
-        let db = store(ctx)?;
+        let db = ledger_db(ctx)?;
         let me = keys::fresh_key(db).map_err(fail)?;
         let mut b = TransactionBuilder::new(notary.party.clone());
         b.add_input(asset.clone());
@@ -212,7 +212,7 @@ async fn issue_as(
     notary: Notary,
 ) -> Result<SignedTransaction, FlowError> {
     let me = ledger_identity_of(ctx)?;
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let issuer = Party::new(name, *me.key());
     let owner = keys::fresh_key(db).map_err(fail)?;
     let mut b = TransactionBuilder::new(notary.party);
@@ -270,7 +270,7 @@ async fn forge_bank_cash(
     amount: Amount,
     notary: Notary,
 ) -> Result<(), FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     trust::trust_issuer(db, &bank).map_err(fail)?;
     let owner = keys::fresh_key(db).map_err(fail)?;
     let mut b = TransactionBuilder::new(notary.party);
@@ -352,7 +352,7 @@ async fn overreaching_buyer(
     let signing: FlowSession = session.clone();
     let outcome: Result<SignedTransaction, FlowError> =
         ctx.sub_flow(collect_signatures(signing, proposal)).await;
-    vault::release_locks(store(ctx)?, 99).map_err(fail)?;
+    vault::release_locks(ledger_db(ctx)?, 99).map_err(fail)?;
     outcome.map(|_| ())
 }
 
@@ -362,7 +362,7 @@ fn overreach(
     notary: &Notary,
     how: Overreach,
 ) -> Result<SignedTransaction, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let named = match how {
         Overreach::ImpostorNotary => {
             let fake = keys::fresh_key(db).map_err(fail)?;
@@ -425,7 +425,7 @@ async fn pay_to_node(
     let session: FlowSession = ctx.initiate_flow(&to);
     let key: PublicKey = session.receive::<PublicKey>().await?.validate(Ok)?;
     let stx: SignedTransaction = {
-        let db = store(ctx)?;
+        let db = ledger_db(ctx)?;
         let coins = vault::select_coins(db, amount, 55).map_err(fail)?;
         let change = keys::fresh_key(db).map_err(fail)?;
         let mut b = TransactionBuilder::new(notary.party.clone());
@@ -455,7 +455,7 @@ async fn receive_payment(
     ctx: &mut FlowContext,
     session: FlowSession,
 ) -> Result<SignedTransaction, FlowError> {
-    let key: PublicKey = keys::fresh_key(store(ctx)?).map_err(fail)?;
+    let key: PublicKey = keys::fresh_key(ledger_db(ctx)?).map_err(fail)?;
     session.send(&key)?;
     let fin: SignedTransaction = ctx
         .sub_flow(finance_flows::flows::finality::receive_finality(
@@ -560,7 +560,7 @@ async fn probing_buyer(
         .await?
         .validate(Ok)?;
     let stolen: Vec<SignedTransaction> = reply.into_iter().flatten().collect();
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     for stx in &stolen {
         vault::record_dependency(db, stx).map_err(fail)?;
     }
@@ -615,7 +615,7 @@ async fn probing_seller(
     secret: SecureHash,
 ) -> Result<u32, FlowError> {
     let offer: TradeOffer = {
-        let db = store(ctx)?;
+        let db = ledger_db(ctx)?;
         let state = vault::state(db, &asset)
             .map_err(fail)?
             .ok_or_else(|| FlowError::new("no such paper"))?;
@@ -770,7 +770,7 @@ async fn silent_seller(
     asset: StateRef,
 ) -> Result<(), FlowError> {
     let offer: TradeOffer = {
-        let db = store(ctx)?;
+        let db = ledger_db(ctx)?;
         let state = vault::state(db, &asset)
             .map_err(fail)?
             .ok_or_else(|| FlowError::new("no such paper"))?;

@@ -14,7 +14,7 @@ use finance_flows::flows::identity::{ledger_identity, trust_issuers};
 use finance_flows::flows::issue::issue_cash;
 use finance_flows::flows::resolve::{Ending, dependencies};
 use finance_flows::flows::trade::{buy, sell};
-use finance_flows::flows::{Notary, fail, store};
+use finance_flows::flows::{Notary, fail, ledger_db};
 use finance_flows::ledger::{AssetKind, SignedTransaction, StateRef, TransactionBuilder};
 use finance_flows::{keys, vault};
 use flow_runtime::prelude::*;
@@ -47,7 +47,7 @@ fn trade_alone(w: &mut World, paper: StateRef) -> (SignedTransaction, u64) {
 /// Which of `ids` this node has recorded (as its own or as a dependency).
 #[flow]
 async fn holds(ctx: &mut FlowContext, ids: Vec<SecureHash>) -> Result<Vec<bool>, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     ids.iter()
         .map(|id| vault::has_transaction(db, id).map_err(fail))
         .collect()
@@ -152,7 +152,7 @@ async fn pay_and_share(
 ) -> Result<SignedTransaction, FlowError> {
     let session: FlowSession = ctx.initiate_flow(&observer);
     let stx: SignedTransaction = {
-        let db = store(ctx)?;
+        let db = ledger_db(ctx)?;
         let coins = vault::select_coins(db, usd(PRICE), 77).map_err(fail)?;
         let to = keys::fresh_key(db).map_err(fail)?;
         let change = keys::fresh_key(db).map_err(fail)?;

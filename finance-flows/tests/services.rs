@@ -2,26 +2,26 @@
 
 use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
+use finance_flows::ledger_db::{LedgerDb, LedgerDbError, LedgerEntries, LedgerTable, MemLedgerDb};
 use finance_flows::notarise::{self as notary, NotaryError};
-use finance_flows::store::{Entries, MemStore, Store, StoreError, Table};
 use finance_flows::{keys, trust, vault};
 use flow_runtime::{Party, Timestamp};
 
 struct Setup {
     notary: Party,
-    notary_store: MemStore,
+    notary_store: MemLedgerDb,
     bank: Party,
     bank_key: KeyPair,
-    node: MemStore,
+    node: MemLedgerDb,
 }
 
 fn setup() -> Setup {
     let notary_key = KeyPair::from_seed([1; 32]);
-    let mut notary_store = MemStore::new();
+    let mut notary_store = MemLedgerDb::new();
     keys::import(&mut notary_store, &notary_key).unwrap();
     let bank_key = KeyPair::from_seed([2; 32]);
     let bank = Party::new("Bank", bank_key.public());
-    let mut node = MemStore::new();
+    let mut node = MemLedgerDb::new();
     trust::trust_issuer(&mut node, &bank).unwrap();
     Setup {
         notary: Party::new("Notary", notary_key.public()),
@@ -267,7 +267,7 @@ fn notary_refuses_a_spend_of_a_state_it_cannot_resolve() {
     let issue = issue_to_node(&mut s, &[100], 1);
     let stx = pay(&mut s, 100, 1).unwrap();
     // A fresh notary store without the history: nothing is consumed.
-    let mut empty = MemStore::new();
+    let mut empty = MemLedgerDb::new();
     keys::import(&mut empty, &KeyPair::from_seed([1; 32])).unwrap();
     let unsigned_by_notary = SignedTransaction {
         sigs: stx.sigs[..1].to_vec(),
@@ -313,8 +313,10 @@ fn notary_checks_the_time_window() {
 fn corrupt_vault_records_are_errors_not_panics() {
     let mut s = setup();
     issue_to_node(&mut s, &[100], 1);
-    let (k, _) = s.node.scan(Table::Unconsumed).unwrap().remove(0);
-    s.node.put(Table::Unconsumed, &k, b"\xc1garbage").unwrap();
+    let (k, _) = s.node.scan(LedgerTable::Unconsumed).unwrap().remove(0);
+    s.node
+        .put(LedgerTable::Unconsumed, &k, b"\xc1garbage")
+        .unwrap();
     assert!(vault::unconsumed(&s.node).is_err());
     assert!(vault::select_coins(&mut s.node, Amount::new(1, Currency::USD), 1).is_err());
 }
@@ -345,18 +347,18 @@ fn a_coin_locked_by_one_spend_is_never_selected_by_another() {
     assert!(vault::select_coins(&mut s.node, usd(1), 101).is_err());
 }
 
-/// A [`Store`] that keeps uncommitted writes in an overlay, deletions as
+/// A [`LedgerDb`] that keeps uncommitted writes in an overlay, deletions as
 /// tombstones, the way the runtime's `StepWrites` does within one group
 /// commit, and counts the entries its range reads walk — what a selection
 /// costs while the batch's earlier spends are not committed yet.
 struct BatchStore {
-    committed: MemStore,
-    pending: std::collections::BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    committed: MemLedgerDb,
+    pending: std::collections::BTreeMap<(LedgerTable, Vec<u8>), Option<Vec<u8>>>,
     walked: std::cell::Cell<usize>,
 }
 
 impl BatchStore {
-    fn over(committed: MemStore) -> Self {
+    fn over(committed: MemLedgerDb) -> Self {
         Self {
             committed,
             pending: Default::default(),
@@ -365,29 +367,29 @@ impl BatchStore {
     }
 }
 
-impl Store for BatchStore {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl LedgerDb for BatchStore {
+    fn get(&self, table: LedgerTable, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerDbError> {
         match self.pending.get(&(table, key.to_vec())) {
             Some(v) => Ok(v.clone()),
             None => self.committed.get(table, key),
         }
     }
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn put(&mut self, table: LedgerTable, key: &[u8], value: &[u8]) -> Result<(), LedgerDbError> {
         self.pending
             .insert((table, key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
-    fn remove(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+    fn remove(&mut self, table: LedgerTable, key: &[u8]) -> Result<(), LedgerDbError> {
         self.pending.insert((table, key.to_vec()), None);
         Ok(())
     }
     fn range(
         &self,
-        table: Table,
+        table: LedgerTable,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Entries, StoreError> {
+    ) -> Result<LedgerEntries, LedgerDbError> {
         let in_range = |k: &[u8]| k >= from && to.is_none_or(|to| k < to);
         let pending: Vec<_> = self
             .pending

@@ -9,7 +9,7 @@ use finance_flows::crypto::{SecureHash, TxSignature};
 use finance_flows::flows::resolve::{Ending, Served, send_ending_resolution, serve_transactions};
 use finance_flows::flows::signatures::receive_to_sign;
 use finance_flows::flows::trade::{buy_steps, sell};
-use finance_flows::flows::{Notary, fail, store};
+use finance_flows::flows::{Notary, fail, ledger_db};
 use finance_flows::ledger::{AssetKind, SignedTransaction, StateAndRef};
 use finance_flows::resolve::Vending;
 use finance_flows::trade::{self, TradeOffer};
@@ -97,14 +97,14 @@ async fn rogue_seller(
     mode: u8,
 ) -> Result<(), FlowError> {
     {
-        let db = store(ctx)?;
+        let db = ledger_db(ctx)?;
         for stx in &history {
             vault::record_dependency(db, stx).map_err(fail)?;
         }
     }
     let asset_tx: SecureHash = asset.state_ref.tx_id;
     let session: FlowSession = ctx.initiate_flow(&buyer);
-    let pay_to: PublicKey = keys::fresh_key(store(ctx)?).map_err(fail)?;
+    let pay_to: PublicKey = keys::fresh_key(ledger_db(ctx)?).map_err(fail)?;
     // No history with the offer: the buyer fetches the asset's transaction
     // (the path for a seller that does not send it).
     session.send(&TradeOffer {
@@ -131,7 +131,7 @@ async fn rogue_seller(
     let signing: FlowSession = session.clone();
     let vending: Vending = Vending::of([asset_tx]);
     let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing, vending)).await?;
-    let sig: TxSignature = forge(store(ctx)?, &proposal, &pay_to, mode)?;
+    let sig: TxSignature = forge(ledger_db(ctx)?, &proposal, &pay_to, mode)?;
     send_ending_resolution(&session, &vec![sig])?;
     // An honest buyer refuses the forgery, so this receive fails with its
     // error; a buyer that accepted it would send the final transaction.
@@ -142,7 +142,7 @@ async fn rogue_seller(
 /// The rogue seller's answer: a signature by a key the transaction does not
 /// need (mode 1), or the owner's signature with one bit flipped.
 fn forge(
-    db: &mut dyn finance_flows::store::Store,
+    db: &mut dyn finance_flows::ledger_db::LedgerDb,
     proposal: &SignedTransaction,
     pay_to: &PublicKey,
     mode: u8,
@@ -297,14 +297,15 @@ async fn stingy_buyer(
         price: usd(offer.price.quantity - short),
         ..offer
     };
-    let proposal = trade::build_proposal(store(ctx)?, &cheap, &notary.party, 99).map_err(fail)?;
+    let proposal =
+        trade::build_proposal(ledger_db(ctx)?, &cheap, &notary.party, 99).map_err(fail)?;
     let signing: FlowSession = session.clone();
     let outcome: Result<SignedTransaction, FlowError> = ctx
         .sub_flow(finance_flows::flows::signatures::collect_signatures(
             signing, proposal,
         ))
         .await;
-    vault::release_locks(store(ctx)?, 99).map_err(fail)?;
+    vault::release_locks(ledger_db(ctx)?, 99).map_err(fail)?;
     outcome.map(|_| ())
 }
 

@@ -3,31 +3,31 @@
 
 use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
+use finance_flows::ledger_db::MemLedgerDb;
 use finance_flows::notarise as notary;
 use finance_flows::resolve::{Resolution, ResolveError, Vending};
-use finance_flows::store::MemStore;
 use finance_flows::trade::{self, TradeError, TradeOffer};
 use finance_flows::{keys, trust, vault};
 use flow_runtime::{Party, Timestamp};
 
 struct Net {
     notary: Party,
-    notary_store: MemStore,
+    notary_store: MemLedgerDb,
     bank: Party,
     bank_key: KeyPair,
-    seller: MemStore,
-    buyer: MemStore,
+    seller: MemLedgerDb,
+    buyer: MemLedgerDb,
 }
 
 fn net() -> Net {
     let nk = KeyPair::from_seed([1; 32]);
-    let mut notary_store = MemStore::new();
+    let mut notary_store = MemLedgerDb::new();
     keys::import(&mut notary_store, &nk).unwrap();
     let bk = KeyPair::from_seed([2; 32]);
     let bank = Party::new("Bank", bk.public());
     // Both accept the bank's cash.
-    let mut seller = MemStore::new();
-    let mut buyer = MemStore::new();
+    let mut seller = MemLedgerDb::new();
+    let mut buyer = MemLedgerDb::new();
     trust::trust_issuer(&mut seller, &bank).unwrap();
     trust::trust_issuer(&mut buyer, &bank).unwrap();
     Net {
@@ -73,8 +73,8 @@ fn issue_paper(n: &mut Net) -> StateAndRef {
 
 /// Resolves `ids` on `to` from `from`, the way the flows do.
 fn resolve(
-    from: &MemStore,
-    to: &mut MemStore,
+    from: &MemLedgerDb,
+    to: &mut MemLedgerDb,
     ids: Vec<finance_flows::crypto::SecureHash>,
 ) -> Result<usize, ResolveError> {
     let mut vending = Vending::of(ids.clone());
@@ -143,7 +143,7 @@ fn a_full_trade_by_the_rules() {
         100_000
     );
     assert_eq!(vault::cash_total(&n.buyer, Currency::USD).unwrap(), 20_000);
-    let papers = |s: &MemStore| {
+    let papers = |s: &MemLedgerDb| {
         vault::unconsumed(s)
             .unwrap()
             .into_iter()
@@ -214,14 +214,18 @@ fn a_forged_dependency_is_not_recorded() {
     assert!(matches!(err, ResolveError::Invalid { .. }), "{err}");
     assert!(!vault::has_transaction(&n.seller, &stx.id()).unwrap());
     // A peer without the transaction.
-    let err = resolve(&MemStore::new(), &mut n.seller, vec![stx.id()]).unwrap_err();
+    let err = resolve(&MemLedgerDb::new(), &mut n.seller, vec![stx.id()]).unwrap_err();
     assert_eq!(err, ResolveError::Missing(stx.id()));
 }
 
-fn evil_record(store: &mut MemStore, stx: &SignedTransaction) {
-    use finance_flows::store::{Store, Table, encode};
+fn evil_record(store: &mut MemLedgerDb, stx: &SignedTransaction) {
+    use finance_flows::ledger_db::{LedgerDb, LedgerTable, encode};
     store
-        .put(Table::Transactions, &stx.id().0, &encode(stx).unwrap())
+        .put(
+            LedgerTable::Transactions,
+            &stx.id().0,
+            &encode(stx).unwrap(),
+        )
         .unwrap();
 }
 

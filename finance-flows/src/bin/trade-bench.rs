@@ -23,7 +23,7 @@ use finance_flows::flows::issue::{issue_cash, issue_paper};
 use finance_flows::flows::notarise::{notarise, notary_service};
 use finance_flows::flows::trade::{buy, sell};
 use finance_flows::ledger::{Amount, AssetKind, Currency, SignedTransaction, StateRef};
-use finance_flows::store::codec_metrics;
+use finance_flows::ledger_db::codec_metrics;
 use flow_runtime::prelude::*;
 use flow_runtime::testing::cluster::{CheckpointSize, Cluster, RedbOptions, raw_commits_per_s};
 use flow_runtime::{Flow, RunId, Timestamp};

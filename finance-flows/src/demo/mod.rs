@@ -30,7 +30,7 @@ pub use multi_process::{MultiProcessConfig, run_multi_process};
 
 use crate::flows::notarise::notarise;
 use crate::flows::report::VaultReport;
-use crate::flows::{Notary, fail, store};
+use crate::flows::{Notary, fail, ledger_db};
 use crate::keys;
 use crate::ledger::{CommandData, Currency, SignedTransaction, StateRef, TransactionBuilder};
 use crate::vault;
@@ -156,7 +156,7 @@ fn build_respend(
     coin: StateRef,
     notary: &Notary,
 ) -> Result<SignedTransaction, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let spent = vault::transaction(db, &coin.tx_id)
         .map_err(fail)?
         .and_then(|stx| stx.tx.out_ref(coin.index as usize))

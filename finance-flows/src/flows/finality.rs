@@ -5,7 +5,7 @@ use super::notarise::notarise;
 use super::resolve::{
     Ending, Served, dependencies, peer_ended, resolve_transactions, serve_transactions,
 };
-use super::{fail, store};
+use super::{fail, ledger_db};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
 use crate::resolve::Vending;
@@ -42,10 +42,10 @@ pub async fn finality(
     ctx.set_progress("Verifying the transaction");
     let notary_key = *stx.tx.notary.key();
     if stx.tx.needs_notary() {
-        stx.verify_trusting_signatures(&[notary_key], vault::resolver(store(ctx)?))
+        stx.verify_trusting_signatures(&[notary_key], vault::resolver(ledger_db(ctx)?))
             .map_err(fail)?;
     } else {
-        stx.verify(vault::resolver(store(ctx)?)).map_err(fail)?;
+        stx.verify(vault::resolver(ledger_db(ctx)?)).map_err(fail)?;
     }
     let mut fin: SignedTransaction = stx;
     if fin.tx.needs_notary() {
@@ -54,7 +54,7 @@ pub async fn finality(
         let sig: TxSignature = ctx.sub_flow(notarise(notary_node, to_notarise)).await?;
         fin.add_signature(sig);
     }
-    vault::record(store(ctx)?, &fin).map_err(fail)?;
+    vault::record(ledger_db(ctx)?, &fin).map_err(fail)?;
     ctx.set_progress("Sending the final transaction");
     for session in sessions {
         session.send(&fin)?;
@@ -115,7 +115,7 @@ pub async fn receive_finality(
         .sub_flow(resolve_transactions(fetching, deps, Vec::new(), ending))
         .await?;
     ctx.set_progress("Recording the final transaction");
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     // The received id was checked against `expected` above, so signatures
     // verified over `expected` hold for it.
     let known: &[TxSignature] = if expected.is_some() { &verified } else { &[] };

@@ -3,10 +3,10 @@
 //! issuer; transactions name a notary's ledger identity as their notary.
 //! Created on first use and kept in the node's database.
 
-use super::store;
+use super::ledger_db;
 use crate::crypto::KeyPair;
 use crate::keys;
-use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::ledger_db::{LedgerDb, LedgerDbError, LedgerTable, decode, encode};
 use crate::trust;
 use flow_runtime::prelude::*;
 
@@ -15,18 +15,18 @@ const IDENTITY_KEY: &[u8] = b"ledger-identity";
 /// The ledger identity of the node `ctx` runs on, creating it on first use.
 pub fn ledger_identity_of(ctx: &mut FlowContext) -> Result<Party, FlowError> {
     let name = ctx.our_identity().name().to_owned();
-    let store = store(ctx)?;
+    let store = ledger_db(ctx)?;
     get_or_create(store, &name).map_err(|e| FlowError::internal(e.to_string()))
 }
 
-fn get_or_create(store: &mut dyn Store, name: &str) -> Result<Party, StoreError> {
-    if let Some(bytes) = store.get(Table::Config, IDENTITY_KEY)? {
-        return decode(Table::Config, &bytes);
+fn get_or_create(store: &mut dyn LedgerDb, name: &str) -> Result<Party, LedgerDbError> {
+    if let Some(bytes) = store.get(LedgerTable::Config, IDENTITY_KEY)? {
+        return decode(LedgerTable::Config, &bytes);
     }
     let pair = KeyPair::generate();
     keys::import(store, &pair)?;
     let party = Party::new(name, pair.public());
-    store.put(Table::Config, IDENTITY_KEY, &encode(&party)?)?;
+    store.put(LedgerTable::Config, IDENTITY_KEY, &encode(&party)?)?;
     // A node's own cash is what it pays with.
     trust::trust_issuer(store, &party)?;
     Ok(party)
@@ -49,7 +49,7 @@ pub async fn trust_issuers(
     ctx: &mut FlowContext,
     issuers: Vec<Party>,
 ) -> Result<Vec<Party>, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     for issuer in &issuers {
         trust::trust_issuer(db, issuer).map_err(|e| FlowError::internal(e.to_string()))?;
     }

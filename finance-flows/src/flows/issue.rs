@@ -5,7 +5,7 @@
 //! the rest of the node's state and can be started like any other work.
 
 use super::identity::ledger_identity_of;
-use super::{Notary, fail, store};
+use super::{Notary, fail, ledger_db};
 use crate::keys;
 use crate::ledger::{
     Amount, Cash, CommandData, CommercialPaper, ContractState, SignedTransaction,
@@ -32,7 +32,7 @@ pub async fn issue_cash(
         ));
     }
     let issuer = ledger_identity_of(ctx)?;
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let owner = keys::fresh_key(db).map_err(fail)?;
     let mut builder = TransactionBuilder::new(notary.party);
     for _ in 0..coins {
@@ -58,7 +58,7 @@ pub async fn issue_paper(
 ) -> Result<SignedTransaction, FlowError> {
     ctx.set_progress("Issuing commercial paper");
     let issuer = ledger_identity_of(ctx)?;
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let owner = keys::fresh_key(db).map_err(fail)?;
     let mut builder = TransactionBuilder::new(notary.party);
     builder.add_output(ContractState::CommercialPaper(CommercialPaper {
@@ -72,7 +72,7 @@ pub async fn issue_paper(
 }
 
 fn sign_verify_record(
-    db: &mut dyn crate::store::Store,
+    db: &mut dyn crate::ledger_db::LedgerDb,
     builder: TransactionBuilder,
     issuer_key: &flow_runtime::PublicKey,
 ) -> Result<SignedTransaction, FlowError> {

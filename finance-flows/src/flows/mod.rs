@@ -13,7 +13,7 @@
 //! * [`trade`]: `sell` / `buy` — the two-party trade.
 //! * [`issue`]: `issue_cash` / `issue_paper` — self-issuance.
 //!
-//! Flows reach the node's finance tables through [`store`]; every write they
+//! Flows reach the node's finance tables through [`ledger_db()`]; every write they
 //! make there commits in the same database transaction as the step's
 //! checkpoint (the runtime's `StepWrites`).
 
@@ -26,29 +26,29 @@ pub mod resolve;
 pub mod signatures;
 pub mod trade;
 
-use crate::store::{MemStore, Store};
+use crate::ledger_db::{LedgerDb, MemLedgerDb};
 use flow_runtime::{FlowContext, FlowError, Party, StepWrites};
 use serde::{Deserialize, Serialize};
 
 /// The node's finance storage for this step: the runtime's `StepWrites`
 /// (`ctx.step_writes()`: writes commit with the step), or else a
-/// [`MemStore`] service (for driving a flow by hand in a test, e.g. with
+/// [`MemLedgerDb`] service (for driving a flow by hand in a test, e.g. with
 /// `FlowDriver`). Fails rather than panics on a context with neither.
-pub fn store(ctx: &mut FlowContext) -> Result<&mut dyn Store, FlowError> {
+pub fn ledger_db(ctx: &mut FlowContext) -> Result<&mut dyn LedgerDb, FlowError> {
     let missing = || {
         FlowError::internal(
-            "no node storage: finance flows must run on a flow_runtime node or MockNetwork (or be given a MemStore service)",
+            "no node storage: finance flows must run on a flow_runtime node or MockNetwork (or be given a MemLedgerDb service)",
         )
     };
     if ctx.step_writes().is_some() {
         return ctx
             .step_writes()
-            .map(|db| db as &mut dyn Store)
+            .map(|db| db as &mut dyn LedgerDb)
             .ok_or_else(missing);
     }
     ctx.services()
-        .get_mut::<MemStore>()
-        .map(|db| db as &mut dyn Store)
+        .get_mut::<MemLedgerDb>()
+        .map(|db| db as &mut dyn LedgerDb)
         .ok_or_else(missing)
 }
 
@@ -70,43 +70,43 @@ pub struct Notary {
     pub node: Party,
 }
 
-impl Store for StepWrites {
+impl LedgerDb for StepWrites {
     fn get(
         &self,
-        table: crate::store::Table,
+        table: crate::ledger_db::LedgerTable,
         key: &[u8],
-    ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+    ) -> Result<Option<Vec<u8>>, crate::ledger_db::LedgerDbError> {
         StepWrites::get(self, table.name(), key)
-            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))
+            .map_err(|e| crate::ledger_db::LedgerDbError::Backend(e.to_string()))
     }
 
     fn put(
         &mut self,
-        table: crate::store::Table,
+        table: crate::ledger_db::LedgerTable,
         key: &[u8],
         value: &[u8],
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<(), crate::ledger_db::LedgerDbError> {
         StepWrites::put(self, table.name(), key, value);
         Ok(())
     }
 
     fn remove(
         &mut self,
-        table: crate::store::Table,
+        table: crate::ledger_db::LedgerTable,
         key: &[u8],
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<(), crate::ledger_db::LedgerDbError> {
         StepWrites::delete(self, table.name(), key);
         Ok(())
     }
 
     fn range(
         &self,
-        table: crate::store::Table,
+        table: crate::ledger_db::LedgerTable,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<crate::store::Entries, crate::store::StoreError> {
+    ) -> Result<crate::ledger_db::LedgerEntries, crate::ledger_db::LedgerDbError> {
         StepWrites::range(self, table.name(), from, to, limit)
-            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))
+            .map_err(|e| crate::ledger_db::LedgerDbError::Backend(e.to_string()))
     }
 }

@@ -13,7 +13,7 @@ use super::identity::ledger_identity_of;
 use super::resolve::{
     Ending, dependencies, resolve_transactions, send_ending_resolution, serve_until_next,
 };
-use super::{fail, store};
+use super::{fail, ledger_db};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::ledger::SignedTransaction;
 use crate::notarise::{self as notary, NotaryError};
@@ -62,7 +62,7 @@ pub async fn notarise(
     // The notary may fetch the transaction's history, and only that.
     let mut vending: Vending = Vending::of_dependencies(&stx);
     let history: Vec<SignedTransaction> =
-        notary::history_to_supply(store(ctx)?, &notary_key, &stx).map_err(fail)?;
+        notary::history_to_supply(ledger_db(ctx)?, &notary_key, &stx).map_err(fail)?;
     let remember: Vec<SecureHash> = notary::worth_remembering(&stx, &history);
     session.send(&NotaryRequest {
         transaction: stx,
@@ -76,7 +76,7 @@ pub async fn notarise(
     };
     match reply.decode::<NotaryResponse>()? {
         NotaryResponse::Signed(sig) if sig.by == notary_key && sig.is_valid_for(&id.0) => {
-            notary::remember_supplied(store(ctx)?, &notary_key, &remember).map_err(fail)?;
+            notary::remember_supplied(ledger_db(ctx)?, &notary_key, &remember).map_err(fail)?;
             Ok(sig)
         }
         NotaryResponse::Signed(_) => Err(FlowError::new(
@@ -119,9 +119,9 @@ pub async fn notary_service(ctx: &mut FlowContext, session: FlowSession) -> Resu
         .await?;
     let me = ledger_identity_of(ctx)?;
     let now = ctx.now();
-    let response = match notary::notarise(store(ctx)?, &me, &stx, now) {
+    let response = match notary::notarise(ledger_db(ctx)?, &me, &stx, now) {
         Ok(sig) => NotaryResponse::Signed(sig),
-        Err(NotaryError::Store(e)) => {
+        Err(NotaryError::LedgerDb(e)) => {
             // Our own storage failed: not the client's fault, and nothing
             // was committed. Fail the step so the node retries it.
             return Err(FlowError::internal(format!("notary storage failed: {e}")));

@@ -2,7 +2,7 @@
 //! reconciliation and tests. A flow (finishing in one step) so that it reads
 //! the node's committed state through the same storage as every other flow.
 
-use super::{fail, store};
+use super::{fail, ledger_db};
 use crate::ledger::{CommercialPaper, ContractState, Currency, StateRef};
 use crate::notarise as notary;
 use crate::vault;
@@ -54,7 +54,7 @@ fn count(n: usize) -> u32 {
 /// Summarises this node's vault.
 #[flow]
 pub async fn vault_report(ctx: &mut FlowContext) -> Result<VaultReport, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let cash = vault::cash_balances(db)
         .map_err(fail)?
         .into_iter()

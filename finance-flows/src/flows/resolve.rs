@@ -9,7 +9,7 @@
 //! ([`Ending::Deferred`], [`send_ending_resolution`]) and a resolution that
 //! needs nothing costs no message at all.
 
-use super::{fail, store};
+use super::{fail, ledger_db};
 use crate::crypto::SecureHash;
 use crate::ledger::SignedTransaction;
 use crate::resolve::{FetchReply, FetchRequest, Resolution, Vending};
@@ -67,9 +67,9 @@ pub async fn resolve_transactions(
 ) -> Result<u32, FlowError> {
     ctx.set_progress("Downloading dependencies");
     let mut resolution: Resolution = Resolution::new(ids);
-    resolution.supply(store(ctx)?, supplied).map_err(fail)?;
+    resolution.supply(ledger_db(ctx)?, supplied).map_err(fail)?;
     loop {
-        let request: Vec<SecureHash> = resolution.next_request(store(ctx)?).map_err(fail)?;
+        let request: Vec<SecureHash> = resolution.next_request(ledger_db(ctx)?).map_err(fail)?;
         if request.is_empty() {
             break;
         }
@@ -84,7 +84,7 @@ pub async fn resolve_transactions(
         session.send(&FetchRequest::Done(None))?;
     }
     ctx.set_progress("Verifying dependencies");
-    let recorded: usize = resolution.finish(store(ctx)?).map_err(fail)?;
+    let recorded: usize = resolution.finish(ledger_db(ctx)?).map_err(fail)?;
     Ok(u32::try_from(recorded).unwrap_or(u32::MAX))
 }
 
@@ -113,7 +113,7 @@ pub fn serve_request(
     vending: &mut Vending,
     ids: &[SecureHash],
 ) -> Result<u32, FlowError> {
-    let reply: FetchReply = vending.serve(store(ctx)?, ids).map_err(fail)?;
+    let reply: FetchReply = vending.serve(ledger_db(ctx)?, ids).map_err(fail)?;
     session.send(&reply)?;
     Ok(u32::try_from(reply.len()).unwrap_or(u32::MAX))
 }

@@ -22,7 +22,7 @@
 use super::resolve::{
     Ending, dependencies, resolve_transactions, send_ending_resolution, serve_until_next,
 };
-use super::{fail, store};
+use super::{fail, ledger_db};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::SignedTransaction;
@@ -153,7 +153,7 @@ pub fn sign_and_reply(
     notary_key: &PublicKey,
     keys: &[PublicKey],
 ) -> Result<Vec<TxSignature>, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let mut allowed = keys.to_vec();
     allowed.push(*notary_key);
     stx.verify_except(&allowed, vault::resolver(db))
@@ -173,7 +173,7 @@ pub fn sign_verified_and_reply(
     stx: &SignedTransaction,
     keys: &[PublicKey],
 ) -> Result<Vec<TxSignature>, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     sign_with(db, session, stx, keys)
 }
 
@@ -181,7 +181,7 @@ pub fn sign_verified_and_reply(
 /// be one the transaction still needs (and this node holds: signing fails
 /// otherwise).
 fn sign_with(
-    db: &dyn crate::store::Store,
+    db: &dyn crate::ledger_db::LedgerDb,
     session: &FlowSession,
     stx: &SignedTransaction,
     ours: &[PublicKey],

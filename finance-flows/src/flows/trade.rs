@@ -42,7 +42,7 @@
 use super::finality::{finality, receive_finality};
 use super::resolve::{Ending, resolve_transactions};
 use super::signatures::{collect_signatures, receive_to_sign, sign_verified_and_reply};
-use super::{Notary, fail, store};
+use super::{Notary, fail, ledger_db};
 use crate::crypto::{SecureHash, TxSignature};
 use crate::keys;
 use crate::ledger::{Amount, AssetKind, SignedTransaction, StateRef};
@@ -56,7 +56,7 @@ use flow_runtime::prelude::*;
 /// transaction is signed (seller) or sent for notarisation (buyer) fails
 /// the trade, which releases its soft locks.
 fn bound_the_negotiation(ctx: &mut FlowContext) -> Result<(), FlowError> {
-    let timeout = trade::trade_timeout(store(ctx)?).map_err(fail)?;
+    let timeout = trade::trade_timeout(ledger_db(ctx)?).map_err(fail)?;
     ctx.set_receive_deadline(timeout);
     Ok(())
 }
@@ -65,14 +65,17 @@ fn bound_the_negotiation(ctx: &mut FlowContext) -> Result<(), FlowError> {
 /// trades started afterwards use it.
 #[flow]
 pub async fn set_trade_timeout(ctx: &mut FlowContext, timeout_ms: u64) -> Result<(), FlowError> {
-    trade::set_trade_timeout(store(ctx)?, std::time::Duration::from_millis(timeout_ms))
-        .map_err(fail)
+    trade::set_trade_timeout(
+        ledger_db(ctx)?,
+        std::time::Duration::from_millis(timeout_ms),
+    )
+    .map_err(fail)
 }
 
 /// Releases the trade's soft locks after a failure; the failure itself is
 /// what the flow returns, so a release error is only logged.
 fn release(ctx: &mut FlowContext, lock: LockId) {
-    match store(ctx).map(|db| vault::release_locks(db, lock)) {
+    match ledger_db(ctx).map(|db| vault::release_locks(db, lock)) {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::error!(lock, "cannot release the trade's soft locks: {e}"),
         Err(e) => tracing::error!(lock, "cannot release the trade's soft locks: {e}"),
@@ -115,7 +118,7 @@ fn make_offer(
     price: Amount,
     lock: LockId,
 ) -> Result<TradeOffer, FlowError> {
-    let db = store(ctx)?;
+    let db = ledger_db(ctx)?;
     let state = vault::state(db, &asset).map_err(fail)?.ok_or_else(|| {
         FlowError::new(format!(
             "cannot sell {asset}: it is not an unconsumed state of this node"
@@ -159,7 +162,7 @@ pub async fn sell_steps(
     let proposal: SignedTransaction = ctx.sub_flow(receive_to_sign(signing, vending)).await?;
     ctx.set_progress("Checking the buyer's proposal");
     let keys: Vec<PublicKey> =
-        trade::check_proposal(store(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
+        trade::check_proposal(ledger_db(ctx)?, &proposal, &offer, &notary.party).map_err(fail)?;
     ctx.set_progress("Signing");
     // check_proposal verified the proposal in full: sign, with exactly the
     // key it approved, without a second pass.
@@ -240,10 +243,10 @@ pub async fn buy_steps(
             Ending::Deferred,
         ))
         .await?;
-    trade::check_offered_state(store(ctx)?, &offer).map_err(fail)?;
+    trade::check_offered_state(ledger_db(ctx)?, &offer).map_err(fail)?;
     ctx.set_progress("Building the transaction");
     let proposal: SignedTransaction =
-        trade::build_proposal(store(ctx)?, &offer, &notary.party, lock).map_err(fail)?;
+        trade::build_proposal(ledger_db(ctx)?, &offer, &notary.party, lock).map_err(fail)?;
     ctx.set_progress("Collecting the seller's signature");
     // The proposal also ends the resolution above (left open: deferred).
     let signing: FlowSession = session.clone();

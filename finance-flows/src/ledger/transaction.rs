@@ -96,7 +96,7 @@ impl WireTransaction {
         let bytes = rmp_serde::to_vec(self).unwrap_or_else(|e| {
             unreachable!("a WireTransaction always encodes as MessagePack: {e}")
         });
-        crate::store::codec_metrics::encoded(started);
+        crate::ledger_db::codec_metrics::encoded(started);
         bytes
     }
 

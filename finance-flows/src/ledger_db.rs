@@ -1,14 +1,18 @@
-//! The storage boundary of the finance services.
+//! The ledger database: the storage boundary of the finance services.
+//!
+//! Not the runtime's checkpoint store (the `Store` of its `storage`
+//! module): these are the finance services' own tables ([`LedgerTable`]),
+//! which a node keeps in its database next to the checkpoints.
 //!
 //! The vault, the key manager and the notary keep everything in a few
-//! key-value tables reached through the [`Store`] trait, never through a
+//! key-value tables reached through the [`LedgerDb`] trait, never through a
 //! database type. A node backs it with the same database transaction as the
 //! flow step that causes the writes, so a step's checkpoint and its vault
-//! changes commit together or not at all; [`MemStore`] backs it in memory
+//! changes commit together or not at all; [`MemLedgerDb`] backs it in memory
 //! for unit tests and for nodes without durable services.
 //!
 //! Values are MessagePack (rmp-serde). Bytes read back are untrusted (disk
-//! corruption): [`decode`] turns a bad record into a [`StoreError`], never a
+//! corruption): [`decode`] turns a bad record into a [`LedgerDbError`], never a
 //! panic.
 
 use serde::Serialize;
@@ -16,11 +20,11 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 
 /// The entries of a table, in key order: `(key, value)` pairs.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type LedgerEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The tables the finance services use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Table {
+pub enum LedgerTable {
     /// Transaction id -> `SignedTransaction`: every transaction the node has
     /// verified and recorded (its own and resolved dependencies).
     Transactions,
@@ -53,7 +57,7 @@ pub enum Table {
     /// each unfinished spend holds, so releasing a spend's locks is a range
     /// read over its prefix.
     LocksByHolder,
-    /// Currency (3 bytes) -> an [`AvailableCash`](Table::AvailableCash)
+    /// Currency (3 bytes) -> an [`AvailableCash`](LedgerTable::AvailableCash)
     /// key no available coin of that currency sorts before: where coin
     /// selection starts reading. Without it, the coins that earlier spends
     /// of the same group commit locked are deleted entries at the head of
@@ -62,41 +66,41 @@ pub enum Table {
     AvailableCashStart,
 }
 
-impl Table {
+impl LedgerTable {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Table; 10] = [
-        Table::Transactions,
-        Table::Unconsumed,
-        Table::SoftLocks,
-        Table::Keys,
-        Table::NotaryCommits,
-        Table::Config,
-        Table::Outputs,
-        Table::AvailableCash,
-        Table::LocksByHolder,
-        Table::AvailableCashStart,
+    pub const ALL: [LedgerTable; 10] = [
+        LedgerTable::Transactions,
+        LedgerTable::Unconsumed,
+        LedgerTable::SoftLocks,
+        LedgerTable::Keys,
+        LedgerTable::NotaryCommits,
+        LedgerTable::Config,
+        LedgerTable::Outputs,
+        LedgerTable::AvailableCash,
+        LedgerTable::LocksByHolder,
+        LedgerTable::AvailableCashStart,
     ];
 
     /// A stable name, for database backends.
     pub fn name(self) -> &'static str {
         match self {
-            Table::Transactions => "finance_transactions",
-            Table::Unconsumed => "finance_unconsumed",
-            Table::SoftLocks => "finance_soft_locks",
-            Table::Keys => "finance_keys",
-            Table::NotaryCommits => "finance_notary_commits",
-            Table::Config => "finance_config",
-            Table::Outputs => "finance_outputs",
-            Table::AvailableCash => "finance_available_cash",
-            Table::LocksByHolder => "finance_locks_by_holder",
-            Table::AvailableCashStart => "finance_available_cash_start",
+            LedgerTable::Transactions => "finance_transactions",
+            LedgerTable::Unconsumed => "finance_unconsumed",
+            LedgerTable::SoftLocks => "finance_soft_locks",
+            LedgerTable::Keys => "finance_keys",
+            LedgerTable::NotaryCommits => "finance_notary_commits",
+            LedgerTable::Config => "finance_config",
+            LedgerTable::Outputs => "finance_outputs",
+            LedgerTable::AvailableCash => "finance_available_cash",
+            LedgerTable::LocksByHolder => "finance_locks_by_holder",
+            LedgerTable::AvailableCashStart => "finance_available_cash_start",
         }
     }
 }
 
 /// Why a storage operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
+pub enum LedgerDbError {
     /// The backend failed (I/O, database error).
     #[error("storage backend failed: {0}")]
     Backend(String),
@@ -112,29 +116,29 @@ pub enum StoreError {
 }
 
 /// Key-value storage with a few named tables. Writes made through one
-/// `Store` value are seen by later reads through it; when they become
+/// `LedgerDb` value are seen by later reads through it; when they become
 /// durable is up to the backend (with the node: when the step commits).
-pub trait Store {
+pub trait LedgerDb {
     /// The value under `key`, if any.
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn get(&self, table: LedgerTable, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerDbError>;
     /// Sets `key` to `value`.
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn put(&mut self, table: LedgerTable, key: &[u8], value: &[u8]) -> Result<(), LedgerDbError>;
     /// Removes `key` (no error if absent).
-    fn remove(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError>;
+    fn remove(&mut self, table: LedgerTable, key: &[u8]) -> Result<(), LedgerDbError>;
     /// Up to `limit` entries of `table` with `from <= key < to` (`to: None`:
     /// no upper bound), in key order. The services' indexes are laid out so
     /// that what they look up is one such short range, never a table scan.
     fn range(
         &self,
-        table: Table,
+        table: LedgerTable,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Entries, StoreError>;
+    ) -> Result<LedgerEntries, LedgerDbError>;
 
     /// Every entry of `table`, in key order (reports and reconciliation
     /// only: it reads the whole table).
-    fn scan(&self, table: Table) -> Result<Entries, StoreError> {
+    fn scan(&self, table: LedgerTable) -> Result<LedgerEntries, LedgerDbError> {
         self.range(table, &[], None, usize::MAX)
     }
 }
@@ -155,11 +159,11 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// Up to `limit` entries whose key starts with `prefix`.
 pub fn prefix_range(
-    store: &dyn Store,
-    table: Table,
+    store: &dyn LedgerDb,
+    table: LedgerTable,
     prefix: &[u8],
     limit: usize,
-) -> Result<Entries, StoreError> {
+) -> Result<LedgerEntries, LedgerDbError> {
     store.range(table, prefix, prefix_end(prefix).as_deref(), limit)
 }
 
@@ -230,21 +234,21 @@ pub mod codec_metrics {
 }
 
 /// Encodes a value for storage.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, LedgerDbError> {
     let started = std::time::Instant::now();
     let bytes = rmp_serde::to_vec(value)
-        .map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")));
+        .map_err(|e| LedgerDbError::Backend(format!("cannot encode a record: {e}")));
     codec_metrics::encoded(started);
     bytes
 }
 
 /// Decodes a stored value, reporting corruption as an error.
-pub fn decode<T: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode<T: DeserializeOwned>(table: LedgerTable, bytes: &[u8]) -> Result<T, LedgerDbError> {
     let started = std::time::Instant::now();
     let value = rmp_serde::from_slice(bytes);
     codec_metrics::decoded(started);
     value.map_err(|e| {
-        let err = StoreError::Corrupt {
+        let err = LedgerDbError::Corrupt {
             table: table.name(),
             detail: format!("expected a `{}`: {e}", std::any::type_name::<T>()),
         };
@@ -253,26 +257,26 @@ pub fn decode<T: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, Stor
     })
 }
 
-/// An in-memory [`Store`]. Cloning copies the data, which is how a test takes
+/// An in-memory [`LedgerDb`]. Cloning copies the data, which is how a test takes
 /// a snapshot.
 #[derive(Debug, Clone, Default)]
-pub struct MemStore {
-    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
+pub struct MemLedgerDb {
+    tables: BTreeMap<LedgerTable, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
-impl MemStore {
+impl MemLedgerDb {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
 }
 
-impl Store for MemStore {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl LedgerDb for MemLedgerDb {
+    fn get(&self, table: LedgerTable, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerDbError> {
         Ok(self.tables.get(&table).and_then(|t| t.get(key)).cloned())
     }
 
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn put(&mut self, table: LedgerTable, key: &[u8], value: &[u8]) -> Result<(), LedgerDbError> {
         self.tables
             .entry(table)
             .or_default()
@@ -280,7 +284,7 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn remove(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+    fn remove(&mut self, table: LedgerTable, key: &[u8]) -> Result<(), LedgerDbError> {
         if let Some(t) = self.tables.get_mut(&table) {
             t.remove(key);
         }
@@ -289,11 +293,11 @@ impl Store for MemStore {
 
     fn range(
         &self,
-        table: Table,
+        table: LedgerTable,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Entries, StoreError> {
+    ) -> Result<LedgerEntries, LedgerDbError> {
         use std::ops::Bound;
         let Some(t) = self.tables.get(&table) else {
             return Ok(Vec::new());
@@ -309,23 +313,23 @@ impl Store for MemStore {
     }
 }
 
-impl<S: Store + ?Sized> Store for &mut S {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl<S: LedgerDb + ?Sized> LedgerDb for &mut S {
+    fn get(&self, table: LedgerTable, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerDbError> {
         (**self).get(table, key)
     }
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn put(&mut self, table: LedgerTable, key: &[u8], value: &[u8]) -> Result<(), LedgerDbError> {
         (**self).put(table, key, value)
     }
-    fn remove(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+    fn remove(&mut self, table: LedgerTable, key: &[u8]) -> Result<(), LedgerDbError> {
         (**self).remove(table, key)
     }
     fn range(
         &self,
-        table: Table,
+        table: LedgerTable,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Entries, StoreError> {
+    ) -> Result<LedgerEntries, LedgerDbError> {
         (**self).range(table, from, to, limit)
     }
 }
@@ -344,23 +348,23 @@ mod tests {
 
     #[test]
     fn mem_store_ranges_are_bounded_and_ordered() {
-        let mut s = MemStore::new();
+        let mut s = MemLedgerDb::new();
         for k in [b"a1", b"b1", b"b2", b"b3", b"c1"] {
-            s.put(Table::Config, k, k).unwrap();
+            s.put(LedgerTable::Config, k, k).unwrap();
         }
-        let keys = |e: Entries| e.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let keys = |e: LedgerEntries| e.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(
-            keys(prefix_range(&s, Table::Config, b"b", 10).unwrap()),
+            keys(prefix_range(&s, LedgerTable::Config, b"b", 10).unwrap()),
             vec![b"b1".to_vec(), b"b2".to_vec(), b"b3".to_vec()]
         );
         assert_eq!(
-            keys(prefix_range(&s, Table::Config, b"b", 2).unwrap()),
+            keys(prefix_range(&s, LedgerTable::Config, b"b", 2).unwrap()),
             vec![b"b1".to_vec(), b"b2".to_vec()]
         );
         assert_eq!(
-            keys(s.range(Table::Config, b"c", Some(b"b"), 9).unwrap()),
+            keys(s.range(LedgerTable::Config, b"c", Some(b"b"), 9).unwrap()),
             Vec::<Vec<u8>>::new()
         );
-        assert_eq!(s.scan(Table::Config).unwrap().len(), 5);
+        assert_eq!(s.scan(LedgerTable::Config).unwrap().len(), 5);
     }
 }
