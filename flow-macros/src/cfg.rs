@@ -173,3 +173,66 @@ pub struct Cfg {
     /// Items declared in the body, hoisted so every block can see them.
     pub items: Vec<syn::Item>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Origin, Term};
+    use crate::lower::testing::lower_source;
+
+    /// What `liveness` and `generate` take for granted about every graph
+    /// `lower` builds: parameters first, every suspension point ended by
+    /// exactly one block, every jump and binding index in range.
+    #[test]
+    fn a_lowered_graph_holds_what_the_later_passes_rely_on() {
+        let cfg = lower_source(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, n: u32) -> Result<u32, FlowError> {
+                let mut t: u32 = n;
+                for i in 0..n {
+                    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    t += x + i;
+                }
+                if t > 3 {
+                    ctx.sleep(d).await;
+                }
+                Ok(t)
+            }",
+        );
+        let params: Vec<String> = cfg.bindings[..2]
+            .iter()
+            .map(|b| b.name.to_string())
+            .collect();
+        assert_eq!(params, ["s", "n"]);
+        assert!(cfg.bindings[..2].iter().all(|b| b.origin == Origin::Param));
+        assert!(cfg.bindings[2..].iter().all(|b| b.origin != Origin::Param));
+        assert!(cfg.bindings.iter().any(|b| b.origin == Origin::ForIter));
+
+        assert_eq!(cfg.sites.len(), 2);
+        for (i, site) in cfg.sites.iter().enumerate() {
+            let ending = cfg
+                .blocks
+                .iter()
+                .filter(|b| matches!(b.term, Some(Term::Suspend { site, .. }) if site == i))
+                .count();
+            assert_eq!(ending, 1, "site {i} is ended by {ending} blocks");
+            assert!(site.resume < cfg.blocks.len());
+        }
+        let places: std::collections::BTreeSet<&str> =
+            cfg.sites.iter().map(|s| s.place.as_str()).collect();
+        assert_eq!(places.len(), cfg.sites.len(), "two sites share a place");
+
+        let n = cfg.bindings.len();
+        for block in &cfg.blocks {
+            assert!(block.visible.iter().all(|b| *b < n));
+            for piece in &block.pieces {
+                let ids = piece.uses.iter().chain(&piece.kills).chain(&piece.declares);
+                assert!(ids.chain(&piece.mentions).all(|b| *b < n));
+            }
+            if let Some(term) = &block.term {
+                for (target, binds) in crate::liveness::successors(&cfg, term) {
+                    assert!(target < cfg.blocks.len());
+                    assert!(binds.iter().all(|b| *b < n));
+                }
+            }
+        }
+    }
+}

@@ -52,3 +52,24 @@ impl Errors {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Errors;
+    use proc_macro2::Span;
+
+    #[test]
+    fn every_error_is_kept_and_becomes_one_compile_error() {
+        let mut errors = Errors::default();
+        assert!(errors.is_empty());
+        errors.error(Span::call_site(), "first");
+        let ty: syn::Type = syn::parse_quote!(Vec<u8>);
+        errors.error_at(&ty, "second");
+        errors.push(syn::Error::new(Span::call_site(), "third"));
+        assert_eq!(errors.len(), 3);
+        assert_eq!(errors.messages(), ["first", "second", "third"]);
+        let out = errors.into_compile_errors().to_string();
+        assert_eq!(out.matches("compile_error").count(), 3, "{out}");
+        assert!(out.contains("\"second\""));
+    }
+}

@@ -196,3 +196,64 @@ impl VisitMut for PathShifter {
         syn::visit_mut::visit_path_mut(self, path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PathShifter, expand};
+    use syn::visit_mut::VisitMut;
+
+    fn expand_source(source: &str) -> String {
+        expand(
+            proc_macro2::TokenStream::new(),
+            source.parse().expect("source parses"),
+        )
+        .to_string()
+    }
+
+    #[test]
+    fn paths_relative_to_the_fn_shift_one_module_down() {
+        let mut e: syn::Expr = syn::parse_quote!((self::a::b(), super::c::D, self_x, crate::e::f));
+        PathShifter.visit_expr_mut(&mut e);
+        let text = crate::pretty::pretty_tokens(&quote::quote!(#e));
+        assert_eq!(
+            text,
+            "(super::a::b(), super::super::c::D, self_x, crate::e::f)"
+        );
+    }
+
+    #[test]
+    fn a_flow_with_errors_leaves_a_stub_callers_can_use() {
+        let out = expand_source(
+            "pub async fn f(ctx: &mut FlowContext, n: u32) -> Result<u64, FlowError> {
+                let r: &u32 = &n;
+                ctx.sleep(d).await;
+                Ok(u64::from(*r))
+            }",
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("is a reference kept across the `.await`"));
+        // The fn with the same parameters, and a module whose `Flow` has
+        // the same output type.
+        assert!(out.contains("pub fn f (_ : u32) -> f :: Flow"), "{out}");
+        assert!(out.contains("Unavailable"));
+        assert!(out.contains("type Output = u64"));
+    }
+
+    #[test]
+    fn a_user_type_named_like_a_generated_one_is_reported() {
+        let out = expand_source(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+                let a: Flow = s.receive::<Flow>().await?.validate(Ok)?;
+                let b: crate::m::FlowLocals = FlowLocals::new();
+                let c: my::Flow = my::Flow::default();
+                Ok(a.n + b.n + c.n)
+            }",
+        );
+        assert_eq!(out.matches("would name the `Flow`").count(), 2, "{out}");
+        assert_eq!(
+            out.matches("would name the `FlowLocals`").count(),
+            1,
+            "{out}"
+        );
+    }
+}

@@ -1336,6 +1336,198 @@ mod tests {
         out.to_string().len()
     }
 
+    /// The variant names of the state enum `#[flow]` generates for `source`.
+    fn state_names(source: &str) -> Vec<String> {
+        let item: proc_macro2::TokenStream = source.parse().expect("source parses");
+        let out = expand(proc_macro2::TokenStream::new(), item);
+        assert!(
+            !out.to_string().contains("compile_error"),
+            "the flow has errors: {out}"
+        );
+        let file: syn::File = syn::parse2(out).expect("the expansion parses");
+        let module = file
+            .items
+            .iter()
+            .find_map(|i| match i {
+                syn::Item::Mod(m) => m.content.as_ref(),
+                _ => None,
+            })
+            .expect("a generated module");
+        module
+            .1
+            .iter()
+            .find_map(|i| match i {
+                syn::Item::Enum(e) if e.ident == "Flow" => {
+                    Some(e.variants.iter().map(|v| v.ident.to_string()).collect())
+                }
+                _ => None,
+            })
+            .expect("the state enum")
+    }
+
+    #[test]
+    fn points_that_share_a_name_are_named_after_their_branch() {
+        let names = state_names(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, flag: bool) -> Result<u32, FlowError> {
+                if flag {
+                    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    Ok(x)
+                } else {
+                    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    Ok(x + 1)
+                }
+            }",
+        );
+        assert_eq!(names, ["Start", "AwaitXThen", "AwaitXElse", "Done"]);
+    }
+
+    #[test]
+    fn points_in_match_arms_are_named_after_the_arm() {
+        let names = state_names(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, m: Msg) -> Result<u32, FlowError> {
+                match m {
+                    Msg::Ping(n) => {
+                        let y: u32 = s.send_and_receive::<u32>(&n).await?.validate(Ok)?;
+                        Ok(y)
+                    }
+                    Msg::Pong => {
+                        let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                        Ok(y)
+                    }
+                    _ => {
+                        let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                        Ok(y)
+                    }
+                }
+            }",
+        );
+        assert_eq!(
+            names,
+            ["Start", "AwaitYPing", "AwaitYPong", "AwaitYArm", "Done"]
+        );
+    }
+
+    #[test]
+    fn points_no_branch_tells_apart_keep_numbered_names() {
+        // One block: no place word at all.
+        let names = state_names(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession) -> Result<u32, FlowError> {
+                s.receive::<u32>().await?;
+                s.receive::<u32>().await?;
+                Ok(1)
+            }",
+        );
+        assert_eq!(names, ["Start", "Receive", "Receive2", "Done"]);
+        // One point at the top, one in a branch: not every point has a word.
+        let names = state_names(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, c: bool) -> Result<u32, FlowError> {
+                let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                if c {
+                    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    return Ok(x);
+                }
+                Ok(x)
+            }",
+        );
+        assert_eq!(names, ["Start", "AwaitX", "AwaitX2", "Done"]);
+        // Two `then` branches: the same word twice.
+        let names = state_names(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, a: bool, b: bool) -> Result<u32, FlowError> {
+                let mut t: u32 = 0;
+                if a {
+                    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    t += x;
+                }
+                if b {
+                    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    t += x;
+                }
+                Ok(t)
+            }",
+        );
+        assert_eq!(names, ["Start", "AwaitX", "AwaitX2", "Done"]);
+    }
+
+    /// A `let` whose value is an `if` (or whose `else` waits) does not
+    /// lend its name to a point inside: each point is named by its own
+    /// statement, and by its branch.
+    #[test]
+    fn a_let_names_only_the_await_it_binds() {
+        let names = state_names(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, c: bool, o: Option<u32>) -> Result<u32, FlowError> {
+                let total: u32 = if c {
+                    let r: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    r
+                } else {
+                    let r: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    r + 1
+                };
+                let Some(x): Option<u32> = o else {
+                    s.receive::<u32>().await?;
+                    return Ok(total);
+                };
+                Ok(total + x)
+            }",
+        );
+        assert_eq!(
+            names,
+            ["Start", "AwaitRThen", "AwaitRElse", "Receive", "Done"]
+        );
+    }
+
+    #[test]
+    fn a_state_label_is_kept_as_written() {
+        let names = state_names(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, c: bool) -> Result<u32, FlowError> {
+                if c {
+                    #[state(AwaitPayment)]
+                    let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                    return Ok(x);
+                }
+                let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                Ok(x)
+            }",
+        );
+        assert_eq!(names, ["Start", "AwaitPayment", "AwaitX", "Done"]);
+    }
+
+    #[test]
+    fn place_words_name_the_innermost_branch() {
+        use super::place_word;
+        assert_eq!(place_word("stmt 1 / if ok then / stmt 0 / await 0"), "Then");
+        assert_eq!(place_word("stmt 1 / if ok else / stmt 0 / await 0"), "Else");
+        assert_eq!(
+            place_word("stmt 0 / match m arm Msg::Ping(x) / stmt 0 / await 0"),
+            "Ping"
+        );
+        assert_eq!(place_word("stmt 0 / match n arm 0 / await 0"), "Arm");
+        assert_eq!(place_word("stmt 0 / let Some(x) else / await 0"), "Else");
+        assert_eq!(
+            place_word("stmt 0 / 'outer: loop / stmt 0 / await 0"),
+            "InLoop"
+        );
+        assert_eq!(
+            place_word("stmt 0 / while i < n / stmt 0 / await 0"),
+            "InLoop"
+        );
+        assert_eq!(place_word("stmt 2 / await 0"), "");
+        assert_eq!(
+            place_word("stmt 0 / if a then / stmt 0 / match m arm Some(v) / stmt 0 / await 0"),
+            "Some"
+        );
+    }
+
+    #[test]
+    fn the_own_state_type_is_recognised_through_shifted_paths() {
+        use super::is_own_state;
+        let name = syn::Ident::new("buyer", proc_macro2::Span::call_site());
+        let own = |t: &str| is_own_state(&syn::parse_str(t).unwrap(), &name);
+        assert!(own("buyer::Flow"));
+        assert!(own("super::buyer::Flow"));
+        assert!(!own("seller::Flow"));
+        assert!(!own("other::buyer::Flow"));
+    }
+
     /// The expansion of a 300-await flow with 50 live locals stays under a
     /// stated bound, and grows linearly: three times the awaits make at
     /// most a little over three times the code (a per-variant field list

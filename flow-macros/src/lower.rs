@@ -309,13 +309,13 @@ impl Lowerer<'_> {
                     let (e, label) = self.strip_label(e);
                     let before = self.cfg.sites.len();
                     self.lower_tail(&e, dest.clone());
-                    self.name_sites(before, label, None);
+                    self.name_sites(before, self.cfg.sites.len(), label, None);
                 }
                 Stmt::Expr(e, _) => {
                     let (e, label) = self.strip_label(e);
                     let before = self.cfg.sites.len();
                     self.lower_expr_stmt(&e);
-                    self.name_sites(before, label, None);
+                    self.name_sites(before, self.cfg.sites.len(), label, None);
                 }
             }
         }
@@ -334,25 +334,24 @@ impl Lowerer<'_> {
     /// those contain their own statements to label).
     fn strip_label(&mut self, e: &Expr) -> (Expr, Option<Ident>) {
         let mut e = e.clone();
-        if matches!(
-            e,
-            Expr::If(_)
-                | Expr::Match(_)
-                | Expr::Loop(_)
-                | Expr::While(_)
-                | Expr::ForLoop(_)
-                | Expr::Block(_)
-        ) {
+        if is_control_structure(&e) {
             return (e, None);
         }
         let label = expr_attrs_mut(&mut e).and_then(|attrs| take_state_attr(attrs, self.errors));
         (e, label)
     }
 
-    /// Names the sites created since `before`: the last one (the outermost
-    /// `.await` of the statement) after the label or the bound name.
-    fn name_sites(&mut self, before: usize, label: Option<Ident>, bound: Option<&Ident>) {
-        if self.cfg.sites.len() == before {
+    /// Names the sites created from `before` to `end`: the last one (the
+    /// outermost `.await` of the statement) after the label or the bound
+    /// name.
+    fn name_sites(
+        &mut self,
+        before: usize,
+        end: usize,
+        label: Option<Ident>,
+        bound: Option<&Ident>,
+    ) {
+        if end == before {
             if let Some(label) = label {
                 self.errors.error(
                     label.span(),
@@ -361,7 +360,7 @@ impl Lowerer<'_> {
             }
             return;
         }
-        let last = self.cfg.sites.len() - 1;
+        let last = end - 1;
         match (label, bound) {
             (Some(l), _) => self.cfg.sites[last].name_hint = Some((l.to_string(), true)),
             (None, Some(b)) => {
@@ -407,6 +406,7 @@ impl Lowerer<'_> {
         };
         let bindings = binding_types(self);
 
+        let init_end;
         let lowered_else = local
             .init
             .as_ref()
@@ -420,6 +420,7 @@ impl Lowerer<'_> {
                 return;
             };
             let scrut = self.lower_value(&expr);
+            init_end = self.cfg.sites.len();
             let cont = self.new_block();
             let otherwise = self.new_block();
             let ids: Vec<BindingId> = bindings
@@ -481,8 +482,15 @@ impl Lowerer<'_> {
             if let Some(p) = self.cfg.blocks[self.cur].pieces.last_mut() {
                 p.declares = ids;
             }
+            init_end = self.cfg.sites.len();
         }
-        self.name_sites(before, label, whole_name.as_ref());
+        // `let x = if .. { .. } else { .. };` names no point after `x`: the
+        // points inside are named by their own statements (and by where
+        // they sit), and an `else` that waits is not the value of `x`.
+        let bound = whole_name
+            .as_ref()
+            .filter(|_| !original_init.as_ref().is_some_and(is_control_structure));
+        self.name_sites(before, init_end, label, bound);
     }
 
     fn lower_expr_stmt(&mut self, e: &Expr) {
@@ -1369,6 +1377,20 @@ fn report_labels(stmt: &Stmt, errors: &mut Errors) {
     syn::visit::Visit::visit_stmt(&mut Finder(errors), stmt);
 }
 
+/// An expression whose `.await`s sit in statements of its own.
+fn is_control_structure(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::If(_)
+            | Expr::Match(_)
+            | Expr::Loop(_)
+            | Expr::While(_)
+            | Expr::ForLoop(_)
+            | Expr::Block(_)
+            | Expr::Unsafe(_)
+    )
+}
+
 /// Lowering a whole `#[flow]` fn from source text, for the unit tests of
 /// this pass and of the passes after it.
 #[cfg(test)]
@@ -1458,6 +1480,70 @@ mod tests {
         let limit = cfg.bindings.iter().find(|b| b.name == "limit").unwrap();
         let ty = limit.ty.as_ref().map(|t| quote::quote!(#t).to_string());
         assert_eq!(ty.as_deref(), Some("u64"));
+    }
+
+    /// A point's place names each enclosing branch with its condition or
+    /// pattern, and its rank among the awaiting statements of its block,
+    /// never a line number.
+    #[test]
+    fn a_site_place_is_its_path_through_the_control_structure() {
+        let cfg = lower_source(
+            "async fn f(ctx: &mut FlowContext, s: FlowSession, m: Msg) -> Result<u32, FlowError> {
+                let n: u32 = 1;
+                if n > 0 {
+                    ctx.sleep(d).await;
+                } else {
+                    ctx.sleep(d).await;
+                }
+                match m {
+                    Msg::Ping(x) => { s.receive::<u32>().await?; }
+                    _ => {}
+                }
+                'outer: loop {
+                    s.receive::<u32>().await?;
+                    s.receive::<u32>().await?;
+                    break 'outer;
+                }
+                Ok(n)
+            }",
+        );
+        let places: Vec<&str> = cfg.sites.iter().map(|s| s.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "stmt 0 / if n>0 then / stmt 0 / await 0",
+                "stmt 0 / if n>0 else / stmt 0 / await 0",
+                "stmt 1 / match m arm Msg::Ping(x) / block / stmt 0 / await 0",
+                "stmt 2 / 'outer: loop / stmt 0 / await 0",
+                "stmt 2 / 'outer: loop / stmt 1 / await 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_binding_records_where_it_comes_from() {
+        use crate::cfg::Origin;
+        let cfg = lower_source(
+            "async fn f(ctx: &mut FlowContext, o: Option<u32>) -> Result<u32, FlowError> {
+                let add = |a: u32| a + 1;
+                let items: Vec<u32> = vec![1];
+                for i in items { ctx.sleep(d).await; let _ = add(i); }
+                if let Some(v) = o { ctx.sleep(d).await; return Ok(v) }
+                Ok(0)
+            }",
+        );
+        let origin = |name: &str| {
+            cfg.bindings
+                .iter()
+                .find(|b| b.name == name)
+                .map(|b| b.origin)
+                .unwrap_or_else(|| panic!("no binding {name}"))
+        };
+        assert!(origin("o") == Origin::Param);
+        assert!(origin("add") == Origin::Closure);
+        assert!(origin("items") == Origin::Let);
+        assert!(origin("v") == Origin::Pattern);
+        assert!(cfg.bindings.iter().any(|b| b.origin == Origin::ForIter));
     }
 
     #[test]

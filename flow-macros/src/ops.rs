@@ -167,3 +167,84 @@ pub fn upper_camel(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Op, classify, upper_camel};
+    use crate::pretty::pretty_tokens;
+    use quote::ToTokens;
+    use syn::{Ident, Type};
+
+    /// Classifies the operand of `source.await`, with `c` as the context
+    /// and `child: a::b::Flow` as the only typed local.
+    fn op(source: &str) -> Result<Op, String> {
+        let e: syn::Expr = syn::parse_str(source).expect("operand parses");
+        let ctx = Ident::new("c", proc_macro2::Span::call_site());
+        let local =
+            |id: &Ident| -> Option<Type> { (id == "child").then(|| syn::parse_quote!(a::b::Flow)) };
+        classify(&e, &ctx, &local).map_err(|e| e.to_string())
+    }
+
+    fn describe(op: &Op) -> String {
+        match op {
+            Op::Receive { ty, sends } => format!(
+                "receive sends={sends} ty={}",
+                ty.as_ref()
+                    .map_or("?".into(), |t| pretty_tokens(&t.to_token_stream()))
+            ),
+            Op::Sleep => "sleep".into(),
+            Op::SubFlow { child, name } => {
+                format!(
+                    "sub_flow {} {name}",
+                    pretty_tokens(&child.to_token_stream())
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn the_four_operations_are_recognised_with_what_is_stored() {
+        let ok = |s: &str| describe(&op(s).expect("an operation"));
+        assert_eq!(ok("s.receive::<u32>()"), "receive sends=false ty=u32");
+        assert_eq!(ok("s.receive()"), "receive sends=false ty=?");
+        assert_eq!(
+            ok("s.send_and_receive::<Vec<u8>>(&x)"),
+            "receive sends=true ty=Vec<u8>"
+        );
+        assert_eq!(ok("c.sleep(d)"), "sleep");
+        assert_eq!(ok("(c.sleep(d))"), "sleep");
+        assert_eq!(
+            ok("c.sub_flow(signatures::collect_all(s, 1))"),
+            "sub_flow signatures::collect_all::Flow CollectAll"
+        );
+        assert_eq!(ok("c.sub_flow(child)"), "sub_flow a::b::Flow B");
+    }
+
+    #[test]
+    fn anything_else_awaited_is_refused_with_the_reason() {
+        let err = |s: &str| op(s).err().expect("refused");
+        assert!(err("tokio::time::sleep(d)").contains("to wait for time use `ctx.sleep(d)`"));
+        assert!(err("helper(x)").contains("mark the helper `#[flow]`"));
+        assert!(err("s.recv()").contains("`.recv(..)` is not a flow operation"));
+        assert!(err("fut").contains("await the operation where it is created"));
+        // `sleep` on something that is not the context is not the timer.
+        assert!(err("other.sleep(d)").contains("is not a flow operation"));
+        assert!(err("c.sub_flow(a, b)").contains("takes one argument"));
+        assert!(err("c.sub_flow(untyped)").contains("sub-flow's state type must be visible"));
+    }
+
+    #[test]
+    fn state_names_come_from_the_operation() {
+        assert_eq!(
+            Op::Receive {
+                ty: None,
+                sends: true
+            }
+            .default_state_name(),
+            "SendAndReceive"
+        );
+        assert_eq!(Op::Sleep.default_state_name(), "Sleep");
+        assert_eq!(upper_camel("collect_all_sigs"), "CollectAllSigs");
+        assert_eq!(upper_camel("r#type"), "Type");
+    }
+}

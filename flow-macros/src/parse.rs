@@ -309,3 +309,106 @@ pub fn contains_reference(ty: &Type) -> bool {
     syn::visit::Visit::visit_type(&mut f, ty);
     f.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{contains_impl_trait, contains_reference, parse_args, parse_sig, result_ok_type};
+    use crate::errors::Errors;
+    use quote::ToTokens;
+
+    fn args(text: &str) -> (super::FlowArgs, Vec<String>) {
+        let mut errors = Errors::default();
+        let args = parse_args(text.parse().expect("tokens"), &mut errors);
+        (args, errors.messages())
+    }
+
+    fn sig(source: &str) -> (Option<super::FlowSig>, Vec<String>) {
+        let item: syn::ItemFn = syn::parse_str(source).expect("test fn parses");
+        let mut errors = Errors::default();
+        let sig = parse_sig(&item, &mut errors);
+        (sig, errors.messages())
+    }
+
+    fn text(t: &impl ToTokens) -> String {
+        crate::pretty::pretty_tokens(&t.to_token_stream())
+    }
+
+    #[test]
+    fn arguments_default_to_version_one_and_the_module_path() {
+        let (a, errors) = args("");
+        assert!(errors.is_empty());
+        assert_eq!(a.version, 1);
+        assert!(a.name.is_none());
+        let (a, errors) = args(r#"version = 3, name = "trade.buyer""#);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(a.version, 3);
+        assert_eq!(a.name.map(|n| n.value()).as_deref(), Some("trade.buyer"));
+    }
+
+    #[test]
+    fn every_bad_argument_is_reported_in_one_pass() {
+        let (_, errors) = args(r#"version = 0, version = 2, name = "", colour = 1"#);
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].contains("from 1 to"));
+        assert!(errors[1].contains("`version` is given twice"));
+        assert!(errors[2].contains("non-empty string"));
+        assert!(errors[3].contains("unknown `#[flow]` argument"));
+    }
+
+    #[test]
+    fn a_valid_signature_gives_ctx_params_and_output() {
+        let (s, errors) = sig(
+            "async fn f(cx: &mut FlowContext, peer: Party, mut n: u32) -> Result<Vec<u8>, FlowError> { todo() }",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = s.expect("usable signature");
+        assert_eq!(s.ctx, "cx");
+        let params: Vec<(String, bool, String)> = s
+            .params
+            .iter()
+            .map(|p| (p.name.to_string(), p.mutable, text(&p.ty)))
+            .collect();
+        assert_eq!(
+            params,
+            [
+                ("peer".to_string(), false, "Party".to_string()),
+                ("n".to_string(), true, "u32".to_string())
+            ]
+        );
+        assert_eq!(text(&s.output), "Vec<u8>");
+    }
+
+    #[test]
+    fn a_signature_breaking_the_rules_is_refused_with_each_reason() {
+        let (s, errors) = sig("fn f(peer: Party) -> u32 { 1 }");
+        assert!(s.is_none());
+        assert!(errors.iter().any(|e| e.contains("must be an `async fn`")));
+        assert!(errors.len() >= 2, "{errors:?}");
+        let (s, errors) =
+            sig("async fn f<T>(ctx: &mut FlowContext, v: T) -> Result<T, FlowError> { Ok(v) }");
+        assert!(s.is_none() && !errors.is_empty());
+    }
+
+    #[test]
+    fn the_result_type_must_be_a_result_with_flow_error() {
+        let ok = |t: &str| result_ok_type(&syn::parse_str(t).unwrap()).map(|t| text(&t));
+        assert_eq!(ok("Result<u64, FlowError>").as_deref(), Some("u64"));
+        assert_eq!(
+            ok("std::result::Result<(), flow_runtime::FlowError>").as_deref(),
+            Some("()")
+        );
+        assert_eq!(ok("Result<u64, String>"), None);
+        assert_eq!(ok("Option<u64>"), None);
+        assert_eq!(ok("Result<u64>"), None);
+    }
+
+    #[test]
+    fn references_and_impl_trait_are_found_anywhere_in_a_type() {
+        let ty = |t: &str| syn::parse_str::<syn::Type>(t).unwrap();
+        assert!(contains_reference(&ty("Vec<&'static str>")));
+        assert!(contains_reference(&ty("(u32, &mut [u8])")));
+        assert!(!contains_reference(&ty("Vec<Box<str>>")));
+        assert!(contains_impl_trait(&ty("Vec<impl Fn()>")));
+        assert!(!contains_impl_trait(&ty("Box<dyn Fn()>")));
+    }
+}

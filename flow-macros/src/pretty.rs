@@ -64,3 +64,34 @@ pub fn pretty_tokens(ts: &TokenStream) -> String {
     }
     out.trim().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::pretty_tokens;
+
+    fn pretty(source: &str) -> String {
+        pretty_tokens(&source.parse().expect("tokens"))
+    }
+
+    #[test]
+    fn code_reads_as_written() {
+        assert_eq!(
+            pretty("session . receive :: < u32 > ()"),
+            "session.receive::<u32>()"
+        );
+        assert_eq!(
+            pretty("ctx.sub_flow(child(a, b))"),
+            "ctx.sub_flow(child(a, b))"
+        );
+        assert_eq!(pretty("Vec<(u32, String)>"), "Vec<(u32, String)>");
+        assert_eq!(pretty("a = b + 1"), "a = b + 1");
+        assert_eq!(pretty("x == y"), "x == y");
+        assert_eq!(pretty("&mut self.v"), "&mut self.v");
+    }
+
+    #[test]
+    fn blocks_and_literals_keep_their_spaces() {
+        assert_eq!(pretty("if a { b }"), "if a { b }");
+        assert_eq!(pretty("f(1u8, \"x y\")"), "f(1u8, \"x y\")");
+    }
+}

@@ -127,6 +127,37 @@ pub async fn buyer(ctx: &mut FlowContext, seller: Party, price: u64) -> Result<u
     );
 }
 
+/// Points that would share a name are named after the branch or arm they
+/// sit in (`AwaitReplyThen`/`AwaitReplyElse`, `AwaitAckPing`/`AwaitAckPong`).
+#[test]
+fn names_by_place() {
+    check(
+        "names_by_place",
+        r#"
+#[flow]
+pub async fn route(ctx: &mut FlowContext, s: FlowSession, urgent: bool, m: Msg) -> Result<u32, FlowError> {
+    let total: u32 = if urgent {
+        let reply: u32 = s.send_and_receive::<u32>(&1u8).await?.validate(Ok)?;
+        reply
+    } else {
+        let reply: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        reply + 1
+    };
+    match m {
+        Msg::Ping => {
+            let ack: u32 = s.receive::<u32>().await?.validate(Ok)?;
+            Ok(total + ack)
+        }
+        Msg::Pong => {
+            let ack: u32 = s.receive::<u32>().await?.validate(Ok)?;
+            Ok(total * ack)
+        }
+    }
+}
+"#,
+    );
+}
+
 /// The macro must never panic: every malformed input becomes a
 /// `compile_error!`.
 #[test]
