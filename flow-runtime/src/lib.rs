@@ -46,6 +46,7 @@ mod fast_hash;
 pub mod fingerprint;
 mod flow;
 mod handle;
+mod migration;
 mod node;
 mod party;
 mod progress;

@@ -13,6 +13,7 @@
 //! code, not data: a restarted node is given the same registry again.
 
 use crate::fast_hash::FastMap;
+use crate::migration::{Migrated, Migration, OldVersion, migrate_chain};
 use crate::{Event, Flow, FlowContext, FlowError, FlowSession, Step, StepEffects, run_step};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -148,6 +149,11 @@ impl<F: Flow> FlowType for Typed<F> {
     }
 }
 
+/// The erased vtable of `F`.
+pub(crate) fn typed_flow_type<F: Flow>() -> Arc<dyn FlowType> {
+    Arc::new(Typed::<F>::new())
+}
+
 /// The encoded start state of a flow, with its type.
 pub struct NewFlow {
     /// Its type.
@@ -245,6 +251,8 @@ pub struct Registry {
     flows: FastMap<&'static str, Vec<Arc<dyn FlowType>>>,
     /// Per initiating `NAME`, newest registration last.
     responders: FastMap<&'static str, Vec<ResponderEntry>>,
+    /// State migrations, newest registration last.
+    migrations: Vec<Migration>,
 }
 
 impl Registry {
@@ -271,6 +279,91 @@ impl Registry {
                 self.flows.remove(F::NAME);
             }
         }
+    }
+
+    /// Registers a state migration: checkpoints written by the code of
+    /// `Old` (its `NAME`, `VERSION` and full fingerprint) are decoded as
+    /// `Old`, handed to `migrate`, and continue on `New` with the state it
+    /// returns; `Err(reason)` refuses the state, which then stays held in
+    /// the hospital with the reason. `New` is registered too. `Old` need
+    /// not be registered: keep its code (a module with the flow as it was
+    /// deployed) only for its type. A migration takes precedence over old
+    /// code registered beside it: every checkpoint of `Old` moves to `New`
+    /// when it is next loaded.
+    ///
+    /// The migration runs when the node loads such a checkpoint to run
+    /// it (a flow held at start-up for code the node did not have is
+    /// loaded at once); the new state is committed with that step. See
+    /// the chapter "Upgrading flows" of the book for an example.
+    pub fn register_migration<Old: Flow, New: Flow>(
+        &mut self,
+        migrate: impl Fn(Old) -> Result<New, String> + Send + Sync + 'static,
+    ) {
+        let from = OldVersion {
+            name: Old::NAME.to_owned(),
+            version: Old::VERSION,
+            fingerprint: Old::fingerprint(),
+        };
+        self.insert_migration(Migration::new::<Old, New, _>(from, migrate));
+    }
+
+    /// [`register_migration`](Self::register_migration) for checkpoints
+    /// whose code this build no longer has: they are identified by the
+    /// `name`, `version` and `fingerprint` they were written with (the
+    /// hospital's reason and the pre-deploy check print them), and decoded
+    /// as `S`, any serde type that reads that state (for a flow, its state
+    /// enum as the old `#[flow]` generated it).
+    pub fn register_migration_from_fingerprint<S, New>(
+        &mut self,
+        name: &str,
+        version: u32,
+        fingerprint: u64,
+        migrate: impl Fn(S) -> Result<New, String> + Send + Sync + 'static,
+    ) where
+        S: serde::de::DeserializeOwned + 'static,
+        New: Flow,
+    {
+        let from = OldVersion {
+            name: name.to_owned(),
+            version,
+            fingerprint,
+        };
+        self.insert_migration(Migration::new::<S, New, _>(from, migrate));
+    }
+
+    fn insert_migration(&mut self, migration: Migration) {
+        self.insert_type(migration.to.clone());
+        self.migrations.retain(|m| m.from != migration.from);
+        self.migrations.push(migration);
+    }
+
+    /// Whether a migration reads checkpoints of `name` written with
+    /// `version` and `fingerprint`.
+    pub fn migrates(&self, name: &str, version: u32, fingerprint: u64) -> bool {
+        self.migrations.iter().any(|m| {
+            m.from.name == name && m.from.version == version && m.from.fingerprint == fingerprint
+        })
+    }
+
+    /// Moves a checkpoint's `state`, written by `name` at `version` with
+    /// `fingerprint`, to the code it is migrated to (through every
+    /// migration registered on the way): `None` if no migration reads it,
+    /// `Some(Err(reason))` if one refused it.
+    pub(crate) fn migrate(
+        &self,
+        name: &str,
+        version: u32,
+        fingerprint: u64,
+        state: &[u8],
+    ) -> Option<Result<Migrated, String>> {
+        let from = OldVersion {
+            name: name.to_owned(),
+            version,
+            fingerprint,
+        };
+        migrate_chain(&self.migrations, &from, state, |v| {
+            self.resuming(&v.name, v.fingerprint, v.version).is_some()
+        })
     }
 
     /// Registers `responder` to answer sessions opened by the flow `I` at

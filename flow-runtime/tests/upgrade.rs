@@ -59,6 +59,21 @@ mod v2 {
     }
 }
 
+/// A later release: the quote is read as a `u64` too (another
+/// fingerprint), and the result carries 3,000.
+mod v3 {
+    use super::*;
+    #[flow(name = "upgrade.sell")]
+    pub async fn sell(ctx: &mut FlowContext, peer: Party, n: u32) -> Result<u64, FlowError> {
+        let s = ctx.initiate_flow(&peer);
+        s.send(&n)?;
+        let quote: u64 = s.receive::<u64>().await?.validate(Ok)?;
+        s.send(&quote)?;
+        let done: u64 = s.receive::<u64>().await?.validate(Ok)?;
+        Ok(done + 3_000)
+    }
+}
+
 /// Alice starts `count` sellers on v1 (numbers 0..count) and the network
 /// runs until every buyer on Bob sleeps: the even sellers wait for their
 /// quote, the odd ones for the final answer.
@@ -139,4 +154,171 @@ fn old_and_new_code_side_by_side_each_flow_finishes_on_its_own_version() {
         assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 2_000)), "v2 flow {n}");
     }
     assert_eq!(net.flows_in_flight(alice), 0);
+}
+
+/// The migration a v2 build ships: v1 and v2 suspend at the same two
+/// points with the same live local (the session), so each v1 state maps
+/// to the v2 state of the same name. A flow not started yet starts on v2.
+fn v1_to_v2(old: v1::sell::Flow) -> Result<v2::sell::Flow, String> {
+    use v1::sell::Flow as Old;
+    use v2::sell::{Flow as New, FlowLocals};
+    match old {
+        Old::Start { peer, n } => Ok(v2::sell(peer, n)),
+        Old::AwaitQuote { locals } => Ok(New::AwaitQuote {
+            locals: FlowLocals { s: locals.s },
+        }),
+        Old::AwaitDone { locals } => Ok(New::AwaitDone {
+            locals: FlowLocals { s: locals.s },
+        }),
+        Old::Done => Err("a finished flow has no checkpoint to migrate".into()),
+    }
+}
+
+#[test]
+fn held_flows_migrate_to_the_new_code_and_finish_on_it() {
+    let (mut net, alice, _bob, handles) = sellers_in_flight(100);
+
+    // The new build: v2 plus the migration; v1's code only as a type.
+    net.unregister_flow::<v1::sell::Flow>(alice);
+    net.register_migration::<v1::sell::Flow, v2::sell::Flow>(alice, v1_to_v2);
+    let report = net.check_upgrade(alice).expect("the check runs");
+    assert!(report.is_safe(), "{report}");
+    assert_eq!(
+        (report.resumed(), report.migrated(), report.refused()),
+        (0, 100, 0),
+        "{report}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("total: resume 0, migrate 100, refused 0"),
+        "{report}"
+    );
+
+    net.restart_node(alice);
+    net.run_network();
+    assert_eq!(net.hospital(alice), vec![]);
+    for (n, h) in handles.iter().enumerate() {
+        assert_eq!(
+            net.result(h),
+            Some(Ok(3 * n as u64 + 2_000)),
+            "flow {n} finished on v2"
+        );
+    }
+    assert_eq!(net.flows_in_flight(alice), 0);
+}
+
+#[test]
+fn flows_held_for_unknown_code_are_migrated_at_the_restart_that_brings_the_migration() {
+    let (mut net, alice, _bob, handles) = sellers_in_flight(6);
+    net.unregister_flow::<v1::sell::Flow>(alice);
+    net.register_flow::<v2::sell::Flow>(alice);
+    net.restart_node(alice);
+    net.run_network();
+    assert_eq!(net.hospital(alice).len(), handles.len());
+    let report = net.check_upgrade(alice).expect("the check runs");
+    assert_eq!(report.refused(), handles.len() as u64, "{report}");
+
+    net.register_migration::<v1::sell::Flow, v2::sell::Flow>(alice, v1_to_v2);
+    net.restart_node(alice);
+    net.run_network();
+    assert_eq!(net.hospital(alice), vec![]);
+    for (n, h) in handles.iter().enumerate() {
+        assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 2_000)));
+    }
+}
+
+#[test]
+fn a_refused_migration_holds_the_flow_with_its_reason_and_loses_nothing() {
+    let (mut net, alice, _bob, handles) = sellers_in_flight(10);
+    let states: std::collections::BTreeMap<String, String> = net
+        .dump(alice)
+        .into_iter()
+        .map(|d| (d.run_id, d.state))
+        .collect();
+
+    // This migration refuses the flows already past their quote.
+    net.unregister_flow::<v1::sell::Flow>(alice);
+    net.register_migration::<v1::sell::Flow, v2::sell::Flow>(alice, |old| match old {
+        v1::sell::Flow::AwaitDone { .. } => Err("a quoted sale cannot move yet".into()),
+        other => v1_to_v2(other),
+    });
+    let report = net.check_upgrade(alice).expect("the check runs");
+    assert!(!report.is_safe());
+    assert_eq!((report.migrated(), report.refused()), (5, 5), "{report}");
+    assert!(
+        report.to_string().contains("a quoted sale cannot move yet"),
+        "{report}"
+    );
+
+    net.restart_node(alice);
+    net.run_network();
+    let hospital = net.hospital(alice);
+    assert_eq!(hospital.len(), 5, "{hospital:?}");
+    for h in &hospital {
+        assert_eq!(states[&h.run_id.to_string()], "AwaitDone");
+        assert!(
+            h.error
+                .contains("refused the checkpoint: a quoted sale cannot move yet"),
+            "{}",
+            h.error
+        );
+        assert!(h.error.contains("upgrade.sell"), "{}", h.error);
+    }
+    // The others moved to v2 (the buyers of odd sellers sleep before their
+    // last answer, so the even ones are done and the odd ones wait).
+    for (n, h) in handles.iter().enumerate() {
+        let expected = (n % 2 == 0).then_some(Ok(3 * n as u64 + 2_000));
+        assert_eq!(net.result(h), expected, "flow {n}");
+    }
+    // Still held, still on v1, after another restart.
+    net.restart_node(alice);
+    net.run_network();
+    assert_eq!(net.hospital(alice).len(), 5);
+    for d in net.dump(alice) {
+        assert_eq!(d.state, "AwaitDone");
+    }
+
+    // A fixed migration, on the running node: an operator's retry moves
+    // each held flow to v2, and it finishes there.
+    net.register_migration::<v1::sell::Flow, v2::sell::Flow>(alice, v1_to_v2);
+    for h in net.hospital(alice) {
+        net.retry_flow(alice, h.run_id).expect("the flow is held");
+    }
+    net.run_network();
+    assert_eq!(net.hospital(alice), vec![]);
+    for (n, h) in handles.iter().enumerate() {
+        assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 2_000)), "flow {n}");
+    }
+    assert_eq!(net.flows_in_flight(alice), 0);
+}
+
+#[test]
+fn migrations_chain_and_take_precedence_over_old_code_registered_beside_them() {
+    let (mut net, alice, _bob, handles) = sellers_in_flight(10);
+    // v1 stays registered (it was when the flows started); the migrations
+    // still move every v1 checkpoint, through v2, to v3.
+    net.register_migration::<v1::sell::Flow, v2::sell::Flow>(alice, v1_to_v2);
+    net.register_migration::<v2::sell::Flow, v3::sell::Flow>(alice, |old| {
+        use v2::sell::Flow as Old;
+        use v3::sell::{Flow as New, FlowLocals};
+        match old {
+            Old::Start { peer, n } => Ok(v3::sell(peer, n)),
+            Old::AwaitQuote { locals } => Ok(New::AwaitQuote {
+                locals: FlowLocals { s: locals.s },
+            }),
+            Old::AwaitDone { locals } => Ok(New::AwaitDone {
+                locals: FlowLocals { s: locals.s },
+            }),
+            Old::Done => Err("finished".into()),
+        }
+    });
+    let report = net.check_upgrade(alice).expect("the check runs");
+    assert_eq!((report.resumed(), report.migrated()), (0, 10), "{report}");
+    net.restart_node(alice);
+    net.run_network();
+    assert_eq!(net.hospital(alice), vec![]);
+    for (n, h) in handles.iter().enumerate() {
+        assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 3_000)), "flow {n}");
+    }
 }

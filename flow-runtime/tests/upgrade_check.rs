@@ -114,7 +114,7 @@ fn the_check_counts_what_resumes_and_fails_on_what_would_be_refused() {
     assert!(ok, "{report}");
     assert!(
         report.contains(&format!(
-            "flow {name} version 1 fingerprint {ours:016x}: resume 3, refused 0"
+            "flow {name} version 1 fingerprint {ours:016x}: resume 3, migrate 0, refused 0"
         )),
         "{report}"
     );
@@ -132,11 +132,14 @@ fn the_check_counts_what_resumes_and_fails_on_what_would_be_refused() {
     assert!(!ok, "{report}");
     assert!(
         report.contains(&format!(
-            "flow {name} version 1 fingerprint {theirs:016x}: resume 0, refused 2 ("
+            "flow {name} version 1 fingerprint {theirs:016x}: resume 0, migrate 0, refused 2 ("
         )),
         "{report}"
     );
-    assert!(report.contains("total: resume 3, refused 2"), "{report}");
+    assert!(
+        report.contains("total: resume 3, migrate 0, refused 2"),
+        "{report}"
+    );
     assert_eq!(
         std::fs::read(dir.path().join("Alice.redb")).unwrap(),
         before,

@@ -87,7 +87,8 @@ fn check_store_format(store: &dyn Store) -> Result<bool, NodeError> {
 }
 
 /// The runs the hospital holds for code (see
-/// [`HospitalRecord::awaits_code`]) whose checkpoint `registry` can resume.
+/// [`HospitalRecord::awaits_code`]) whose checkpoint `registry` can resume
+/// or has a migration for.
 fn held_for_known_code(store: &dyn Store, registry: &Registry) -> Result<BTreeSet<u64>, NodeError> {
     let mut runs = BTreeSet::new();
     for (key, value) in store
@@ -107,9 +108,10 @@ fn held_for_known_code(store: &dyn Store, registry: &Registry) -> Result<BTreeSe
             continue;
         };
         if let Ok(rec) = CheckpointRecord::decode(&bytes)
-            && registry
+            && (registry
                 .resuming(&rec.flow, rec.fingerprint, rec.version)
                 .is_some()
+                || registry.migrates(&rec.flow, rec.version, rec.fingerprint))
         {
             runs.insert(run);
         }
@@ -146,7 +148,7 @@ impl NodeCore {
         let format_recorded = check_store_format(store.as_ref())?;
         let code_retries = held_for_known_code(store.as_ref(), &registry)?;
         if !code_retries.is_empty() {
-            tracing::info!(node = %identity, flows = code_retries.len(), "flows held for code this node did not have are freed: it has that code now");
+            tracing::info!(node = %identity, flows = code_retries.len(), "flows held for code this node did not have are freed: it has that code (or a migration) now");
         }
         ready.extend(code_retries.iter().copied());
         let draining = store

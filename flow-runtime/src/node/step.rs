@@ -230,16 +230,53 @@ impl NodeCore {
             b.set_runnable(run, false);
             return Ok(());
         };
-        let Some(flow_type) = self
-            .registry
-            .resuming(&rec.flow, rec.fingerprint, rec.version)
-        else {
-            let e = self
-                .registry
-                .why_not_resumable(&rec.flow, rec.fingerprint, rec.version);
-            return self.hold_for_code(b, run, e);
+        let (rec, flow_type) = match self.code_for(rec) {
+            Ok(found) => found,
+            Err(why) => return self.hold_for_code(b, run, why),
         };
         self.step(b, run, rec, flow_type, wake, in_hospital)
+    }
+
+    /// The code that runs `rec`: a registered migration first (the record
+    /// then carries the migrated state and the new code's identity, and
+    /// the step that follows commits both), else the code whose
+    /// fingerprint wrote it. `Err` says why neither is possible: a
+    /// migration refused the state, or the node has no such code.
+    fn code_for(
+        &self,
+        mut rec: Box<CheckpointRecord>,
+    ) -> Result<(Box<CheckpointRecord>, Arc<dyn FlowType>), String> {
+        match self
+            .registry
+            .migrate(&rec.flow, rec.version, rec.fingerprint, &rec.state)
+        {
+            Some(Ok(migrated)) => {
+                let t = &migrated.flow_type;
+                tracing::info!(
+                    flow = %rec.flow,
+                    "checkpoint migrated from version {} (fingerprint {:016x}) to version {} (fingerprint {:016x})",
+                    rec.version, rec.fingerprint, t.version(), t.fingerprint()
+                );
+                rec.flow = t.name().to_owned();
+                rec.version = t.version();
+                rec.fingerprint = t.fingerprint();
+                rec.state_name = t.state_name(&migrated.state).unwrap_or("?").to_owned();
+                rec.state = migrated.state;
+                Ok((rec, migrated.flow_type))
+            }
+            Some(Err(why)) => Err(why),
+            None => match self
+                .registry
+                .resuming(&rec.flow, rec.fingerprint, rec.version)
+            {
+                Some(t) => Ok((rec, t)),
+                None => {
+                    Err(self
+                        .registry
+                        .why_not_resumable(&rec.flow, rec.fingerprint, rec.version))
+                }
+            },
+        }
     }
 
     pub(super) fn step(

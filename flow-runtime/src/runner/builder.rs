@@ -376,6 +376,43 @@ impl<T: Transport> NodeBuilder<T> {
         self
     }
 
+    /// Moves checkpoints written by the code of `Old` to `New` with
+    /// `migrate` when they are loaded (a refusal, `Err(reason)`, keeps the
+    /// flow held with the reason): see
+    /// [`Registry::register_migration`](crate::engine::Registry::register_migration)
+    /// and the book's chapter "Upgrading flows". `New` is registered too.
+    pub fn migration<Old: Flow, New: Flow>(
+        &mut self,
+        migrate: impl Fn(Old) -> Result<New, String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.registry.register_migration::<Old, New>(migrate);
+        self
+    }
+
+    /// [`migration`](Self::migration) from checkpoints whose code this
+    /// build no longer has, named by the `name`, `version` and
+    /// `fingerprint` they were written with and read as `S`: see
+    /// [`Registry::register_migration_from_fingerprint`](crate::engine::Registry::register_migration_from_fingerprint).
+    pub fn migration_from_fingerprint<S, New>(
+        &mut self,
+        name: &str,
+        version: u32,
+        fingerprint: u64,
+        migrate: impl Fn(S) -> Result<New, String> + Send + Sync + 'static,
+    ) -> &mut Self
+    where
+        S: serde::de::DeserializeOwned + 'static,
+        New: Flow,
+    {
+        self.registry.register_migration_from_fingerprint::<S, New>(
+            name,
+            version,
+            fingerprint,
+            migrate,
+        );
+        self
+    }
+
     /// Answers sessions opened by flow `I` with the flow `responder` builds:
     /// `builder.responder::<ping::Flow>(|session| pong(session))`. The
     /// responder's own type is registered too.

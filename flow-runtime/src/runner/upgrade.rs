@@ -34,8 +34,8 @@ pub struct NodeArgs {
     pub config: PathBuf,
     /// Do not run the node: read a copy of its database with this build's
     /// flows, print per flow version how many checkpoints resume as they
-    /// are and how many would be refused, and exit with status 1 if any
-    /// would be (docs/upgrading.md).
+    /// are, how many migrate and how many would be refused, and exit with
+    /// status 1 if any would be (docs/upgrading.md).
     #[arg(long)]
     pub check_upgrade: bool,
 }
@@ -44,8 +44,9 @@ impl<T: Transport> NodeBuilder<T> {
     /// The pre-deploy check: copies the node's database to a temporary
     /// file, reads the copy with this builder's flows (the new build's
     /// registry) and reports, per flow `NAME`, `VERSION` and fingerprint,
-    /// how many checkpoints resume as they are and how many would be
-    /// refused. The database itself is only copied, never opened. Run it on
+    /// how many checkpoints resume as they are, how many its migrations
+    /// move to new code (each migration is run on each state it reads) and
+    /// how many would be refused. The database itself is only copied, never opened. Run it on
     /// a stopped node's database or on a backup of it: a copy taken while
     /// the node commits may be torn.
     pub fn check_upgrade(&self) -> Result<UpgradeReport, RunnerError> {
@@ -93,7 +94,7 @@ impl<T: Transport> NodeBuilder<T> {
                     ExitCode::SUCCESS
                 } else {
                     println!(
-                        "NOT SAFE: this build would refuse {} checkpoint(s); register the code that wrote them beside the new code, or drain the node first",
+                        "NOT SAFE: this build would refuse {} checkpoint(s); register the code that wrote them beside the new code or a migration from it, or drain the node first",
                         report.refused()
                     );
                     ExitCode::from(1)

@@ -316,6 +316,27 @@ impl MockNetwork {
         }
     }
 
+    /// Registers a state migration from `Old` to `New` on `node` (see
+    /// [`Registry::register_migration`](crate::engine::Registry::register_migration)):
+    /// checkpoints `Old` wrote continue on `New` when they are next loaded;
+    /// held ones are loaded at the node's next restart (or an operator's
+    /// retry).
+    pub fn register_migration<Old: Flow, New: Flow>(
+        &mut self,
+        node: NodeId,
+        migrate: impl Fn(Old) -> Result<New, String> + Send + Sync + 'static,
+    ) {
+        let migrate = Arc::new(migrate);
+        let slot = &mut self.nodes[node.0];
+        let m = migrate.clone();
+        slot.registry
+            .register_migration::<Old, New>(move |old| (*m)(old));
+        if let Some(core) = slot.core.as_mut() {
+            core.registry_mut()
+                .register_migration::<Old, New>(move |old| (*migrate)(old));
+        }
+    }
+
     /// Makes `node` forget the code of `F` from its next restart on (other
     /// versions of its `NAME` stay): simulates deploying a build without
     /// it. Starting `F` on the node registers it again.

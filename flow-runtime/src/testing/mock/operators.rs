@@ -2,7 +2,9 @@
 //! retry, the hospital, dumps) and direct access to a node's engine.
 
 use super::*;
-use crate::node::{CheckpointDump, HospitalEntry, NodeCore, NodeError, RunId};
+use crate::node::{
+    CheckpointDump, HospitalEntry, NodeCore, NodeError, RunId, UpgradeReport, check_upgrade,
+};
 
 impl MockNetwork {
     /// Makes `node` stop (or resume) taking new flows and sessions.
@@ -32,6 +34,23 @@ impl MockNetwork {
     /// Flows in `node`'s hospital.
     pub fn hospital(&mut self, node: NodeId) -> Vec<HospitalEntry> {
         self.core(node).hospital().unwrap_or_default()
+    }
+
+    /// The pre-deploy check on `node`'s database with the code its next
+    /// restart registers (after [`register_flow`](Self::register_flow),
+    /// [`unregister_flow`](Self::unregister_flow) and
+    /// [`register_migration`](Self::register_migration)): what a node
+    /// binary's `--check-upgrade` prints. Reads, never writes.
+    pub fn check_upgrade(&mut self, node: NodeId) -> Result<UpgradeReport, NodeError> {
+        self.core(node);
+        let slot = &self.nodes[node.0];
+        match &slot.store {
+            Some(store) => check_upgrade(store.as_ref(), &slot.registry),
+            None => Err(NodeError::Store(format!(
+                "node {} has no database open",
+                node.0
+            ))),
+        }
     }
 
     /// The operator's checkpoint dump of `node`.
