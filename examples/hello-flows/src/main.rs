@@ -1,16 +1,20 @@
 //! `hello-node CONFIG` runs a node that answers pings until Ctrl-C;
 //! `hello-node CONFIG PEER` also pings the party named PEER, prints the
-//! result and stops.
+//! result and stops; `hello-node CONFIG --check-upgrade` runs nothing: it
+//! says whether this build resumes every flow in the node's database.
 
 use flow_runtime::runner::{self, Config, NodeBuilder};
 use hello_flows::{ping, pong};
 use std::path::Path;
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     runner::init_logging()?;
     let mut args = std::env::args().skip(1);
-    let config = args.next().ok_or("usage: hello-node CONFIG [PEER]")?;
+    let config = args
+        .next()
+        .ok_or("usage: hello-node CONFIG [PEER | --check-upgrade]")?;
     let peer = args.next();
 
     let loaded = Config::read(Path::new(&config))?.load()?;
@@ -18,11 +22,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = NodeBuilder::from_config(loaded);
     builder.flow::<ping::Flow>();
     builder.responder::<ping::Flow>(pong);
+    if peer.as_deref() == Some("--check-upgrade") {
+        return Ok(builder.run_upgrade_check());
+    }
     let node = builder.start().await?;
 
     let Some(name) = peer else {
         node.run_until_signal().await?;
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     };
     let entry = map
         .by_name(&name)
@@ -31,5 +38,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total = node.result(&handle).await?;
     println!("ping to {name}: {total}");
     node.shutdown().await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -91,4 +91,20 @@ fn alice_pings_bob_across_two_processes() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}\n{stdout}\n{stderr}");
     assert_eq!(stdout.trim(), "ping to Bob: 45", "{stderr}");
+
+    // The pre-deploy check on Alice's stopped node: nothing in flight, so
+    // nothing refused.
+    let check = Command::new(NODE)
+        .arg(dir.path().join("alice.toml"))
+        .arg("--check-upgrade")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{report}");
+    assert_eq!(
+        report.trim(),
+        "total: resume 0, migrate 0, refused 0",
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

@@ -65,12 +65,27 @@ pub struct NodeArgs {
     /// Highest price the buyer accepts for a paper, in cents.
     #[arg(long, default_value_t = 90_000)]
     pub price: u64,
+    /// Do not run the node: the runner's pre-deploy check (see the book's
+    /// "Upgrading flows"): read a copy of the node's database with this
+    /// build's flows for the role, print what resumes, migrates or would
+    /// be refused, and exit with status 1 if anything would be refused.
+    #[arg(long)]
+    pub check_upgrade: bool,
 }
 
 /// Runs the node process to its end; the process's exit code.
 pub fn main(args: NodeArgs) -> ExitCode {
     if let Err(e) = runner::init_logging() {
         eprintln!("cannot set up logging: {e}");
+    }
+    if args.check_upgrade {
+        return match builder(&args) {
+            Ok(builder) => builder.run_upgrade_check(),
+            Err(e) => {
+                eprintln!("error: the upgrade check could not run: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -113,7 +128,8 @@ pub fn read_issuers(path: &Path) -> Result<Vec<Party>, String> {
     })
 }
 
-async fn run(args: NodeArgs) -> Result<(), String> {
+/// The node of `args.role`, with its flows and responders, not started.
+fn builder(args: &NodeArgs) -> Result<NodeBuilder, String> {
     let loaded = Config::read(&args.config)
         .and_then(Config::load)
         .map_err(|e| e.to_string())?;
@@ -143,7 +159,11 @@ async fn run(args: NodeArgs) -> Result<(), String> {
             builder.flow::<double_spend_probe::Flow>();
         }
     }
-    let node = builder.start().await.map_err(|e| e.to_string())?;
+    Ok(builder)
+}
+
+async fn run(args: NodeArgs) -> Result<(), String> {
+    let node = builder(&args)?.start().await.map_err(|e| e.to_string())?;
     if let Some(path) = &args.trust {
         let issuers = read_issuers(path)?;
         run_flow(&node, trust_issuers(issuers)).await?;
