@@ -17,6 +17,8 @@ mod redb_store;
 mod timed;
 
 #[cfg(feature = "postgres")]
+pub(crate) use postgres_store::{Fence, quote_ident};
+#[cfg(feature = "postgres")]
 pub use postgres_store::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
 pub use redb_store::{RedbOptions, RedbStore, SharedMemory};
 pub use timed::{StorageCounters, StorageStats, TimedStore};

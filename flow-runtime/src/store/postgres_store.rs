@@ -93,6 +93,28 @@ impl Default for PostgresOptions {
     }
 }
 
+/// What makes a [`PostgresStore`] of a scale-out partition refuse commits
+/// once its worker no longer holds the partition's lease (see
+/// `crate::scale_out`): every commit checks, in the same statement and
+/// so the same transaction, that the lease row of `partition` in the
+/// control schema still carries `token` and has not expired, and is
+/// refused (SQLSTATE `FL001`) otherwise. Such a store takes no advisory
+/// lock on its schema: the lease is what makes its worker the only writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fence {
+    /// The control schema (holds `flow_leases` and `flow_check_lease`).
+    pub(crate) control_schema: String,
+    /// The partition.
+    pub(crate) partition: i32,
+    /// The fencing token the lease was claimed with.
+    pub(crate) token: i64,
+}
+
+/// `name` as a quoted SQL identifier.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// A job for the connection thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -125,9 +147,20 @@ impl PostgresStore {
     pub fn open(connection: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let config =
             Config::from_str(connection).map_err(|e| err("the connection string is invalid", e))?;
+        Self::open_with(config, options, None)
+    }
+
+    /// [`open`](Self::open) with a parsed configuration, and optionally a
+    /// [`Fence`] instead of the schema's advisory lock.
+    pub(crate) fn open_with(
+        config: Config,
+        options: PostgresOptions,
+        fence: Option<Fence>,
+    ) -> Result<Self, StoreError> {
         let mut conn = Connection {
             config,
             options,
+            fence,
             live: None,
             refused: None,
             nonce: rand::random(),
@@ -300,6 +333,26 @@ INSERT INTO flow_kv (tbl, key, value)
 SELECT * FROM unnest($4::text[], $5::bytea[], $6::bytea[])
 ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value";
 
+/// [`WRITE_SQL`], with the lease check of `fence` (parameters `$10`, the
+/// partition, and `$11`, the token) on the one row every commit updates:
+/// the check runs exactly once per commit, and when it raises, the whole
+/// statement (every change of the batch) is rolled back. The check locks
+/// the lease row until the commit ends, so a worker taking the partition
+/// over waits for a commit in flight instead of racing it.
+fn write_sql(fence: Option<&Fence>) -> String {
+    match fence {
+        None => WRITE_SQL.to_owned(),
+        Some(f) => WRITE_SQL.replace(
+            "UPDATE flow_store SET last_commit = $9 WHERE id = 1",
+            &format!(
+                "UPDATE flow_store SET last_commit = $9 \
+                 WHERE id = 1 AND {}.flow_check_lease($10::integer, $11::bigint)",
+                quote_ident(&f.control_schema)
+            ),
+        ),
+    }
+}
+
 const CREATE_SQL: &str = "
 CREATE TABLE IF NOT EXISTS flow_store (
     id integer PRIMARY KEY CHECK (id = 1),
@@ -323,6 +376,9 @@ struct Live {
 struct Connection {
     config: Config,
     options: PostgresOptions,
+    /// Commits are checked against this lease (and no advisory lock is
+    /// taken), if set.
+    fence: Option<Fence>,
     live: Option<Live>,
     /// Set when a commit's outcome could not be learned: every later call
     /// is refused with this text.
@@ -377,7 +433,7 @@ impl Connection {
             )
         })?;
         let deadline = Instant::now() + lock_wait;
-        loop {
+        while self.fence.is_none() {
             let locked: bool = client
                 .query_one(
                     "SELECT pg_try_advisory_lock(hashtext('flow-runtime store ' || $1))",
@@ -397,7 +453,7 @@ impl Connection {
             std::thread::sleep(Duration::from_millis(50));
         }
         check_layout(&mut client)?;
-        let statements = prepare(&mut client)?;
+        let statements = prepare(&mut client, self.fence.as_ref())?;
         self.live = Some(Live { client, statements });
         Ok(())
     }
@@ -459,21 +515,9 @@ impl Connection {
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
         let token = self.next_token();
         let arrays = net_changes(&batch);
+        let fence = self.fence.as_ref().map(|f| (f.partition, f.token));
         let live = self.ensure_live()?;
-        let outcome = live.client.execute(
-            &live.statements.write,
-            &[
-                &arrays.range_tables,
-                &arrays.range_from,
-                &arrays.range_to,
-                &arrays.put_tables,
-                &arrays.put_keys,
-                &arrays.put_values,
-                &arrays.delete_tables,
-                &arrays.delete_keys,
-                &token,
-            ],
-        );
+        let outcome = write(live, &arrays, &token, fence);
         match outcome {
             Ok(_) => Ok(()),
             Err(e) if !connection_lost(&e) => Err(pg_err("the commit was refused", &e)),
@@ -487,20 +531,7 @@ impl Connection {
                 // connection (a token of its own, in case this breaks too).
                 let retry_token = self.next_token();
                 let live = self.ensure_live()?;
-                let outcome = live.client.execute(
-                    &live.statements.write,
-                    &[
-                        &arrays.range_tables,
-                        &arrays.range_from,
-                        &arrays.range_to,
-                        &arrays.put_tables,
-                        &arrays.put_keys,
-                        &arrays.put_values,
-                        &arrays.delete_tables,
-                        &arrays.delete_keys,
-                        &retry_token,
-                    ],
-                );
+                let outcome = write(live, &arrays, &retry_token, fence);
                 match outcome {
                     Ok(_) => Ok(()),
                     Err(e) if !connection_lost(&e) => Err(pg_err("the commit was refused", &e)),
@@ -567,6 +598,32 @@ impl Connection {
     }
 }
 
+/// Runs the write statement: the batch's `arrays`, the commit's `token`,
+/// and the lease `(partition, token)` it is fenced by, if any.
+fn write(
+    live: &mut Live,
+    arrays: &Arrays<'_>,
+    token: &Vec<u8>,
+    fence: Option<(i32, i64)>,
+) -> Result<u64, postgres::Error> {
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
+        &arrays.range_tables,
+        &arrays.range_from,
+        &arrays.range_to,
+        &arrays.put_tables,
+        &arrays.put_keys,
+        &arrays.put_values,
+        &arrays.delete_tables,
+        &arrays.delete_keys,
+        token,
+    ];
+    if let Some((p, t)) = &fence {
+        params.push(p);
+        params.push(t);
+    }
+    live.client.execute(&live.statements.write, &params)
+}
+
 /// Records this build's layout version in a new schema, or checks the
 /// one recorded.
 fn check_layout(client: &mut Client) -> Result<(), StoreError> {
@@ -600,7 +657,7 @@ fn check_layout(client: &mut Client) -> Result<(), StoreError> {
 }
 
 /// Prepares the statements every call uses.
-fn prepare(client: &mut Client) -> Result<Statements, StoreError> {
+fn prepare(client: &mut Client, fence: Option<&Fence>) -> Result<Statements, StoreError> {
     let p = |client: &mut Client, sql: &str| {
         client
             .prepare(sql)
@@ -622,7 +679,7 @@ fn prepare(client: &mut Client) -> Result<Statements, StoreError> {
              ORDER BY key LIMIT $3",
         )?,
         len: p(client, "SELECT count(*) FROM flow_kv WHERE tbl = $1")?,
-        write: p(client, WRITE_SQL)?,
+        write: p(client, &write_sql(fence))?,
         last_commit: p(client, "SELECT last_commit FROM flow_store WHERE id = 1")?,
     })
 }
