@@ -60,6 +60,8 @@ mod untrustworthy;
 
 #[cfg(feature = "tcp")]
 pub mod runner;
+#[cfg(all(feature = "tcp", feature = "postgres"))]
+pub mod scale_out;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 pub mod testing;

@@ -27,6 +27,18 @@
 //!   `[node] max_transient_retries = 0`) until an operator creates the file
 //!   and retries it. It shows the hospital and `flowctl flows retry`.
 //!
+//! A node whose `[store]` is PostgreSQL can also run scale-out
+//! (`docs/scale-out.md` §6): one gateway process and any number of
+//! worker processes, all with the same config file:
+//!
+//! ```text
+//! flow-ping-node --config alice.toml --gateway
+//! flow-ping-node --config alice.toml --worker w1
+//! flow-ping-node --config alice.toml --worker w2
+//! # queue 8 pings to Bob for the workers, print their results, stop
+//! flow-ping-node --config alice.toml --scale-out-ping Bob=8 --rounds 100
+//! ```
+//!
 //! Output (stdout, one line each): `STARTED`, then `RESULT <client id>
 //! <total>` (or `FAILED <client id> <error>`), then `DONE <ms>`. The pong
 //! side prints `MARK <n>` when it echoes round n = 300 or 600, which tests
@@ -102,6 +114,22 @@ struct Args {
     /// Rounds per ping.
     #[arg(long, default_value_t = 1000)]
     rounds: u32,
+    /// Scale-out: run this node's gateway (holds the key and the links).
+    #[arg(long, conflicts_with_all = ["worker", "scale_out_ping", "ping"])]
+    gateway: bool,
+    /// Scale-out: run a worker of this node, with this name.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["scale_out_ping", "ping"])]
+    worker: Option<String>,
+    /// Scale-out: `NAME=COUNT` pings to queue for the workers; prints
+    /// their results once all have finished, then stops. Repeatable.
+    #[arg(long, value_parser = parse_ping, conflicts_with = "ping")]
+    scale_out_ping: Vec<(String, u32)>,
+    /// Scale-out: the node's partition count (fixed at its first start).
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Scale-out: a worker's lease, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
 }
 
 fn parse_ping(s: &str) -> Result<(String, u32), String> {
@@ -118,6 +146,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = runner::init_logging() {
         eprintln!("cannot set up logging: {e}");
+    }
+    if args.gateway || args.worker.is_some() || !args.scale_out_ping.is_empty() {
+        return match scale_out::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -146,29 +183,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         .parent()
         .map_or_else(|| ".".to_owned(), |d| d.display().to_string());
     let mut builder = NodeBuilder::from_config(loaded);
-    builder.flow::<ping::Flow>();
-    builder.responder::<ping::Flow>(pong);
-    let peers = map.clone();
-    builder.startable(move |a: PingArgs| {
-        let peer = peers
-            .by_name(&a.peer)
-            .ok_or_else(|| format!("no party `{}` in the network map", a.peer))?;
-        if a.rounds == 0 || a.rounds > 100_000 {
-            return Err("rounds must be 1 to 100000".to_owned());
-        }
-        Ok(ping(peer.party(), a.rounds))
-    });
-    builder.startable(move |a: MarkerArgs| {
-        let valid = !a.name.is_empty()
-            && a.name.len() <= 64
-            && a.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
-            return Err("name must be 1 to 64 letters, digits, `-` or `_`".to_owned());
-        }
-        Ok(await_marker(marker_dir.clone(), a.name))
-    });
+    register(&mut builder, &map, marker_dir);
     if args.node.check_upgrade {
         return Ok(builder.run_upgrade_check());
     }
@@ -219,5 +234,196 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         Err("some pings failed".into())
     } else {
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Registers the ping and pong flows and the startable flows on any node
+/// (a single node, or a scale-out partition).
+fn register<T: flow_runtime::transport::Transport>(
+    builder: &mut NodeBuilder<T>,
+    map: &flow_runtime::tcp::NetworkMap,
+    marker_dir: String,
+) {
+    builder.flow::<ping::Flow>();
+    builder.responder::<ping::Flow>(pong);
+    let peers = map.clone();
+    builder.startable(move |a: PingArgs| {
+        let peer = peers
+            .by_name(&a.peer)
+            .ok_or_else(|| format!("no party `{}` in the network map", a.peer))?;
+        if a.rounds == 0 || a.rounds > 100_000 {
+            return Err("rounds must be 1 to 100000".to_owned());
+        }
+        Ok(ping(peer.party(), a.rounds))
+    });
+    builder.startable(move |a: MarkerArgs| {
+        let valid = !a.name.is_empty()
+            && a.name.len() <= 64
+            && a.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err("name must be 1 to 64 letters, digits, `-` or `_`".to_owned());
+        }
+        Ok(await_marker(marker_dir.clone(), a.name))
+    });
+}
+
+/// The scale-out roles: gateway, worker, and the client that queues pings.
+#[cfg(feature = "postgres")]
+mod scale_out {
+    use super::{Args, register};
+    use flow_runtime::Flow;
+    use flow_runtime::runner::{self, Config, StoreChoice};
+    use flow_runtime::scale_out::{Control, Gateway, Worker, WorkerSettings};
+    use flow_runtime::tcp::TcpTransport;
+    use flow_runtime::testing::ping_pong::ping;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    pub(super) fn run(args: &Args) -> Result<(), String> {
+        let loaded = Config::read(&args.node.config)
+            .and_then(Config::load)
+            .map_err(|e| e.to_string())?;
+        let connection = match loaded.config.store.choice()? {
+            StoreChoice::Postgres { connection } => connection,
+            StoreChoice::Redb(_) => {
+                return Err("scale-out needs `[store] kind = \"postgres\"` in the config".into());
+            }
+        };
+        if !args.scale_out_ping.is_empty() {
+            return queue_pings(args, &connection);
+        }
+        let runtime = tokio::runtime::Runtime::new()
+            .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let on_signal = stop.clone();
+        runtime.spawn(async move {
+            let _ = runner::shutdown_signal().await;
+            on_signal.store(true, Ordering::Relaxed);
+        });
+        if args.gateway {
+            let gateway = Gateway::connect(&connection, args.partitions).map_err(|e| e.0)?;
+            let listen = loaded.config.listen.clone();
+            let tcp = loaded.config.transport.tcp_config();
+            let (transport, incoming) = runtime
+                .block_on(TcpTransport::bind(
+                    loaded.identity,
+                    &listen,
+                    loaded.map,
+                    tcp,
+                ))
+                .map_err(|e| e.to_string())?;
+            println!("GATEWAY");
+            return gateway
+                .run(runtime.handle(), transport, incoming, stop)
+                .map_err(|e| e.0);
+        }
+        let name = args.worker.clone().unwrap_or_default();
+        let map = loaded.map.clone();
+        let key = flow_runtime::PublicKey(loaded.identity.verifying_key().to_bytes());
+        let party = map
+            .by_key(&key)
+            .ok_or("the node's key is not in the network map")?
+            .party();
+        let marker_dir = args
+            .node
+            .config
+            .parent()
+            .map_or_else(|| ".".to_owned(), |d| d.display().to_string());
+        let configure_map = map.clone();
+        let mut settings = WorkerSettings::new(&name);
+        settings.partitions = args.partitions;
+        settings.lease = Duration::from_millis(args.lease_ms.max(100));
+        settings.dump_dir = loaded
+            .config
+            .database
+            .parent()
+            .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+        let worker = Worker::new(
+            &connection,
+            party,
+            map,
+            settings,
+            Arc::new(move |builder| register(builder, &configure_map, marker_dir.clone())),
+            runtime.handle().clone(),
+        )
+        .map_err(|e| e.0)?;
+        println!("WORKER {name}");
+        worker.run(&stop).map_err(|e| e.0)
+    }
+
+    /// Queues the pings (client ids `ping-<peer>-<i>`, so running it again
+    /// queues nothing new), then waits for all their results.
+    fn queue_pings(args: &Args, connection: &str) -> Result<(), String> {
+        let began = Instant::now();
+        let mut control = Control::connect(connection, args.partitions).map_err(|e| e.0)?;
+        let mut ids = BTreeSet::new();
+        for (peer, count) in &args.scale_out_ping {
+            for i in 0..*count {
+                let id = format!("ping-{peer}-{i}");
+                let json = serde_json::json!({"peer": peer, "rounds": args.rounds});
+                control
+                    .request_start(&id, <ping::Flow as Flow>::NAME, &json)
+                    .map_err(|e| e.0)?;
+                ids.insert(id);
+            }
+        }
+        println!("STARTED");
+        let mut failed = false;
+        while !ids.is_empty() {
+            // The database may be restarting: wait for it (up to the
+            // connection's 30 s patience) rather than give up.
+            let status = match control.status() {
+                Ok(status) => status,
+                Err(e) => {
+                    eprintln!("cannot read the results yet ({}); retrying", e.0);
+                    std::thread::sleep(Duration::from_millis(200));
+                    if let Ok(again) = Control::connect(connection, args.partitions) {
+                        control = again;
+                    }
+                    continue;
+                }
+            };
+            for f in status.finished {
+                let Some(id) = f.client_id else { continue };
+                if !ids.remove(&id) {
+                    continue;
+                }
+                match f.outcome {
+                    Ok(bytes) => match rmp_serde::from_slice::<u64>(&bytes) {
+                        Ok(total) => println!("RESULT {id} {total}"),
+                        Err(e) => {
+                            failed = true;
+                            println!("FAILED {id} undecodable output: {e}");
+                        }
+                    },
+                    Err(e) => {
+                        failed = true;
+                        println!("FAILED {id} {e}");
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("DONE {}", began.elapsed().as_millis());
+        if failed {
+            Err("some pings failed".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Without the `postgres` feature there is no scale-out.
+#[cfg(not(feature = "postgres"))]
+mod scale_out {
+    pub(super) fn run(_: &super::Args) -> Result<(), String> {
+        Err(
+            "this build has no PostgreSQL support (flow-runtime's `postgres` feature is off)"
+                .into(),
+        )
     }
 }

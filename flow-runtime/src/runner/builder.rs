@@ -70,9 +70,15 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     /// The admin API's settings; `None`: no admin API.
     admin: Option<AdminSettings>,
     /// Flows clients may start by name through the admin API.
-    startable: Startable,
+    pub(crate) startable: Startable,
     /// The peers the node knows (for the admin API's status).
     known_peers: Vec<Party>,
+    /// A store opened by the caller, used instead of `store` (a scale-out
+    /// partition's fenced store).
+    pub(crate) custom_store: Option<Arc<dyn Store>>,
+    /// Where session ids come from (default: random); a scale-out
+    /// partition's ids name the partition.
+    pub(crate) session_ids: Option<Box<dyn crate::IdSource>>,
 }
 
 impl<T: Transport> std::fmt::Debug for NodeBuilder<T> {
@@ -277,6 +283,8 @@ impl<T: Transport> NodeBuilder<T> {
             admin: None,
             startable: Startable::default(),
             known_peers: Vec::new(),
+            custom_store: None,
+            session_ids: None,
         }
     }
 
@@ -470,7 +478,10 @@ impl<T: Transport> NodeBuilder<T> {
     }
 
     /// Opens the chosen store; `path` is what errors call it.
-    fn open_store(&self, path: &str) -> Result<Arc<dyn Store>, RunnerError> {
+    fn open_store(&mut self, path: &str) -> Result<Arc<dyn Store>, RunnerError> {
+        if let Some(store) = self.custom_store.take() {
+            return Ok(store);
+        }
         let failed = |message: String| RunnerError::Database {
             path: path.to_owned(),
             message,
@@ -495,7 +506,7 @@ impl<T: Transport> NodeBuilder<T> {
     /// Opens the database, starts the transport and the driver. Flows that
     /// were in flight when the node last stopped continue from their
     /// checkpoints; unacknowledged messages are sent again.
-    pub async fn start(self) -> Result<Node<T>, RunnerError> {
+    pub async fn start(mut self) -> Result<Node<T>, RunnerError> {
         let path = match &self.store {
             Ok(StoreChoice::Postgres { .. }) => "in PostgreSQL".to_owned(),
             _ => self.database.display().to_string(),
@@ -507,7 +518,7 @@ impl<T: Transport> NodeBuilder<T> {
             party.clone(),
             store,
             self.registry,
-            Box::new(OsIds),
+            self.session_ids.unwrap_or_else(|| Box::new(OsIds)),
             Box::new(OsIds),
             self.node_config,
             now(),

@@ -127,6 +127,12 @@ impl<T: Transport> Node<T> {
             .map(|r| r.server)
     }
 
+    /// Whether the node's driver has stopped (shut down, or stopped by a
+    /// failed commit).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.commands.is_closed()
+    }
+
     /// Waits for `run`'s raw result (the admin API's wait).
     pub(crate) async fn wait_raw(&self, run: RunId) -> RawResult {
         wait_for_result(self.commands.clone(), run).await

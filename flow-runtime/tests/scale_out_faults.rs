@@ -1,0 +1,388 @@
+//! Scale-out under faults, as separate processes on 127.0.0.1 and a real
+//! PostgreSQL server (skipped, saying so, where its binaries are missing):
+//! Alice is a scale-out node (a gateway and two workers of the
+//! `flow-ping-node` binary, 4 partitions, 1 s leases), Bob an ordinary node
+//! on redb. A client queues pings from Alice to Bob; once Bob's pongs are
+//! at round 300, one thing is killed:
+//!
+//! * a worker, with SIGKILL: the other takes its partitions over;
+//! * the gateway, with SIGKILL, then started again;
+//! * the PostgreSQL server (an immediate shutdown, as after a crash), then
+//!   started again.
+//!
+//! Every ping must then finish with the exact sum of its rounds (a message
+//! lost, duplicated or processed twice fails a ping with "wrong echo" or
+//! hangs it), and the reconciliation reads every partition: one result per
+//! client id, no flow left in flight. A few seconds each.
+
+#![cfg(unix)]
+
+use flow_runtime::runner::keys;
+use flow_runtime::scale_out::Control;
+use flow_runtime::tcp::{NetworkMap, PeerEntry};
+use flow_runtime::testing::TestPostgres;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
+const ROUNDS: u64 = 400;
+const FLOWS: u32 = 6;
+const PARTITIONS: &str = "4";
+const LEASE_MS: &str = "1000";
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A running process whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(config: &Path, extra: &[&str], log: &Path) -> Proc {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(NODE)
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits for a line starting with `prefix`; returns it.
+    fn wait_for(&mut self, prefix: &str, deadline: Instant, all_logs: &Path) -> String {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no `{prefix}` line from {} before the deadline; logs:\n{}",
+                    self.log.display(),
+                    logs(all_logs)
+                ),
+            }
+        }
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL on unix
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    /// A failing test leaves no process behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Every `.log` file in `dir`, for a failing test's message.
+fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("NOTICE"))
+                .rev()
+                .take(60)
+                .collect();
+            out.push_str(&format!("==== {} (last lines)\n", path.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Keys, the network map and configs: Alice on PostgreSQL (`connection`),
+/// Bob on redb.
+fn setup(dir: &Path, connection: &str) -> (PathBuf, PathBuf) {
+    let mut entries = Vec::new();
+    let mut configs = Vec::new();
+    for name in ["Alice", "Bob"] {
+        let key = keys::generate_identity().unwrap();
+        keys::write_key_file(&dir.join(format!("{name}.key")), &key).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        entries.push(PeerEntry {
+            name: name.into(),
+            address: address.clone(),
+            key: keys::public_key(&key),
+        });
+        let store = if name == "Alice" {
+            format!("[store]\nkind = \"postgres\"\nconnection = \"{connection}\"\n")
+        } else {
+            "[store]\nquick_repair = false\n".to_owned()
+        };
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
+                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\n\
+                 [transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
+                 [node]\nredelivery_interval_ms = 300\n\n{store}"
+            ),
+        )
+        .unwrap();
+        configs.push(config);
+    }
+    std::fs::write(
+        dir.join("network.toml"),
+        NetworkMap::new(entries).unwrap().to_toml_string(),
+    )
+    .unwrap();
+    (configs[0].clone(), configs[1].clone())
+}
+
+/// What is killed once Bob's pongs are at round 300.
+enum Fault {
+    Worker,
+    Gateway,
+    Database,
+}
+
+fn worker_args(name: &str) -> Vec<String> {
+    [
+        "--worker",
+        name,
+        "--partitions",
+        PARTITIONS,
+        "--lease-ms",
+        LEASE_MS,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn gateway_args() -> Vec<String> {
+    ["--gateway", "--partitions", PARTITIONS]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Waits until both workers hold partitions (the fair share settled).
+fn wait_for_balance(connection: &str, deadline: Instant, dir: &Path) {
+    let mut control = Control::connect(connection, 4).unwrap();
+    loop {
+        let status = control.status().unwrap();
+        let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+        for lease in &status.leases {
+            if let (Some(h), true) = (&lease.holder, lease.current) {
+                *holders.entry(h.clone()).or_default() += 1;
+            }
+        }
+        if holders.len() == 2 && holders.values().all(|n| *n == 2) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers did not share the partitions: {holders:?}; logs:\n{}",
+            logs(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(fault: Fault) {
+    let own_server;
+    let server = match fault {
+        // Restarting the server must not disturb the other tests' server;
+        // and it must be durable (`synchronous_commit` on): a crash of a
+        // server that answers commits before they are in its WAL loses
+        // steps whose messages already left the node.
+        Fault::Database => match flow_runtime::testing::postgres_binaries() {
+            None => None,
+            Some(_) => {
+                own_server = TestPostgres::start(true).unwrap();
+                Some(&own_server)
+            }
+        },
+        _ => TestPostgres::shared(),
+    };
+    let Some(server) = server else {
+        eprintln!("SKIPPED on PostgreSQL: no PostgreSQL binaries on this machine");
+        return;
+    };
+    let started = Instant::now();
+    let deadline = started + LIMIT;
+    let dir = tempfile::tempdir().unwrap();
+    let connection = server.fresh_schema();
+    let (alice, bob_config) = setup(dir.path(), &connection);
+    let d = dir.path();
+
+    let mut bob = Proc::start(&bob_config, &[], &d.join("Bob.log"));
+    let mut gateway = Proc::start(&alice, &strs(&gateway_args()), &d.join("gateway.log"));
+    gateway.wait_for("GATEWAY", deadline, d);
+    let w1 = Proc::start(&alice, &strs(&worker_args("w1")), &d.join("w1.log"));
+    let w2 = Proc::start(&alice, &strs(&worker_args("w2")), &d.join("w2.log"));
+    wait_for_balance(&connection, deadline, d);
+    let held_by_w1: Vec<(u32, i64)> = {
+        let mut control = Control::connect(&connection, 4).unwrap();
+        let status = control.status().unwrap();
+        status
+            .leases
+            .iter()
+            .filter(|l| l.holder.as_deref() == Some("w1"))
+            .map(|l| (l.partition, l.token))
+            .collect()
+    };
+
+    let client_args = [
+        "--scale-out-ping".to_owned(),
+        format!("Bob={FLOWS}"),
+        "--rounds".to_owned(),
+        ROUNDS.to_string(),
+        "--partitions".to_owned(),
+        PARTITIONS.to_owned(),
+    ];
+    let mut client = Proc::start(&alice, &strs(&client_args), &d.join("client.log"));
+    client.wait_for("STARTED", deadline, d);
+    bob.wait_for("MARK 300", deadline, d);
+    let (w1, gateway) = match fault {
+        Fault::Worker => {
+            w1.sigkill();
+            (None, Some(gateway))
+        }
+        Fault::Gateway => {
+            gateway.sigkill();
+            let mut again = Proc::start(&alice, &strs(&gateway_args()), &d.join("gateway.log"));
+            again.wait_for("GATEWAY", deadline, d);
+            (Some(w1), Some(again))
+        }
+        Fault::Database => {
+            server.restart().unwrap();
+            (Some(w1), Some(gateway))
+        }
+    };
+
+    let expected = ROUNDS * (ROUNDS - 1) / 2;
+    let mut results = Vec::new();
+    for _ in 0..FLOWS {
+        let line = client.wait_for("", deadline, d);
+        assert!(
+            line.starts_with("RESULT "),
+            "a ping failed: {line}; logs:\n{}",
+            logs(d)
+        );
+        results.push(line);
+    }
+    results.sort();
+    let wanted: Vec<String> = {
+        let mut w: Vec<String> = (0..FLOWS)
+            .map(|i| format!("RESULT ping-Bob-{i} {expected}"))
+            .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(results, wanted);
+    client.wait_for("DONE", deadline, d);
+    assert!(client.child.wait().unwrap().success());
+
+    // Reconciliation, from every partition: each client id finished once,
+    // nothing in flight, no start request left.
+    let mut control = Control::connect(&connection, 4).unwrap();
+    let status = control.status().unwrap();
+    let mut ids: Vec<String> = status
+        .finished
+        .iter()
+        .filter_map(|f| f.client_id.clone())
+        .collect();
+    ids.sort();
+    let mut want_ids: Vec<String> = (0..FLOWS).map(|i| format!("ping-Bob-{i}")).collect();
+    want_ids.sort();
+    assert_eq!(ids, want_ids, "one result per client id");
+    assert_eq!(status.in_flight, 0, "no flow left in flight");
+    assert_eq!(status.waiting_starts, 0);
+    if let Fault::Worker = fault {
+        // w2 took w1's partitions over, each with a new fencing token.
+        for (p, token) in held_by_w1 {
+            let lease = &status.leases[p as usize];
+            assert_eq!(
+                lease.holder.as_deref(),
+                Some("w2"),
+                "partition {p}: {lease:?}"
+            );
+            assert!(lease.token > token, "partition {p}: {lease:?}, was {token}");
+        }
+    }
+    eprintln!(
+        "scale-out run took {:?}; outbox left (acks in flight): {}",
+        started.elapsed(),
+        status.outbox
+    );
+    for p in [Some(w2), w1, gateway, Some(bob)].into_iter().flatten() {
+        let log = p.log.clone();
+        assert!(
+            p.sigterm().success(),
+            "{} did not stop cleanly",
+            log.display()
+        );
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_flow_is_taken_over_and_no_flow_is_lost_or_run_twice() {
+    run(Fault::Worker);
+}
+
+#[test]
+fn a_gateway_killed_mid_flow_and_started_again_loses_nothing() {
+    run(Fault::Gateway);
+}
+
+#[test]
+fn a_postgresql_restart_mid_flow_loses_nothing() {
+    run(Fault::Database);
+}
