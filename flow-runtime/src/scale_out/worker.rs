@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// How often a worker looks for start requests.
+const START_POLL: Duration = Duration::from_millis(50);
+
 /// Builds a partition's node: registers the flows, responders, startable
 /// flows and services, as for a single node. Called once per claimed
 /// partition.
@@ -125,8 +128,14 @@ impl Worker {
                     self.control.client = client;
                 }
             }
+            // Start requests are looked for more often than leases are
+            // renewed: a client waits for them.
             while !stop.load(Ordering::Relaxed) && began.elapsed() < every {
-                std::thread::sleep(Duration::from_millis(10).min(every));
+                std::thread::sleep(START_POLL.min(every));
+                if let Err(e) = self.take_start_requests() {
+                    tracing::warn!(worker = %self.settings.name, error = %e.0, "cannot take start requests; retrying");
+                    break;
+                }
             }
         }
         let partitions: Vec<u32> = self.held.keys().copied().collect();
@@ -204,7 +213,7 @@ impl Worker {
                 }
             }
         }
-        self.take_start_requests()
+        Ok(())
     }
 
     /// Opens `lease`'s partition on its fenced store and starts its node.

@@ -1,0 +1,281 @@
+//! Scale-out throughput (a bench binary; run with
+//! `cargo bench -p flow-runtime --bench scale_out`).
+//!
+//! The same workload in five set-ups, one after the other in one run:
+//! Alice runs `FLOW_BENCH_FLOWS` (default 32) concurrent pings of
+//! `FLOW_BENCH_ROUNDS` (default 100) rounds each to Bob, an ordinary node
+//! on redb (the same in every set-up). Alice is
+//!
+//! 1. one node on redb,
+//! 2. one node on PostgreSQL,
+//! 3. a scale-out node (gateway + 1 worker, 8 partitions),
+//! 4. the same with 2 workers,
+//! 5. the same with 4 workers,
+//!
+//! every process a separate `flow-ping-node`, PostgreSQL a throwaway local
+//! server with its durable defaults (fsync, `synchronous_commit = on`), as
+//! redb commits durably. Each round is one step of Alice's flow (a
+//! commit) and one of Bob's; the figure is Alice's rounds per second from
+//! the first start to the last result as the starting process measures it
+//! (process start-up excluded), and its ratio to set-up 1.
+//! `FLOW_BENCH_SETUPS=redb,pg,w1,w2,w4` picks the set-ups.
+
+#[cfg(unix)]
+mod bench {
+    use flow_runtime::runner::keys;
+    use flow_runtime::scale_out::Control;
+    use flow_runtime::tcp::{NetworkMap, PeerEntry};
+    use flow_runtime::testing::TestPostgres;
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
+    const PARTITIONS: &str = "8";
+    const LIMIT: Duration = Duration::from_secs(600);
+
+    struct Proc {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+    }
+
+    impl Proc {
+        fn start(config: &Path, extra: &[&str], log: &Path) -> Proc {
+            let stderr = std::fs::File::create(log).unwrap();
+            let mut child = Command::new(NODE)
+                .arg("--config")
+                .arg(config)
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let (tx, lines) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            Proc { child, lines }
+        }
+
+        fn wait_for(&mut self, prefix: &str) -> String {
+            loop {
+                match self.lines.recv_timeout(LIMIT) {
+                    Ok(line) if line.starts_with(prefix) => return line,
+                    Ok(line) if line.starts_with("FAILED") => panic!("{line}"),
+                    Ok(_) => {}
+                    Err(_) => panic!("no `{prefix}` line within {LIMIT:?}"),
+                }
+            }
+        }
+    }
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Alice's and Bob's configs in `dir`; Alice on `alice_store`.
+    fn setup(dir: &Path, alice_store: &str) -> (PathBuf, PathBuf) {
+        let mut entries = Vec::new();
+        let mut configs = Vec::new();
+        for name in ["Alice", "Bob"] {
+            let key = keys::generate_identity().unwrap();
+            keys::write_key_file(&dir.join(format!("{name}.key")), &key).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let address = format!("127.0.0.1:{port}");
+            entries.push(PeerEntry {
+                name: name.into(),
+                address: address.clone(),
+                key: keys::public_key(&key),
+            });
+            let store = if name == "Alice" { alice_store } else { "" };
+            let config = dir.join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
+                     database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n{store}"
+                ),
+            )
+            .unwrap();
+            configs.push(config);
+        }
+        std::fs::write(
+            dir.join("network.toml"),
+            NetworkMap::new(entries).unwrap().to_toml_string(),
+        )
+        .unwrap();
+        (configs[0].clone(), configs[1].clone())
+    }
+
+    fn postgres_store(server: &TestPostgres) -> (String, String) {
+        let connection = server.fresh_schema();
+        (
+            format!("\n[store]\nkind = \"postgres\"\nconnection = \"{connection}\"\n"),
+            connection,
+        )
+    }
+
+    /// Runs one set-up; Alice's rounds per second.
+    fn run(
+        setup_name: &str,
+        server: Option<&TestPostgres>,
+        flows: u32,
+        rounds: u32,
+    ) -> Option<f64> {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let workers = match setup_name {
+            "w1" => 1,
+            "w2" => 2,
+            "w4" => 4,
+            _ => 0,
+        };
+        let (store, connection) = match setup_name {
+            "redb" => (String::new(), String::new()),
+            _ => postgres_store(server?),
+        };
+        let (alice, bob) = setup(d, &store);
+        let _bob = Proc::start(&bob, &[], &d.join("Bob.log"));
+        let ping = format!("Bob={flows}");
+        let rounds_s = rounds.to_string();
+        let began;
+        let mut client;
+        let mut keep = Vec::new();
+        if workers == 0 {
+            began = Instant::now();
+            client = Proc::start(
+                &alice,
+                &["--ping", &ping, "--rounds", &rounds_s],
+                &d.join("Alice.log"),
+            );
+        } else {
+            let mut gateway = Proc::start(
+                &alice,
+                &["--gateway", "--partitions", PARTITIONS],
+                &d.join("gateway.log"),
+            );
+            gateway.wait_for("GATEWAY");
+            keep.push(gateway);
+            for w in 0..workers {
+                let name = format!("w{w}");
+                keep.push(Proc::start(
+                    &alice,
+                    &["--worker", &name, "--partitions", PARTITIONS],
+                    &d.join(format!("{name}.log")),
+                ));
+            }
+            // Wait for the fair share: every partition held, by every worker.
+            let mut control = Control::connect(&connection, 8).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let status = control.status().unwrap();
+                let mut holders: Vec<&str> = status
+                    .leases
+                    .iter()
+                    .filter(|l| l.current)
+                    .filter_map(|l| l.holder.as_deref())
+                    .collect();
+                let held = holders.len();
+                holders.sort_unstable();
+                holders.dedup();
+                if held == 8 && holders.len() == workers {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the workers did not share the partitions"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            began = Instant::now();
+            client = Proc::start(
+                &alice,
+                &[
+                    "--scale-out-ping",
+                    &ping,
+                    "--rounds",
+                    &rounds_s,
+                    "--partitions",
+                    PARTITIONS,
+                ],
+                &d.join("client.log"),
+            );
+        }
+        // The client's own figure: from before its first start to its last
+        // result (process start-up excluded in every set-up).
+        let done = client.wait_for("DONE");
+        let ms: f64 = done
+            .strip_prefix("DONE ")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| began.elapsed().as_secs_f64() * 1000.0);
+        let secs = (ms / 1000.0).max(0.001);
+        Some(f64::from(flows) * f64::from(rounds) / secs)
+    }
+
+    pub fn main() {
+        let env = |name: &str, default: u32| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let flows = env("FLOW_BENCH_FLOWS", 32);
+        let rounds = env("FLOW_BENCH_ROUNDS", 100);
+        let setups =
+            std::env::var("FLOW_BENCH_SETUPS").unwrap_or_else(|_| "redb,pg,w1,w2,w4".to_owned());
+        let server = match TestPostgres::start(true) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                eprintln!("SKIPPED on PostgreSQL: {e}");
+                None
+            }
+        };
+        println!(
+            "scale-out: {flows} pings x {rounds} rounds Alice -> Bob (Bob: one redb node); \
+             {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!("{:<34} {:>12} {:>10}", "Alice", "rounds/s", "vs redb");
+        let mut base = None;
+        for setup_name in setups.split(',') {
+            let label = match setup_name {
+                "redb" => "one node, redb",
+                "pg" => "one node, PostgreSQL",
+                "w1" => "gateway + 1 worker, PostgreSQL",
+                "w2" => "gateway + 2 workers, PostgreSQL",
+                "w4" => "gateway + 4 workers, PostgreSQL",
+                other => panic!("unknown set-up `{other}` (redb, pg, w1, w2, w4)"),
+            };
+            match run(setup_name, server.as_ref(), flows, rounds) {
+                Some(rate) => {
+                    let base = *base.get_or_insert(rate);
+                    println!("{label:<34} {rate:>12.0} {:>9.2}x", rate / base);
+                }
+                None => println!("{label:<34} {:>12}", "skipped"),
+            }
+        }
+    }
+}
+
+fn main() {
+    #[cfg(unix)]
+    bench::main();
+}
