@@ -3,7 +3,10 @@
 //! resumes on the code that wrote it, new starts run the new code); a
 //! checkpoint the node has no code for is held in the hospital with a
 //! reason that says so, and a node started again with that code frees and
-//! finishes it on its own.
+//! finishes it on its own. State migrations move v1 checkpoints to v2 (and
+//! on through v3): at load, at the restart that brings the migration, or
+//! by an operator's retry; a migration that refuses or panics leaves the
+//! flow held on v1 with the reason, and nothing is lost.
 
 use flow_runtime::FlowHandle;
 use flow_runtime::prelude::*;
@@ -320,5 +323,58 @@ fn migrations_chain_and_take_precedence_over_old_code_registered_beside_them() {
     assert_eq!(net.hospital(alice), vec![]);
     for (n, h) in handles.iter().enumerate() {
         assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 3_000)), "flow {n}");
+    }
+}
+
+#[test]
+fn a_migration_that_panics_holds_the_flows_like_a_refusal() {
+    let (mut net, alice, _bob, handles) = sellers_in_flight(4);
+    net.unregister_flow::<v1::sell::Flow>(alice);
+    net.register_migration::<v1::sell::Flow, v2::sell::Flow>(alice, |_old| {
+        panic!("this migration is broken")
+    });
+    let report = net.check_upgrade(alice).expect("the check runs");
+    assert_eq!(report.refused(), 4, "{report}");
+    net.restart_node(alice);
+    net.run_network();
+    let hospital = net.hospital(alice);
+    assert_eq!(hospital.len(), 4, "{hospital:?}");
+    for h in &hospital {
+        assert!(
+            h.error
+                .contains("the migration panicked: this migration is broken"),
+            "{}",
+            h.error
+        );
+    }
+    for h in &handles {
+        assert_eq!(net.result(h), None);
+    }
+    net.register_migration::<v1::sell::Flow, v2::sell::Flow>(alice, v1_to_v2);
+    net.restart_node(alice);
+    net.run_network();
+    for (n, h) in handles.iter().enumerate() {
+        assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 2_000)), "flow {n}");
+    }
+}
+
+#[test]
+fn a_migration_by_fingerprint_reads_the_old_state_with_the_type_it_is_given() {
+    let (mut net, alice, _bob, handles) = sellers_in_flight(6);
+    // Registered on the running node, from the NAME, VERSION and
+    // fingerprint the checkpoints carry; the next event of each flow
+    // migrates it.
+    net.node_core(alice)
+        .registry_mut()
+        .register_migration_from_fingerprint::<v1::sell::Flow, v2::sell::Flow>(
+            "upgrade.sell",
+            1,
+            <v1::sell::Flow as Flow>::fingerprint(),
+            v1_to_v2,
+        );
+    net.run_network();
+    assert_eq!(net.hospital(alice), vec![]);
+    for (n, h) in handles.iter().enumerate() {
+        assert_eq!(net.result(h), Some(Ok(3 * n as u64 + 2_000)), "flow {n}");
     }
 }
