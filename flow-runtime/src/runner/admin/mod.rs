@@ -9,10 +9,12 @@
 //! (on hyper, from the tokio project) runs on the node's own tokio runtime
 //! as one more task, with no second runtime or thread pool. Its routing and
 //! body-limit layers are the community's standard ones, so this module
-//! holds only the routes' logic. A dashboard can be served by the same
-//! router later: every route is under `/api/v1/` and answers JSON.
+//! holds only the routes' logic. Every API route is under `/api/v1/` and
+//! answers JSON; the same server also serves the web dashboard under
+//! `/ui/` (see `docs/operations.md`, "The web dashboard").
 //!
-//! Security: every request is authenticated ([`auth`]), bodies are capped
+//! Security: every API request is authenticated ([`auth`]; the dashboard
+//! by a session made from the same tokens), bodies are capped
 //! ([`AdminSection::max_body_bytes`]), every input is checked before
 //! anything changes, and each operator action is logged with the user who
 //! did it. The API speaks plain HTTP: keep it on loopback (the default) or
@@ -21,6 +23,7 @@
 
 pub mod auth;
 pub mod client;
+mod dashboard;
 pub mod metrics;
 mod routes;
 pub mod startable;

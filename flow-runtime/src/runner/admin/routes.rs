@@ -3,6 +3,7 @@
 //! touches the node, so a refused request changes nothing.
 
 use super::auth::{Caller, Role, Users};
+use super::dashboard::{self, Sessions};
 use super::metrics::NodeMetrics;
 use super::startable::Startable;
 use super::{AdminError, AdminServer, AdminSettings, ApiError, Json};
@@ -18,7 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path as FsPath;
@@ -39,10 +40,10 @@ const MAX_CLIENT_ID: usize = 256;
 /// map is cleared, and older results are shown untyped.
 const MAX_REMEMBERED_RUNS: usize = 100_000;
 
-/// The state every handler shares.
-struct Admin<T: Transport> {
-    node: Node<T>,
-    users: Users,
+/// The state every handler shares (the API's and the dashboard's).
+pub(super) struct Admin<T: Transport> {
+    pub(super) node: Node<T>,
+    pub(super) users: Users,
     startable: Startable,
     metrics: NodeMetrics,
     /// The peers the node knows (its network map), for the status.
@@ -54,9 +55,11 @@ struct Admin<T: Transport> {
     /// Flow names of runs seen (started here, or shown), so their results
     /// can be decoded as their own output type.
     run_names: Mutex<HashMap<RunId, String>>,
+    /// The dashboard's logged-in browsers.
+    pub(super) sessions: Sessions,
 }
 
-type Shared<T> = Arc<Admin<T>>;
+pub(super) type Shared<T> = Arc<Admin<T>>;
 
 /// A running admin server, for [`Node`] to stop.
 pub(crate) struct Running {
@@ -100,6 +103,7 @@ pub(crate) async fn serve<T: Transport>(
         links: Mutex::default(),
         max_body: settings.max_body_bytes,
         run_names: Mutex::default(),
+        sessions: Sessions::default(),
     });
     tokio::spawn(watch_links(admin.clone(), stopped.clone()));
     tokio::spawn(upkeep(admin.metrics.clone(), stopped.clone()));
@@ -121,7 +125,7 @@ pub(crate) async fn serve<T: Transport>(
 }
 
 fn router<T: Transport>(admin: Shared<T>, max_body: usize) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/health", get(health::<T>))
         .route("/metrics", get(metrics_text::<T>))
         .route("/api/v1/node", get(node_status::<T>))
@@ -142,7 +146,12 @@ fn router<T: Transport>(admin: Shared<T>, max_body: usize) -> Router {
             authenticate::<T>,
         ))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(admin)
+        .with_state(admin.clone());
+    // The dashboard's routes authenticate with their own session cookie;
+    // everything else falls through to the API (and its bearer tokens).
+    dashboard::router(admin)
+        .layer(DefaultBodyLimit::max(max_body))
+        .merge(api)
 }
 
 /// Follows the transport's link events into the status and the metrics.
@@ -231,7 +240,7 @@ async fn unknown_route(request: Request) -> ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-fn node_error(e: NodeError) -> ApiError {
+pub(super) fn node_error(e: NodeError) -> ApiError {
     match e {
         NodeError::UnknownRun(run) => ApiError::not_found(format!("no flow {run} on this node")),
         NodeError::NotInHospital(_) => ApiError::conflict(e.to_string()),
@@ -242,7 +251,7 @@ fn node_error(e: NodeError) -> ApiError {
     }
 }
 
-fn parse_run(text: &str) -> Result<RunId, ApiError> {
+pub(super) fn parse_run(text: &str) -> Result<RunId, ApiError> {
     if text.is_empty() || text.len() > 16 {
         return Err(ApiError::bad_request(format!(
             "`{text:.40}` is not a run id (up to 16 hex digits)"
@@ -270,7 +279,7 @@ fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
         .map_err(|r| ApiError::bad_request(format!("bad query parameters: {}", r.body_text())))
 }
 
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -298,7 +307,10 @@ impl<T: Transport> Admin<T> {
     }
 
     /// The flow's checkpoint as shown, and its fields.
-    async fn show(&self, run: RunId) -> Result<Option<(CheckpointDump, Value)>, ApiError> {
+    pub(super) async fn show(
+        &self,
+        run: RunId,
+    ) -> Result<Option<(CheckpointDump, Value)>, ApiError> {
         let shown = self
             .node
             .operator_scan(move |view, now| view.show(now, run))
@@ -314,7 +326,7 @@ impl<T: Transport> Admin<T> {
     }
 
     /// The kept outcome of `run`, if it finished.
-    async fn outcome(&self, run: RunId) -> Result<Option<Value>, ApiError> {
+    pub(super) async fn outcome(&self, run: RunId) -> Result<Option<Value>, ApiError> {
         let result = self
             .node
             .call(move |core, _| (core.result(run), None))
@@ -437,55 +449,99 @@ async fn metrics_text<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult
         .into_response())
 }
 
+/// The node's status, as `GET /api/v1/node` answers it and the dashboard
+/// shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct NodeStatus {
+    pub(super) name: String,
+    pub(super) key: String,
+    pub(super) endpoint: String,
+    pub(super) draining: bool,
+    pub(super) flows_in_flight: u64,
+    pub(super) hospital: usize,
+    pub(super) outbox: u64,
+    pub(super) commits: u64,
+    pub(super) peers: Vec<PeerStatus>,
+    pub(super) startable: Vec<String>,
+}
+
+/// One peer of the network map and its link.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct PeerStatus {
+    pub(super) name: String,
+    pub(super) key: String,
+    /// `up`, `down` or `not connected yet`.
+    pub(super) link: &'static str,
+}
+
+impl<T: Transport> Admin<T> {
+    /// The node's counts, its peers and their links.
+    pub(super) async fn status(&self) -> Result<NodeStatus, ApiError> {
+        let (flows_in_flight, hospital, outbox, draining, commits) = self
+            .node
+            .call(|core, _| {
+                let r = (|| {
+                    Ok::<_, NodeError>((
+                        core.flows_in_flight()?,
+                        core.hospital()?.len(),
+                        core.outbox_len()?,
+                        core.is_draining(),
+                        core.commits(),
+                    ))
+                })();
+                (r, None)
+            })
+            .await
+            .map_err(node_error)?
+            .map_err(node_error)?;
+        let links = self
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.name().to_owned(),
+                key: hex::encode(p.key().0),
+                link: link_word(links.get(p.key()).copied()),
+            })
+            .collect();
+        let party = self.node.party();
+        Ok(NodeStatus {
+            name: party.name().to_owned(),
+            key: hex::encode(party.key().0),
+            endpoint: self.node.transport().endpoint(),
+            draining,
+            flows_in_flight,
+            hospital,
+            outbox,
+            commits,
+            peers,
+            startable: self.startable.names().map(str::to_owned).collect(),
+        })
+    }
+
+    /// The link to the peer called `name`: `up`, `down`, `not connected
+    /// yet`, or `None` if no peer of the map has that name.
+    pub(super) fn link_of(&self, name: &str) -> Option<&'static str> {
+        let peer = self.peers.iter().find(|p| p.name() == name)?;
+        let links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(link_word(links.get(peer.key()).copied()))
+    }
+}
+
+fn link_word(up: Option<bool>) -> &'static str {
+    match up {
+        Some(true) => "up",
+        Some(false) => "down",
+        None => "not connected yet",
+    }
+}
+
 async fn node_status<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult {
-    let (in_flight, hospital, outbox, draining, commits) = admin
-        .node
-        .call(|core, _| {
-            let r = (|| {
-                Ok::<_, NodeError>((
-                    core.flows_in_flight()?,
-                    core.hospital()?.len(),
-                    core.outbox_len()?,
-                    core.is_draining(),
-                    core.commits(),
-                ))
-            })();
-            (r, None)
-        })
-        .await
-        .map_err(node_error)?
-        .map_err(node_error)?;
-    let links = admin
-        .links
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let peers: Vec<Value> = admin
-        .peers
-        .iter()
-        .map(|p| {
-            let link = match links.get(p.key()) {
-                Some(true) => "up",
-                Some(false) => "down",
-                None => "not connected yet",
-            };
-            json!({ "name": p.name(), "key": hex::encode(p.key().0), "link": link })
-        })
-        .collect();
-    let party = admin.node.party();
-    Ok(Json(json!({
-        "name": party.name(),
-        "key": hex::encode(party.key().0),
-        "endpoint": admin.node.transport().endpoint(),
-        "draining": draining,
-        "flows_in_flight": in_flight,
-        "hospital": hospital,
-        "outbox": outbox,
-        "commits": commits,
-        "peers": peers,
-        "startable": admin.startable.names().collect::<Vec<_>>(),
-    }))
-    .into_response())
+    Ok(Json(admin.status().await?).into_response())
 }
 
 #[derive(Deserialize)]
