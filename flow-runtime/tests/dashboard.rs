@@ -181,6 +181,8 @@ fn the_dashboard_over_http_escapes_hostile_text_and_guards_every_action() {
         &[("token", &d.admin_token)],
     );
     assert_eq!(a.status, 403);
+    // Refused before its body was read: the connection is not reused.
+    assert_eq!(a.header("connection"), Some("close"));
 
     // Hostile text is shown as text: in a stored field, an error text (a
     // table cell and a title attribute), never as markup.

@@ -140,9 +140,20 @@ async fn refuse_cross_site(request: Request, next: Next) -> Response {
         && request.method() != Method::HEAD
         && let Err(e) = same_origin(request.headers())
     {
-        return pages::error_page(&e);
+        return unread_body_refused(pages::error_page(&e));
     }
     next.run(request).await
+}
+
+/// A refusal sent before the request's body was read: the connection is
+/// closed after it (what is left of the body would otherwise be read as
+/// the next request), and says so, so that no client sends another
+/// request on it.
+fn unread_body_refused(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -189,11 +200,13 @@ async fn require_session<T: Transport>(
         {
             Redirect::to("/ui/login").into_response()
         }
-        None => (
-            StatusCode::UNAUTHORIZED,
-            "not logged in to the dashboard (or the session ended): log in at /ui/login",
-        )
-            .into_response(),
+        None => unread_body_refused(
+            (
+                StatusCode::UNAUTHORIZED,
+                "not logged in to the dashboard (or the session ended): log in at /ui/login",
+            )
+                .into_response(),
+        ),
     }
 }
 
