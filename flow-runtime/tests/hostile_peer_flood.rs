@@ -13,15 +13,15 @@
 
 #![cfg(target_os = "linux")]
 
-use flow_runtime::runner::keys;
-use flow_runtime::tcp::{NetworkMap, PeerEntry};
+mod tcp_common;
+
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tcp_common::{NodeFiles, write_nodes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -39,51 +39,7 @@ const ROUNDS: u64 = 150;
 /// handshake limits each loud connection costs ~88 KiB, 60 MiB for 700.
 const RSS_GROWTH_BOUND: u64 = 24 * 1024 * 1024;
 
-struct Files {
-    config: PathBuf,
-    log: PathBuf,
-}
-
-fn setup(dir: &Path, names: &[&str]) -> Vec<Files> {
-    let mut entries = Vec::new();
-    let mut files = Vec::new();
-    for name in names {
-        let key = keys::generate_identity().unwrap();
-        let key_file = dir.join(format!("{name}.key"));
-        keys::write_key_file(&key_file, &key).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        entries.push(PeerEntry {
-            name: (*name).into(),
-            address: address.clone(),
-            key: keys::public_key(&key),
-        });
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
-                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\n\
-                 [transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
-                 [node]\nredelivery_interval_ms = 300\n"
-            ),
-        )
-        .unwrap();
-        files.push(Files {
-            config,
-            log: dir.join(format!("{name}.log")),
-        });
-    }
-    let map = NetworkMap::new(entries).unwrap();
-    std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
-    files
-}
-
-fn start(files: &Files, extra: &[&str]) -> Child {
+fn start(files: &NodeFiles, extra: &[&str]) -> Child {
     let stderr = std::fs::File::create(&files.log).unwrap();
     Command::new(NODE)
         .arg("--config")
@@ -151,17 +107,10 @@ async fn attacker(i: usize, loud: bool, to: SocketAddr, stop: Arc<AtomicBool>) -
 fn a_flood_of_unauthenticated_connections_leaves_memory_bounded_and_real_peers_served() {
     let deadline = Instant::now() + LIMIT;
     let dir = tempfile::tempdir().unwrap();
-    let files = setup(dir.path(), &["Alice", "Bob"]);
+    let files = write_nodes(dir.path(), &["Alice", "Bob"], "");
     let (alice_f, bob_f) = (&files[0], &files[1]);
     let mut bob = start(bob_f, &[]);
-    let bob_addr: SocketAddr = std::fs::read_to_string(&bob_f.config)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let bob_addr = bob_f.address;
     // Bob is up once he accepts connections.
     while std::net::TcpStream::connect(bob_addr).is_err() {
         assert!(Instant::now() < deadline, "Bob never started listening");

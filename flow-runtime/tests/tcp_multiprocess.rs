@@ -11,13 +11,14 @@
 
 #![cfg(unix)]
 
-use flow_runtime::runner::keys;
-use flow_runtime::tcp::{NetworkMap, PeerEntry};
+mod tcp_common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tcp_common::write_nodes;
 
 const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
 const ROUNDS: u64 = 1000;
@@ -105,53 +106,6 @@ impl Proc {
     }
 }
 
-struct NodeFiles {
-    config: PathBuf,
-    log: PathBuf,
-}
-
-/// Keys, network map and one config per node in `dir`; ports picked by
-/// binding port 0 and releasing it just before the nodes start.
-fn setup(dir: &Path, names: &[&str]) -> Vec<NodeFiles> {
-    let mut entries = Vec::new();
-    let mut files = Vec::new();
-    for name in names {
-        let key = keys::generate_identity().unwrap();
-        let key_file = dir.join(format!("{name}.key"));
-        keys::write_key_file(&key_file, &key).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        entries.push(PeerEntry {
-            name: (*name).into(),
-            address: address.clone(),
-            key: keys::public_key(&key),
-        });
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
-                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\n\
-                 [transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
-                 [node]\nredelivery_interval_ms = 300\n\n\
-                 [store]\nquick_repair = false\n"
-            ),
-        )
-        .unwrap();
-        files.push(NodeFiles {
-            config,
-            log: dir.join(format!("{name}.log")),
-        });
-    }
-    let map = NetworkMap::new(entries).unwrap();
-    std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
-    files
-}
-
 /// Waits until `log` holds `needle` `times` times.
 fn wait_for_log(log: &Path, needle: &str, times: usize, deadline: Instant) {
     loop {
@@ -191,7 +145,11 @@ fn three_processes_survive_sigkill_mid_run_with_exactly_once_results() {
     let started = Instant::now();
     let deadline = started + LIMIT;
     let dir = tempfile::tempdir().unwrap();
-    let files = setup(dir.path(), &["Alice", "Bob", "Carol"]);
+    let files = write_nodes(
+        dir.path(),
+        &["Alice", "Bob", "Carol"],
+        "\n[store]\nquick_repair = false\n",
+    );
     let (alice_f, bob_f, carol_f) = (&files[0], &files[1], &files[2]);
     let ping_args = [
         "--ping",
@@ -279,7 +237,11 @@ fn three_processes_survive_sigkill_mid_run_with_exactly_once_results() {
 fn sighup_stops_the_draining_sigusr1_started() {
     let deadline = Instant::now() + LIMIT;
     let dir = tempfile::tempdir().unwrap();
-    let files = setup(dir.path(), &["Alice", "Bob", "Carol"]);
+    let files = write_nodes(
+        dir.path(),
+        &["Alice", "Bob", "Carol"],
+        "\n[store]\nquick_repair = false\n",
+    );
     let (alice_f, bob_f, carol_f) = (&files[0], &files[1], &files[2]);
     let ping_args = ["--ping", "Bob=1", "--rounds", "3"];
 

@@ -1,8 +1,12 @@
 //! Shared helpers for the TCP transport tests: deterministic identities, a
 //! small network of transports on 127.0.0.1, a log capture (also used by
 //! `memory_node.rs`), and a "raw" peer that speaks the wire protocol by
-//! hand so tests can misbehave.
+//! hand so tests can misbehave; and the files node processes start from.
 #![allow(dead_code)] // each test file uses a different subset
+
+mod node_files;
+#[allow(unused_imports)] // each test file uses a different subset
+pub use node_files::{NodeFiles, write_nodes};
 
 use bytes::Bytes;
 use flow_runtime::PublicKey;
