@@ -412,6 +412,7 @@ fn child_load(path: &std::path::Path, n: u64) {
                         flow: HandwrittenPing::NAME.into(),
                         version: HandwrittenPing::VERSION,
                         initiator: peer(),
+                        created_at: Some(1),
                     },
                 )
             })

@@ -105,7 +105,7 @@ pub mod engine {
         NodeError, OperatorView, OsIds, Output, PeerNames, RunId, STORE_FORMAT, SessionDump,
         StateFields, UnackedFrame, UpgradeGroup, UpgradeReport, check_upgrade,
     };
-    pub use crate::protocol::{Body, WIRE_VERSION, WireMessage};
+    pub use crate::protocol::{Body, OLDEST_WIRE_VERSION_READ, WIRE_VERSION, WireMessage};
     pub use crate::registry::{
         ErasedStep, FlowType, NewFlow, Registry, ResponderFn, ResponderLookup, describe_versions,
     };

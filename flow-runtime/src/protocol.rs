@@ -14,14 +14,28 @@
 //!   the receiver has committed it; the sender redelivers until then;
 //! * an `Init` the receiver will not serve (unknown flow, draining) is
 //!   answered with an unsequenced-looking `End` at the responder's seq 0
-//!   carrying the reason, which ends the initiator's session.
+//!   carrying the reason, which ends the initiator's session;
+//! * the responder's `Ack` of an `Init` carries its flow's VERSION, which
+//!   the initiator keeps for `session.counterparty_version()`.
+//!
+//! Wire versions: this build writes version 2 and reads 1 and 2. Version 2
+//! added the `Init`'s creation time (so a responder can refuse an
+//! initiation older than its session retention, which is what lets it
+//! forget ended sessions: see `NodeConfig::session_retention`) and the
+//! responder's VERSION in the `Ack`. A version-1 frame reads as the same
+//! message without them (`created_at: None`, `responder_version: None`); a
+//! node of version 1 refuses version-2 frames, which stay in the sender's
+//! outbox and are redelivered once it is upgraded.
 
 use crate::{FlowError, Party, Payload};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried in every frame; a frame of another version is
-/// refused rather than misread.
-pub const WIRE_VERSION: u8 = 1;
+/// The protocol version carried in every frame this build writes; a frame
+/// of a version it does not read is refused rather than misread.
+pub const WIRE_VERSION: u8 = 2;
+
+/// The oldest wire version this build still reads (see the module docs).
+pub const OLDEST_WIRE_VERSION_READ: u8 = 1;
 
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +59,9 @@ pub enum WireMessage {
         from_initiator: bool,
         /// The acknowledged sequence number.
         seq: u64,
+        /// In the responder's ack of an `Init`: the `Flow::VERSION` of the
+        /// responder it started. `None` otherwise, and from version-1 peers.
+        responder_version: Option<u32>,
     },
 }
 
@@ -60,6 +77,12 @@ pub enum Body {
         /// The initiator's identity (its key must match the transport's
         /// authenticated peer).
         initiator: Party,
+        /// When the initiating node committed this `Init`, in milliseconds
+        /// since the Unix epoch by its clock. Redeliveries carry the same
+        /// value (the frame is re-sent from the outbox as it was written),
+        /// so a responder can tell an old initiation from a new one. `None`
+        /// only in version-1 frames, which are refused.
+        created_at: Option<u64>,
     },
     /// A value sent with `FlowSession::send`.
     Data(Payload),
@@ -69,8 +92,16 @@ pub enum Body {
 }
 
 /// A frame with its version byte.
-#[derive(Serialize, Deserialize)]
-struct Frame {
+#[derive(Serialize)]
+struct Frame<'a> {
+    version: u8,
+    message: &'a WireMessage,
+}
+
+/// A frame of this build's version, decoded.
+#[derive(Deserialize)]
+struct OwnedFrame {
+    #[allow(dead_code)] // checked before the decode
     version: u8,
     message: WireMessage,
 }
@@ -81,22 +112,115 @@ impl WireMessage {
     pub fn encode(&self) -> Result<Vec<u8>, FlowError> {
         rmp_serde::to_vec(&Frame {
             version: WIRE_VERSION,
-            message: self.clone(),
+            message: self,
         })
         .map_err(|e| FlowError::internal(format!("cannot encode wire message {self:?}: {e}")))
     }
 
-    /// Decodes a frame received from a peer.
+    /// Decodes a frame received from a peer, of any version this build
+    /// reads.
     pub fn decode(bytes: &[u8]) -> Result<WireMessage, String> {
+        // A frame is a MessagePack array of two (0x92) whose first element
+        // is the version, a positive fixint (below 0x80).
+        let version = match bytes {
+            [0x92, v, ..] if *v < 0x80 => *v,
+            _ => return Err("malformed frame: not a versioned frame".to_owned()),
+        };
+        match version {
+            WIRE_VERSION => {
+                let frame: OwnedFrame =
+                    rmp_serde::from_slice(bytes).map_err(|e| format!("malformed frame: {e}"))?;
+                Ok(frame.message)
+            }
+            1 => v1::decode(bytes),
+            v => Err(format!(
+                "frame of wire version {v} (this node reads {OLDEST_WIRE_VERSION_READ} to {WIRE_VERSION})"
+            )),
+        }
+    }
+}
+
+/// Wire version 1, read so that an upgraded node still understands what a
+/// node of the previous version sends (and what its own outbox holds from
+/// before the upgrade). The types mirror version 1 exactly: same variants,
+/// in the same order, with the same fields.
+mod v1 {
+    use super::{Body as Current, WireMessage as CurrentMessage};
+    use crate::{FlowError, Party, Payload};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Frame {
+        #[allow(dead_code)] // checked by the caller, before this decode
+        version: u8,
+        message: WireMessage,
+    }
+
+    #[derive(Deserialize)]
+    enum WireMessage {
+        Session {
+            session: u64,
+            from_initiator: bool,
+            seq: u64,
+            body: Body,
+        },
+        Ack {
+            session: u64,
+            from_initiator: bool,
+            seq: u64,
+        },
+    }
+
+    #[derive(Deserialize)]
+    enum Body {
+        Init {
+            flow: String,
+            version: u32,
+            initiator: Party,
+        },
+        Data(Payload),
+        End(Option<FlowError>),
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<CurrentMessage, String> {
         let frame: Frame =
             rmp_serde::from_slice(bytes).map_err(|e| format!("malformed frame: {e}"))?;
-        if frame.version != WIRE_VERSION {
-            return Err(format!(
-                "frame of wire version {} (this node speaks {WIRE_VERSION})",
-                frame.version
-            ));
-        }
-        Ok(frame.message)
+        Ok(match frame.message {
+            WireMessage::Session {
+                session,
+                from_initiator,
+                seq,
+                body,
+            } => CurrentMessage::Session {
+                session,
+                from_initiator,
+                seq,
+                body: match body {
+                    Body::Init {
+                        flow,
+                        version,
+                        initiator,
+                    } => Current::Init {
+                        flow,
+                        version,
+                        initiator,
+                        created_at: None,
+                    },
+                    Body::Data(p) => Current::Data(p),
+                    Body::End(e) => Current::End(e),
+                },
+            },
+            WireMessage::Ack {
+                session,
+                from_initiator,
+                seq,
+            } => CurrentMessage::Ack {
+                session,
+                from_initiator,
+                seq,
+                responder_version: None,
+            },
+        })
     }
 }
 
@@ -115,6 +239,7 @@ mod tests {
                 flow: "a::b".into(),
                 version: 2,
                 initiator: Party::new("A", PublicKey([1; 32])),
+                created_at: Some(1_700_000_000_000),
             },
         };
         let bytes = m.encode().unwrap();
@@ -122,5 +247,90 @@ mod tests {
         assert!(WireMessage::decode(&bytes[..bytes.len() - 3]).is_err());
         assert!(WireMessage::decode(&[0xff, 0x00, 0x13]).is_err());
         assert!(WireMessage::decode(&[]).is_err());
+    }
+
+    /// Version-1 frames, as a node of the previous version wrote them (the
+    /// bytes spelled out, so a change to the types cannot hide a break),
+    /// still decode: an `Init` without its creation time, an `Ack` without
+    /// the responder's version.
+    #[test]
+    fn version_one_frames_still_read() {
+        #[derive(Serialize)]
+        enum V1Message {
+            Session {
+                session: u64,
+                from_initiator: bool,
+                seq: u64,
+                body: V1Body,
+            },
+            Ack {
+                session: u64,
+                from_initiator: bool,
+                seq: u64,
+            },
+        }
+        #[derive(Serialize)]
+        enum V1Body {
+            Init {
+                flow: String,
+                version: u32,
+                initiator: Party,
+            },
+        }
+        let alice = Party::new("Alice", PublicKey([1; 32]));
+        let init = rmp_serde::to_vec(&(
+            1u8,
+            V1Message::Session {
+                session: 5,
+                from_initiator: true,
+                seq: 0,
+                body: V1Body::Init {
+                    flow: "a::b".into(),
+                    version: 3,
+                    initiator: alice.clone(),
+                },
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            WireMessage::decode(&init).unwrap(),
+            WireMessage::Session {
+                session: 5,
+                from_initiator: true,
+                seq: 0,
+                body: Body::Init {
+                    flow: "a::b".into(),
+                    version: 3,
+                    initiator: alice,
+                    created_at: None,
+                },
+            }
+        );
+        let ack = rmp_serde::to_vec(&(
+            1u8,
+            V1Message::Ack {
+                session: 5,
+                from_initiator: false,
+                seq: 9,
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            WireMessage::decode(&ack).unwrap(),
+            WireMessage::Ack {
+                session: 5,
+                from_initiator: false,
+                seq: 9,
+                responder_version: None,
+            }
+        );
+        // A version this build does not read is refused, naming it.
+        let mut v3 = ack.clone();
+        v3[1] = 3;
+        assert!(
+            WireMessage::decode(&v3)
+                .unwrap_err()
+                .contains("wire version 3")
+        );
     }
 }

@@ -10,8 +10,8 @@ use flow_runtime::engine::Registry;
 use flow_runtime::engine::{Body, WireMessage};
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder, RunnerError};
-use flow_runtime::storage::{RedbOptions, RedbStore, Store};
-use flow_runtime::tcp::{TcpConfig, codec};
+use flow_runtime::storage::{RedbOptions, RedbStore, Store, Table};
+use flow_runtime::tcp::{SendError, TcpConfig, codec};
 use flow_runtime::testing::MockNetwork;
 use flow_runtime::testing::ping_pong::{ping, pong};
 use flow_runtime::transport::Transport;
@@ -341,6 +341,12 @@ async fn a_name_written_in_a_frame_is_never_believed() {
             flow: <ping::Flow as Flow>::NAME.to_owned(),
             version: <ping::Flow as Flow>::VERSION,
             initiator: Party::new("Notary", *mallory.key()),
+            created_at: Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64,
+            ),
         },
     };
     attacker
@@ -446,6 +452,7 @@ fn a_peer_holding_back_one_sequence_number_cannot_make_a_session_hold_much() {
             flow: <blob_source::Flow as Flow>::NAME.to_owned(),
             version: <blob_source::Flow as Flow>::VERSION,
             initiator: mallory.clone(),
+            created_at: Some(1),
         },
     };
     let out = core
@@ -512,4 +519,368 @@ fn a_peer_holding_back_one_sequence_number_cannot_make_a_session_hold_much() {
     // (a gap or a duplicate would have ended it with an error).
     let dump = core.dump_json(Timestamp(4)).unwrap();
     assert!(dump.contains("blob_sink"), "{dump}");
+}
+
+// ------------------------------------------------- responders per peer
+
+fn open_core(dir: &Path, registry: Registry, config: NodeConfig) -> NodeCore {
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&dir.join("alice.redb"), RedbOptions::default()).unwrap());
+    NodeCore::open(
+        party("Alice", 1),
+        store,
+        registry,
+        Box::new(OsIds),
+        Box::new(OsIds),
+        config,
+        Timestamp(0),
+    )
+    .unwrap()
+}
+
+fn blob_init(session: u64, initiator: &Party) -> Vec<u8> {
+    init_frame(session, initiator, Some(1))
+}
+
+/// `(session, seq)` of the acks among a delivery's frames.
+fn acked_sessions(frames: &[(PublicKey, Vec<u8>)]) -> Vec<(u64, u64)> {
+    frames
+        .iter()
+        .filter_map(|(_, f)| match WireMessage::decode(f) {
+            Ok(WireMessage::Ack { session, seq, .. }) => Some((session, seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A peer starts more responder flows than the node lets one peer run at
+/// once. Past the bound an initiation is neither started nor acknowledged
+/// (the peer's outbox keeps it); another peer is not affected; once one of
+/// the peer's responders ends, the redelivered initiation starts: an
+/// honest peer over the bound is delayed, not failed.
+#[test]
+fn a_peer_cannot_start_more_responder_flows_than_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mallory = party("Mallory", 9);
+    let carol = party("Carol", 3);
+    let mut registry = Registry::new();
+    registry.register_responder::<blob_source::Flow, _>(blob_sink);
+    let config = NodeConfig {
+        max_responders_per_peer: 3,
+        ..NodeConfig::default()
+    };
+    let mut core = open_core(dir.path(), registry, config.clone());
+
+    let frames = (1..=5u64)
+        .map(|s| (*mallory.key(), blob_init(s, &mallory)))
+        .collect();
+    let out = core.deliver(Timestamp(1), frames).unwrap();
+    assert_eq!(
+        acked_sessions(&out.frames),
+        vec![(1, 0), (2, 0), (3, 0)],
+        "initiations past the bound were accepted"
+    );
+    let dump = core.dump_json(Timestamp(1)).unwrap();
+    assert_eq!(dump.matches("blob_sink").count(), 3, "{dump}");
+
+    // Redelivered, the deferred initiations are still deferred...
+    let out = core
+        .deliver(Timestamp(2), vec![(*mallory.key(), blob_init(4, &mallory))])
+        .unwrap();
+    assert!(acked_sessions(&out.frames).is_empty());
+    // ...while another peer is served.
+    let out = core
+        .deliver(Timestamp(2), vec![(*carol.key(), blob_init(9, &carol))])
+        .unwrap();
+    assert_eq!(acked_sessions(&out.frames), vec![(9, 0)]);
+
+    // One of Mallory's responders ends (its session ends): a slot frees,
+    // and the next redelivery of a deferred initiation starts it.
+    let end = WireMessage::Session {
+        session: 2,
+        from_initiator: true,
+        seq: 1,
+        body: Body::End(None),
+    }
+    .encode()
+    .unwrap();
+    core.deliver(Timestamp(3), vec![(*mallory.key(), end)])
+        .unwrap();
+    let out = core
+        .deliver(
+            Timestamp(4),
+            vec![
+                (*mallory.key(), blob_init(4, &mallory)),
+                (*mallory.key(), blob_init(5, &mallory)),
+            ],
+        )
+        .unwrap();
+    assert_eq!(acked_sessions(&out.frames), vec![(4, 0)]);
+
+    // The count survives a restart: still at the bound.
+    drop(core);
+    let mut registry = Registry::new();
+    registry.register_responder::<blob_source::Flow, _>(blob_sink);
+    let mut core = open_core(dir.path(), registry, config);
+    let out = core
+        .deliver(Timestamp(5), vec![(*mallory.key(), blob_init(5, &mallory))])
+        .unwrap();
+    assert!(acked_sessions(&out.frames).is_empty());
+}
+
+// ---------------------------------------- versions seen by the initiator
+
+/// Asks, then reports the VERSION of the responder that answered.
+#[flow(name = "hostile_peer::ask_version")]
+pub async fn ask_version(ctx: &mut FlowContext, peer: Party) -> Result<Option<u32>, FlowError> {
+    let session = ctx.initiate_flow(&peer);
+    let _reply: String = session
+        .send_and_receive::<String>(&1u32)
+        .await?
+        .validate(Ok)?;
+    session.counterparty_version()
+}
+
+/// A responder at version 3.
+#[flow(version = 3)]
+pub async fn answer_v3(ctx: &mut FlowContext, session: FlowSession) -> Result<(), FlowError> {
+    let _n: u32 = session.receive::<u32>().await?.validate(Ok)?;
+    session.send(&"v3".to_owned())?;
+    Ok(())
+}
+
+/// The initiator learns its responder's VERSION from the responder's
+/// acknowledgement of the initiation.
+#[test]
+fn the_initiator_reads_its_responders_version() {
+    let mut net = MockNetwork::new(4);
+    let alice = net.create_node("Alice");
+    let bob = net.create_node("Bob");
+    net.register_responder::<ask_version::Flow, _>(bob, answer_v3);
+    let asked = net.start_flow(alice, ask_version(net.party(bob)));
+    net.run_network();
+    assert_eq!(net.result(&asked), Some(Ok(Some(3))));
+}
+
+// ------------------------------------------ ended sessions are forgotten
+
+/// A responder that ends at once.
+#[flow]
+pub async fn hang_up(_ctx: &mut FlowContext, _session: FlowSession) -> Result<(), FlowError> {
+    Ok(())
+}
+
+fn init_frame(session: u64, initiator: &Party, created_at: Option<u64>) -> Vec<u8> {
+    WireMessage::Session {
+        session,
+        from_initiator: true,
+        seq: 0,
+        body: Body::Init {
+            flow: <blob_source::Flow as Flow>::NAME.to_owned(),
+            version: <blob_source::Flow as Flow>::VERSION,
+            initiator: initiator.clone(),
+            created_at,
+        },
+    }
+    .encode()
+    .unwrap()
+}
+
+/// The error of a refusal (an `End` at the responder's sequence number 0)
+/// among a delivery's frames.
+fn refusal(frames: &[(PublicKey, Vec<u8>)]) -> Option<FlowError> {
+    frames
+        .iter()
+        .find_map(|(_, f)| match WireMessage::decode(f) {
+            Ok(WireMessage::Session {
+                from_initiator: false,
+                seq: 0,
+                body: Body::End(e),
+                ..
+            }) => e,
+            _ => None,
+        })
+}
+
+const RETENTION_MS: u64 = 10_000;
+
+/// A peer starts and finishes session after session. Each leaves a
+/// tombstone (so a late duplicate of its messages cannot start it again),
+/// but only for the session retention: after it the tombstones, and the
+/// database rows they took, are gone. A redelivery of one of those
+/// initiations after that is refused (it is older than half the
+/// retention), never served a second time.
+#[test]
+fn a_peer_cannot_grow_the_database_by_starting_and_ending_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&dir.path().join("alice.redb"), RedbOptions::default()).unwrap());
+    let mallory = party("Mallory", 9);
+    let mut registry = Registry::new();
+    registry.register_responder::<blob_source::Flow, _>(hang_up);
+    let config = NodeConfig {
+        session_retention: Duration::from_millis(RETENTION_MS),
+        max_responders_per_peer: 1000,
+        ..NodeConfig::default()
+    };
+    let mut core = NodeCore::open(
+        party("Alice", 1),
+        store.clone(),
+        registry,
+        Box::new(OsIds),
+        Box::new(OsIds),
+        config,
+        Timestamp(0),
+    )
+    .unwrap();
+    let tombstones = || store.len(&Table::TOMBSTONES).unwrap();
+
+    let started = 1_000u64;
+    let frames = (1..=300u64)
+        .map(|s| (*mallory.key(), init_frame(s, &mallory, Some(started))))
+        .collect();
+    let out = core.deliver(Timestamp(started), frames).unwrap();
+    assert_eq!(acked_sessions(&out.frames).len(), 300);
+    let mut served = out.finished.len();
+    assert_eq!(served, 300);
+    assert_eq!(tombstones(), 300);
+
+    // Within the retention a redelivered initiation is a duplicate:
+    // acknowledged, not served again.
+    let late = started + RETENTION_MS / 2;
+    let out = core
+        .deliver(
+            Timestamp(late),
+            vec![(*mallory.key(), init_frame(7, &mallory, Some(started)))],
+        )
+        .unwrap();
+    assert_eq!(acked_sessions(&out.frames), vec![(7, 0)]);
+    served += out.finished.len();
+    assert_eq!(served, 300);
+
+    // After the retention the tombstones are gone...
+    core.tick(Timestamp(started + RETENTION_MS + 1)).unwrap();
+    assert_eq!(tombstones(), 0, "tombstones outlived the retention");
+    assert_eq!(store.len(&Table::TOMBSTONE_EXPIRY).unwrap(), 0);
+    // ...and a redelivery of one of those initiations is refused, not
+    // served: exactly once still holds.
+    let out = core
+        .deliver(
+            Timestamp(started + RETENTION_MS + 2),
+            vec![(*mallory.key(), init_frame(7, &mallory, Some(started)))],
+        )
+        .unwrap();
+    assert!(acked_sessions(&out.frames).is_empty());
+    let error = refusal(&out.frames).expect("the stale initiation is refused");
+    assert_eq!(error.kind(), FlowErrorKind::Refused);
+    assert!(
+        error.message().contains("half the session retention"),
+        "{error}"
+    );
+    served += out.finished.len();
+    assert_eq!(served, 300, "a session was served twice");
+}
+
+/// Initiations the node cannot date safely are refused with an error that
+/// says why: one older than half the retention, one dated too far ahead of
+/// the node's clock, and one of wire version 1 (no creation time).
+#[test]
+fn initiations_too_old_too_new_or_undated_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mallory = party("Mallory", 9);
+    let mut registry = Registry::new();
+    registry.register_responder::<blob_source::Flow, _>(hang_up);
+    let config = NodeConfig {
+        session_retention: Duration::from_millis(RETENTION_MS),
+        ..NodeConfig::default()
+    };
+    let mut core = open_core(dir.path(), registry, config);
+    let now = 100_000u64;
+    for (session, created_at, says) in [
+        (
+            1,
+            Some(now - RETENTION_MS / 2 - 1),
+            "half the session retention",
+        ),
+        (
+            2,
+            Some(now + RETENTION_MS / 4 + 1),
+            "ahead of this node's clock",
+        ),
+        (3, None, "wire version 1"),
+    ] {
+        let out = core
+            .deliver(
+                Timestamp(now),
+                vec![(*mallory.key(), init_frame(session, &mallory, created_at))],
+            )
+            .unwrap();
+        let error = refusal(&out.frames).expect("refused");
+        assert!(error.message().contains(says), "{error}");
+        assert!(acked_sessions(&out.frames).is_empty());
+        assert!(out.finished.is_empty());
+    }
+    // Within both bounds, served.
+    let out = core
+        .deliver(
+            Timestamp(now),
+            vec![(
+                *mallory.key(),
+                init_frame(4, &mallory, Some(now - RETENTION_MS / 2)),
+            )],
+        )
+        .unwrap();
+    assert_eq!(acked_sessions(&out.frames), vec![(4, 0)]);
+    assert_eq!(out.finished.len(), 1);
+}
+
+// ------------------------------------------------- what we queue for a peer
+
+/// A peer that does not read (here: its node never answers the handshake,
+/// so nothing queued for it is written) cannot make the node buffer
+/// without bound: frames queued for it stop at the byte bound, `try_send`
+/// refuses the next one (the node's durable outbox keeps that message and
+/// re-sends it later), and once the peer reads again the queue drains and
+/// takes frames again.
+#[tokio::test]
+async fn a_peer_that_does_not_read_holds_at_most_the_queue_byte_bound() {
+    let mut net = Net::new(2).await;
+    let config = TcpConfig {
+        max_frame_len: 512 * 1024,
+        peer_queue_bytes: 1024 * 1024,
+        ..tcp_common::test_config()
+    };
+    let (alice, _alice_incoming) = net.start_with(0, config);
+    let bob = net.key(1);
+    let frame = vec![7u8; 100 * 1024];
+    let mut queued = 0;
+    loop {
+        match alice.try_send(&bob, frame.clone()) {
+            Ok(()) => queued += 1,
+            Err(SendError::QueueFull(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            queued <= 10,
+            "more than 1 MiB queued for a peer that reads nothing"
+        );
+    }
+    assert_eq!(queued, 10, "the queue refused before its byte bound");
+
+    // Bob's node starts: everything queued arrives, and the queue's bytes
+    // are free again.
+    let (_bob, mut bob_incoming) = net.start(1);
+    for _ in 0..queued {
+        let (_, received) = recv(&mut bob_incoming).await;
+        assert_eq!(received.len(), frame.len());
+    }
+    let mut accepted = false;
+    for _ in 0..500 {
+        if alice.try_send(&bob, frame.clone()).is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(accepted, "the queue did not take frames again once drained");
 }

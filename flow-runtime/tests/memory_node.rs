@@ -264,6 +264,7 @@ impl RawPeer {
                     session,
                     from_initiator,
                     seq,
+                    responder_version: None,
                 };
                 if !acks.contains(&ack) {
                     acks.push(ack);

@@ -97,6 +97,7 @@ impl RawPeer {
             session: self.session.unwrap(),
             from_initiator: true,
             seq,
+            responder_version: None,
         };
         self.transport
             .try_send(alice.key(), ack.encode().unwrap())

@@ -50,6 +50,7 @@ fn init_from_bob(core: &mut NodeCore, session: u64) -> Vec<WireMessage> {
             flow: <HandwrittenPing as flow_runtime::Flow>::NAME.into(),
             version: 1,
             initiator: bob(),
+            created_at: Some(1),
         },
     };
     let frame = init.encode().expect("encode the init");

@@ -56,6 +56,10 @@ pub struct NodeCore {
     pub(super) metrics: super::CoreMetrics,
     /// The names of authenticated peers (see [`NodeCore::set_peer_names`]).
     pub(super) peer_names: Option<PeerNames>,
+    /// When the next sweep of expired tombstones is due (`retention.rs`).
+    pub(super) next_tombstone_sweep: Timestamp,
+    /// Whether every tombstone is dated (see `retention.rs`).
+    pub(super) tombstones_dated: bool,
 }
 
 /// Looks up the legal name of an authenticated peer key in the network
@@ -158,6 +162,10 @@ impl NodeCore {
         if draining {
             tracing::info!(node = %identity, "the node is draining (set before the restart): it takes no new flows or sessions until an operator stops draining");
         }
+        let tombstones_dated = store
+            .get(&Table::META, META_TOMBSTONES_DATED)
+            .map_err(store_err)?
+            .is_some();
         let config_cache = config.checkpoint_cache_bytes;
         let mut ctx = FlowContext::new(identity.clone(), now, session_ids);
         ctx.install_step_writes(StepWrites::new(store.clone()));
@@ -179,6 +187,8 @@ impl NodeCore {
             code_retries,
             metrics: super::CoreMetrics::default(),
             peer_names: None,
+            next_tombstone_sweep: Timestamp(0),
+            tombstones_dated,
         })
     }
 
@@ -338,6 +348,7 @@ impl NodeCore {
                     self.wake(&mut b, run);
                 }
                 self.fire_timers(&mut b)?;
+                self.expire_tombstones(&mut b)?;
                 for &run in &retry_later {
                     b.wake.insert(run);
                 }

@@ -13,6 +13,7 @@ mod metrics;
 mod operator;
 mod receive;
 pub(crate) mod records;
+mod retention;
 mod step;
 mod upgrade_check;
 
@@ -78,6 +79,26 @@ pub struct NodeConfig {
     /// always taken so the session can move on: a session holds at most
     /// this plus one message.
     pub max_buffered_bytes_per_session: usize,
+    /// Responder flows one peer may have running on this node at once
+    /// (default 256). An initiation beyond it is neither acknowledged nor
+    /// stored: the peer's redelivery brings it back, and it starts once one
+    /// of that peer's responders has ended. An honest peer over the bound
+    /// is delayed, never failed; a hostile one cannot make the node hold
+    /// more than this many flows (and their sessions) for it.
+    pub max_responders_per_peer: u32,
+    /// How long an ended session is remembered (default 14 days): its
+    /// tombstone, which makes a late redelivery of its messages a harmless
+    /// duplicate, is deleted this long after the session ended, with any
+    /// of our messages on it the peer never acknowledged. What makes that
+    /// safe: an `Init` carries when it was created, and one older than half
+    /// the retention, or dated more than a quarter of it ahead of this
+    /// node's clock, is refused. A redelivery of an `Init` arriving after
+    /// its tombstone expired was created before the session started, so at
+    /// least `retention - retention/4` earlier, and is refused rather than
+    /// starting a second responder. A peer that cannot reach this node for
+    /// longer than half the retention gets its pending initiations refused
+    /// (its flows fail with `Refused` and can be started again).
+    pub session_retention: Duration,
 }
 
 impl Default for NodeConfig {
@@ -90,6 +111,8 @@ impl Default for NodeConfig {
             checkpoint_cache_bytes: 8 * 1024 * 1024,
             receive_window: 64,
             max_buffered_bytes_per_session: 4 * 1024 * 1024,
+            max_responders_per_peer: 256,
+            session_retention: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }

@@ -14,6 +14,14 @@ use crate::registry::{ResponderLookup, describe_versions};
 use crate::store::Table;
 use crate::{FlowError, FlowErrorKind, FlowSession, Party, PublicKey, SessionId, Timestamp};
 
+/// What an `Init` asks for.
+pub(super) struct Initiation<'a> {
+    pub flow: &'a str,
+    pub version: u32,
+    pub initiator: Party,
+    pub created_at: Option<u64>,
+}
+
 impl NodeCore {
     /// Processes frames received from peers (authenticated by the transport
     /// as coming from `from`), as one group commit. A frame that does not
@@ -64,7 +72,11 @@ impl NodeCore {
                 session,
                 from_initiator,
                 seq,
+                responder_version,
             } => {
+                if let (true, 0, Some(version)) = (from_initiator, seq, responder_version) {
+                    self.learn_responder_version(b, from, SessionId(session), version)?;
+                }
                 let side = if from_initiator {
                     Side::Initiator
                 } else {
@@ -108,13 +120,26 @@ impl NodeCore {
                     session,
                     from_initiator,
                     seq,
+                    responder_version: None,
                 };
                 match body {
                     Body::Init {
                         flow,
                         version,
                         initiator,
-                    } => self.on_init(b, from, key, seq, &flow, version, initiator, ack),
+                        created_at,
+                    } => self.on_init(
+                        b,
+                        from,
+                        key,
+                        seq,
+                        Initiation {
+                            flow: &flow,
+                            version,
+                            initiator,
+                            created_at,
+                        },
+                    ),
                     Body::Data(payload) => {
                         self.on_sequenced(b, from, key, seq, Inbound::Data(payload), ack)
                     }
@@ -139,32 +164,69 @@ impl NodeCore {
             .is_some())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Keeps the VERSION a responder reported in its ack of our `Init`, for
+    /// `session.counterparty_version()` on the initiator's side.
+    fn learn_responder_version(
+        &mut self,
+        b: &mut Batch,
+        from: &PublicKey,
+        id: SessionId,
+        version: u32,
+    ) -> Result<(), NodeError> {
+        let key = SessionKey {
+            id,
+            side: Side::Initiator,
+        };
+        if let Some(mut rec) = b.session(&*self.store, key).map_err(store_err)?
+            && rec.counterparty.key() == from
+            && rec.counterparty_version != Some(version)
+        {
+            rec.counterparty_version = Some(version);
+            b.put_session(key, rec);
+        }
+        Ok(())
+    }
+
+    /// The ack of an `Init`: with the VERSION of the responder it started.
+    fn init_ack(key: SessionKey, responder_version: Option<u32>) -> WireMessage {
+        WireMessage::Ack {
+            session: key.id.0,
+            from_initiator: true,
+            seq: 0,
+            responder_version,
+        }
+    }
+
     pub(super) fn on_init(
         &mut self,
         b: &mut Batch,
         from: &PublicKey,
         key: SessionKey,
         seq: u64,
-        flow: &str,
-        version: u32,
-        initiator: Party,
-        ack: WireMessage,
+        init: Initiation<'_>,
     ) -> Result<(), NodeError> {
+        let Initiation {
+            flow,
+            version,
+            initiator,
+            created_at,
+        } = init;
         if key.side != Side::Responder || seq != 0 || initiator.key() != from {
             tracing::warn!(peer = ?from, session = %key.id, "dropped a malformed session init");
             return Ok(());
         }
         let collision = match b.session(&*self.store, key).map_err(store_err)? {
             Some(existing) if existing.counterparty.key() == from => {
-                self.emit(b, from, &ack); // duplicate: already processed
+                // Duplicate: already processed.
+                let ack = Self::init_ack(key, existing.own_version);
+                self.emit(b, from, &ack);
                 return Ok(());
             }
             Some(_) => true,
             None => false,
         };
         if self.tombstoned(b, key)? {
-            self.emit(b, from, &ack);
+            self.emit(b, from, &Self::init_ack(key, None));
             return Ok(());
         }
         let refuse = |core: &Self, b: &mut Batch, error: FlowError| {
@@ -185,6 +247,25 @@ impl NodeCore {
                     FlowErrorKind::Refused,
                     format!(
                         "{} already has a session {} with another peer: `{flow}` was not started; start the flow again (it will pick a new session id)",
+                        self.identity, key.id
+                    ),
+                ),
+            );
+            return Ok(());
+        }
+        // What lets ended sessions be forgotten: an initiation is served
+        // only while it is younger than half the retention (and not dated
+        // far ahead), so by the time a tombstone expires, any redelivery of
+        // the `Init` it guards is refused here instead of starting a second
+        // responder. See `NodeConfig::session_retention`.
+        if let Some(reason) = self.initiation_too_old(created_at) {
+            refuse(
+                self,
+                b,
+                FlowError::with_kind(
+                    FlowErrorKind::Refused,
+                    format!(
+                        "{} refuses the initiation of `{flow}` in session {}: {reason}; start the flow again",
                         self.identity, key.id
                     ),
                 ),
@@ -257,6 +338,22 @@ impl NodeCore {
             }
             ResponderLookup::Found(Ok(f)) => f,
         };
+        // A peer's live responders are bounded: past the bound the
+        // initiation is dropped unacknowledged, so the initiator's outbox
+        // keeps it and redelivers it until a slot is free.
+        let count_key = peer_responders_key(from);
+        let running = decode_count(
+            b.get(&*self.store, &Table::META, &count_key)
+                .map_err(store_err)?
+                .as_deref(),
+        );
+        if running >= self.config.max_responders_per_peer {
+            tracing::info!(peer = ?from, session = %key.id, flow, running,
+                "initiation deferred: the peer has its bound of responder flows running (max_responders_per_peer); its redelivery brings it back");
+            return Ok(());
+        }
+        b.put(Table::META, count_key, (running + 1).to_be_bytes().to_vec());
+        let own_version = new_flow.flow_type.version();
         let run = self.fresh_run_id()?;
         b.put_session(
             key,
@@ -269,11 +366,43 @@ impl NodeCore {
                 inbox: Default::default(),
                 ended: None,
                 counterparty_version: Some(version),
+                own_version: Some(own_version),
             },
         );
         self.create_run(b, run, new_flow, vec![key], false, None);
-        self.emit(b, from, &ack);
+        self.emit(b, from, &Self::init_ack(key, Some(own_version)));
         Ok(())
+    }
+
+    /// Why an initiation created at `created_at` (the initiator's clock) is
+    /// too old, or too far ahead, to be served; `None` if it may be.
+    fn initiation_too_old(&self, created_at: Option<u64>) -> Option<String> {
+        let Some(created_at) = created_at else {
+            return Some(format!(
+                "it carries no creation time (it comes from a node of wire version 1, which this node, of version {}, does not serve initiations from); upgrade the initiating node",
+                crate::protocol::WIRE_VERSION
+            ));
+        };
+        let retention =
+            u64::try_from(self.config.session_retention.as_millis()).unwrap_or(u64::MAX);
+        let max_age = retention / 2;
+        let max_ahead = retention / 4;
+        let now = self.now.0;
+        if now.saturating_sub(created_at) > max_age {
+            Some(format!(
+                "it was created {} s ago, and initiations older than {} s (half the session retention) are not served",
+                (now - created_at) / 1000,
+                max_age / 1000
+            ))
+        } else if created_at.saturating_sub(now) > max_ahead {
+            Some(format!(
+                "it is dated {} s ahead of this node's clock (more than {} s): check both nodes' clocks",
+                (created_at - now) / 1000,
+                max_ahead / 1000
+            ))
+        } else {
+            None
+        }
     }
 
     pub(super) fn on_sequenced(
@@ -288,6 +417,14 @@ impl NodeCore {
         let Some(mut rec) = b.session(&*self.store, key).map_err(store_err)? else {
             if self.tombstoned(b, key)? {
                 // Our end is gone: acknowledge so the sender stops resending.
+                self.emit(b, from, &ack);
+            } else if key.side == Side::Initiator {
+                // An initiating end is recorded before its `Init` leaves, so
+                // a message for one we do not hold is for a session that
+                // ended longer ago than the session retention (or one we
+                // never had): acknowledged so the sender stops, never applied.
+                tracing::info!(peer = ?from, session = %key.id, seq,
+                    "message for a session this node does not hold (ended before the session retention, or never its own) acknowledged and dropped");
                 self.emit(b, from, &ack);
             } else {
                 // Probably ahead of its session's init: the sender redelivers.

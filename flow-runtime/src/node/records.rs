@@ -392,6 +392,11 @@ pub struct SessionRecord {
     /// existed, which decode with `None`.
     #[serde(default)]
     pub counterparty_version: Option<u32>,
+    /// On a responder's session: the `VERSION` of the responder flow, sent
+    /// with the ack of the `Init` (again if the `Init` is redelivered).
+    /// `None` on the initiator's side, and in older records.
+    #[serde(default)]
+    pub own_version: Option<u32>,
 }
 
 impl Inbound {
@@ -453,6 +458,78 @@ pub struct HospitalRecord {
 
 /// `meta` key: present while the node is draining.
 pub const META_DRAINING: &[u8] = b"draining";
+
+/// A tombstone's value: when its session ended (milliseconds, the node's
+/// clock), 8 bytes big-endian. Tombstones written before tombstones expired
+/// are empty; the node dates them once (see `retention.rs`).
+pub fn tombstone_value(ended_at: Timestamp) -> Vec<u8> {
+    ended_at.0.to_be_bytes().to_vec()
+}
+
+/// Key of a tombstone in the expiry index: when its session ended, then
+/// the session key (17 bytes), so the index is scanned oldest first.
+pub fn tombstone_expiry_key(ended_at: Timestamp, session: SessionKey) -> Vec<u8> {
+    let mut k = ended_at.0.to_be_bytes().to_vec();
+    k.extend_from_slice(&session.bytes());
+    k
+}
+
+/// Parses a session key's 9 bytes (`SessionKey::bytes`).
+pub fn parse_session_key(k: &[u8]) -> Option<SessionKey> {
+    let id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let side = match k.get(8)? {
+        0 => Side::Initiator,
+        1 => Side::Responder,
+        _ => return None,
+    };
+    (k.len() == 9).then_some(SessionKey {
+        id: SessionId(id),
+        side,
+    })
+}
+
+/// Parses a [`tombstone_expiry_key`]: `None` for bytes this code never
+/// writes.
+pub fn parse_tombstone_expiry_key(k: &[u8]) -> Option<(Timestamp, SessionKey)> {
+    let at = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    Some((Timestamp(at), parse_session_key(k.get(8..)?)?))
+}
+
+/// `meta` key: present once every tombstone has a date and an expiry
+/// index row (databases written before tombstones expired have undated
+/// ones, dated with the first commit after the upgrade).
+pub const META_TOMBSTONES_DATED: &[u8] = b"tombstones-dated";
+
+/// `meta` key prefix of a peer's count of live responder flows (followed
+/// by the peer's 32-byte key; the value is the count, 4 bytes big-endian).
+/// Kept as a counter row, changed in the same commit that starts or ends a
+/// responder, so checking a peer's bound costs one read, not a scan.
+pub const META_PEER_RESPONDERS: &[u8] = b"peer-responders/";
+
+/// The `meta` key of `peer`'s live-responder count.
+pub fn peer_responders_key(peer: &PublicKey) -> Vec<u8> {
+    let mut k = META_PEER_RESPONDERS.to_vec();
+    k.extend_from_slice(&peer.0);
+    k
+}
+
+/// Reads a live-responder count row. A row that is not 4 bytes (never
+/// written by this code) reads as 0 and is reported: the count is a bound,
+/// and a damaged one must not stop the node.
+pub fn decode_count(bytes: Option<&[u8]>) -> u32 {
+    match bytes {
+        None => 0,
+        Some(b) => <[u8; 4]>::try_from(b)
+            .map(u32::from_be_bytes)
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    len = b.len(),
+                    "a peer's responder count row is not 4 bytes; read as 0"
+                );
+                0
+            }),
+    }
+}
 
 /// `meta` key: the [`STORE_FORMAT`] that wrote the database, as 4 bytes,
 /// big-endian. Written with the node's first commit (opening a database

@@ -397,6 +397,7 @@ impl NodeCore {
                     inbox: Default::default(),
                     ended: None,
                     counterparty_version: None,
+                    own_version: None,
                 },
             );
             rec.sessions.push(key);
@@ -408,6 +409,7 @@ impl NodeCore {
                     flow: o.initiating_flow.to_owned(),
                     version: o.initiating_version,
                     initiator: self.identity.clone(),
+                    created_at: Some(self.now.0),
                 },
             };
             self.send_sequenced(b, key, 0, o.counterparty.key(), &init);
@@ -542,7 +544,7 @@ impl NodeCore {
                     None
                 }
             };
-            if let Some(s) = s
+            if let Some(s) = &s
                 && !s.peer_ended()
             {
                 let msg = WireMessage::Session {
@@ -553,8 +555,18 @@ impl NodeCore {
                 };
                 self.send_sequenced(b, *key, s.next_send, s.counterparty.key(), &msg);
             }
+            if let Some(s) = &s
+                && key.side == Side::Responder
+            {
+                self.count_responder_ended(b, s.counterparty.key());
+            }
             b.delete_session(*key);
-            b.put(Table::TOMBSTONES, key.bytes(), Vec::new());
+            b.put(Table::TOMBSTONES, key.bytes(), tombstone_value(self.now));
+            b.put(
+                Table::TOMBSTONE_EXPIRY,
+                tombstone_expiry_key(self.now, *key),
+                Vec::new(),
+            );
         }
         // (A timer left behind would only wake a run that is gone, which
         // does nothing: a failed read here is logged, not fatal.)
@@ -590,6 +602,25 @@ impl NodeCore {
             self.store_result(b, run, &rec.flow, rec.client_id.clone(), outcome);
         } else {
             b.finished.push((run, rec.flow.clone(), outcome));
+        }
+    }
+
+    /// Takes one from `peer`'s count of live responders (see
+    /// [`NodeConfig::max_responders_per_peer`](super::NodeConfig)).
+    fn count_responder_ended(&self, b: &mut Batch, peer: &PublicKey) {
+        let key = peer_responders_key(peer);
+        match b.get(&*self.store, &Table::META, &key) {
+            Ok(row) => {
+                // Responders started before the count existed were never
+                // counted: the count never goes below zero.
+                let left = decode_count(row.as_deref()).saturating_sub(1);
+                if left == 0 {
+                    b.delete(Table::META, key);
+                } else {
+                    b.put(Table::META, key, left.to_be_bytes().to_vec());
+                }
+            }
+            Err(e) => tracing::error!("{e}"),
         }
     }
 

@@ -10,6 +10,7 @@
 //! [transport]                       # optional; defaults shown
 //! max_frame_bytes = 16777216
 //! peer_queue_frames = 1024
+//! peer_queue_mb = 64                # bytes queued per peer not yet written to it
 //! connect_timeout_ms = 5000
 //! handshake_timeout_ms = 3000
 //! max_handshakes = 128              # unauthenticated connections at once (strangers)
@@ -26,6 +27,8 @@
 //! retry_backoff_ms = 1000           # first automatic retry's delay, doubled each time
 //! receive_window = 64               # how far ahead of the flow a peer's message may be
 //! max_buffered_kb_per_session = 4096 # unconsumed bytes a session may hold
+//! max_responders_per_peer = 256     # responder flows one peer may have running at once
+//! session_retention_hours = 336     # how long ended sessions are remembered (14 days)
 //!
 //! [admin]                           # optional; the admin/client API, see runner::admin
 //! listen = "127.0.0.1:7101"         # default 127.0.0.1:0 (a free port, written to <database>.admin-url)
@@ -131,6 +134,8 @@ pub struct TransportSection {
     pub max_frame_bytes: Option<usize>,
     /// [`TcpConfig::peer_queue_len`].
     pub peer_queue_frames: Option<usize>,
+    /// [`TcpConfig::peer_queue_bytes`], in MiB (default 64).
+    pub peer_queue_mb: Option<usize>,
     /// [`TcpConfig::connect_timeout`], in milliseconds.
     pub connect_timeout_ms: Option<u64>,
     /// [`TcpConfig::handshake_timeout`], in milliseconds.
@@ -180,6 +185,12 @@ pub struct NodeSection {
     /// [`NodeConfig::max_buffered_bytes_per_session`](crate::NodeConfig),
     /// in KiB (default 4096).
     pub max_buffered_kb_per_session: Option<usize>,
+    /// [`NodeConfig::max_responders_per_peer`](crate::NodeConfig)
+    /// (default 256).
+    pub max_responders_per_peer: Option<u32>,
+    /// [`NodeConfig::session_retention`](crate::NodeConfig) in hours
+    /// (default 336, 14 days).
+    pub session_retention_hours: Option<u64>,
 }
 
 /// `[store]`: which database keeps the node's checkpoints, and how.
@@ -279,6 +290,9 @@ impl TransportSection {
         if let Some(v) = self.peer_queue_frames {
             c.peer_queue_len = v;
         }
+        if let Some(v) = self.peer_queue_mb {
+            c.peer_queue_bytes = v.saturating_mul(1024 * 1024);
+        }
         if let Some(v) = self.connect_timeout_ms {
             c.connect_timeout = ms(v);
         }
@@ -333,6 +347,12 @@ impl NodeSection {
         }
         if let Some(kb) = self.max_buffered_kb_per_session {
             config.max_buffered_bytes_per_session = kb.saturating_mul(1024);
+        }
+        if let Some(n) = self.max_responders_per_peer {
+            config.max_responders_per_peer = n.max(1);
+        }
+        if let Some(hours) = self.session_retention_hours {
+            config.session_retention = Duration::from_secs(hours.max(1).saturating_mul(3600));
         }
         config
     }

@@ -38,8 +38,13 @@ impl Table {
     /// Session state (sequence numbers, buffered messages) by session key;
     /// also the session → run index.
     pub const SESSIONS: Table = Table(Cow::Borrowed("sessions"));
-    /// Session keys of ended sessions, so a late duplicate cannot restart one.
+    /// Session keys of ended sessions, so a late duplicate cannot restart
+    /// one; the value is when the session ended. Expire after the node's
+    /// session retention.
     pub const TOMBSTONES: Table = Table(Cow::Borrowed("tombstones"));
+    /// Tombstones by when their session ended (key: end time, session
+    /// key; empty value), so expired ones are found oldest first.
+    pub const TOMBSTONE_EXPIRY: Table = Table(Cow::Borrowed("tombstone_expiry"));
     /// Sent messages not yet acknowledged by their receiver.
     pub const OUTBOX: Table = Table(Cow::Borrowed("outbox"));
     /// Timers by (due time, run id).
@@ -57,10 +62,11 @@ impl Table {
     pub const META: Table = Table(Cow::Borrowed("meta"));
 
     /// The node's own tables, created when a store is opened.
-    pub const BUILT_IN: [Table; 10] = [
+    pub const BUILT_IN: [Table; 11] = [
         Table::CHECKPOINTS,
         Table::SESSIONS,
         Table::TOMBSTONES,
+        Table::TOMBSTONE_EXPIRY,
         Table::OUTBOX,
         Table::TIMERS,
         Table::RUNNABLE,

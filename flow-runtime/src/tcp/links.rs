@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast, mpsc};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +51,13 @@ pub struct TcpConfig {
     pub max_frame_len: usize,
     /// Frames queued per peer before `send` waits (default 1,024).
     pub peer_queue_len: usize,
+    /// Bytes of frames queued per peer, not yet written to its connection,
+    /// before `send` waits and `try_send` refuses (default 64 MiB; never
+    /// less than `max_frame_len`, so any frame fits an empty queue). A peer
+    /// that stops reading, or cannot be reached, holds at most this much of
+    /// the node's memory; what `try_send` refuses stays in the node's
+    /// durable outbox and is re-sent later.
+    pub peer_queue_bytes: usize,
     /// Received frames queued for the node before connections stop reading
     /// (default 1,024): a slow node slows its peers down instead of
     /// buffering without bound.
@@ -84,6 +91,7 @@ impl Default for TcpConfig {
         TcpConfig {
             max_frame_len: 16 * 1024 * 1024,
             peer_queue_len: 1024,
+            peer_queue_bytes: 64 * 1024 * 1024,
             incoming_queue_len: 1024,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(3),
@@ -174,7 +182,7 @@ struct Inner {
     config: TcpConfig,
     local_addr: SocketAddr,
     runtime: tokio::runtime::Handle,
-    peers: Mutex<HashMap<PublicKey, mpsc::Sender<Vec<u8>>>>,
+    peers: Mutex<HashMap<PublicKey, PeerQueue>>,
     inbound: Mutex<HashMap<PublicKey, (u64, CancellationToken)>>,
     next_connection: AtomicU64,
     incoming: mpsc::Sender<(PublicKey, Vec<u8>)>,
@@ -275,26 +283,49 @@ impl TcpTransport {
         self.inner.events.subscribe()
     }
 
-    /// Queues `frame` for `to`, waiting while the peer's queue is full.
-    /// Returns once the frame is queued, not when it is delivered.
+    /// Queues `frame` for `to`, waiting while the peer's queue is full (in
+    /// frames or in bytes). Returns once the frame is queued, not when it
+    /// is delivered.
     pub async fn send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
-        let queue = self.queue_for(to, frame.len())?;
-        queue.send(frame).await.map_err(|_| SendError::ShutDown)
+        let (queue, bytes) = self.queue_for(to, frame.len())?;
+        let permit = queue
+            .bytes
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| SendError::ShutDown)?;
+        queue
+            .frames
+            .send(Queued {
+                frame,
+                _bytes: permit,
+            })
+            .await
+            .map_err(|_| SendError::ShutDown)
     }
 
     /// Queues `frame` for `to` without waiting; usable from any thread,
-    /// inside or outside the runtime.
+    /// inside or outside the runtime. Refused with
+    /// [`SendError::QueueFull`] while the peer's queue is full in frames
+    /// ([`TcpConfig::peer_queue_len`]) or bytes
+    /// ([`TcpConfig::peer_queue_bytes`]).
     pub fn try_send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
-        let queue = self.queue_for(to, frame.len())?;
-        queue.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::QueueFull(
-                self.inner
-                    .map
-                    .by_key(to)
-                    .map_or_else(|| hex::encode(to.0), |p| p.name.clone()),
-            ),
-            mpsc::error::TrySendError::Closed(_) => SendError::ShutDown,
-        })
+        let (queue, bytes) = self.queue_for(to, frame.len())?;
+        let full = || SendError::QueueFull(self.peer_name(to));
+        let permit = match queue.bytes.try_acquire_many_owned(bytes) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => return Err(full()),
+            Err(TryAcquireError::Closed) => return Err(SendError::ShutDown),
+        };
+        queue
+            .frames
+            .try_send(Queued {
+                frame,
+                _bytes: permit,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => full(),
+                mpsc::error::TrySendError::Closed(_) => SendError::ShutDown,
+            })
     }
 
     /// Closes any inbound connection from `peer`, logging `reason`. For the
@@ -337,14 +368,18 @@ impl TcpTransport {
             .map_or_else(|| hex::encode(key.0), |p| p.name.clone())
     }
 
-    fn queue_for(&self, to: &PublicKey, len: usize) -> Result<mpsc::Sender<Vec<u8>>, SendError> {
+    /// The queue for `to` (started on first use), and the permits a frame
+    /// of `len` bytes takes from its byte bound.
+    fn queue_for(&self, to: &PublicKey, len: usize) -> Result<(PeerQueue, u32), SendError> {
         let inner = &self.inner;
+        let too_large = SendError::TooLarge {
+            len,
+            max: inner.config.max_frame_len,
+        };
         if len > inner.config.max_frame_len {
-            return Err(SendError::TooLarge {
-                len,
-                max: inner.config.max_frame_len,
-            });
+            return Err(too_large);
         }
+        let permits = u32::try_from(len).map_err(|_| too_large)?;
         if *to == inner.local.key() {
             return Err(SendError::ToSelf);
         }
@@ -353,17 +388,42 @@ impl TcpTransport {
         }
         let mut peers = inner.peers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(queue) = peers.get(to) {
-            return Ok(queue.clone());
+            return Ok((queue.clone(), permits));
         }
         let entry = inner.map.by_key(to).ok_or(SendError::UnknownPeer(*to))?;
-        let (queue, rx) = mpsc::channel(inner.config.peer_queue_len.max(1));
+        let (frames, rx) = mpsc::channel(inner.config.peer_queue_len.max(1));
+        let bytes = inner
+            .config
+            .peer_queue_bytes
+            .max(inner.config.max_frame_len)
+            .min(Semaphore::MAX_PERMITS);
+        let queue = PeerQueue {
+            frames,
+            bytes: Arc::new(Semaphore::new(bytes)),
+        };
         peers.insert(*to, queue.clone());
         inner.tasks.spawn_on(
             run_peer(self.inner.clone(), entry.clone(), rx),
             &inner.runtime,
         );
-        Ok(queue)
+        Ok((queue, permits))
     }
+}
+
+/// What is queued for one peer: the frames, and the bytes they may take.
+#[derive(Clone)]
+struct PeerQueue {
+    frames: mpsc::Sender<Queued>,
+    /// One permit per byte of [`TcpConfig::peer_queue_bytes`]; each queued
+    /// frame holds as many as it has bytes until it is written or dropped.
+    bytes: Arc<Semaphore>,
+}
+
+/// A frame queued for a peer, holding its share of the peer's byte bound
+/// until it has been written to a connection (or the transport drops it).
+struct Queued {
+    frame: Vec<u8>,
+    _bytes: OwnedSemaphorePermit,
 }
 
 fn emit(inner: &Inner, event: LinkEvent) {
@@ -759,9 +819,9 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// to keep the re-send set after a failed write modest.
 const BATCH: usize = 64;
 
-async fn run_peer(inner: Arc<Inner>, peer: PeerEntry, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn run_peer(inner: Arc<Inner>, peer: PeerEntry, mut rx: mpsc::Receiver<Queued>) {
     let cancel = inner.shutdown.clone();
-    let mut unsent: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut unsent: VecDeque<Queued> = VecDeque::new();
     let mut backoff = inner.config.backoff_min;
     loop {
         // Connect lazily: only when there is something to send.
@@ -853,8 +913,8 @@ enum PumpEnd {
 async fn pump(
     framed: &mut Framed<TcpStream, RecordCodec>,
     noise: &mut snow::TransportState,
-    unsent: &mut VecDeque<Vec<u8>>,
-    rx: &mut mpsc::Receiver<Vec<u8>>,
+    unsent: &mut VecDeque<Queued>,
+    rx: &mut mpsc::Receiver<Queued>,
     cancel: &CancellationToken,
 ) -> PumpEnd {
     loop {
@@ -899,10 +959,10 @@ async fn pump(
 async fn write_batch(
     framed: &mut Framed<TcpStream, RecordCodec>,
     noise: &mut snow::TransportState,
-    frames: &VecDeque<Vec<u8>>,
+    frames: &VecDeque<Queued>,
 ) -> Result<(), String> {
-    for frame in frames {
-        let record = seal_frame(noise, frame).map_err(|e| e.to_string())?;
+    for queued in frames {
+        let record = seal_frame(noise, &queued.frame).map_err(|e| e.to_string())?;
         framed
             .feed(Bytes::from(record))
             .await
