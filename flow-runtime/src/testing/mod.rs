@@ -17,3 +17,5 @@ pub mod cluster;
 mod postgres_server;
 #[cfg(feature = "postgres")]
 pub use postgres_server::{TestPostgres, TestPostgresError, postgres_binaries};
+
+pub mod fuzz;
