@@ -86,6 +86,7 @@ mod tests {
                     session,
                     from_initiator: true,
                     seq: 0,
+                    responder_version: Some(1),
                 };
                 assert_eq!(partition_of(&peer, &reply, 5), partition);
                 assert_eq!(partition_of(&peer, &ack, 5), partition);
@@ -108,6 +109,7 @@ mod tests {
                 session,
                 from_initiator: false,
                 seq: 4,
+                responder_version: None,
             };
             let p = partition_of(&peer, &data, 4);
             assert_eq!(partition_of(&peer, &ack, 4), p);
