@@ -12,9 +12,9 @@
 //! flow-ping-node --config alice.toml --check-upgrade
 //! ```
 //!
-//! Pings are started under client ids `ping-<peer>-<i>`, so a node killed
-//! and started again with the same arguments finds its flows instead of
-//! starting new ones.
+//! Pings are started under client ids `ping-<peer>-<i>`, all of them in
+//! one commit, so a node killed and started again with the same arguments
+//! finds its flows instead of starting new ones.
 //!
 //! Started with a config file, the node serves the admin API (see
 //! `flowctl`), where two flows are startable by name:
@@ -195,21 +195,24 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     }
 
     let began = Instant::now();
-    let mut handles = Vec::new();
+    // Every ping in one batch: one commit for all of them, however many
+    // (a start of its own per ping would be a durable commit each).
+    let mut batch = Vec::new();
     for (name, count) in &args.ping {
         let peer = map
             .by_name(name)
             .ok_or_else(|| format!("no party `{name}` in the network map"))?
             .party();
         for i in 0..*count {
-            let id = format!("ping-{name}-{i}");
-            let h = node
-                .start_flow_with_client_id(&id, ping(peer.clone(), args.rounds))
-                .await
-                .map_err(|e| e.to_string())?;
-            handles.push((id, h));
+            batch.push((format!("ping-{name}-{i}"), ping(peer.clone(), args.rounds)));
         }
     }
+    let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+    let started = node
+        .start_flows_with_client_ids(batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let handles: Vec<_> = ids.into_iter().zip(started).collect();
     println!("STARTED");
     let mut failed = false;
     for (id, h) in &handles {
