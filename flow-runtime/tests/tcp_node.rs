@@ -48,6 +48,14 @@ fn fast_tcp() -> TcpConfig {
 }
 
 async fn start(p: &mut Party2, map: &NetworkMap) -> Node {
+    start_with(p, map, |_| {}).await
+}
+
+async fn start_with(
+    p: &mut Party2,
+    map: &NetworkMap,
+    extra: impl FnOnce(&mut NodeBuilder),
+) -> Node {
     let key = SigningKey::from_bytes(&p.key.to_bytes());
     let mut b = NodeBuilder::new(key, &p.addr, &p.db, map.clone());
     if let Some(l) = p.listener.take() {
@@ -63,6 +71,7 @@ async fn start(p: &mut Party2, map: &NetworkMap) -> Node {
     b.redelivery_interval(Duration::from_millis(200));
     b.flow::<ping::Flow>();
     b.responder::<ping::Flow>(pong);
+    extra(&mut b);
     b.start().await.unwrap()
 }
 
@@ -88,6 +97,29 @@ async fn concurrent_pings_between_two_nodes() {
     }
     // Results stay readable.
     assert_eq!(alice.try_result(&handles[0]).await.unwrap(), Some(Ok(1225)));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+/// The driver's other way to commit on a runtime with several workers:
+/// handing the worker off (`block_in_place`) instead of blocking it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pings_with_the_worker_handed_off_during_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ps, map) = parties(dir.path(), &["Alice", "Bob"]);
+    let hand_off = |b: &mut NodeBuilder| {
+        b.hand_off_worker_during_commits(true);
+    };
+    let alice = start_with(&mut ps[0], &map, hand_off).await;
+    let bob = start_with(&mut ps[1], &map, hand_off).await;
+    let bob_party = bob.party().clone();
+    let flows = (0..8)
+        .map(|i| (format!("ping-{i}"), ping(bob_party.clone(), 50)))
+        .collect();
+    let handles = alice.start_flows_with_client_ids(flows).await.unwrap();
+    for h in &handles {
+        assert_eq!(within("ping", alice.result(h)).await, Ok(1225));
+    }
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }

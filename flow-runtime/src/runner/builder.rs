@@ -60,6 +60,7 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     redelivery: Duration,
     long_wait_check: Duration,
     defer_acks: bool,
+    hand_off_commits: Option<bool>,
     node_config: NodeConfig,
     /// The store `start` opens; an error from the configuration is
     /// reported by `start`.
@@ -275,6 +276,7 @@ impl<T: Transport> NodeBuilder<T> {
             redelivery: Duration::from_secs(1),
             long_wait_check: DEFAULT_LONG_WAIT_CHECK,
             defer_acks: true,
+            hand_off_commits: None,
             node_config: NodeConfig::default(),
             store: Ok(StoreChoice::Redb(RedbOptions::default())),
             registry: Registry::new(),
@@ -372,6 +374,26 @@ impl<T: Transport> NodeBuilder<T> {
     /// off only to measure what it saves.
     pub fn defer_ack_commits(&mut self, defer: bool) -> &mut Self {
         self.defer_acks = defer;
+        self
+    }
+
+    /// Whether, on a multi-threaded tokio runtime, the driver hands its
+    /// worker thread to the runtime while a commit waits for the disk
+    /// (`tokio::task::block_in_place`: `true`) or blocks the worker for the
+    /// commit (`false`). By default it hands off only on a runtime with a
+    /// single worker; a current-thread runtime always blocks.
+    ///
+    /// Why: handing off lets the node's other tasks (connections, the admin
+    /// API) run during the fsync, but tokio then moves the runtime to
+    /// another thread, so every commit wakes a thread to take over and the
+    /// frames it releases are written by a thread that has to be woken
+    /// first: about five context switches per commit instead of one, and
+    /// more CPU per step. With two or more workers the other workers serve
+    /// the connections while one blocks, so blocking costs nothing there;
+    /// with one worker, blocking would stop every connection for the
+    /// length of each commit.
+    pub fn hand_off_worker_during_commits(&mut self, hand_off: bool) -> &mut Self {
+        self.hand_off_commits = Some(hand_off);
         self
     }
 
@@ -564,8 +586,7 @@ impl<T: Transport> NodeBuilder<T> {
             },
             stopping: stopping.clone(),
             metrics: metrics.driver(),
-            multi_thread: tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread,
+            hand_off_commits: hand_off_commits(self.hand_off_commits),
         };
         let results: Arc<dyn ResultSource> = Arc::new(NodeResults {
             commands: commands.downgrade(),
@@ -603,5 +624,47 @@ impl<T: Transport> NodeBuilder<T> {
             }
         }
         Ok(node)
+    }
+}
+
+/// Whether the driver runs its commits inside `block_in_place` (see
+/// [`NodeBuilder::hand_off_worker_during_commits`]): never on a
+/// current-thread runtime; by default only on a runtime with one worker.
+fn hand_off_commits(chosen: Option<bool>) -> bool {
+    let runtime = tokio::runtime::Handle::current();
+    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return false;
+    }
+    chosen.unwrap_or_else(|| runtime.metrics().num_workers() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hand_off_commits;
+
+    fn on_runtime(workers: Option<usize>, f: impl FnOnce() -> bool + Send) -> bool {
+        let runtime = match workers {
+            None => tokio::runtime::Builder::new_current_thread().build(),
+            Some(n) => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .build(),
+        }
+        .expect("a runtime");
+        runtime.block_on(async { f() })
+    }
+
+    #[test]
+    fn commits_hand_off_the_worker_only_on_a_one_worker_runtime_by_default() {
+        assert!(on_runtime(Some(1), || hand_off_commits(None)));
+        assert!(!on_runtime(Some(2), || hand_off_commits(None)));
+        assert!(!on_runtime(None, || hand_off_commits(None)));
+    }
+
+    #[test]
+    fn the_builder_setting_wins_except_on_a_current_thread_runtime() {
+        assert!(on_runtime(Some(2), || hand_off_commits(Some(true))));
+        assert!(!on_runtime(Some(1), || hand_off_commits(Some(false))));
+        // block_in_place panics on a current-thread runtime: never there.
+        assert!(!on_runtime(None, || hand_off_commits(Some(true))));
     }
 }

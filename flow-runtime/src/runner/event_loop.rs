@@ -30,8 +30,11 @@
 //!   suspended flows keeps committing steps during its seconds-long scan;
 //!   the operator's [`Node::dump_json`] runs the same way.
 //!
-//! Commits block for an fsync, so on a multi-threaded runtime they run
-//! inside `block_in_place`, letting the transport's tasks run meanwhile.
+//! Commits block for an fsync. On a multi-threaded runtime with one worker
+//! they run inside `block_in_place`, letting the transport's tasks run
+//! meanwhile; with more workers they block the driver's worker, and the
+//! others serve the transport (see
+//! [`NodeBuilder::hand_off_worker_during_commits`](super::NodeBuilder::hand_off_worker_during_commits)).
 //! Frames a commit releases are queued on the transport without waiting:
 //! if a peer's queue is full, the frame stays in the durable outbox and the
 //! next redelivery sends it. The driver never waits on a slow peer.
@@ -104,7 +107,9 @@ pub(super) struct EventLoop<T> {
     pub(super) stopping: Arc<AtomicBool>,
     /// Redelivered and refused frames.
     pub(super) metrics: super::admin::metrics::DriverMetrics,
-    pub(super) multi_thread: bool,
+    /// Commits run inside `block_in_place` (see
+    /// [`NodeBuilder::hand_off_worker_during_commits`](super::NodeBuilder::hand_off_worker_during_commits)).
+    pub(super) hand_off_commits: bool,
 }
 
 /// The long-wait check's default interval.
@@ -222,7 +227,7 @@ impl<T: Transport> EventLoop<T> {
     /// while it blocks on the database.
     fn blocking<R>(&mut self, f: impl FnOnce(&mut NodeCore) -> R) -> R {
         let core = &mut *self.core;
-        if self.multi_thread {
+        if self.hand_off_commits {
             tokio::task::block_in_place(|| f(core))
         } else {
             f(core)
