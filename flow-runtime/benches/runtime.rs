@@ -17,6 +17,8 @@
 //!   (responders waiting for a message) and is killed with SIGKILL; a second
 //!   child reopens the node, processes one message for one of them, and
 //!   reports the time from start to that step's commit and its RSS.
+//!   `FLOW_BENCH_QUICK_REPAIR=0` does the same without quick repair (the
+//!   reopening then runs redb's full repair).
 //! * the node records its metrics into a Prometheus registry, as the
 //!   runner's nodes do; `FLOW_BENCH_METRICS=0` turns that off.
 //! * `FLOW_BENCH_BATCHES=1,1000` picks the group-commit batch sizes,
@@ -396,6 +398,7 @@ fn child_load(path: &std::path::Path, n: u64) {
     let t = Instant::now();
     let load = RedbOptions {
         durable: false,
+        quick_repair: quick_repair_from_env(),
         ..RedbOptions::default()
     };
     let (mut core, store) = echo_node(path, load);
@@ -420,7 +423,8 @@ fn child_load(path: &std::path::Path, n: u64) {
         core.deliver(Timestamp(1), frames).expect("deliver inits");
         next = last + 1;
     }
-    // One durable commit (with quick repair) makes all of it crash-safe.
+    // One durable commit (with quick repair unless turned off) makes all
+    // of it crash-safe.
     store.sync().expect("sync");
     let in_flight = core.flows_in_flight().expect("count");
     println!(
@@ -435,11 +439,22 @@ fn child_load(path: &std::path::Path, n: u64) {
     }
 }
 
+/// `FLOW_BENCH_QUICK_REPAIR=0`: the loaded database's last durable commit
+/// is made without quick repair, so reopening after the kill runs redb's
+/// full repair (the other side of the trade-off in docs/performance.md).
+fn quick_repair_from_env() -> bool {
+    std::env::var("FLOW_BENCH_QUICK_REPAIR").as_deref() != Ok("0")
+}
+
 /// Child process 2: reopens the crashed node and processes one message for
 /// one of the suspended flows.
 fn child_restart(path: &std::path::Path, n: u64) {
     let t = Instant::now();
-    let (mut core, _store) = echo_node(path, RedbOptions::default());
+    let options = RedbOptions {
+        quick_repair: quick_repair_from_env(),
+        ..RedbOptions::default()
+    };
+    let (mut core, _store) = echo_node(path, options);
     let opened = t.elapsed();
     let target = n / 2 + 1;
     let payload = Payload::encode(&41u32).expect("encode");
