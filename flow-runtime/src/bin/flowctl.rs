@@ -121,10 +121,14 @@ enum FlowsCommand {
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
     },
-    /// A flow's current progress.
+    /// A flow's current progress; with --follow, each change as it
+    /// happens, then its result.
     Progress {
         /// The run id (hex).
         run: String,
+        /// Stream the changes until the flow ends (exit code as `wait`).
+        #[arg(long)]
+        follow: bool,
     },
     /// End a flow (its counterparties are told).
     Kill {
@@ -371,7 +375,8 @@ fn flows(args: &Args, command: &FlowsCommand) -> Result<u8, Failure> {
             wait_for(args, &run, *timeout)
         }
         FlowsCommand::Wait { run, timeout } => wait_for(args, run, *timeout),
-        FlowsCommand::Progress { run } => {
+        FlowsCommand::Progress { run, follow: true } => follow(args, run),
+        FlowsCommand::Progress { run, follow: false } => {
             let p = client(args, Duration::ZERO)?
                 .get(&format!("/api/v1/flows/{}/progress", segment(run)))?;
             if args.json {
@@ -404,6 +409,53 @@ fn flows(args: &Args, command: &FlowsCommand) -> Result<u8, Failure> {
     }
 }
 
+/// Prints a flow's progress as it changes (the API's event stream), then
+/// its outcome.
+fn follow(args: &Args, run: &str) -> Result<u8, Failure> {
+    let events = client(args, Duration::ZERO)?.events(&format!(
+        "/api/v1/flows/{}/progress?follow=true",
+        segment(run)
+    ))?;
+    for event in events {
+        let event = event?;
+        if args.json {
+            println!("{}", json!({ "event": event.event, "data": event.data }));
+        }
+        match event.event.as_str() {
+            "progress" if !args.json => println!("{}", join_path(&event.data["progress"])),
+            "finished" => {
+                let ok = event.data["outcome"] == "ok";
+                if !args.json {
+                    print_outcome(&event.data);
+                }
+                return Ok(if ok { 0 } else { 1 });
+            }
+            "error" => {
+                return Err(Failure {
+                    code: 6,
+                    message: text(&event.data["error"]),
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(Failure {
+        code: 6,
+        message: format!("the node closed the progress stream of {run} before it ended (stopped?)"),
+    })
+}
+
+fn print_outcome(answer: &Value) {
+    if answer["outcome"] == "ok" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer["output"]).unwrap_or_default()
+        );
+    } else {
+        println!("flow failed: {}", text(&answer["error"]));
+    }
+}
+
 /// Long-polls the result in rounds of up to 30 s until it is there or
 /// `timeout` seconds have passed.
 fn wait_for(args: &Args, run: &str, timeout: Option<u64>) -> Result<u8, Failure> {
@@ -421,13 +473,8 @@ fn wait_for(args: &Args, run: &str, timeout: Option<u64>) -> Result<u8, Failure>
             let ok = answer["outcome"] == "ok";
             if args.json {
                 println!("{answer}");
-            } else if ok {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&answer["output"]).unwrap_or_default()
-                );
             } else {
-                println!("flow failed: {}", text(&answer["error"]));
+                print_outcome(&answer);
             }
             return Ok(if ok { 0 } else { 1 });
         }

@@ -7,7 +7,9 @@ use super::admin::{self, AdminSettings, NodeMetrics, Startable};
 use super::config::LoadedConfig;
 use super::config::StoreChoice;
 use super::event_loop::Observers;
-use super::event_loop::{DEFAULT_LONG_WAIT_CHECK, EventLoop, LongWaitCheck, now};
+use super::event_loop::{
+    DEFAULT_LONG_WAIT_CHECK, EventLoop, FLOW_EVENTS_CAPACITY, LongWaitCheck, now,
+};
 use super::handle::{Node, NodeResults};
 use crate::handle::ResultSource;
 use crate::node::OsIds;
@@ -24,7 +26,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
 
 type Installer = Arc<dyn Fn(&mut Services) + Send + Sync>;
@@ -563,6 +565,7 @@ impl<T: Transport> NodeBuilder<T> {
 
         let (commands, command_rx) = mpsc::channel(256);
         let observers: Observers = Arc::default();
+        let (flow_events, _) = broadcast::channel(FLOW_EVENTS_CAPACITY);
         let stopping = Arc::new(AtomicBool::new(false));
         let driver = EventLoop {
             core: Box::new(core),
@@ -572,6 +575,7 @@ impl<T: Transport> NodeBuilder<T> {
             events_open: true,
             commands: command_rx,
             observers: observers.clone(),
+            flow_events: flow_events.clone(),
             waiters: HashMap::new(),
             loopback: VecDeque::new(),
             redelivery: self.redelivery,
@@ -598,6 +602,7 @@ impl<T: Transport> NodeBuilder<T> {
             commands,
             results,
             observers,
+            flow_events,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             stopping,
             database: self.database,

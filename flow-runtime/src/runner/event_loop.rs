@@ -55,6 +55,34 @@ use tracing::{debug, error, info, warn};
 
 /// Progress streams of the runs a handle was asked about, shared with the event loop.
 pub(super) type Observers = Arc<Mutex<HashMap<RunId, ProgressStream>>>;
+
+/// Something a committed batch did to a flow, for subscribers that follow
+/// every flow of the node at once (the admin API's event streams and its
+/// batch result wait). Sent only while someone subscribes, so a node
+/// nobody watches pays nothing for it.
+#[derive(Debug, Clone)]
+pub(crate) enum FlowEvent {
+    /// The flow's progress path changed (committed).
+    Progress {
+        /// The run.
+        run: RunId,
+        /// Its new path, outermost step first.
+        path: Vec<String>,
+    },
+    /// The flow ended (committed); responders too.
+    Finished {
+        /// The run.
+        run: RunId,
+        /// Its `Flow::NAME`.
+        flow: String,
+        /// Its outcome, the output in MessagePack.
+        result: RawResult,
+    },
+}
+
+/// How many events a subscriber may fall behind before it misses some
+/// (and is told so: `RecvError::Lagged`).
+pub(crate) const FLOW_EVENTS_CAPACITY: usize = 16 * 1024;
 pub(super) type Job = Box<dyn FnOnce(&mut NodeCore, Timestamp) -> Option<Output> + Send>;
 
 pub(super) enum Command {
@@ -90,6 +118,8 @@ pub(super) struct EventLoop<T> {
     pub(super) events_open: bool,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) observers: Observers,
+    /// Every flow's progress and end, for subscribers ([`FlowEvent`]).
+    pub(super) flow_events: broadcast::Sender<Arc<FlowEvent>>,
     pub(super) waiters: HashMap<RunId, Vec<oneshot::Sender<RawResult>>>,
     /// Frames the node addressed to itself (a flow talking to its own
     /// node), delivered in the next batch.
@@ -329,6 +359,9 @@ impl<T: Transport> EventLoop<T> {
     fn release(&mut self, out: Output) {
         self.delivery.released(out.frames);
         self.transmit();
+        if self.flow_events.receiver_count() > 0 {
+            self.publish(&out.progress, &out.finished);
+        }
         for (run, _flow, result) in out.finished {
             for waiter in self.waiters.remove(&run).unwrap_or_default() {
                 let _ = waiter.send(result.clone());
@@ -342,6 +375,24 @@ impl<T: Transport> EventLoop<T> {
             for (run, path) in out.progress {
                 observers.entry(run).or_default().push(path);
             }
+        }
+    }
+
+    /// Tells the subscribers what `out` did to flows: progress first, then
+    /// ends (a flow's last progress update comes before its end).
+    fn publish(&self, progress: &[(RunId, Vec<String>)], finished: &[(RunId, String, RawResult)]) {
+        for (run, path) in progress {
+            let _ = self.flow_events.send(Arc::new(FlowEvent::Progress {
+                run: *run,
+                path: path.clone(),
+            }));
+        }
+        for (run, flow, result) in finished {
+            let _ = self.flow_events.send(Arc::new(FlowEvent::Finished {
+                run: *run,
+                flow: flow.clone(),
+                result: result.clone(),
+            }));
         }
     }
 

@@ -3,7 +3,7 @@
 //! awaits its answer, so handles on any task drive one node.
 use super::RunnerError;
 use super::admin::{self, AdminServer};
-use super::event_loop::{Command, Job, Observers, in_current_dispatch, now};
+use super::event_loop::{Command, FlowEvent, Job, Observers, in_current_dispatch, now};
 use crate::handle::{RawResult, RawResultFuture, ResultSource, decode_output};
 use crate::node::{NodeError, OperatorView, Output};
 use crate::registry::NewFlow;
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
 /// The driver task, taken by the first `shutdown`.
@@ -70,6 +70,8 @@ pub struct Node<T: Transport = TcpTransport> {
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) results: Arc<dyn ResultSource>,
     pub(super) observers: Observers,
+    /// Every flow's progress and end, while someone subscribes.
+    pub(super) flow_events: broadcast::Sender<Arc<FlowEvent>>,
     pub(super) task: DriverTask,
     /// Set when the driver stops: operator scans still reading end early.
     pub(super) stopping: Arc<AtomicBool>,
@@ -87,6 +89,7 @@ impl<T: Transport> Clone for Node<T> {
             commands: self.commands.clone(),
             results: self.results.clone(),
             observers: self.observers.clone(),
+            flow_events: self.flow_events.clone(),
             task: self.task.clone(),
             stopping: self.stopping.clone(),
             database: self.database.clone(),
@@ -131,6 +134,12 @@ impl<T: Transport> Node<T> {
     /// failed commit).
     pub(crate) fn is_stopped(&self) -> bool {
         self.commands.is_closed()
+    }
+
+    /// Every flow's committed progress changes and ends from now on (the
+    /// admin API's event streams and batch result wait).
+    pub(crate) fn flow_events(&self) -> broadcast::Receiver<Arc<FlowEvent>> {
+        self.flow_events.subscribe()
     }
 
     /// Waits for `run`'s raw result (the admin API's wait).

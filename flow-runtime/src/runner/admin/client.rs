@@ -7,6 +7,7 @@
 //! loopback or behind a proxy). Async callers run it on a blocking thread.
 
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::time::Duration;
 
@@ -135,6 +136,36 @@ impl AdminClient {
         Self::json(&url, answer)
     }
 
+    /// `GET path` as a stream of Server-Sent Events (`/api/v1/events`,
+    /// `/api/v1/flows/{run}/progress?follow=true`): an error status is
+    /// returned at once; then each event is read as it arrives, blocking,
+    /// with no time limit (the node sends a keep-alive comment every 15 s).
+    pub fn events(&self, path: &str) -> Result<EventStream, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let answer = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Accept", "text/event-stream")
+            .config()
+            .timeout_global(None)
+            .build()
+            .call();
+        let response = answer.map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let status = response.status().as_u16();
+        if status >= 400 {
+            let (_, text) = Self::read(&url, Ok(response))?;
+            return Err(Self::status_error(status, &text));
+        }
+        Ok(EventStream {
+            url,
+            lines: BufReader::new(response.into_body().into_reader()),
+        })
+    }
+
     fn read(
         url: &str,
         answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
@@ -176,5 +207,113 @@ impl AdminClient {
             url: url.to_owned(),
             message: format!("not JSON: {e}"),
         })
+    }
+}
+
+/// One Server-Sent Event of the API: its `event:` name and its `data:` as
+/// JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerEvent {
+    /// `progress`, `finished`, `lagged`, `error`.
+    pub event: String,
+    /// The event's JSON.
+    pub data: Value,
+}
+
+/// The longest line of an event stream read (a progress path or an error
+/// message is far shorter; a longer line means a broken or hostile server).
+const MAX_EVENT_LINE: u64 = 1 << 20;
+
+/// The events of a stream opened by [`AdminClient::events`], read as they
+/// arrive. Ends (`None`) when the node closes the stream.
+pub struct EventStream {
+    url: String,
+    lines: BufReader<ureq::BodyReader<'static>>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    fn bad(&self, message: impl Into<String>) -> ClientError {
+        ClientError::BadAnswer {
+            url: self.url.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The next line without its end, `None` at the end of the stream.
+    fn line(&mut self) -> Result<Option<String>, ClientError> {
+        let mut buf = Vec::new();
+        let read = (&mut self.lines)
+            .take(MAX_EVENT_LINE + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| ClientError::Unreachable {
+                url: self.url.clone(),
+                message: e.to_string(),
+            })?;
+        if read == 0 {
+            return Ok(None);
+        }
+        if buf.last() != Some(&b'\n') && buf.len() as u64 > MAX_EVENT_LINE {
+            return Err(self.bad("an event line is longer than 1 MiB"));
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        String::from_utf8(buf)
+            .map(Some)
+            .map_err(|_| self.bad("an event line is not UTF-8"))
+    }
+}
+
+impl Iterator for EventStream {
+    type Item = Result<ServerEvent, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut event = String::new();
+        let mut data = String::new();
+        loop {
+            let line = match self.line() {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            };
+            if line.is_empty() {
+                if data.is_empty() {
+                    continue; // after a comment, or a stray blank line
+                }
+                let parsed = serde_json::from_str(&data)
+                    .map_err(|e| self.bad(format!("an event's data is not JSON: {e}")));
+                return Some(parsed.map(|data| ServerEvent {
+                    event: if event.is_empty() {
+                        "message".to_owned()
+                    } else {
+                        std::mem::take(&mut event)
+                    },
+                    data,
+                }));
+            }
+            if line.starts_with(':') {
+                continue; // a keep-alive comment
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => event = value.to_owned(),
+                "data" => {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                }
+                _ => {} // id, retry: not used by this API
+            }
+        }
     }
 }

@@ -27,6 +27,7 @@ mod dashboard;
 pub mod metrics;
 mod routes;
 pub mod startable;
+mod streams;
 
 pub use auth::{Caller, Role, UserSection, Users};
 pub use metrics::NodeMetrics;

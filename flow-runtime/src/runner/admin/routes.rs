@@ -6,7 +6,9 @@ use super::auth::{Caller, Role, Users};
 use super::dashboard::{self, Sessions};
 use super::metrics::NodeMetrics;
 use super::startable::Startable;
+use super::streams;
 use super::{AdminError, AdminServer, AdminSettings, ApiError, Json};
+use crate::handle::RawResult;
 use crate::node::{CheckpointDump, NodeError};
 use crate::runner::Node;
 use crate::transport::{Transport, TransportEvent};
@@ -57,6 +59,9 @@ pub(super) struct Admin<T: Transport> {
     run_names: Mutex<HashMap<RunId, String>>,
     /// The dashboard's logged-in browsers.
     pub(super) sessions: Sessions,
+    /// Turns `true` when the server stops: open event streams end then, so
+    /// that they do not hold up the node's shutdown.
+    pub(super) stopped: watch::Receiver<bool>,
 }
 
 pub(super) type Shared<T> = Arc<Admin<T>>;
@@ -104,6 +109,7 @@ pub(crate) async fn serve<T: Transport>(
         max_body: settings.max_body_bytes,
         run_names: Mutex::default(),
         sessions: Sessions::default(),
+        stopped: stopped.clone(),
     });
     tokio::spawn(watch_links(admin.clone(), stopped.clone()));
     tokio::spawn(upkeep(admin.metrics.clone(), stopped.clone()));
@@ -133,6 +139,8 @@ fn router<T: Transport>(admin: Shared<T>, max_body: usize) -> Router {
         .route("/api/v1/startable", get(startable::<T>))
         .route("/api/v1/flows", get(list::<T>).post(start::<T>))
         .route("/api/v1/flows/batch", post(start_batch::<T>))
+        .route("/api/v1/flows/results", post(streams::results::<T>))
+        .route("/api/v1/events", get(streams::events::<T>))
         .route("/api/v1/flows/{run}", get(show::<T>))
         .route("/api/v1/flows/{run}/result", get(result::<T>))
         .route("/api/v1/flows/{run}/progress", get(progress::<T>))
@@ -238,7 +246,7 @@ async fn unknown_route(request: Request) -> ApiError {
     ))
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 pub(super) fn node_error(e: NodeError) -> ApiError {
     match e {
@@ -262,7 +270,7 @@ pub(super) fn parse_run(text: &str) -> Result<RunId, ApiError> {
     })
 }
 
-fn body_json<B: serde::de::DeserializeOwned>(
+pub(super) fn body_json<B: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<B, ApiError> {
     let body = body.map_err(|r| ApiError {
@@ -274,7 +282,7 @@ fn body_json<B: serde::de::DeserializeOwned>(
     })
 }
 
-fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
+pub(super) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|r| ApiError::bad_request(format!("bad query parameters: {}", r.body_text())))
 }
@@ -287,7 +295,7 @@ pub(super) fn now() -> Timestamp {
 }
 
 impl<T: Transport> Admin<T> {
-    fn remember(&self, run: RunId, flow: &str) {
+    pub(super) fn remember(&self, run: RunId, flow: &str) {
         let mut names = self
             .run_names
             .lock()
@@ -339,37 +347,79 @@ impl<T: Transport> Admin<T> {
         }
     }
 
-    async fn outcome_json(&self, run: RunId, result: Result<Vec<u8>, crate::FlowError>) -> Value {
-        match result {
-            Err(e) => json!({
-                "run_id": run.to_string(), "finished": true, "outcome": "error",
-                "error": e.to_string(),
-            }),
-            Ok(bytes) => {
-                let flow = self.remembered(run);
-                let typed = match &flow {
-                    Some(name) => {
-                        let name = name.clone();
-                        let b = bytes.clone();
-                        self.node
-                            .operator_scan(move |view, _| Ok(view.output_json(&name, &b)))
-                            .await
-                            .ok()
-                            .flatten()
-                            .and_then(Result::ok)
-                    }
-                    None => None,
-                };
-                // Untyped: MessagePack read as self-describing data (structs
-                // show as arrays of their fields).
-                let output = typed
-                    .or_else(|| rmp_serde::from_slice::<Value>(&bytes).ok())
-                    .unwrap_or_else(|| json!({ "msgpack_hex": hex::encode(&bytes) }));
-                json!({
-                    "run_id": run.to_string(), "finished": true, "outcome": "ok",
-                    "flow": flow, "output": output,
+    pub(super) async fn outcome_json(
+        &self,
+        run: RunId,
+        result: Result<Vec<u8>, crate::FlowError>,
+    ) -> Value {
+        self.outcomes_json(vec![(run, result)])
+            .await
+            .pop()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Finished runs' outcomes as the API shows them, in the order given.
+    /// Outputs are decoded as their flows' own types (one read of the
+    /// registry on a blocking thread for all of them) where the flow of the
+    /// run is known.
+    pub(super) async fn outcomes_json(&self, outcomes: Vec<(RunId, RawResult)>) -> Vec<Value> {
+        let named: Vec<(RunId, Option<String>, RawResult)> = outcomes
+            .into_iter()
+            .map(|(run, result)| (run, self.remembered(run), result))
+            .collect();
+        let wanted: Vec<(usize, String, Vec<u8>)> = named
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, flow, result))| {
+                Some((i, flow.clone()?, result.as_ref().ok()?.clone()))
+            })
+            .collect();
+        let mut typed: HashMap<usize, Value> = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            self.node
+                .operator_scan(move |view, _| {
+                    Ok(wanted
+                        .into_iter()
+                        .filter_map(|(i, name, bytes)| {
+                            Some((i, view.output_json(&name, &bytes)?.ok()?))
+                        })
+                        .collect())
                 })
-            }
+                .await
+                .unwrap_or_default()
+        };
+        named
+            .into_iter()
+            .enumerate()
+            .map(|(i, (run, flow, result))| render_outcome(run, flow, result, typed.remove(&i)))
+            .collect()
+    }
+}
+
+/// A finished run's outcome as the API shows it; `typed` is its output
+/// decoded as its flow's own type, if that was possible.
+fn render_outcome(
+    run: RunId,
+    flow: Option<String>,
+    result: Result<Vec<u8>, crate::FlowError>,
+    typed: Option<Value>,
+) -> Value {
+    match result {
+        Err(e) => json!({
+            "run_id": run.to_string(), "finished": true, "outcome": "error",
+            "flow": flow, "error": e.to_string(),
+        }),
+        Ok(bytes) => {
+            // Untyped: MessagePack read as self-describing data (structs
+            // show as arrays of their fields).
+            let output = typed
+                .or_else(|| rmp_serde::from_slice::<Value>(&bytes).ok())
+                .unwrap_or_else(|| json!({ "msgpack_hex": hex::encode(&bytes) }));
+            json!({
+                "run_id": run.to_string(), "finished": true, "outcome": "ok",
+                "flow": flow, "output": output,
+            })
         }
     }
 }
@@ -817,11 +867,21 @@ async fn result<T: Transport>(
     Ok(Json(json!({ "run_id": run.to_string(), "finished": false })).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgressQuery {
+    follow: Option<bool>,
+}
+
 async fn progress<T: Transport>(
     State(admin): State<Shared<T>>,
     Path(run): Path<String>,
+    q: Result<Query<ProgressQuery>, QueryRejection>,
 ) -> ApiResult {
     let run = parse_run(&run)?;
+    if query(q)?.follow == Some(true) {
+        return streams::follow(admin, run).await;
+    }
     if let Some((dump, _)) = admin.show(run).await? {
         return Ok(Json(json!({
             "run_id": run.to_string(), "finished": false, "progress": dump.progress,
