@@ -154,7 +154,7 @@ fn print_summary(summary: &DemoSummary, in_process: bool) {
     println!("trades/s                {:.0}", summary.trades_per_second());
     if let Some(start) = summary.start_phase {
         println!(
-            "  of which starting     {:.3} s (the seller commits up to 1,000 trade starts at once)",
+            "  of which starting     {:.3} s (batch starts through the seller's admin API, 500 trades a commit)",
             start.as_secs_f64()
         );
     }

@@ -12,18 +12,19 @@
 //! * [`run_multi_process`] ([`multi_process`]): each node is a separate OS
 //!   process (the runner's tokio node over the Noise-encrypted TCP
 //!   transport, each on its own redb file). The orchestrator drives the
-//!   nodes through the small line protocol of [`protocol`], spoken by the
-//!   node processes of [`node_process`], and kills the buyer with SIGKILL
-//!   mid-run. This is the real thing.
+//!   node processes of [`node_process`] through their admin API, as any
+//!   client would (the flows it starts by name, and their arguments, are in
+//!   [`api`]), and kills the buyer with SIGKILL mid-run. This is the real
+//!   thing.
 //!
 //! This module holds what both share: configuration, progress snapshots,
 //! the summary and its verdict, the double-spend probe and the
 //! reconciliation.
 
+pub mod api;
 pub mod in_process;
 pub mod multi_process;
 pub mod node_process;
-pub mod protocol;
 
 pub use in_process::run_in_process;
 pub use multi_process::{MultiProcessConfig, run_multi_process};

@@ -1,60 +1,73 @@
 //! The demo across three OS processes: the orchestrator (this code) writes
 //! keys, a network map and one configuration per node into a directory,
-//! starts the notary, the seller and the buyer as child processes (the same
+//! starts the notary, the buyer and the seller as child processes (the same
 //! executable's hidden `node` subcommand, see [`node_process`](super::node_process)),
-//! and drives them through the [`protocol`](super::protocol) on their stdin/stdout:
+//! and drives them through each node's admin API, as any client or operator
+//! would: it starts flows by name with JSON arguments (in batches), waits
+//! for their results, follows the seller's trades on its event stream and
+//! reads each node's status. The flows and their arguments are in
+//! [`api`](super::api).
 //!
-//! 1. the notary reports its ledger identity, written to
-//!    `notary-identity.json` for the buyer (which checks every trade names
-//!    it); the buyer, the demo's bank, reports its own, written to
-//!    `trusted-issuers.json` for the seller (which accepts only that
-//!    issuer's cash);
+//! 1. the notary is started and asked for its ledger identity (the
+//!    `ledger_identity` flow), written to `notary-identity.json` for the
+//!    buyer (which checks every trade names it); the buyer, the demo's bank,
+//!    is started next and asked for its own, written to
+//!    `trusted-issuers.json` for the seller, started last with `--trust`
+//!    (it accepts only that issuer's cash);
 //! 2. the buyer issues one coin per trade, the seller one paper per trade;
 //! 3. the seller starts the trades (every one at once, or in two halves
-//!    with a crash) and streams each trade's progress step and outcome back;
+//!    with a crash); their progress comes from the seller's event stream
+//!    (`GET /api/v1/events`), their outcomes from batch result requests
+//!    (`POST /api/v1/flows/results`);
 //! 4. once the first half has settled, the buyer is killed with SIGKILL
 //!    while it holds trades of the second half, and started again on its
 //!    database — its flows continue from their checkpoints, the seller
 //!    re-sends what the buyer had not acknowledged (the schedule is explained at `CrashSchedule`);
 //! 5. the buyer tries to spend a coin a settled trade consumed: the notary
 //!    must refuse;
-//! 6. every vault is reported and reconciled, and every node is stopped.
+//! 6. every vault is reported and reconciled, and every node is stopped
+//!    with SIGTERM.
 //!
 //! ```text
 //! DIR/network.toml                      the network map (all three nodes)
-//! DIR/{notary,seller,buyer}.toml        node configuration
+//! DIR/{notary,seller,buyer}.toml        node configuration, admin API address included
 //! DIR/{notary,seller,buyer}.key         identity key (mode 0600)
 //! DIR/{notary,seller,buyer}.redb        the node's database: checkpoints, vault, notary index
+//! DIR/{notary,seller,buyer}.redb.admin-token  the admin API's token (mode 0600)
+//! DIR/{notary,seller,buyer}.redb.admin-url    the admin API's URL
 //! DIR/{notary,seller,buyer}.log         the node's log (stderr), appended across restarts
 //! DIR/notary-identity.json              the notary's ledger identity, read by the buyer
 //! DIR/trusted-issuers.json              the cash issuers the seller accepts (the buyer)
 //! ```
 //!
-//! No child can outlive the orchestrator: every child is killed when its
-//! handle is dropped (any error, Ctrl-C, SIGTERM, a timeout), and a child
-//! whose stdin closes (the orchestrator died, even by SIGKILL) stops
+//! No child can outlive the orchestrator: every child is killed when the
+//! orchestrator gives up (any error, Ctrl-C, SIGTERM, a timeout), and a
+//! child whose stdin closes (the orchestrator died, even by SIGKILL) stops
 //! itself.
 
-use super::protocol::{
-    Command, Event, Reply, Request, Role, Settled, TradeOrder, decode_event, encode,
+use super::api::{
+    DOUBLE_SPEND, DoubleSpendArgs, ISSUE_CASH, ISSUE_PAPER, IssueCashArgs, IssuePaperArgs,
+    LEDGER_IDENTITY, Role, SELL, SellArgs, TRUST_CLIENT_ID, VAULT_REPORT,
 };
 use super::{DemoConfig, DemoProgress, DemoSummary, reconcile};
 use crate::flows::Notary;
 use crate::flows::report::VaultReport;
-use crate::ledger::{Amount, Currency, StateRef};
+use crate::ledger::{Amount, Currency, SignedTransaction, StateRef};
+use flow_runtime::runner::admin::client::{AdminClient, ClientError, read_token_file};
 use flow_runtime::runner::{self, keys};
 use flow_runtime::tcp::{NetworkMap, PeerEntry};
-use flow_runtime::{Party, Timestamp};
+use flow_runtime::{Party, ProgressTracker, Timestamp};
 use rustix::process::{Pid, Signal, kill_process};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout};
-use tokio::sync::mpsc;
+use tokio::process::ChildStdin;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The file the notary's identity is written to, for the buyer.
 pub const NOTARY_IDENTITY_FILE: &str = "notary-identity.json";
@@ -63,11 +76,31 @@ pub const NOTARY_IDENTITY_FILE: &str = "notary-identity.json";
 /// are written to.
 pub const TRUSTED_ISSUERS_FILE: &str = "trusted-issuers.json";
 
-/// How long a node may take to stop after being asked before it is killed.
+/// How long a node may take to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the progress display is refreshed at most.
 const DRAW_EVERY: Duration = Duration::from_millis(100);
+
+/// How often a starting node's admin port is tried.
+const UP_POLL: Duration = Duration::from_millis(20);
+
+/// Flows started per batch request (`POST /api/v1/flows/batch`), each
+/// batch ONE commit on the node: a trade's start request is about 1.3 KB of
+/// JSON, so 500 stay well within the API's default 1 MiB body limit.
+const START_CHUNK: usize = 500;
+
+/// How long one round of result collection waits on the node for the
+/// trades still pending; each round answers what finished meanwhile (and
+/// returns early once all have).
+const RESULTS_ROUND_S: f64 = 0.2;
+
+/// Longest wait of one result request (a request is repeated until the
+/// flow has finished or the demo's deadline passes).
+const LONG_WAIT_S: f64 = 30.0;
+
+/// Each API request may take this long beyond its own wait.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The seller's progress label once it has signed the buyer's proposal and
 /// waits for the notarised transaction (set by
@@ -168,189 +201,253 @@ async fn run(
             temp.path().to_owned()
         }
     };
-    let parties = write_node_files(&dir)?;
-    let mut cluster = Cluster::new(&dir, config)?;
-    let result = demo(&mut cluster, config, &parties, observe).await;
+    let nodes = write_node_files(&dir)?;
+    let mut cluster = Cluster::new(&dir, config, nodes);
+    let result = demo(&mut cluster, config, observe).await;
     if result.is_err() {
         cluster.kill_all().await;
     }
     result
 }
 
+/// The trades of the run: which run is which trade, where each is, how
+/// each ended.
+#[derive(Default)]
+struct Trades {
+    /// Trade number by the seller's run id.
+    by_run: HashMap<String, u32>,
+    /// Run id by trade number.
+    runs: BTreeMap<u32, String>,
+    /// Current step of each trade in flight.
+    steps: HashMap<u32, String>,
+    /// Outcome of each ended trade (`Err`: the flow's error).
+    done: BTreeMap<u32, Result<(), String>>,
+}
+
+impl Trades {
+    fn add(&mut self, started: impl IntoIterator<Item = (u32, String)>) {
+        for (trade, run) in started {
+            self.by_run.insert(run.clone(), trade);
+            self.runs.insert(trade, run);
+        }
+    }
+
+    /// Run ids of the trades started and not ended.
+    fn pending(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter(|(trade, _)| !self.done.contains_key(trade))
+            .map(|(_, run)| run.clone())
+            .collect()
+    }
+
+    fn absorb(&mut self, incoming: Incoming) -> Result<(), String> {
+        match incoming {
+            Incoming::Progress { run, step } => {
+                if let Some(trade) = self.by_run.get(&run)
+                    && !self.done.contains_key(trade)
+                    && step != ProgressTracker::DONE
+                {
+                    self.steps.insert(*trade, step);
+                }
+            }
+            Incoming::Finished(ended) => {
+                for (run, outcome) in ended {
+                    if let Some(trade) = self.by_run.get(&run) {
+                        self.steps.remove(trade);
+                        self.done.insert(*trade, outcome);
+                    }
+                }
+            }
+            Incoming::StreamEnded(why) => {
+                return Err(format!("the seller's event stream ended: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the seller reports a trade numbered `first` or later waiting
+    /// for its final transaction: the buyer holds that trade's flow.
+    fn buyer_holds_a_trade(&self, first: usize) -> bool {
+        self.steps
+            .iter()
+            .any(|(trade, step)| *trade as usize >= first && step == SELLER_AWAITS_FINAL)
+    }
+
+    fn progress(&self) -> DemoProgress {
+        let mut p = DemoProgress {
+            finished: u32::try_from(self.done.len()).unwrap_or(u32::MAX),
+            ..DemoProgress::default()
+        };
+        for step in self.steps.values() {
+            *p.by_step.entry(step.clone()).or_default() += 1;
+        }
+        p
+    }
+}
+
 /// Everything after the files are written.
 async fn demo(
     cluster: &mut Cluster,
     config: &MultiProcessConfig,
-    parties: &HashMap<Role, Party>,
     observe: &mut dyn FnMut(&DemoProgress),
 ) -> Result<DemoSummary, String> {
     let trades = config.demo.trades;
     let price = Amount::new(config.demo.price, Currency::USD);
-    let party = |role: Role| {
-        parties
-            .get(&role)
-            .cloned()
-            .ok_or_else(|| format!("internal: no {role} in the network map"))
+    let mut progress = Trades::default();
+    let mut show = |cluster: &mut Cluster, progress: &Trades| {
+        let p = progress.progress();
+        observe(&p);
+        for note in std::mem::take(&mut cluster.notes) {
+            observe(&DemoProgress {
+                event: Some(note),
+                ..p.clone()
+            });
+        }
     };
 
-    cluster.note(observe, "starting the notary, buyer and seller processes");
+    cluster
+        .notes
+        .push("starting the notary, buyer and seller processes".into());
+    show(cluster, &progress);
     cluster.spawn(Role::Notary)?;
-    cluster.wait_ready(Role::Notary).await?;
-    let Reply::Identity(ledger) = cluster
-        .request(Role::Notary, Command::LedgerIdentity)
-        .await?
-    else {
-        return Err("the notary answered its identity with something else".into());
-    };
+    cluster.wait_up(Role::Notary).await?;
+    let ledger: Party = cluster
+        .run_flow(Role::Notary, LEDGER_IDENTITY, Value::Null)
+        .await?;
     let notary = Notary {
         party: ledger,
-        node: party(Role::Notary)?,
+        node: cluster.party(Role::Notary),
     };
     write_notary(&cluster.dir, &notary)?;
     cluster.spawn(Role::Buyer)?;
-    cluster.wait_ready(Role::Buyer).await?;
+    cluster.wait_up(Role::Buyer).await?;
     // The buyer is the demo's bank: the seller is told to accept its cash.
-    let Reply::Identity(buyer_ledger) = cluster
-        .request(Role::Buyer, Command::LedgerIdentity)
-        .await?
-    else {
-        return Err("the buyer answered its identity with something else".into());
-    };
+    let buyer_ledger: Party = cluster
+        .run_flow(Role::Buyer, LEDGER_IDENTITY, Value::Null)
+        .await?;
     write_issuers(&cluster.dir, std::slice::from_ref(&buyer_ledger))?;
     cluster.spawn(Role::Seller)?;
-    cluster.wait_ready(Role::Seller).await?;
+    cluster.wait_up(Role::Seller).await?;
+    cluster.wait_trusted().await?;
 
-    cluster.note(
-        observe,
-        &format!("issuing {trades} coins to the buyer and {trades} papers to the seller"),
-    );
-    cluster
-        .request(
+    cluster.notes.push(format!(
+        "issuing {trades} coins to the buyer and {trades} papers to the seller"
+    ));
+    show(cluster, &progress);
+    let _: SignedTransaction = cluster
+        .run_flow(
             Role::Buyer,
-            Command::IssueCash {
+            ISSUE_CASH,
+            to_json(&IssueCashArgs {
                 amount: price,
                 coins: trades,
                 notary: notary.clone(),
-            },
+            })?,
         )
         .await?;
-    let Reply::Papers(papers) = cluster
-        .request(
-            Role::Seller,
-            Command::IssuePapers {
-                count: trades,
-                face_value: Amount::whole(1_000, Currency::USD),
-                maturity: a_year_from_now(),
-                notary: notary.clone(),
-            },
-        )
-        .await?
-    else {
-        return Err("the seller answered the paper issuance with something else".into());
-    };
+    let papers = cluster.issue_papers(trades, &notary).await?;
 
-    cluster.note(
-        observe,
-        &format!("{trades} trades: the seller sells each paper to the buyer for {price}"),
-    );
-    let orders: Vec<TradeOrder> = papers
-        .iter()
-        .zip(0..)
-        .map(|(paper, trade)| TradeOrder {
-            trade,
-            paper: *paper,
-        })
-        .collect();
+    cluster.notes.push(format!(
+        "{trades} trades: the seller sells each paper to the buyer for {price}"
+    ));
+    show(cluster, &progress);
+    let orders: Vec<(u32, StateRef)> = (0..).zip(papers.iter().copied()).collect();
     // With a crash, the trades start in two halves so that the buyer is
     // killed while it provably has flows in flight (see `CrashSchedule`).
     let schedule = CrashSchedule::new(config.demo.crash_buyer, trades);
     let (first, second) = orders.split_at(schedule.first_half);
-    let buyer = party(Role::Buyer)?;
-    let sell = |orders: &[TradeOrder]| Command::Sell {
-        orders: orders.to_vec(),
-        buyer: buyer.clone(),
-        price,
-        notary: notary.clone(),
-    };
+    let buyer = cluster.party(Role::Buyer);
+    cluster.follow_seller().await?;
     cluster.start_cpu_accounting();
     let started = Instant::now();
-    cluster.request(Role::Seller, sell(first)).await?;
+    progress.add(cluster.start_trades(first, &buyer, price, &notary).await?);
     let start_phase = started.elapsed();
     let mut restarts = 0;
     let mut phase = CrashPhase::FirstHalf;
     let mut drawn = Instant::now();
     let mut ended = started;
-    while cluster.done.len() < trades as usize {
+    while progress.done.len() < trades as usize {
         match phase {
-            CrashPhase::FirstHalf if schedule.crash && cluster.done.len() >= first.len() => {
+            CrashPhase::FirstHalf if schedule.crash && progress.done.len() >= first.len() => {
                 cluster.signal(Role::Notary, Signal::STOP)?;
-                cluster.request(Role::Seller, sell(second)).await?;
+                progress.add(cluster.start_trades(second, &buyer, price, &notary).await?);
                 phase = CrashPhase::NotaryPaused;
             }
-            CrashPhase::NotaryPaused if cluster.buyer_holds_a_trade(schedule.first_half) => {
-                let finished = cluster.done.len();
-                cluster.crash(Role::Buyer).await?;
-                cluster.signal(Role::Notary, Signal::CONT)?;
-                restarts += 1;
-                phase = CrashPhase::Done;
+            CrashPhase::NotaryPaused if progress.buyer_holds_a_trade(schedule.first_half) => {
+                let finished = progress.done.len();
                 cluster.notes.push(format!(
                     "buyer killed with SIGKILL after {finished} of {trades} trades settled; starting it again from {}",
                     cluster.file(Role::Buyer, "redb").display()
                 ));
+                cluster.crash(Role::Buyer).await?;
+                cluster.signal(Role::Notary, Signal::CONT)?;
+                restarts += 1;
+                phase = CrashPhase::Done;
             }
             _ => {}
         }
         if !cluster.notes.is_empty() || drawn.elapsed() >= DRAW_EVERY {
-            cluster.draw(observe);
+            show(cluster, &progress);
             drawn = Instant::now();
         }
-        let (from, event) = cluster.next().await?;
-        if matches!(event, Event::TradeDone { .. }) {
+        let incoming = cluster.next(&progress.pending()).await?;
+        if matches!(incoming, Incoming::Finished(_)) {
             ended = Instant::now();
         }
-        cluster.absorb(from, event);
+        progress.absorb(incoming)?;
     }
     let elapsed = ended.duration_since(started);
     let cpu = cluster.stop_cpu_accounting();
-    cluster.draw(observe);
+    show(cluster, &progress);
 
     let mut completed = 0;
     let mut failures = Vec::new();
-    let mut spent_coin: Option<StateRef> = None;
-    for outcome in cluster.done.values() {
+    let mut settled = None;
+    for (trade, outcome) in &progress.done {
         match outcome {
-            Ok(Settled { coins }) => {
+            Ok(()) => {
                 completed += 1;
-                spent_coin = spent_coin.or_else(|| coins.first().copied());
+                settled = settled.or(Some(*trade));
             }
             Err(e) => failures.push(e.clone()),
         }
     }
 
     let mut rejected_double_spends = 0;
-    if let Some(coin) = spent_coin {
-        cluster.note(
-            observe,
-            &format!("the buyer tries to spend coin {coin} a second time"),
-        );
-        let probe = Command::DoubleSpend {
+    if let Some(trade) = settled {
+        let coin = cluster
+            .spent_coin(&progress.runs[&trade], papers[trade as usize])
+            .await?;
+        cluster.notes.push(format!(
+            "the buyer tries to spend coin {coin} a second time"
+        ));
+        show(cluster, &progress);
+        let probe = to_json(&DoubleSpendArgs {
             coin,
             notary: notary.clone(),
-        };
-        match cluster.request(Role::Buyer, probe).await {
-            Ok(Reply::Refused(reason)) if reason.contains("double spend") => {
-                rejected_double_spends += 1;
-            }
+        })?;
+        match cluster
+            .run_flow::<String>(Role::Buyer, DOUBLE_SPEND, probe)
+            .await
+        {
+            Ok(reason) if reason.contains("double spend") => rejected_double_spends += 1,
             Ok(other) => failures.push(format!(
-                "the double spend was refused for another reason: {other:?}"
+                "the double spend was refused for another reason: {other}"
             )),
             Err(e) => failures.push(e),
         }
     }
 
-    let seller = report(cluster, Role::Seller).await?;
-    let buyer = report(cluster, Role::Buyer).await?;
-    let notary_report = report(cluster, Role::Notary).await?;
+    let seller: VaultReport = cluster
+        .run_flow(Role::Seller, VAULT_REPORT, Value::Null)
+        .await?;
+    let buyer: VaultReport = cluster
+        .run_flow(Role::Buyer, VAULT_REPORT, Value::Null)
+        .await?;
+    let notary_report: VaultReport = cluster
+        .run_flow(Role::Notary, VAULT_REPORT, Value::Null)
+        .await?;
     let issued = [(
         buyer_ledger.clone(),
         Currency::USD,
@@ -366,7 +463,7 @@ async fn demo(
         &failures,
     );
     problems.extend(cluster.stop_all().await);
-    cluster.draw(observe);
+    show(cluster, &progress);
     Ok(DemoSummary {
         trades,
         completed,
@@ -383,13 +480,8 @@ async fn demo(
     })
 }
 
-async fn report(cluster: &mut Cluster, role: Role) -> Result<VaultReport, String> {
-    match cluster.request(role, Command::Report).await? {
-        Reply::Report(r) => Ok(r),
-        other => Err(format!(
-            "the {role} node answered a vault report with {other:?}"
-        )),
-    }
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| format!("cannot encode flow arguments: {e}"))
 }
 
 fn a_year_from_now() -> Timestamp {
@@ -414,23 +506,43 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A node as the orchestrator knows it before it starts.
+#[derive(Debug, Clone)]
+struct NodeFiles {
+    /// Its network identity.
+    party: Party,
+    /// Where its admin API listens.
+    admin: std::net::SocketAddr,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the node).
+fn free_port() -> Result<std::net::SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
+}
+
 /// Writes a key and a configuration per node and the network map; returns
-/// each node's network identity. Ports are chosen by binding port 0 on
-/// 127.0.0.1 and releasing it just before the nodes start.
-fn write_node_files(dir: &Path) -> Result<HashMap<Role, Party>, String> {
+/// each node's network identity and admin address. Ports are chosen by
+/// binding port 0 on 127.0.0.1 and releasing it just before the nodes
+/// start; a restarted node keeps its ports.
+fn write_node_files(dir: &Path) -> Result<HashMap<Role, NodeFiles>, String> {
     let mut entries = Vec::new();
-    let mut parties = HashMap::new();
+    let mut nodes = HashMap::new();
     for role in Role::ALL {
         let stem = role.file_stem();
         let key = keys::generate_identity().map_err(|e| e.to_string())?;
         keys::write_key_file(&dir.join(format!("{stem}.key")), &key).map_err(|e| e.to_string())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))?
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        let address = free_port()?.to_string();
+        let admin = free_port()?;
         let public = keys::public_key(&key);
-        parties.insert(role, Party::new(role.name(), public));
+        nodes.insert(
+            role,
+            NodeFiles {
+                party: Party::new(role.name(), public),
+                admin,
+            },
+        );
         entries.push(PeerEntry {
             name: role.name().into(),
             address: address.clone(),
@@ -448,14 +560,18 @@ fn write_node_files(dir: &Path) -> Result<HashMap<Role, Party>, String> {
              backoff_min_ms = 20\n\
              backoff_max_ms = 250\n\n\
              [node]\n\
-             redelivery_interval_ms = 300\n",
+             redelivery_interval_ms = 300\n\n\
+             # The admin API: the orchestrator drives the node through it,\n\
+             # as `flowctl` does (token in {stem}.redb.admin-token).\n\
+             [admin]\n\
+             listen = \"{admin}\"\n",
             name = role.name(),
         );
         write(&dir.join(format!("{stem}.toml")), &config)?;
     }
     let map = NetworkMap::new(entries).map_err(|e| e.to_string())?;
     write(&dir.join("network.toml"), &map.to_toml_string())?;
-    Ok(parties)
+    Ok(nodes)
 }
 
 fn write_notary(dir: &Path, notary: &Notary) -> Result<(), String> {
@@ -474,49 +590,89 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// A line from a node process, or the end of its stdout.
+/// What the orchestrator hears while the trades run.
 enum Incoming {
-    Line {
-        role: Role,
-        generation: u32,
-        line: String,
-    },
-    Closed {
-        role: Role,
-        generation: u32,
-    },
+    /// A seller run's innermost progress step (from its event stream).
+    Progress { run: String, step: String },
+    /// Runs that ended, with their outcomes (from a result round).
+    Finished(Vec<(String, Result<(), String>)>),
+    /// The seller's event stream ended or failed.
+    StreamEnded(String),
 }
 
-/// A running node process. Killed (SIGKILL) if dropped while running.
+/// A running node process. Its child is owned by a watcher task, which
+/// reports the exit and kills it on request (or when the runtime ends).
 struct NodeProcess {
     generation: u32,
-    /// It has reported [`Event::Ready`].
-    ready: bool,
+    pid: u32,
+    /// Held open: the node stops when it closes (`--stop-when-stdin-closes`).
+    _stdin: ChildStdin,
+    /// Asks the watcher to kill the child (SIGKILL).
+    kill: Option<oneshot::Sender<()>>,
+    /// The exit status, once it exited.
+    exited: watch::Receiver<Option<ExitStatus>>,
+    /// Its admin API client, once it is up.
+    api: Option<AdminClient>,
     /// Its CPU clock ticks when CPU accounting started (or it started).
     cpu_base: Option<u64>,
-    child: Child,
-    stdin: ChildStdin,
 }
 
 type StopSignal = Pin<Box<dyn Future<Output = std::io::Result<&'static str>>>>;
 
-/// The node processes and what they reported.
+/// What ends a wait early: an interruption, the deadline, or a node
+/// process that exited.
+struct Watch {
+    stop: StopSignal,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    /// `(role, generation, status)` of every node process that exits.
+    exits: mpsc::UnboundedReceiver<(Role, u32, ExitStatus)>,
+}
+
+enum Trouble {
+    /// Give up: why.
+    Stop(String),
+    /// A node process exited (maybe one that was meant to).
+    Exit(Role, u32, ExitStatus),
+}
+
+impl Watch {
+    async fn trouble(&mut self) -> Trouble {
+        tokio::select! {
+            signal = &mut self.stop => Trouble::Stop(format!(
+                "interrupted by {}; every node process was stopped",
+                signal.unwrap_or("a signal")
+            )),
+            () = tokio::time::sleep_until(self.deadline) => Trouble::Stop(format!(
+                "the demo did not finish within {} s (raise --timeout-secs, or see the node logs with --dir)",
+                self.timeout.as_secs()
+            )),
+            exit = self.exits.recv() => match exit {
+                Some((role, generation, status)) => Trouble::Exit(role, generation, status),
+                None => Trouble::Stop("internal: the exit channel closed".into()),
+            },
+        }
+    }
+}
+
+/// A result-collection round in flight: the node's answer.
+type Round = tokio::task::JoinHandle<Result<Value, ClientError>>;
+
+/// The node processes and how to reach them.
 struct Cluster {
     dir: PathBuf,
     exe: PathBuf,
     price: u64,
+    nodes: HashMap<Role, NodeFiles>,
     procs: HashMap<Role, NodeProcess>,
     generations: u32,
-    lines: mpsc::UnboundedSender<Incoming>,
+    watch: Watch,
+    exit_tx: mpsc::UnboundedSender<(Role, u32, ExitStatus)>,
+    /// Progress from the seller's event stream.
+    incoming_tx: mpsc::UnboundedSender<Incoming>,
     incoming: mpsc::UnboundedReceiver<Incoming>,
-    stop: StopSignal,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-    next_id: u64,
-    /// Current step of each trade in flight.
-    steps: HashMap<u32, String>,
-    /// Outcome of each ended trade.
-    done: BTreeMap<u32, Result<Settled, String>>,
+    /// The result round in flight.
+    round: Option<Round>,
     /// Notable events not yet shown.
     notes: Vec<String>,
     /// CPU clock ticks used per node while accounting is on.
@@ -524,29 +680,38 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(dir: &Path, config: &MultiProcessConfig) -> Result<Self, String> {
-        let (lines, incoming) = mpsc::unbounded_channel();
-        Ok(Cluster {
+    fn new(dir: &Path, config: &MultiProcessConfig, nodes: HashMap<Role, NodeFiles>) -> Self {
+        let (exit_tx, exits) = mpsc::unbounded_channel();
+        let (incoming_tx, incoming) = mpsc::unbounded_channel();
+        Cluster {
             dir: dir.to_owned(),
             exe: config.node_exe.clone(),
             price: config.demo.price,
+            nodes,
             procs: HashMap::new(),
             generations: 0,
-            lines,
+            watch: Watch {
+                stop: Box::pin(runner::shutdown_signal()),
+                deadline: tokio::time::Instant::now() + config.timeout,
+                timeout: config.timeout,
+                exits,
+            },
+            exit_tx,
+            incoming_tx,
             incoming,
-            stop: Box::pin(runner::shutdown_signal()),
-            deadline: tokio::time::Instant::now() + config.timeout,
-            timeout: config.timeout,
-            next_id: 1,
-            steps: HashMap::new(),
-            done: BTreeMap::new(),
+            round: None,
             notes: Vec::new(),
             cpu: None,
-        })
+        }
     }
 
     fn file(&self, role: Role, extension: &str) -> PathBuf {
         self.dir.join(format!("{}.{extension}", role.file_stem()))
+    }
+
+    /// `role`'s network identity.
+    fn party(&self, role: Role) -> Party {
+        self.nodes[&role].party.clone()
     }
 
     /// Starts `role`'s node process.
@@ -563,7 +728,8 @@ impl Cluster {
             .arg("--config")
             .arg(self.file(role, "toml"))
             .arg("--role")
-            .arg(role.file_stem());
+            .arg(role.file_stem())
+            .arg("--stop-when-stdin-closes");
         if role == Role::Seller {
             command
                 .arg("--trust")
@@ -581,7 +747,7 @@ impl Cluster {
         }
         command
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|e| {
@@ -590,77 +756,40 @@ impl Cluster {
                 self.exe.display()
             )
         })?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(format!("the {role} node process has no stdin/stdout pipe"));
+        let (Some(stdin), Some(pid)) = (child.stdin.take(), child.id()) else {
+            return Err(format!("the {role} node process has no stdin pipe or pid"));
         };
         self.generations += 1;
         let generation = self.generations;
-        tokio::spawn(read_lines(role, generation, stdout, self.lines.clone()));
+        let (kill, kill_rx) = oneshot::channel::<()>();
+        let (exited_tx, exited) = watch::channel(None);
+        let exits = self.exit_tx.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            if let Ok(status) = status {
+                let _ = exited_tx.send(Some(status));
+                let _ = exits.send((role, generation, status));
+            }
+        });
         self.procs.insert(
             role,
             NodeProcess {
                 generation,
-                ready: false,
+                pid,
+                _stdin: stdin,
+                kill: Some(kill),
+                exited,
+                api: None,
                 cpu_base: None,
-                child,
-                stdin,
             },
         );
         Ok(())
-    }
-
-    /// The next event of a current node process. Fails on an interruption,
-    /// the deadline, a node that exits unexpectedly or a malformed line.
-    async fn next(&mut self) -> Result<(Role, Event), String> {
-        loop {
-            let incoming = tokio::select! {
-                incoming = self.incoming.recv() => incoming,
-                signal = &mut self.stop => {
-                    return Err(format!(
-                        "interrupted by {}; every node process was stopped",
-                        signal.unwrap_or("a signal")
-                    ));
-                }
-                () = tokio::time::sleep_until(self.deadline) => {
-                    return Err(format!(
-                        "the demo did not finish within {} s (raise --timeout-secs, or see the node logs with --dir)",
-                        self.timeout.as_secs()
-                    ));
-                }
-            };
-            match incoming {
-                None => return Err("internal: the node event channel closed".into()),
-                Some(Incoming::Line {
-                    role,
-                    generation,
-                    line,
-                }) => {
-                    if !self.is_current(role, generation) {
-                        continue;
-                    }
-                    let event = decode_event(&line)
-                        .map_err(|e| format!("the {role} node sent a bad line: {e}"))?;
-                    return Ok((role, event));
-                }
-                Some(Incoming::Closed { role, generation }) => {
-                    if !self.is_current(role, generation) {
-                        continue;
-                    }
-                    let status = match self.procs.get_mut(&role) {
-                        Some(p) => match p.child.wait().await {
-                            Ok(s) => s.to_string(),
-                            Err(e) => format!("unknown status ({e})"),
-                        },
-                        None => "unknown status".to_owned(),
-                    };
-                    self.procs.remove(&role);
-                    return Err(format!(
-                        "the {role} node process exited unexpectedly ({status}); its log:\n{}",
-                        tail(&self.file(role, "log"), 20)
-                    ));
-                }
-            }
-        }
     }
 
     fn is_current(&self, role: Role, generation: u32) -> bool {
@@ -669,102 +798,275 @@ impl Cluster {
             .is_some_and(|p| p.generation == generation)
     }
 
-    /// Sends `command` to `role` and waits for its reply, taking in every
-    /// other event meanwhile.
-    async fn request(&mut self, role: Role, command: Command) -> Result<Reply, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let what = format!("{command:?}");
-        let mut line = encode(&Request { id, command })?;
-        line.push('\n');
-        let proc = self
-            .procs
-            .get_mut(&role)
-            .ok_or_else(|| format!("the {role} node is not running"))?;
-        if let Err(e) = async {
-            proc.stdin.write_all(line.as_bytes()).await?;
-            proc.stdin.flush().await
-        }
-        .await
-        {
-            return Err(format!("cannot send a command to the {role} node: {e}"));
-        }
+    /// The error for a node that exited while it should not have.
+    fn exited(&mut self, role: Role, status: ExitStatus) -> String {
+        self.procs.remove(&role);
+        format!(
+            "the {role} node process exited unexpectedly ({status}); its log:\n{}",
+            tail(&self.file(role, "log"), 20)
+        )
+    }
+
+    /// Waits for `fut`, unless the demo is interrupted, times out, or a node
+    /// process exits first.
+    async fn guard<R>(&mut self, fut: impl Future<Output = R>) -> Result<R, String> {
+        tokio::pin!(fut);
         loop {
-            let (from, event) = self.next().await?;
-            match event {
-                Event::Reply { id: got, result } if from == role && got == id => {
-                    return result.map_err(|e| {
-                        let what: String = what.chars().take(60).collect();
-                        format!("the {role} node failed to do {what}…: {e}")
-                    });
+            let trouble = tokio::select! {
+                r = &mut fut => return Ok(r),
+                t = self.watch.trouble() => t,
+            };
+            match trouble {
+                Trouble::Stop(why) => return Err(why),
+                Trouble::Exit(role, generation, status) => {
+                    if self.is_current(role, generation) {
+                        return Err(self.exited(role, status));
+                    }
                 }
-                other => self.absorb(from, other),
             }
         }
     }
 
-    /// Waits until `role`'s current process reports it is up.
-    async fn wait_ready(&mut self, role: Role) -> Result<(), String> {
-        while !self.procs.get(&role).is_some_and(|p| p.ready) {
-            let (from, event) = self.next().await?;
-            self.absorb(from, event);
+    /// Runs `f` with `role`'s API client on a blocking thread (the client
+    /// is a blocking one), guarded like [`guard`](Self::guard).
+    async fn call<R: Send + 'static>(
+        &mut self,
+        role: Role,
+        what: &str,
+        f: impl FnOnce(&AdminClient) -> Result<R, ClientError> + Send + 'static,
+    ) -> Result<R, String> {
+        let api = self
+            .procs
+            .get(&role)
+            .and_then(|p| p.api.clone())
+            .ok_or_else(|| format!("the {role} node is not running"))?;
+        let job = tokio::task::spawn_blocking(move || f(&api));
+        match self.guard(job).await? {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(format!("the {role} node's API failed to {what}: {e}")),
+            Err(e) => Err(format!(
+                "internal: a request to the {role} node failed: {e}"
+            )),
+        }
+    }
+
+    /// Waits until `role`'s admin API answers: its port accepts, its token
+    /// file is there (the node writes it before it listens) and `/health`
+    /// says ok. Notes the flows it resumed, if any.
+    async fn wait_up(&mut self, role: Role) -> Result<(), String> {
+        let addr = self.nodes[&role].admin;
+        let token_file =
+            PathBuf::from(format!("{}.admin-token", self.file(role, "redb").display()));
+        let url = format!("http://{addr}");
+        loop {
+            let accepts = self.guard(tokio::net::TcpStream::connect(addr)).await?;
+            if accepts.is_ok() {
+                break;
+            }
+            self.guard(tokio::time::sleep(UP_POLL)).await?;
+        }
+        let token = read_token_file(&token_file).map_err(|e| e.to_string())?;
+        let api = AdminClient::new(&url, &token, REQUEST_TIMEOUT);
+        if let Some(p) = self.procs.get_mut(&role) {
+            p.api = Some(api);
+        }
+        let status = self
+            .call(role, "answer its status", |api| {
+                api.get("/health")?;
+                api.get("/api/v1/node")
+            })
+            .await?;
+        let in_flight = status["flows_in_flight"].as_u64().unwrap_or(0);
+        if in_flight > 0 {
+            self.notes.push(format!(
+                "{role} node up again on its database: {in_flight} flows in flight continue from their checkpoints"
+            ));
         }
         Ok(())
     }
 
-    /// Takes in an event that is not the reply being waited for.
-    fn absorb(&mut self, from: Role, event: Event) {
-        match event {
-            Event::Ready {
-                flows_in_flight, ..
-            } => {
-                if let Some(p) = self.procs.get_mut(&from) {
-                    p.ready = true;
+    /// Starts `flow` on `role` by name and waits for its output.
+    async fn run_flow<R: DeserializeOwned + Send + 'static>(
+        &mut self,
+        role: Role,
+        flow: &'static str,
+        args: Value,
+    ) -> Result<R, String> {
+        let outcome = self
+            .call(role, &format!("run {flow}"), move |api| {
+                let started = api.post("/api/v1/flows", &json!({ "flow": flow, "args": args }))?;
+                wait_result(api, &text(&started["run_id"]))
+            })
+            .await?;
+        output(role, flow, &outcome)
+    }
+
+    /// Waits until the seller has run `trust_issuers` (started under
+    /// [`TRUST_CLIENT_ID`] by `--trust`).
+    async fn wait_trusted(&mut self) -> Result<(), String> {
+        let outcome = self
+            .call(Role::Seller, "trust the buyer's cash", |api| {
+                let path = format!("/api/v1/client-ids/{TRUST_CLIENT_ID}");
+                let found = loop {
+                    match api.get(&path) {
+                        // Started just after the API came up: not yet.
+                        Err(ClientError::Status { status: 404, .. }) => {
+                            std::thread::sleep(UP_POLL);
+                        }
+                        other => break other?,
+                    }
+                };
+                wait_result(api, &text(&found["run_id"]))
+            })
+            .await?;
+        output::<Value>(Role::Seller, "trust_issuers", &outcome).map(drop)
+    }
+
+    /// Issues `count` papers on the seller (one batch start, one result
+    /// wait); their refs, in order.
+    async fn issue_papers(&mut self, count: u32, notary: &Notary) -> Result<Vec<StateRef>, String> {
+        let args = to_json(&IssuePaperArgs {
+            face_value: Amount::whole(1_000, Currency::USD),
+            maturity: a_year_from_now(),
+            notary: notary.clone(),
+        })?;
+        let starts: Vec<Value> = (0..count)
+            .map(|_| json!({ "flow": ISSUE_PAPER, "args": args }))
+            .collect();
+        let outcomes = self
+            .call(Role::Seller, "issue the papers", move |api| {
+                let runs = start_batch(api, starts)?;
+                collect(api, runs, true)
+            })
+            .await?;
+        outcomes
+            .iter()
+            .map(|outcome| {
+                let stx: SignedTransaction = output(Role::Seller, ISSUE_PAPER, outcome)?;
+                stx.tx
+                    .out_refs()
+                    .first()
+                    .map(|s| s.state_ref)
+                    .ok_or_else(|| "a paper issuance has no output".to_owned())
+            })
+            .collect()
+    }
+
+    /// Starts a trade per order on the seller (client id `trade-N`: asked
+    /// twice, it starts once), in batches; `(trade, run id)` of each.
+    async fn start_trades(
+        &mut self,
+        orders: &[(u32, StateRef)],
+        buyer: &Party,
+        price: Amount,
+        notary: &Notary,
+    ) -> Result<Vec<(u32, String)>, String> {
+        let mut starts = Vec::with_capacity(orders.len());
+        for (trade, paper) in orders {
+            let args = to_json(&SellArgs {
+                buyer: buyer.clone(),
+                paper: *paper,
+                price,
+                notary: notary.clone(),
+            })?;
+            starts
+                .push(json!({ "flow": SELL, "args": args, "client_id": format!("trade-{trade}") }));
+        }
+        let trades: Vec<u32> = orders.iter().map(|(t, _)| *t).collect();
+        let runs = self
+            .call(Role::Seller, "start the trades", move |api| {
+                start_batch(api, starts)
+            })
+            .await?;
+        Ok(trades.into_iter().zip(runs).collect())
+    }
+
+    /// Opens the seller's event stream (`GET /api/v1/events`) and forwards
+    /// each flow's innermost progress step as [`Incoming::Progress`] from a
+    /// thread of its own. Returns once the stream is open, so no step of a
+    /// trade started afterwards is missed.
+    async fn follow_seller(&mut self) -> Result<(), String> {
+        let events = self
+            .call(Role::Seller, "open its event stream", |api| {
+                Ok((api.events("/api/v1/events")?, api.clone()))
+            })
+            .await?;
+        let to = self.incoming_tx.clone();
+        std::thread::Builder::new()
+            .name("seller-events".into())
+            .spawn(move || forward_progress(events.0, &events.1, &to))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        Ok(())
+    }
+
+    /// The next thing heard while trades run: a progress step, or the
+    /// outcomes of a result round over `pending` (started here when none is
+    /// in flight).
+    async fn next(&mut self, pending: &[String]) -> Result<Incoming, String> {
+        if self.round.is_none() && !pending.is_empty() {
+            let api = self
+                .procs
+                .get(&Role::Seller)
+                .and_then(|p| p.api.clone())
+                .ok_or("the seller node is not running")?;
+            let body = json!({ "run_ids": pending, "wait_s": RESULTS_ROUND_S, "output": false });
+            self.round = Some(tokio::task::spawn_blocking(move || {
+                api.post("/api/v1/flows/results", &body)
+            }));
+        }
+        loop {
+            let trouble = tokio::select! {
+                incoming = self.incoming.recv() => {
+                    return incoming.ok_or_else(|| "internal: the progress channel closed".to_owned());
                 }
-                if flows_in_flight > 0 {
-                    self.notes.push(format!(
-                        "{from} node up again on its database: {flows_in_flight} flows in flight continue from their checkpoints"
-                    ));
+                answer = async {
+                    match self.round.as_mut() {
+                        Some(round) => round.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.round = None;
+                    let answer = answer
+                        .map_err(|e| format!("internal: a result request failed: {e}"))?
+                        .map_err(|e| format!("the seller node's API failed to give results: {e}"))?;
+                    return Ok(Incoming::Finished(finished(&answer)));
                 }
-            }
-            Event::Progress { trade, step } => {
-                if !self.done.contains_key(&trade) {
-                    self.steps.insert(trade, step);
+                t = self.watch.trouble() => t,
+            };
+            match trouble {
+                Trouble::Stop(why) => return Err(why),
+                Trouble::Exit(role, generation, status) => {
+                    if self.is_current(role, generation) {
+                        return Err(self.exited(role, status));
+                    }
                 }
-            }
-            Event::TradeDone { trade, outcome } => {
-                self.steps.remove(&trade);
-                self.done.insert(trade, outcome);
-            }
-            Event::Reply { id, result } => {
-                tracing::warn!(node = %from, id, ?result, "a reply nobody waits for was dropped");
             }
         }
     }
 
-    /// Hands a progress snapshot (and pending notes) to `observe`.
-    fn draw(&mut self, observe: &mut dyn FnMut(&DemoProgress)) {
-        let mut p = DemoProgress {
-            finished: u32::try_from(self.done.len()).unwrap_or(u32::MAX),
-            ..DemoProgress::default()
-        };
-        for step in self.steps.values() {
-            *p.by_step.entry(step.clone()).or_default() += 1;
-        }
-        observe(&p);
-        for note in std::mem::take(&mut self.notes) {
-            observe(&DemoProgress {
-                event: Some(note),
-                ..p.clone()
-            });
-        }
+    /// The coin a settled trade's buyer paid with: an input of the trade's
+    /// transaction other than the paper (from the trade's full result).
+    async fn spent_coin(&mut self, run: &str, paper: StateRef) -> Result<StateRef, String> {
+        let run = run.to_owned();
+        let outcome = self
+            .call(Role::Seller, "give a trade's result", move |api| {
+                wait_result(api, &run)
+            })
+            .await?;
+        let stx: SignedTransaction = output(Role::Seller, SELL, &outcome)?;
+        stx.tx
+            .inputs
+            .iter()
+            .copied()
+            .find(|i| *i != paper)
+            .ok_or_else(|| "a settled trade spent no cash".to_owned())
     }
 
     /// Starts counting the CPU time the node processes use from now on.
     fn start_cpu_accounting(&mut self) {
         self.cpu = Some(HashMap::new());
         for proc in self.procs.values_mut() {
-            proc.cpu_base = proc.child.id().and_then(cpu_ticks);
+            proc.cpu_base = cpu_ticks(proc.pid);
         }
     }
 
@@ -775,7 +1077,7 @@ impl Cluster {
         let Some(proc) = self.procs.get_mut(&role) else {
             return;
         };
-        let now = proc.child.id().and_then(cpu_ticks);
+        let now = cpu_ticks(proc.pid);
         if let Some(now) = now {
             *cpu.entry(role).or_default() += now.saturating_sub(proc.cpu_base.unwrap_or(0));
         }
@@ -803,76 +1105,65 @@ impl Cluster {
             .collect()
     }
 
-    /// Shows `text` now, with the current progress.
-    fn note(&mut self, observe: &mut dyn FnMut(&DemoProgress), text: &str) {
-        self.notes.push(text.to_owned());
-        self.draw(observe);
-    }
-
     /// Sends `signal` to `role`'s process (the crash schedule pauses and
-    /// resumes the notary with SIGSTOP and SIGCONT).
+    /// resumes the notary with SIGSTOP and SIGCONT; the end stops every
+    /// node with SIGTERM).
     fn signal(&self, role: Role, signal: Signal) -> Result<(), String> {
         let proc = self
             .procs
             .get(&role)
             .ok_or_else(|| format!("the {role} node is not running"))?;
-        let pid = proc
-            .child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
+        let pid = i32::try_from(proc.pid)
+            .ok()
             .and_then(Pid::from_raw)
             .ok_or_else(|| format!("the {role} node has no process id"))?;
         kill_process(pid, signal)
             .map_err(|e| format!("cannot send {signal:?} to the {role} node: {e}"))
     }
 
-    /// Whether the seller reports a trade numbered `first` or later waiting
-    /// for its final transaction: the buyer holds that trade's flow.
-    fn buyer_holds_a_trade(&self, first: usize) -> bool {
-        self.steps
-            .iter()
-            .any(|(trade, step)| *trade as usize >= first && step == SELLER_AWAITS_FINAL)
-    }
-
     /// Kills `role`'s process with SIGKILL and starts it again on the same
-    /// files.
+    /// files, waiting until its API answers.
     async fn crash(&mut self, role: Role) -> Result<(), String> {
         self.account_cpu(role);
         let Some(mut proc) = self.procs.remove(&role) else {
             return Err(format!("the {role} node is not running"));
         };
-        proc.child
-            .start_kill()
-            .map_err(|e| format!("cannot kill the {role} node: {e}"))?;
-        proc.child
-            .wait()
-            .await
-            .map_err(|e| format!("the killed {role} node could not be reaped: {e}"))?;
-        self.spawn(role)
+        if let Some(kill) = proc.kill.take() {
+            let _ = kill.send(());
+        }
+        self.guard(proc.exited.wait_for(Option::is_some))
+            .await?
+            .map_err(|_| format!("the killed {role} node could not be reaped"))?;
+        self.spawn(role)?;
+        self.wait_up(role).await
     }
 
-    /// Asks every node to stop and waits for each; returns a problem for a
-    /// node that did not stop cleanly.
+    /// Stops every node with SIGTERM and waits for each; returns a problem
+    /// for a node that did not stop cleanly.
     async fn stop_all(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         for role in Role::ALL {
-            match self.request(role, Command::Shutdown).await {
-                Ok(_) => {}
-                Err(e) => problems.push(format!("cannot stop the {role} node: {e}")),
+            if let Err(e) = self.signal(role, Signal::TERM) {
+                problems.push(format!("cannot stop the {role} node: {e}"));
             }
             let Some(mut proc) = self.procs.remove(&role) else {
                 continue;
             };
-            match tokio::time::timeout(STOP_GRACE, proc.child.wait()).await {
-                Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => problems.push(format!(
+            let exited = tokio::time::timeout(STOP_GRACE, proc.exited.wait_for(Option::is_some))
+                .await
+                .ok()
+                .and_then(|r| r.ok().and_then(|s| *s));
+            match exited {
+                Some(status) if status.success() => {}
+                Some(status) => problems.push(format!(
                     "the {role} node exited with {status}; see {}",
                     self.file(role, "log").display()
                 )),
-                Ok(Err(e)) => problems.push(format!("cannot wait for the {role} node: {e}")),
-                Err(_) => {
-                    let _ = proc.child.start_kill();
-                    let _ = proc.child.wait().await;
+                None => {
+                    if let Some(kill) = proc.kill.take() {
+                        let _ = kill.send(());
+                    }
+                    let _ = proc.exited.wait_for(Option::is_some).await;
                     problems.push(format!(
                         "the {role} node did not stop within {} s and was killed",
                         STOP_GRACE.as_secs()
@@ -883,45 +1174,160 @@ impl Cluster {
         problems
     }
 
-    /// Kills every node process and reaps it (error paths).
+    /// Kills every node process and waits for each (error paths).
     async fn kill_all(&mut self) {
-        for (role, mut proc) in self.procs.drain() {
-            if let Err(e) = proc.child.start_kill() {
-                tracing::warn!(node = %role, error = %e, "cannot kill a node process");
+        for (_, mut proc) in self.procs.drain() {
+            if let Some(kill) = proc.kill.take() {
+                let _ = kill.send(());
             }
-            let _ = proc.child.wait().await;
+            let _ = proc.exited.wait_for(Option::is_some).await;
         }
     }
 }
 
-/// Forwards a node's stdout lines, then tells that it closed.
-async fn read_lines(
-    role: Role,
-    generation: u32,
-    stdout: ChildStdout,
-    to: mpsc::UnboundedSender<Incoming>,
-) {
-    let mut lines = BufReader::new(stdout).lines();
+/// A JSON value as text: strings without quotes.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Waits for `run`'s result (in rounds of [`LONG_WAIT_S`]).
+fn wait_result(api: &AdminClient, run: &str) -> Result<Value, ClientError> {
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                if to
-                    .send(Incoming::Line {
-                        role,
-                        generation,
-                        line,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Ok(None) | Err(_) => {
-                let _ = to.send(Incoming::Closed { role, generation });
-                return;
-            }
+        let answer = api.get(&format!("/api/v1/flows/{run}/result?wait_s={LONG_WAIT_S}"))?;
+        if answer["finished"].as_bool() == Some(true) {
+            return Ok(answer);
         }
     }
+}
+
+/// A finished run's output as `R`, or the flow's error.
+fn output<R: DeserializeOwned>(role: Role, flow: &str, outcome: &Value) -> Result<R, String> {
+    if outcome["outcome"] != "ok" {
+        return Err(format!(
+            "{flow} failed on the {role} node: {}",
+            text(&outcome["error"])
+        ));
+    }
+    serde_json::from_value(outcome["output"].clone()).map_err(|e| {
+        format!("the {role} node's output of {flow} is not what the flow returns: {e}")
+    })
+}
+
+/// Starts `starts` (start request bodies) in batches of [`START_CHUNK`];
+/// their run ids, in order.
+fn start_batch(api: &AdminClient, starts: Vec<Value>) -> Result<Vec<String>, ClientError> {
+    let mut runs = Vec::with_capacity(starts.len());
+    for chunk in starts.chunks(START_CHUNK) {
+        let answer = api.post("/api/v1/flows/batch", &json!({ "flows": chunk }))?;
+        let started = answer["runs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if started.len() != chunk.len() {
+            return Err(ClientError::BadAnswer {
+                url: api.base_url().to_owned(),
+                message: format!("{} runs for {} starts", started.len(), chunk.len()),
+            });
+        }
+        runs.extend(started.iter().map(|r| text(&r["run_id"])));
+    }
+    Ok(runs)
+}
+
+/// Waits until every one of `runs` has finished; their outcomes, in order
+/// (with their outputs if `outputs`).
+fn collect(api: &AdminClient, runs: Vec<String>, outputs: bool) -> Result<Vec<Value>, ClientError> {
+    let mut done: HashMap<String, Value> = HashMap::with_capacity(runs.len());
+    let mut pending = runs.clone();
+    while !pending.is_empty() {
+        let answer = api.post(
+            "/api/v1/flows/results",
+            &json!({ "run_ids": pending, "wait_s": LONG_WAIT_S, "output": outputs }),
+        )?;
+        for result in answer["results"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            done.insert(text(&result["run_id"]), result.clone());
+        }
+        pending.retain(|r| !done.contains_key(r));
+    }
+    Ok(runs.iter().filter_map(|r| done.remove(r)).collect())
+}
+
+/// The outcomes in a result round's answer.
+fn finished(answer: &Value) -> Vec<(String, Result<(), String>)> {
+    answer["results"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let outcome = if r["outcome"] == "ok" {
+                Ok(())
+            } else {
+                Err(text(&r["error"]))
+            };
+            (text(&r["run_id"]), outcome)
+        })
+        .collect()
+}
+
+/// Forwards the innermost step of each progress event; after missed
+/// events (`lagged`), the progress of every trade in flight from a list.
+/// Ends with [`Incoming::StreamEnded`] unless the orchestrator is gone.
+fn forward_progress(
+    events: flow_runtime::runner::admin::client::EventStream,
+    api: &AdminClient,
+    to: &mpsc::UnboundedSender<Incoming>,
+) {
+    let send_step = |run: String, path: &Value| {
+        let step = path
+            .as_array()
+            .and_then(|p| p.last())
+            .map(text)
+            .unwrap_or_default();
+        to.send(Incoming::Progress { run, step }).is_ok()
+    };
+    for event in events {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                let _ = to.send(Incoming::StreamEnded(e.to_string()));
+                return;
+            }
+        };
+        match event.event.as_str() {
+            "progress" if !send_step(text(&event.data["run_id"]), &event.data["progress"]) => {
+                return;
+            }
+            "lagged" => match api.get(&format!("/api/v1/flows?flow={SELL}&limit=100000")) {
+                Ok(list) => {
+                    for flow in list["flows"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                    {
+                        if !send_step(text(&flow["run_id"]), &flow["progress"]) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = to.send(Incoming::StreamEnded(format!(
+                        "events were missed and the flows could not be listed: {e}"
+                    )));
+                    return;
+                }
+            },
+            _ => {}
+        }
+    }
+    let _ = to.send(Incoming::StreamEnded("the node closed it".into()));
 }
 
 /// The unit of the CPU times in `/proc/PID/stat` (`USER_HZ`, fixed at 100

@@ -1,48 +1,37 @@
 //! One node of the multi-process demo, as its own OS process: the
-//! runner's tokio [`Node`] over TCP, on its own redb file, with the flows
-//! and responders of its [`Role`], driven by the orchestrator through the
-//! [`protocol`](super::protocol) on stdin/stdout.
+//! runner's tokio [`Node`](flow_runtime::runner::Node) over TCP, on its own
+//! redb file, with the flows and responders of its [`Role`], serving the
+//! admin API like any node built on the runner. Everything the demo's
+//! orchestrator asks of it goes through that API: the flows of
+//! [`Role::startable`] are started by name with JSON arguments
+//! ([`api`](super::api)), results are read and progress followed there.
 //!
 //! The `trade-demo` binary runs this as its hidden `node` subcommand
 //! (`trade-demo node --config DIR/buyer.toml --role buyer --notary
 //! DIR/notary-identity.json`), so a node process is the same executable as
 //! the orchestrator and can never be a stale build of another one.
 //!
-//! Life cycle: start the node (resuming any flows in its database), print
-//! [`Event::Ready`], then serve requests until [`Command::Shutdown`], EOF on
-//! stdin (the orchestrator is gone), or SIGINT/SIGTERM — each ends in a
-//! clean shutdown. A SIGKILL ends it anywhere; the next start continues from
-//! the last commit.
+//! Life cycle: start the node (resuming any flows in its database), run
+//! `trust_issuers` once if given `--trust`, then serve until SIGINT or
+//! SIGTERM (a clean shutdown) or, with `--stop-when-stdin-closes`, until its
+//! standard input closes: the orchestrator holds the other end, so a node
+//! never outlives the demo, even one killed with SIGKILL. A SIGKILL ends
+//! the node anywhere; the next start continues from the last commit.
 
+use super::api::{DoubleSpendArgs, IssueCashArgs, IssuePaperArgs, Role, SellArgs, TRUST_CLIENT_ID};
 use super::double_spend_probe;
-use super::protocol::{
-    Command, Event, Reply, Request, Role, Settled, TradeOrder, decode_request, encode,
-};
 use crate::flows::Notary;
 use crate::flows::identity::{ledger_identity, trust_issuers};
-use crate::flows::issue::{issue_cash, issue_paper};
+use crate::flows::issue::issue_paper;
 use crate::flows::notarise::{notarise, notary_service};
 use crate::flows::report::vault_report;
 use crate::flows::trade::{buy, sell};
-use crate::ledger::{Amount, AssetKind, Currency, StateRef};
-use flow_runtime::runner::{self, Config, Node, NodeBuilder};
-use flow_runtime::{FlowHandle, Party, ProgressTracker, Timestamp};
+use crate::ledger::{Amount, AssetKind, Currency};
+use flow_runtime::Party;
+use flow_runtime::runner::{self, Config, NodeBuilder};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
-use tracing::{error, info, warn};
-
-/// How often the seller samples its trades' progress trackers.
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
-
-/// Trades started per commit by `start_trades`: large enough that the
-/// fsyncs stop mattering, small enough that one start job does not hold up
-/// the node's message handling for long.
-const START_CHUNK: usize = 1_000;
+use tracing::{error, info};
 
 /// Arguments of the hidden `node` subcommand.
 #[derive(clap::Args, Debug, Clone)]
@@ -59,12 +48,17 @@ pub struct NodeArgs {
     pub notary: Option<PathBuf>,
     /// The cash issuers the seller accepts (a JSON list of parties, written
     /// by the orchestrator: the demo's bank, which is the buyer). Kept in
-    /// the node's database; without it the seller trusts only itself.
+    /// the node's database, by `trust_issuers` run under the client id
+    /// `trust-issuers`; without it the seller trusts only itself.
     #[arg(long)]
     pub trust: Option<PathBuf>,
     /// Highest price the buyer accepts for a paper, in cents.
     #[arg(long, default_value_t = 90_000)]
     pub price: u64,
+    /// Stop cleanly when standard input closes (the orchestrator holds it,
+    /// so the node never outlives the demo).
+    #[arg(long)]
+    pub stop_when_stdin_closes: bool,
     /// Do not run the node: the runner's pre-deploy check (see the book's
     /// "Upgrading flows"): read a copy of the node's database with this
     /// build's flows for the role, print what resumes, migrates or would
@@ -128,21 +122,22 @@ pub fn read_issuers(path: &Path) -> Result<Vec<Party>, String> {
     })
 }
 
-/// The node of `args.role`, with its flows and responders, not started.
+/// The node of `args.role`, with its flows, responders and startable flows.
 fn builder(args: &NodeArgs) -> Result<NodeBuilder, String> {
     let loaded = Config::read(&args.config)
         .and_then(Config::load)
         .map_err(|e| e.to_string())?;
     let mut builder = NodeBuilder::from_config(loaded);
-    builder.flow::<ledger_identity::Flow>();
-    builder.flow::<vault_report::Flow>();
+    builder.startable(|(): ()| Ok(ledger_identity()));
+    builder.startable(|(): ()| Ok(vault_report()));
     match args.role {
         Role::Notary => {
             builder.responder::<notarise::Flow>(notary_service);
         }
         Role::Seller => {
-            builder.flow::<sell::Flow>();
-            builder.flow::<issue_paper::Flow>();
+            builder.startable(|a: SellArgs| Ok(sell(a.buyer, a.paper, a.price, a.notary)));
+            builder
+                .startable(|a: IssuePaperArgs| Ok(issue_paper(a.face_value, a.maturity, a.notary)));
             builder.flow::<trust_issuers::Flow>();
         }
         Role::Buyer => {
@@ -155,8 +150,8 @@ fn builder(args: &NodeArgs) -> Result<NodeBuilder, String> {
             builder.responder::<sell::Flow>(move |session| {
                 buy(session, price, AssetKind::CommercialPaper, notary.clone())
             });
-            builder.flow::<issue_cash::Flow>();
-            builder.flow::<double_spend_probe::Flow>();
+            builder.startable(IssueCashArgs::flow);
+            builder.startable(|a: DoubleSpendArgs| Ok(double_spend_probe(a.coin, a.notary)));
         }
     }
     Ok(builder)
@@ -166,281 +161,53 @@ async fn run(args: NodeArgs) -> Result<(), String> {
     let node = builder(&args)?.start().await.map_err(|e| e.to_string())?;
     if let Some(path) = &args.trust {
         let issuers = read_issuers(path)?;
-        run_flow(&node, trust_issuers(issuers)).await?;
-    }
-
-    let (out, out_rx) = mpsc::unbounded_channel::<Event>();
-    let writer = tokio::spawn(write_events(out_rx));
-    let flows_in_flight = node.flows_in_flight().await.map_err(|e| e.to_string())?;
-    send(
-        &out,
-        Event::Ready {
-            name: node.party().name().to_owned(),
-            listen: node.transport().local_addr().to_string(),
-            flows_in_flight,
-        },
-    );
-
-    let result = serve(&node, &out).await;
-    if let Err(e) = node.shutdown().await {
-        warn!(error = %e, "the node did not shut down cleanly");
-    }
-    drop(out);
-    let _ = writer.await;
-    result
-}
-
-/// Serves requests until told to stop; `Err` if stdin fails.
-async fn serve(node: &Node, out: &mpsc::UnboundedSender<Event>) -> Result<(), String> {
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let signal = runner::shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        let line = tokio::select! {
-            line = lines.next_line() => line,
-            received = &mut signal => {
-                info!(signal = received.unwrap_or("a signal"), "shutting down");
-                return Ok(());
-            }
-        };
-        let line = match line {
-            Ok(Some(line)) => line,
-            Ok(None) => {
-                info!("stdin closed (the orchestrator has gone); shutting down");
-                return Ok(());
-            }
-            Err(e) => return Err(format!("cannot read the control stream: {e}")),
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Request { id, command } = match decode_request(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "ignored a control line");
-                continue;
-            }
-        };
-        if command == Command::Shutdown {
-            send(
-                out,
-                Event::Reply {
-                    id,
-                    result: Ok(Reply::Stopping),
-                },
-            );
-            return Ok(());
-        }
-        let node = node.clone();
-        let out = out.clone();
-        tokio::spawn(async move {
-            let result = execute(&node, command, &out).await;
-            if let Err(e) = &result {
-                warn!(request = id, error = %e, "a control command failed");
-            }
-            send(&out, Event::Reply { id, result });
-        });
-    }
-}
-
-fn send(out: &mpsc::UnboundedSender<Event>, event: Event) {
-    if out.send(event).is_err() {
-        tracing::debug!(
-            "the event writer has stopped (the orchestrator is gone); an event was dropped"
-        );
-    }
-}
-
-/// Writes events to stdout, one line each, flushing after each burst.
-async fn write_events(mut events: mpsc::UnboundedReceiver<Event>) {
-    let mut stdout = tokio::io::stdout();
-    while let Some(first) = events.recv().await {
-        let mut text = String::new();
-        let mut next = Some(first);
-        while let Some(event) = next {
-            match encode(&event) {
-                Ok(line) => {
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-                Err(e) => error!(error = %e, "an event could not be encoded"),
-            }
-            next = events.try_recv().ok();
-        }
-        if let Err(e) = async {
-            stdout.write_all(text.as_bytes()).await?;
-            stdout.flush().await
-        }
-        .await
-        {
-            warn!(error = %e, "cannot write to the orchestrator (gone?); events dropped");
-            return;
-        }
-    }
-}
-
-async fn execute(
-    node: &Node,
-    command: Command,
-    out: &mpsc::UnboundedSender<Event>,
-) -> Result<Reply, String> {
-    match command {
-        Command::LedgerIdentity => Ok(Reply::Identity(run_flow(node, ledger_identity()).await?)),
-        Command::IssueCash {
-            amount,
-            coins,
-            notary,
-        } => {
-            let stx = run_flow(node, issue_cash(amount, coins, notary)).await?;
-            Ok(Reply::Cash(
-                stx.tx.out_refs().into_iter().map(|s| s.state_ref).collect(),
-            ))
-        }
-        Command::IssuePapers {
-            count,
-            face_value,
-            maturity,
-            notary,
-        } => issue_papers(node, count, face_value, maturity, notary).await,
-        Command::Sell {
-            orders,
-            buyer,
-            price,
-            notary,
-        } => start_trades(node, orders, buyer, price, notary, out).await,
-        Command::DoubleSpend { coin, notary } => Ok(Reply::Refused(
-            run_flow(node, double_spend_probe(coin, notary)).await?,
-        )),
-        Command::Report => Ok(Reply::Report(run_flow(node, vault_report()).await?)),
-        Command::Shutdown => Ok(Reply::Stopping),
-    }
-}
-
-/// Starts `flow` and waits for its outcome.
-async fn run_flow<F: flow_runtime::Flow>(node: &Node, flow: F) -> Result<F::Output, String> {
-    let handle = node.start_flow(flow).await.map_err(|e| e.to_string())?;
-    node.result(&handle).await.map_err(|e| e.to_string())
-}
-
-async fn issue_papers(
-    node: &Node,
-    count: u32,
-    face_value: Amount,
-    maturity: Timestamp,
-    notary: Notary,
-) -> Result<Reply, String> {
-    let mut handles = Vec::new();
-    for _ in 0..count {
-        let flow = issue_paper(face_value, maturity, notary.clone());
-        handles.push(node.start_flow(flow).await.map_err(|e| e.to_string())?);
-    }
-    let mut papers = Vec::new();
-    for h in &handles {
-        let stx = node.result(h).await.map_err(|e| e.to_string())?;
-        let paper = stx
-            .tx
-            .out_refs()
-            .into_iter()
-            .next()
-            .ok_or("a paper issuance has no output")?;
-        papers.push(paper.state_ref);
-    }
-    Ok(Reply::Papers(papers))
-}
-
-/// Starts one `sell` per order (client id `trade-N`: sent twice, it starts
-/// once), [`START_CHUNK`] trades per commit, then reports each trade's
-/// progress and outcome as events.
-async fn start_trades(
-    node: &Node,
-    orders: Vec<TradeOrder>,
-    buyer: Party,
-    price: Amount,
-    notary: Notary,
-    out: &mpsc::UnboundedSender<Event>,
-) -> Result<Reply, String> {
-    // One commit per chunk, not per trade: each commit is two fsyncs, which
-    // made starting the trades most of the demo's run time. Chunks bound
-    // the node task's time per job (other work waits behind it).
-    let mut started = Vec::with_capacity(orders.len());
-    for chunk in orders.chunks(START_CHUNK) {
-        let flows = chunk
-            .iter()
-            .map(|order| {
-                (
-                    format!("trade-{}", order.trade),
-                    sell(buyer.clone(), order.paper, price, notary.clone()),
-                )
-            })
-            .collect();
-        let handles = node
-            .start_flows_with_client_ids(flows)
+        // Under a client id: a client finds the run and waits for it, and
+        // a restarted seller does not run it again.
+        node.start_flow_with_client_id(TRUST_CLIENT_ID, trust_issuers(issuers))
             .await
             .map_err(|e| e.to_string())?;
-        started.extend(chunk.iter().cloned().zip(handles));
     }
-    let remaining = Arc::new(AtomicUsize::new(started.len()));
-    for (order, handle) in &started {
-        let (node, out, remaining) = (node.clone(), out.clone(), remaining.clone());
-        let (order, handle) = (order.clone(), handle.clone());
-        tokio::spawn(async move {
-            let outcome = node
-                .result(&handle)
-                .await
-                .map(|stx| Settled {
-                    coins: stx
-                        .tx
-                        .inputs
-                        .iter()
-                        .filter(|i| **i != order.paper)
-                        .copied()
-                        .collect::<Vec<StateRef>>(),
-                })
-                .map_err(|e| e.to_string());
-            remaining.fetch_sub(1, Ordering::SeqCst);
-            send(
-                &out,
-                Event::TradeDone {
-                    trade: order.trade,
-                    outcome,
-                },
-            );
-        });
+    if let Some(admin) = node.admin_server() {
+        info!(url = %admin.url(), role = %args.role, "demo node ready");
     }
-    let watched: Vec<(u32, FlowHandle<sell::Flow>)> =
-        started.into_iter().map(|(o, h)| (o.trade, h)).collect();
-    tokio::spawn(watch_progress(watched, remaining, out.clone()));
-    Ok(Reply::Started)
-}
-
-/// Samples every trade's progress tracker and sends each change of its
-/// innermost step, until every trade has ended.
-async fn watch_progress(
-    trades: Vec<(u32, FlowHandle<sell::Flow>)>,
-    remaining: Arc<AtomicUsize>,
-    out: mpsc::UnboundedSender<Event>,
-) {
-    let mut last: Vec<String> = vec![String::new(); trades.len()];
-    let mut tick = tokio::time::interval(PROGRESS_EVERY);
-    loop {
-        tick.tick().await;
-        for ((trade, handle), last) in trades.iter().zip(last.iter_mut()) {
-            let Some(step) = handle.progress().current().pop() else {
-                continue;
-            };
-            if step != *last && step != ProgressTracker::DONE {
-                last.clone_from(&step);
-                send(
-                    &out,
-                    Event::Progress {
-                        trade: *trade,
-                        step,
-                    },
-                );
+    if args.stop_when_stdin_closes {
+        tokio::select! {
+            r = node.run_until_signal() => r.map_err(|e| e.to_string()),
+            () = stdin_closed() => {
+                info!("stdin closed (the orchestrator has gone); shutting down");
+                node.shutdown().await.map_err(|e| e.to_string())
             }
         }
-        if remaining.load(Ordering::SeqCst) == 0 || out.is_closed() {
-            return;
+    } else {
+        node.run_until_signal().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Resolves once standard input is at its end (or fails); what is read is
+/// ignored. Read on a thread of its own, not tokio's blocking pool: the
+/// runtime would otherwise wait for that read, forever, when the node
+/// stops for another reason.
+async fn stdin_closed() {
+    let (closed, on_close) = tokio::sync::oneshot::channel::<()>();
+    let reader = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = std::io::Read::read(&mut stdin, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = closed.send(());
+        });
+    match reader {
+        Ok(_) => {
+            let _ = on_close.await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch stdin; the node stops on a signal only");
+            std::future::pending::<()>().await;
         }
     }
 }
