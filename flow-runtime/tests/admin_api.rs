@@ -2,13 +2,14 @@
 //! (no token, a wrong token), the roles (read, start with its allow list,
 //! operate), every operation (start by name with a client id, result, wait,
 //! progress, list with filters, show, kill, retry of a hospitalised flow,
-//! drain on/off, node status, dump, metrics, health), and bad input, which
-//! gets a clear 4xx and changes nothing.
+//! drain on/off, node status, dump, metrics, health), streamed progress
+//! (the node's event stream, one flow followed to its end) and the batch
+//! result wait, and bad input, which gets a clear 4xx and changes nothing.
 
 use flow_runtime::NodeConfig;
 use flow_runtime::prelude::*;
 use flow_runtime::runner::admin::auth::digest;
-use flow_runtime::runner::admin::client::{AdminClient, ClientError};
+use flow_runtime::runner::admin::client::{AdminClient, ClientError, ServerEvent};
 use flow_runtime::runner::admin::{AdminSettings, Role, UserSection};
 use flow_runtime::runner::{Node, NodeBuilder, keys};
 use flow_runtime::storage::RedbOptions;
@@ -36,6 +37,16 @@ pub async fn sleeper(ctx: &mut FlowContext, note: String) -> Result<(), FlowErro
     ctx.sleep(Duration::from_secs(3600)).await;
     let _ = note;
     Ok(())
+}
+
+/// Two progress steps, each committed (a short sleep after each), then done.
+#[flow]
+pub async fn stepper(ctx: &mut FlowContext, note: String) -> Result<String, FlowError> {
+    ctx.set_progress("Preparing");
+    ctx.sleep(Duration::from_millis(5)).await;
+    ctx.set_progress("Finishing");
+    ctx.sleep(Duration::from_millis(5)).await;
+    Ok(note)
 }
 
 #[derive(serde::Deserialize)]
@@ -121,6 +132,7 @@ async fn setup() -> Setup {
             });
             b.startable(|a: NoteArgs| Ok(sleeper(a.note)));
             b.startable(|a: NoteArgs| Ok(flaky(a.note)));
+            b.startable(|a: NoteArgs| Ok(stepper(a.note)));
             let mut settings = AdminSettings::from_section(&Default::default(), &db);
             settings.users = vec![
                 user("viewer", Role::Read, READ_TOKEN, &[]),
@@ -701,6 +713,226 @@ async fn a_batch_start_is_checked_whole_then_committed_at_once() {
     })
     .await;
     assert_eq!(drained.0, 409, "{}", drained.1);
+    s.alice.shutdown().await.unwrap();
+    s.bob.shutdown().await.unwrap();
+}
+
+fn start(api: &AdminClient, flow: &str, args: Value) -> String {
+    api.post("/api/v1/flows", &json!({ "flow": flow, "args": args }))
+        .unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_streamed_as_flows_move_and_a_followed_flow_ends_its_stream() {
+    let s = setup().await;
+    let admin = client(&s.url, &s.admin_token);
+    let viewer = client(&s.url, READ_TOKEN);
+
+    // The node's event stream (a read user may open it), opened before the
+    // flow starts: every committed step of it arrives, in order, then its end.
+    let (a, v) = (admin.clone(), viewer.clone());
+    let (run, seen) = call(move || {
+        let mut events = v.events("/api/v1/events").unwrap();
+        let run = start(&a, stepper::Flow::NAME, json!({"note": "n-1"}));
+        let mut seen: Vec<ServerEvent> = Vec::new();
+        for event in events.by_ref() {
+            let event = event.unwrap();
+            if event.data["run_id"] != json!(run) {
+                continue;
+            }
+            let end = event.event == "finished";
+            seen.push(event);
+            if end {
+                break;
+            }
+        }
+        (run, seen)
+    })
+    .await;
+    let kinds: Vec<(String, Value)> = seen
+        .iter()
+        .map(|e| {
+            let detail = if e.event == "progress" {
+                e.data["progress"].clone()
+            } else {
+                e.data["outcome"].clone()
+            };
+            (e.event.clone(), detail)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("progress".into(), json!(["Preparing"])),
+            ("progress".into(), json!(["Finishing"])),
+            ("progress".into(), json!(["Done"])),
+            ("finished".into(), json!("ok")),
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(seen[3].data["flow"], json!(stepper::Flow::NAME));
+
+    // One flow followed: its progress now, then (killed) its outcome, and
+    // the stream ends by itself.
+    let (a, v) = (admin.clone(), viewer.clone());
+    let followed = call(move || {
+        let sleeping = start(&a, sleeper::Flow::NAME, json!({"note": "f-1"}));
+        let mut events = v
+            .events(&format!("/api/v1/flows/{sleeping}/progress?follow=true"))
+            .unwrap();
+        let first = events.next().unwrap().unwrap();
+        a.post(&format!("/api/v1/flows/{sleeping}/kill"), &json!({}))
+            .unwrap();
+        let rest: Vec<ServerEvent> = events.map(Result::unwrap).collect();
+        (sleeping, first, rest)
+    })
+    .await;
+    let (sleeping, first, rest) = followed;
+    assert_eq!(first.event, "progress");
+    assert_eq!(first.data["run_id"], json!(sleeping));
+    let last = rest.last().expect("the outcome");
+    assert_eq!(last.event, "finished", "{rest:?}");
+    assert_eq!(last.data["outcome"], "error");
+    assert!(
+        last.data["error"].as_str().unwrap().contains("killed"),
+        "{last:?}"
+    );
+
+    // A finished flow: its outcome at once, typed. An unknown run, or a
+    // bad flag: a 4xx before any stream.
+    let v = viewer.clone();
+    let (done, unknown, bad) = call(move || {
+        let done: Vec<ServerEvent> = v
+            .events(&format!("/api/v1/flows/{run}/progress?follow=true"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let unknown = match v.events("/api/v1/flows/00000000000000ff/progress?follow=true") {
+            Err(ClientError::Status { status, .. }) => status,
+            other => panic!("{other:?}"),
+        };
+        let bad = match v.events(&format!("/api/v1/flows/{run}/progress?follow=maybe")) {
+            Err(ClientError::Status { status, .. }) => status,
+            other => panic!("{other:?}"),
+        };
+        (done, unknown, bad)
+    })
+    .await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].event, "finished");
+    assert_eq!(done[0].data["output"], json!("n-1"));
+    assert_eq!((unknown, bad), (404, 400));
+
+    // A stream still open when the node stops ends cleanly (it does not
+    // hold up the shutdown until the server gives up on it).
+    let v = viewer.clone();
+    let open = call(move || v.events("/api/v1/events").unwrap()).await;
+    s.alice.shutdown().await.unwrap();
+    let after: Vec<Result<ServerEvent, ClientError>> = call(move || open.collect()).await;
+    assert!(
+        after.iter().all(Result::is_ok),
+        "the stream was cut instead of ended: {after:?}"
+    );
+    s.bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_results_are_collected_with_one_request() {
+    let s = setup().await;
+    let admin = client(&s.url, &s.admin_token);
+    let viewer = client(&s.url, READ_TOKEN);
+    let a = admin.clone();
+    let runs: Vec<String> = call(move || {
+        let flows: Vec<Value> = (0..3)
+            .map(|i| json!({"flow": stepper::Flow::NAME, "args": {"note": format!("r-{i}")}}))
+            .collect();
+        a.post("/api/v1/flows/batch", &json!({ "flows": flows }))
+            .unwrap()["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().to_owned())
+            .collect()
+    })
+    .await;
+
+    // Waits for all of them; the unknown run stays pending; results come
+    // in the order asked, typed, once each.
+    let unknown = "00000000000000ff".to_owned();
+    let mut asked = vec![
+        runs[2].clone(),
+        unknown.clone(),
+        runs[0].clone(),
+        runs[1].clone(),
+    ];
+    asked.push(runs[0].clone());
+    let v = viewer.clone();
+    let body = json!({ "run_ids": asked, "wait_s": 0.5 });
+    let answer = call(move || v.post("/api/v1/flows/results", &body).unwrap()).await;
+    let results = answer["results"].as_array().unwrap();
+    let order: Vec<&str> = results
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, vec![&runs[2], &runs[0], &runs[1]], "{answer}");
+    for (r, note) in results.iter().zip(["r-2", "r-0", "r-1"]) {
+        assert_eq!(r["outcome"], "ok");
+        assert_eq!(r["output"], json!(note));
+    }
+    assert_eq!(answer["pending"], json!([unknown]));
+
+    // Without outputs; a bad id or a bad wait: 400.
+    let v = viewer.clone();
+    let r0 = runs[0].clone();
+    let (bare, bad_id, bad_wait) = call(move || {
+        (
+            v.post(
+                "/api/v1/flows/results",
+                &json!({ "run_ids": [r0], "output": false }),
+            )
+            .unwrap(),
+            status_of(v.post("/api/v1/flows/results", &json!({ "run_ids": ["not-hex"] }))),
+            status_of(v.post(
+                "/api/v1/flows/results",
+                &json!({ "run_ids": [], "wait_s": -1 }),
+            )),
+        )
+    })
+    .await;
+    assert_eq!(bare["results"][0]["outcome"], "ok");
+    assert!(bare["results"][0].get("output").is_none(), "{bare}");
+    assert_eq!(bad_id.0, 400, "{}", bad_id.1);
+    assert_eq!(bad_wait.0, 400, "{}", bad_wait.1);
+
+    // A flow that has not finished: pending after the wait, then found once
+    // it ends (here: killed).
+    let a = admin.clone();
+    let (pending, later) = call(move || {
+        let sleeping = start(&a, sleeper::Flow::NAME, json!({"note": "p-1"}));
+        let pending = a
+            .post(
+                "/api/v1/flows/results",
+                &json!({ "run_ids": [sleeping], "wait_s": 0.05 }),
+            )
+            .unwrap();
+        a.post(&format!("/api/v1/flows/{sleeping}/kill"), &json!({}))
+            .unwrap();
+        let later = a
+            .post(
+                "/api/v1/flows/results",
+                &json!({ "run_ids": [sleeping], "wait_s": 30 }),
+            )
+            .unwrap();
+        (pending, later)
+    })
+    .await;
+    assert_eq!(pending["results"], json!([]));
+    assert_eq!(pending["pending"].as_array().unwrap().len(), 1);
+    assert_eq!(later["results"][0]["outcome"], "error", "{later}");
+    assert_eq!(later["pending"], json!([]));
     s.alice.shutdown().await.unwrap();
     s.bob.shutdown().await.unwrap();
 }

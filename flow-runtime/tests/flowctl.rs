@@ -1,6 +1,7 @@
 //! `flowctl` as an operator runs it: a subprocess against two running
 //! `flow-ping-node` processes. Start by name (with a client id, waiting for
-//! the result), list and show, kill, retry of a hospitalised flow, drain
+//! the result), list and show, kill (followed with `progress --follow`),
+//! retry of a hospitalised flow, drain
 //! on and off across a restart of the node, scraping `/metrics`, the exit
 //! codes scripts rely on, and the operator actions in the node's log with
 //! who took them.
@@ -262,7 +263,26 @@ fn an_operator_runs_the_node_with_flowctl() {
     ));
     let victim = started["run_id"].as_str().unwrap().to_owned();
     wait_listed(&url, token, &["--hospital"], |l| l["total"] == 1);
+    // Followed while it is killed: `progress --follow` prints where the
+    // flow is (no step: an empty line), streams until it ends, then prints
+    // its outcome and exits as `wait` does.
+    let mut follow = Command::new(FLOWCTL)
+        .args(["flows", "progress", &victim, "--follow"])
+        .env("FLOWCTL_NODE", &url)
+        .env("FLOWCTL_TOKEN_FILE", token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "", "its current progress");
     ok(&url, token, &["flows", "kill", &victim]);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert_eq!(follow.wait().unwrap().code(), Some(1), "{rest:?}");
+    assert!(
+        rest.last()
+            .is_some_and(|l| l.starts_with("flow failed:") && l.contains("killed by an operator")),
+        "{rest:?}"
+    );
     let (code, out, _) = flowctl(&url, token, &["flows", "wait", &victim]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("killed by an operator"), "{out}");
