@@ -22,6 +22,7 @@
 //! network in clear.
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 mod dashboard;
 pub mod metrics;
