@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 use store_backends::NodeStores;
 use tcp_common::Logs;
+use tcp_common::mid_run::ping_in_flight;
 
 fn party(name: &str, byte: u8) -> Party {
     Party::new(name, PublicKey([byte; 32]))
@@ -62,29 +63,6 @@ async fn within<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T
         .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
 }
 
-/// Rounds that take about one second here and now (commit latency varies
-/// a hundredfold with machine load; restarts must land mid-run).
-async fn rounds_for_one_second(alice: &Node<MemoryTransport>, bob: &Party) -> u32 {
-    let t = std::time::Instant::now();
-    let h = alice.start_flow(ping(bob.clone(), 10)).await.unwrap();
-    within("warm-up", 30, h.result()).await.unwrap();
-    let per_round = t.elapsed() / 10;
-    let rounds = Duration::from_secs(1).as_micros() / per_round.as_micros().max(1);
-    u32::try_from(rounds).unwrap_or(u32::MAX).clamp(30, 5000)
-}
-
-/// Waits until `node` has made a few commits since `base` (one per round
-/// on either side of a ping), so a restart lands mid-run however fast or
-/// slow the machine is right now.
-async fn some_rounds_done(node: &Node<MemoryTransport>, base: u64) {
-    within("a few rounds", 30, async {
-        while node.commits().await.unwrap() < base + 5 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_finish_and_handles_await_their_results() {
     for stores in NodeStores::each() {
@@ -123,15 +101,12 @@ async fn a_responder_restarted_from_its_database_mid_run_loses_nothing() {
 
 async fn a_responder_restarted_from_its_database_mid_run_loses_nothing_on(stores: &NodeStores) {
     let (net, _, b, alice, bob) = two_nodes(stores).await;
-    let rounds = rounds_for_one_second(&alice, &b).await;
-    let base = bob.commits().await.unwrap();
-    let h = alice.start_flow(ping(b.clone(), rounds)).await.unwrap();
-    some_rounds_done(&bob, base).await;
-    assert_eq!(
-        alice.try_result(&h).await.unwrap(),
-        None,
-        "finished before the restart"
-    );
+    let (h, rounds, _) = ping_in_flight(&alice, &bob, &b, |rounds, _| {
+        let flow = ping(b.clone(), rounds);
+        let alice = &alice;
+        async move { alice.start_flow(flow).await.unwrap() }
+    })
+    .await;
     bob.shutdown().await.unwrap();
     assert!(!net.is_online(b.key()));
     assert_eq!(
@@ -159,14 +134,18 @@ async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
 
 async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle_on(stores: &NodeStores) {
     let (net, a, b, alice, bob) = two_nodes(stores).await;
-    let rounds = rounds_for_one_second(&alice, &b).await;
-    let base = alice.commits().await.unwrap();
-    let h = alice
-        .start_flow_with_client_id("trade-7", ping(b.clone(), rounds))
-        .await
-        .unwrap();
-    some_rounds_done(&alice, base).await;
-    assert_eq!(alice.try_result(&h).await.unwrap(), None);
+    let (h, rounds, attempt) = ping_in_flight(&alice, &alice, &b, |rounds, attempt| {
+        let flow = ping(b.clone(), rounds);
+        let alice = &alice;
+        async move {
+            alice
+                .start_flow_with_client_id(&format!("trade-{attempt}"), flow)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let client_id = format!("trade-{attempt}");
     alice.shutdown().await.unwrap();
     // The old handle's node is gone: it says so instead of waiting.
     let err = within("stale handle", 5, h.result()).await.unwrap_err();
@@ -174,7 +153,7 @@ async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle_on(stor
 
     let alice = start(&net, &a, stores, Duration::from_millis(200)).await;
     let again = alice
-        .reattach::<ping::Flow>("trade-7")
+        .reattach::<ping::Flow>(&client_id)
         .await
         .unwrap()
         .expect("the flow survives the restart");

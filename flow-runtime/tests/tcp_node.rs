@@ -2,13 +2,15 @@
 //! across two nodes, many flows at once, a peer restarting mid-run, a flow
 //! result that survives the initiator's restart, and draining.
 
-use flow_runtime::prelude::*;
+mod tcp_common;
+
 use flow_runtime::runner::{Node, NodeBuilder, keys};
 use flow_runtime::storage::RedbOptions;
 use flow_runtime::tcp::{NetworkMap, PeerEntry, SigningKey, TcpConfig};
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tcp_common::mid_run::ping_in_flight;
 
 struct Party2 {
     key: SigningKey,
@@ -124,30 +126,6 @@ async fn concurrent_pings_with_the_worker_handed_off_during_commits() {
     bob.shutdown().await.unwrap();
 }
 
-/// How many ping rounds take about one second here and now: commit
-/// latency (an fsync) varies a hundredfold between an idle machine and a
-/// busy one, and the restart tests must restart *mid-run* on both.
-async fn rounds_for_one_second(alice: &Node, bob: &Party) -> u32 {
-    let t = std::time::Instant::now();
-    let h = alice.start_flow(ping(bob.clone(), 10)).await.unwrap();
-    within("warm-up", alice.result(&h)).await.unwrap();
-    let per_round = t.elapsed() / 10;
-    let rounds = Duration::from_secs(1).as_micros() / per_round.as_micros().max(1);
-    u32::try_from(rounds).unwrap_or(u32::MAX).clamp(30, 5000)
-}
-
-/// Waits until `node` has made a few commits since `base` (one per round
-/// on either side of a ping), so a restart lands mid-run however fast or
-/// slow the machine is right now.
-async fn some_rounds_done(node: &Node, base: u64) {
-    within("a few rounds", async {
-        while node.commits().await.unwrap() < base + 5 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_restarting_mid_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,17 +133,14 @@ async fn a_responder_restarting_mid_run_loses_nothing() {
     let alice = start(&mut ps[0], &map).await;
     let bob = start(&mut ps[1], &map).await;
     let bob_party = bob.party().clone();
-    let rounds = rounds_for_one_second(&alice, &bob_party).await;
-    let base = bob.commits().await.unwrap();
-    let h = alice.start_flow(ping(bob_party, rounds)).await.unwrap();
     // Let it run a little, then stop Bob and start him again from his
     // database on the same address.
-    some_rounds_done(&bob, base).await;
-    assert_eq!(
-        alice.try_result(&h).await.unwrap(),
-        None,
-        "finished before the restart"
-    );
+    let (h, rounds, _) = ping_in_flight(&alice, &bob, &bob_party, |rounds, _| {
+        let flow = ping(bob_party.clone(), rounds);
+        let alice = &alice;
+        async move { alice.start_flow(flow).await.unwrap() }
+    })
+    .await;
     bob.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bob = start(&mut ps[1], &map).await;
@@ -181,22 +156,22 @@ async fn an_initiator_restarting_mid_run_finishes_its_flow() {
     let (mut ps, map) = parties(dir.path(), &["Alice", "Bob"]);
     let alice = start(&mut ps[0], &map).await;
     let bob = start(&mut ps[1], &map).await;
-    let rounds = rounds_for_one_second(&alice, bob.party()).await;
-    let base = alice.commits().await.unwrap();
-    let h = alice
-        .start_flow_with_client_id("trade-1", ping(bob.party().clone(), rounds))
-        .await
-        .unwrap();
-    some_rounds_done(&alice, base).await;
-    assert_eq!(
-        alice.try_result(&h).await.unwrap(),
-        None,
-        "finished before the restart"
-    );
+    let bob_party = bob.party().clone();
+    let (h, rounds, attempt) = ping_in_flight(&alice, &alice, &bob_party, |rounds, attempt| {
+        let flow = ping(bob_party.clone(), rounds);
+        let alice = &alice;
+        async move {
+            alice
+                .start_flow_with_client_id(&format!("trade-{attempt}"), flow)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
     alice.shutdown().await.unwrap();
     let alice = start(&mut ps[0], &map).await;
     let again = alice
-        .reattach::<ping::Flow>("trade-1")
+        .reattach::<ping::Flow>(&format!("trade-{attempt}"))
         .await
         .unwrap()
         .expect("the flow survives the restart");

@@ -4,6 +4,7 @@
 //! hand so tests can misbehave; and the files node processes start from.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod mid_run;
 mod node_files;
 #[allow(unused_imports)] // each test file uses a different subset
 pub use node_files::{NodeFiles, write_nodes};

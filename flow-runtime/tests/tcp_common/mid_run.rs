@@ -1,0 +1,75 @@
+//! A ping that is known to be in flight, for the tests that restart a node
+//! mid-run (over TCP and over the in-memory transport).
+
+use flow_runtime::FlowHandle;
+use flow_runtime::Party;
+use flow_runtime::runner::Node;
+use flow_runtime::testing::ping_pong::{expected_total, ping};
+use flow_runtime::transport::Transport;
+use std::future::Future;
+use std::time::Duration;
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
+}
+
+/// How many ping rounds take about one second here and now: commit
+/// latency (an fsync) varies a hundredfold between an idle machine and a
+/// busy one.
+async fn rounds_for_one_second<T: Transport>(alice: &Node<T>, bob: &Party) -> u32 {
+    let t = std::time::Instant::now();
+    let h = alice.start_flow(ping(bob.clone(), 10)).await.unwrap();
+    within("warm-up", alice.result(&h)).await.unwrap();
+    let per_round = t.elapsed() / 10;
+    let rounds = Duration::from_secs(1).as_micros() / per_round.as_micros().max(1);
+    u32::try_from(rounds).unwrap_or(u32::MAX).clamp(30, 5000)
+}
+
+/// Waits until `node` has made a few commits since `base` (one per round
+/// on either side of a ping).
+async fn some_rounds_done<T: Transport>(node: &Node<T>, base: u64) {
+    within("a few rounds", async {
+        while node.commits().await.unwrap() < base + 5 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
+/// A ping to `bob` that `start(rounds, attempt)` started, a few rounds in
+/// (counted by `watched`'s commits) and still running, with its rounds and
+/// attempt number: the restart that follows lands mid-run however fast or
+/// slow the machine is right now.
+///
+/// Rounds are sized to last about a second, but a load spike during the
+/// warm-up makes them too few and the run may end before it is seen; such
+/// a run is checked and followed by one with four times the rounds. A test
+/// that needs a run in flight establishes it instead of hoping for it.
+pub async fn ping_in_flight<T, F, Fut>(
+    alice: &Node<T>,
+    watched: &Node<T>,
+    bob: &Party,
+    mut start: F,
+) -> (FlowHandle<ping::Flow>, u32, u32)
+where
+    T: Transport,
+    F: FnMut(u32, u32) -> Fut,
+    Fut: Future<Output = FlowHandle<ping::Flow>>,
+{
+    let mut rounds = rounds_for_one_second(alice, bob).await;
+    for attempt in 0..6 {
+        let base = watched.commits().await.unwrap();
+        let h = start(rounds, attempt).await;
+        some_rounds_done(watched, base).await;
+        match alice.try_result(&h).await.unwrap() {
+            None => return (h, rounds, attempt),
+            Some(done) => {
+                assert_eq!(done, Ok(expected_total(rounds)));
+                rounds = rounds.saturating_mul(4);
+            }
+        }
+    }
+    panic!("every ping ended before it was seen in flight (last: {rounds} rounds)");
+}
