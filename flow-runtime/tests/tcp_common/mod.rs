@@ -137,7 +137,10 @@ impl Logs {
 
     /// Waits until a WARN line contains every one of `needles`; returns it.
     pub async fn wait_for_warning(&self, needles: &[&str]) -> String {
-        for _ in 0..500 {
+        // Generous: on a loaded 2-core machine a periodic check's thread
+        // can wait seconds for its turn; the loop ends at the first match.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             if let Some(line) = self
                 .text()
                 .lines()
