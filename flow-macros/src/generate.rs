@@ -110,30 +110,49 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
     // locals live where it resumes (the others are `None`), and the code
     // stays linear in the body: no variant lists its fields.
     let mut frame_defs = Vec::new();
+    let mut frame_serde = Vec::new();
     let mut frame_debug = Vec::new();
     shape.frame_start();
-    for (f, b) in &frame {
+    for (k, (f, b)) in frame.iter().enumerate() {
         let ty = binding_type(cfg, *b);
         shape.field(f, &ty);
-        let span = ty_span(&ty);
         let field_doc = format!("The local `{}`.", cfg.bindings[*b].name);
-        frame_defs.push(quote_spanned! {span=>
+        let ser = format_ident!("__flow_serialize_{k}");
+        let de = format_ident!("__flow_deserialize_{k}");
+        let (ser_path, de_path) = (ser.to_string(), de.to_string());
+        frame_defs.push(quote! {
             #[doc = #field_doc]
-            #[serde(with = "::flow_runtime::__private::checkpoint_slot")]
-            pub #f: ::core::option::Option<#ty>
+            #[serde(serialize_with = #ser_path, deserialize_with = #de_path)]
+            pub #f: ::flow_runtime::__private::slot::Slot<#ty>
+        });
+        // serde through the slot's dispatch (see `Gen::save`): a type that
+        // cannot be stored compiles here and is reported by its check.
+        frame_serde.push(quote! {
+            fn #ser<S: ::flow_runtime::__private::serde::Serializer>(
+                slot: &::flow_runtime::__private::slot::Slot<#ty>,
+                serializer: S,
+            ) -> ::core::result::Result<S::Ok, S::Error> {
+                slot.__flow_serialize(serializer)
+            }
+            fn #de<'de, D: ::flow_runtime::__private::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::core::result::Result<::flow_runtime::__private::slot::Slot<#ty>, D::Error> {
+                let mut slot: ::flow_runtime::__private::slot::Slot<#ty> = ::core::default::Default::default();
+                (&mut slot).__flow_deserialize(deserializer)?;
+                ::core::result::Result::Ok(slot)
+            }
         });
         let f_str = f.to_string();
         frame_debug.push(quote! {
-            if let ::core::option::Option::Some(v) = &self.#f {
-                d.field(#f_str, ::flow_runtime::__private::checkpoint::debug(v));
+            if let ::core::option::Option::Some(v) = (&self.#f).__flow_debug() {
+                d.field(#f_str, v);
             }
         });
-        let key = pretty_tokens(&ty.to_token_stream());
-        if checked.insert(key) {
-            checks.push(quote_spanned! {span=>
-                const _: () = ::flow_runtime::__private::assert_checkpointable::<#ty>();
-            });
-        }
+        checks.push(keep_check(
+            &cfg.bindings[*b],
+            &ty,
+            first_line(cfg, &variants, *b),
+        ));
     }
     for v in &variants {
         let name = &v.name;
@@ -256,6 +275,9 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
                 Done,
             }
 
+            #[allow(unused_imports)]
+            use ::flow_runtime::__private::slot::{Stored as _, UnstorableMut as _, UnstorableRef as _};
+
             /// The locals kept across suspension points, one field each; a
             /// suspended state holds exactly those live where it resumes.
             #[derive(::core::default::Default, ::flow_runtime::__private::serde::Serialize, ::flow_runtime::__private::serde::Deserialize)]
@@ -263,6 +285,8 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
             pub struct FlowLocals {
                 #(#frame_defs,)*
             }
+
+            #(#frame_serde)*
 
             impl FlowLocals {
                 /// Adds the locals present to a state's `Debug` output.
@@ -761,6 +785,36 @@ impl Gen<'_> {
         quote!(#id)
     }
 
+    /// Puts the value of `value` in binding `b`'s slot. A `FlowLocals`
+    /// field is filled through `Stored`, found by autoref dispatch (see
+    /// `flow_runtime::__private::slot`), so a local that cannot be stored
+    /// draws only its own check's error.
+    fn save(&mut self, b: BindingId, value: &Ident) -> TokenStream {
+        if let Some(f) = self.frame.get(&b) {
+            return quote!((&mut __flow_frame.#f).__flow_put(#value););
+        }
+        let slot = self.slot(b);
+        quote!(#slot = ::core::option::Option::Some(#value);)
+    }
+
+    /// Takes binding `b` back from its slot (`?` on a bug: an empty slot).
+    fn restore(&mut self, b: BindingId) -> TokenStream {
+        if let Some(f) = self.frame.get(&b) {
+            return quote!(::flow_runtime::__private::slot::take(&mut __flow_frame.#f)?);
+        }
+        let slot = self.slot(b);
+        quote!(::flow_runtime::__private::take(&mut #slot)?)
+    }
+
+    /// Empties binding `b`'s slot.
+    fn clear(&mut self, b: BindingId) -> TokenStream {
+        if let Some(f) = self.frame.get(&b) {
+            return quote!(__flow_frame.#f.clear(););
+        }
+        let slot = self.slot(b);
+        quote!(#slot = ::core::option::Option::None;)
+    }
+
     fn name(&self, b: BindingId) -> &Ident {
         &self.cfg.bindings[b].name
     }
@@ -789,9 +843,8 @@ impl Gen<'_> {
         for (b, p) in input.sig.params.iter().enumerate() {
             let n = &p.name;
             if entry_live.contains(&b) {
-                let slot = self.slot(b);
                 pats.push(quote!(#n));
-                stores.push(quote!(#slot = ::core::option::Option::Some(#n);));
+                stores.push(self.save(b, n));
             } else {
                 pats.push(quote!(#n: _));
             }
@@ -887,8 +940,8 @@ impl Gen<'_> {
             let name = self.name(v).clone();
             let m = self.cfg.bindings[v].mutable.then(|| quote!(mut));
             if live_in.contains(&v) {
-                let slot = self.slot(v);
-                out.extend(quote!(let #m #name = ::flow_runtime::__private::take(&mut #slot)?;));
+                let value = self.restore(v);
+                out.extend(quote!(let #m #name = #value;));
             } else {
                 // Dead here, assigned again before its next use: declared
                 // with the type its own declaration gives, so that the
@@ -909,9 +962,8 @@ impl Gen<'_> {
                     && old != *d
                     && live_after[i].contains(&old)
                 {
-                    let slot = self.slot(old);
                     let n = self.name(old).clone();
-                    saves.extend(quote!(#slot = ::core::option::Option::Some(#n);));
+                    saves.extend(self.save(old, &n));
                     held.remove(&name);
                 }
             }
@@ -996,8 +1048,7 @@ impl Gen<'_> {
             let name = self.name(b).clone();
             let is_held = held.get(&name.to_string()) == Some(&b);
             if binds.contains(&b) || is_held {
-                let slot = self.slot(b);
-                out.extend(quote!(#slot = ::core::option::Option::Some(#name);));
+                out.extend(self.save(b, &name));
             }
         }
         out
@@ -1018,9 +1069,8 @@ impl Gen<'_> {
                     && old != *nb
                     && self.live.live_in[*t].contains(&old)
                 {
-                    let slot = self.slot(old);
                     let n = self.name(old).clone();
-                    out.extend(quote!(#slot = ::core::option::Option::Some(#n);));
+                    out.extend(self.save(old, &n));
                     held.remove(&name);
                 }
             }
@@ -1106,10 +1156,7 @@ impl Gen<'_> {
                 let clears: Vec<TokenStream> = self.stale[site]
                     .clone()
                     .into_iter()
-                    .map(|b| {
-                        let slot = self.slot(b);
-                        quote!(#slot = ::core::option::Option::None;)
-                    })
+                    .map(|b| self.clear(b))
                     .collect();
                 let Some(v) = self.variant_for_site(site) else {
                     return quote!(return ::flow_runtime::__private::bad_pc(u32::MAX););
@@ -1157,6 +1204,107 @@ impl Gen<'_> {
             }
         }
     }
+}
+
+/// The source line of the first suspension point where `b` is stored.
+fn first_line(cfg: &Cfg, variants: &[Variant], b: BindingId) -> usize {
+    variants
+        .iter()
+        .filter(|v| v.fields.iter().any(|(_, x)| *x == b))
+        .find_map(|v| v.site)
+        .map_or(0, |site| cfg.sites[site].line)
+}
+
+/// The check that a stored local can be kept in a checkpoint: one error at
+/// the local's name, naming it, the `.await` it is kept across and the one
+/// trait its type lacks (see `flow_runtime::__private::verdict`), and no
+/// error at all for a type that has them all.
+fn keep_check(binding: &cfg::Binding, ty: &Type, line: usize) -> TokenStream {
+    let name = &binding.name;
+    let span = name.span();
+    // The type, at the local's name: where the error points.
+    let ty = respan(ty.to_token_stream(), span);
+    let kept =
+        format!("`{name}` is kept across the `.await` on line {line}, but its type `{{Self}}`");
+    let label =
+        format!("`{name}` is stored in the flow's checkpoint at the `.await` on line {line}");
+    let store_instead = format!(
+        "drop `{name}` before the `.await` (or keep a value that can be stored in its place); a type of your own can derive `Serialize` and `Deserialize`"
+    );
+    let traits = [
+        (
+            "CheckpointSerialize",
+            "HasSerialize",
+            format!(
+                "{kept} is not `Serialize`: every local kept across an `.await` is stored in the checkpoint"
+            ),
+            store_instead.clone(),
+        ),
+        (
+            "CheckpointDeserialize",
+            "HasDeserialize",
+            format!(
+                "{kept} is not `Deserialize`: every local kept across an `.await` is read back from the checkpoint"
+            ),
+            store_instead,
+        ),
+        (
+            "CheckpointDebug",
+            "HasDebug",
+            format!(
+                "{kept} is not `Debug`: a checkpoint's locals are shown in the state's `Debug` output"
+            ),
+            format!("derive or implement `Debug` for it, or drop `{name}` before the `.await`"),
+        ),
+        (
+            "CheckpointSend",
+            "HasSend",
+            format!("{kept} is not `Send`: a flow may resume on another thread"),
+            format!(
+                "drop `{name}` before the `.await`, or keep a `Send` value (e.g. an `Arc` rather than an `Rc`)"
+            ),
+        ),
+    ];
+    let mut decls = TokenStream::new();
+    let mut bounds = Vec::new();
+    for (tr, has, message, note) in traits {
+        let tr = Ident::new(tr, span);
+        let has = Ident::new(has, span);
+        decls.extend(quote_spanned! {span=>
+            #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+            trait #tr<V> {}
+            #[diagnostic::do_not_recommend]
+            impl<T, V: ::flow_runtime::__private::verdict::#has> #tr<V> for T {}
+        });
+        bounds.push(quote_spanned!(span=> #tr<V>));
+    }
+    quote_spanned! {span=>
+        const _: fn() = || {
+            #[allow(unused_imports)]
+            use ::flow_runtime::__private::verdict::{Level0 as _, Level1 as _, Level2 as _, Level3 as _, Level4 as _};
+            #decls
+            fn check<T: #(#bounds)+*, V>(_: V) {}
+            check::<#ty, _>((&&&&&::flow_runtime::__private::verdict::Probe::<#ty>::new()).verdict());
+        };
+    }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Group(g) => {
+                let mut out = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                out.set_span(span);
+                TokenTree::Group(out)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
 }
 
 /// The fields of `FlowLocals`: every binding live at some suspension point,

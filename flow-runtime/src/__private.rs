@@ -5,6 +5,9 @@ use crate::context::{Frame, Wait, with_effects};
 use crate::{Event, Flow, FlowContext, FlowError, Receive, Sleep, Step, SubFlow, Untrustworthy};
 use serde::de::DeserializeOwned;
 
+pub mod slot;
+pub mod verdict;
+
 /// Starts a receive (or send-and-receive): registers the wait, or returns at
 /// once with the error of the send that preceded it.
 pub fn start_receive<T>(
@@ -306,34 +309,11 @@ where
     }
 }
 
-/// Serde for a field of a flow's `FlowLocals`: `None` where the local is
-/// not stored, else the local's value in a one-element tuple, so that a
-/// stored `None` of an `Option` local (`Some(None)`) does not read back as
-/// "not stored" (MessagePack writes both `None`s as nil). Bounds on `T`, so
-/// an unstorable local is reported with [`Checkpointable`]'s message.
-pub mod checkpoint_slot {
-    use super::Checkpointable;
-    use serde::{Deserialize, Serialize};
-
-    /// Serializes a stored local's slot.
-    pub fn serialize<T: Checkpointable, S: serde::Serializer>(
-        value: &Option<T>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        value.as_ref().map(|v| (v,)).serialize(serializer)
-    }
-
-    /// Deserializes a stored local's slot.
-    pub fn deserialize<'de, T: Checkpointable, D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<T>, D::Error> {
-        Ok(Option::<(T,)>::deserialize(deserializer)?.map(|(v,)| v))
-    }
-}
-
-/// serde `with` functions for every stored field: they bound the field by
-/// [`Checkpointable`], so a field that cannot be stored is reported with
-/// that trait's message instead of raw serde errors from the derive.
+/// serde `with` functions for the arguments in a `Start` state and a
+/// sub-flow's nested state: they bound the field by [`Checkpointable`], so
+/// a field that cannot be stored is reported with that trait's message
+/// instead of raw serde errors from the derive. (Stored locals go through
+/// [`slot`].)
 pub mod checkpoint {
     use super::Checkpointable;
 
