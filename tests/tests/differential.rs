@@ -16,7 +16,12 @@
 //! `Vec` and over a range, labelled `break`/`continue`, early `return`,
 //! `?`, shadowing, awaits nested four deep, sub-flows (also failing ones),
 //! `sleep`, `send_and_receive`, several sessions and a session received as
-//! an argument.
+//! an argument; and the shapes a transform gets wrong most easily: points
+//! of one name in both branches of an `if` and in several `match` arms, a
+//! `let` whose value is an `if` that waits, a `let ... else` whose `else`
+//! waits (with the type on the pattern), an early return after an await in
+//! a branch before a later use of an outer local, a local dead across an
+//! await and assigned again, and a struct of the user's kept in the state.
 
 use flow_runtime::prelude::{FlowError, Party, PublicKey};
 use flow_runtime::{FlowSession as RuntimeSession, SessionId};
@@ -32,6 +37,20 @@ pub fn at_most(limit: u32, n: u32) -> Result<u32, FlowError> {
     } else {
         Err(FlowError::new(format!("{n} is more than {limit}")))
     }
+}
+
+/// A message kind to `match` on, with a binding in one arm.
+pub enum Kind {
+    Ping(u32),
+    Pong,
+    Other,
+}
+
+/// A struct of the user's, kept in a flow's state.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Pair {
+    pub price: u32,
+    pub qty: u32,
 }
 
 flow_tests::diff_flows! {
@@ -345,6 +364,76 @@ flow_tests::diff_flows! {
         Ok(ctx.now().0 - start)
     }
 
+    // Points of one name told apart by where they sit: `let x` in both
+    // branches of an `if` that is the value of a `let`, `let y` in every arm
+    // of a `match`.
+    fn same_names(ctx, peer: Party) -> u64 {
+        let s = ctx.initiate_flow(&peer);
+        let flag: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        let base: u64 = 7;
+        let total: u64 = if flag.is_multiple_of(2) {
+            let x: u32 = s.send_and_receive::<u32>(&"even").await?.validate(Ok)?;
+            u64::from(x) + base
+        } else {
+            let x: u32 = s.receive::<u32>().await?.validate(Ok)?;
+            u64::from(x) * base
+        };
+        let kind: Kind = match flag % 3 {
+            0 => Kind::Ping(flag),
+            1 => Kind::Pong,
+            _ => Kind::Other,
+        };
+        let extra: u64 = match kind {
+            Kind::Ping(n) => {
+                let y: u32 = s.send_and_receive::<u32>(&n).await?.validate(Ok)?;
+                u64::from(y) + 1
+            }
+            Kind::Pong => {
+                let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                u64::from(y) + 2
+            }
+            Kind::Other => {
+                let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+                u64::from(y) + 3
+            }
+        };
+        Ok(total * 1000 + extra)
+    }
+
+    // A `let ... else` (type on the pattern) whose `else` waits and
+    // returns; an early return after an await in a branch, before a later
+    // use of the outer `big` (not stored at that await); `st` dead across
+    // an await and assigned again.
+    fn let_else_waits(ctx, peer: Party) -> u64 {
+        let s = ctx.initiate_flow(&peer);
+        let big: Vec<u32> = vec![1, 2, 3];
+        let first: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        let picked: Option<u64> = if first.is_multiple_of(3) { None } else { Some(u64::from(first) * 2) };
+        let Some(limit): Option<u64> = picked else {
+            let why: u32 = s.send_and_receive::<u32>(&"why").await?.validate(Ok)?;
+            return Ok(u64::from(why) + 500);
+        };
+        if limit > 10 {
+            let y: u32 = s.receive::<u32>().await?.validate(Ok)?;
+            return Ok(u64::from(y) + limit);
+        }
+        let mut st: Vec<u64> = vec![limit];
+        let x: u32 = s.send_and_receive::<u32>(&(st.len() as u32)).await?.validate(Ok)?;
+        st = Vec::new();
+        st.extend([u64::from(x), limit]);
+        let z: u32 = s.send_and_receive::<u32>(&(st.len() as u32)).await?.validate(Ok)?;
+        Ok(limit + st.iter().sum::<u64>() + u64::from(z) + big.len() as u64)
+    }
+
+    // A struct of the user's kept across an await.
+    fn pair_kept(ctx, peer: Party) -> u64 {
+        let s = ctx.initiate_flow(&peer);
+        let price: u32 = s.receive::<u32>().await?.validate(Ok)?;
+        let pair: Pair = Pair { price, qty: price % 5 + 1 };
+        let extra: u32 = s.send_and_receive::<u32>(&pair.qty).await?.validate(Ok)?;
+        Ok(u64::from(pair.price) * u64::from(pair.qty) + u64::from(extra))
+    }
+
     // Two sessions with two parties, interleaved; the party kept in state.
     fn two_parties(ctx, first: Party, second: Party) -> u64 {
         let a = ctx.initiate_flow(&first);
@@ -505,6 +594,41 @@ fn sleeper_agrees() {
 fn two_parties_agree() {
     let coverage = check("two_parties", 4, &twins!(two_parties(bob(), carol())));
     assert!(coverage.ok > 0, "{coverage:?}");
+}
+
+#[test]
+fn same_names_agree() {
+    let twins = twins!(same_names(bob()));
+    let coverage = check("same_names", 4, &twins);
+    assert!(coverage.ok > 0, "{coverage:?}");
+    // 4: even, x = 3 -> 10; 4 % 3 = 1 -> Pong, y = 5 -> 7.
+    assert_eq!(outcome(&twins, &[4, 3, 5]), Outcome::Done(Ok(10_007)));
+    // 3: odd, x = 2 -> 14; 3 % 3 = 0 -> Ping(3), y = 1 -> 2.
+    assert_eq!(outcome(&twins, &[3, 2, 1]), Outcome::Done(Ok(14_002)));
+    // 5: odd, x = 1 -> 7; 5 % 3 = 2 -> Other, y = 0 -> 3.
+    assert_eq!(outcome(&twins, &[5, 1, 0]), Outcome::Done(Ok(7_003)));
+}
+
+#[test]
+fn let_else_waits_agrees() {
+    let twins = twins!(let_else_waits(bob()));
+    let coverage = check("let_else_waits", 4, &twins);
+    assert!(coverage.ok > 0, "{coverage:?}");
+    // 3: no limit, the `else` waits for 9.
+    assert_eq!(outcome(&twins, &[3, 9]), Outcome::Done(Ok(509)));
+    // 7: limit 14, the branch waits for 1 and returns.
+    assert_eq!(outcome(&twins, &[7, 1]), Outcome::Done(Ok(15)));
+    // 4: limit 8; x = 2, z = 6: 8 + (2 + 8) + 6 + 3.
+    assert_eq!(outcome(&twins, &[4, 2, 6]), Outcome::Done(Ok(27)));
+}
+
+#[test]
+fn pair_kept_agrees() {
+    let twins = twins!(pair_kept(bob()));
+    let coverage = check("pair_kept", 2, &twins);
+    assert!(coverage.ok > 0, "{coverage:?}");
+    // 7 * (7 % 5 + 1) + 2.
+    assert_eq!(outcome(&twins, &[7, 2]), Outcome::Done(Ok(23)));
 }
 
 #[test]
