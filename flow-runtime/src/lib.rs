@@ -45,6 +45,7 @@ mod error;
 mod fast_hash;
 pub mod fingerprint;
 mod flow;
+pub mod graph;
 mod handle;
 mod migration;
 mod node;

@@ -54,6 +54,11 @@ pub trait FlowType: Send + Sync {
     ) -> Result<(ErasedStep, StepEffects), String>;
     /// The variant name of an encoded state, if it decodes.
     fn state_name(&self, state: &[u8]) -> Option<&'static str>;
+    /// `Flow::STATE_GRAPH`: the flow's states and transitions, to draw it.
+    /// `None` for a type that does not know its graph.
+    fn state_graph(&self) -> Option<&'static crate::graph::StateGraph> {
+        None
+    }
     /// An encoded state as JSON (its variant and stored fields by name),
     /// for operators; `Err` says why it cannot be shown.
     fn state_json(&self, _state: &[u8]) -> Result<serde_json::Value, String> {
@@ -131,6 +136,9 @@ impl<F: Flow> FlowType for Typed<F> {
             Step::Done(Err(e)) => ErasedStep::Done(Err(e)),
         };
         Ok((erased, effects))
+    }
+    fn state_graph(&self) -> Option<&'static crate::graph::StateGraph> {
+        Some(&F::STATE_GRAPH)
     }
     fn state_name(&self, state: &[u8]) -> Option<&'static str> {
         rmp_serde::from_slice::<F>(state)
@@ -405,6 +413,13 @@ impl Registry {
     /// registered, see [`versions`](Self::versions)).
     pub fn flow(&self, name: &str) -> Option<Arc<dyn FlowType>> {
         self.flows.get(name).and_then(|v| v.last()).cloned()
+    }
+
+    /// The names of every flow registered, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> {
+        let mut names: Vec<&'static str> = self.flows.keys().copied().collect();
+        names.sort_unstable();
+        names.into_iter()
     }
 
     /// Every version registered under `name`, the newest registration last.

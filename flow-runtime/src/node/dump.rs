@@ -291,6 +291,22 @@ impl OperatorView {
         self.registry.flow(flow).map(|t| t.output_json(output))
     }
 
+    /// The state graph of the flow type registered last under `flow`, if
+    /// that name is registered here (see [`crate::graph`]).
+    pub fn state_graph(&self, flow: &str) -> Option<&'static crate::graph::StateGraph> {
+        self.registry.flow(flow).and_then(|t| t.state_graph())
+    }
+
+    /// Every flow type registered here: name, version and full
+    /// fingerprint, sorted by name then registration.
+    pub fn flow_types(&self) -> Vec<(&'static str, u32, u64)> {
+        self.registry
+            .names()
+            .flat_map(|name| self.registry.versions(name))
+            .map(|t| (t.name(), t.version(), t.fingerprint()))
+            .collect()
+    }
+
     /// The dump as pretty JSON.
     pub fn dump_json(&self, now: Timestamp) -> Result<String, NodeError> {
         serde_json::to_string_pretty(&self.dump(now)?)
