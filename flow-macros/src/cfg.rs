@@ -132,6 +132,10 @@ pub struct Block {
     /// Position in source order, so blocks are emitted in the order the
     /// code was written (helps both readers and type inference).
     pub order: usize,
+    /// What a branch into this block means (`if ok`, `while i < n`,
+    /// `match msg: Ping(x)`, `end of for x in items`), for the state
+    /// graph's transitions; `None` for blocks that are no branch target.
+    pub note: Option<String>,
 }
 
 /// A suspension point: one `.await`.

@@ -9,6 +9,7 @@
 
 use crate::cfg::{self, BindingId, BlockId, Cfg, Origin, PieceKind, Term};
 use crate::errors::Errors;
+use crate::graph;
 use crate::liveness::{self, Liveness, Set};
 use crate::lower;
 use crate::ops::Op;
@@ -232,6 +233,7 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         name_arms.push(quote!(Flow::#name { .. } => #name_str));
     }
     let (fingerprint, fingerprint_doc, stored_shapes) = shape.finish();
+    let state_graph = state_graph(input, cfg, &live, &variants);
 
     let slot_decls = g.used_slots.iter().map(|s| match g.slot_types.get(s) {
         Some(t) => quote!(let mut #s: ::core::option::Option<#t> = ::core::option::Option::None;),
@@ -313,6 +315,7 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
                 const VERSION: u32 = #version;
                 #[doc = #fingerprint_doc]
                 const FINGERPRINT: u64 = #fingerprint;
+                const STATE_GRAPH: ::flow_runtime::graph::StateGraph = #state_graph;
 
                 fn stored_shapes(shapes: &mut ::flow_runtime::fingerprint::Shapes) {
                     #stored_shapes
@@ -494,6 +497,30 @@ impl Shape {
         };
         (constant, doc, quote!(#(#calls)*))
     }
+}
+
+/// The `STATE_GRAPH` constant's expression (see [`crate::graph`]).
+fn state_graph(input: &Input, cfg: &Cfg, live: &Liveness, variants: &[Variant]) -> TokenStream {
+    let states: Vec<graph::GraphState> = variants
+        .iter()
+        .map(|v| graph::GraphState {
+            name: &v.name,
+            doc: &v.doc,
+            fields: v
+                .fields
+                .iter()
+                .map(|(f, b)| (*b, f.to_string(), binding_type(cfg, *b)))
+                .collect(),
+            site: v.site,
+            child: v.child.as_ref(),
+        })
+        .collect();
+    let state_of_site: HashMap<usize, String> = variants
+        .iter()
+        .filter_map(|v| Some((v.site?, v.name.to_string())))
+        .collect();
+    let transitions = graph::transitions(cfg, live, &state_of_site);
+    graph::state_graph(&input.item.sig.ident, cfg, &states, &transitions)
 }
 
 /// FNV-1a, the same function as `flow_runtime::__private::fnv1a`.

@@ -10,6 +10,8 @@
 //!   types and purity, and `ops` to recognise what is awaited;
 //! * `liveness` finds the locals live at each suspension point;
 //! * `generate` writes the state enum, the `Flow` impl and the trampoline;
+//! * `graph` writes the flow's state graph (`Flow::STATE_GRAPH`): the
+//!   states and the paths between suspension points, for drawings;
 //! * `errors` collects spanned errors so every problem is reported in one
 //!   compile, and nothing panics; `pretty` renders code for messages.
 //!
@@ -24,6 +26,7 @@ mod cfg;
 mod errors;
 mod expand;
 mod generate;
+mod graph;
 mod liveness;
 mod lower;
 mod ops;

@@ -124,6 +124,7 @@ impl Lowerer<'_> {
             term_uses: Vec::new(),
             term_mentions: Vec::new(),
             order: usize::MAX,
+            note: None,
         });
         self.cfg.blocks.len() - 1
     }
@@ -136,6 +137,11 @@ impl Lowerer<'_> {
         block.visible = visible;
         block.order = self.next_order;
         self.next_order += 1;
+    }
+
+    /// Records what a branch into `b` means, for the state graph.
+    fn note(&mut self, b: BlockId, note: String) {
+        self.cfg.blocks[b].note = Some(note);
     }
 
     fn terminated(&self) -> bool {
@@ -452,6 +458,9 @@ impl Lowerer<'_> {
                 },
                 refs,
             );
+            let pat_text = readable(&local.pat);
+            self.note(cont, format!("let {pat_text}"));
+            self.note(otherwise, format!("else of let {pat_text}"));
             self.enter(otherwise);
             let place = format!("let {} else", code(&local.pat));
             self.at(place, |l| l.lower_tail(&diverge, Dest::Discard));
@@ -616,6 +625,9 @@ impl Lowerer<'_> {
                 self.goto(head);
                 self.enter(head);
                 self.push_scope();
+                let cond = readable(&w.cond);
+                self.note(body, format!("while {cond}"));
+                self.note(exit, format!("end of while {cond}"));
                 self.branch(&w.cond, body, exit);
                 self.loops.push(LoopCtx {
                     label: w.label.as_ref().map(|l| l.name.ident.to_string()),
@@ -727,6 +739,9 @@ impl Lowerer<'_> {
         let then_ = self.new_block();
         let else_ = self.new_block();
         let join = self.new_block();
+        let shown = readable(&i.cond);
+        self.note(then_, format!("if {shown}"));
+        self.note(else_, format!("else of if {shown}"));
         self.push_scope();
         self.branch(&i.cond, then_, else_);
         self.enter(then_);
@@ -802,6 +817,11 @@ impl Lowerer<'_> {
                 Some((_, g)) => format!("arm {} if {}", code(&arm.pat), code(g)),
                 None => format!("arm {}", code(&arm.pat)),
             };
+            let arm_text = match &arm.guard {
+                Some((_, g)) => format!("{} if {}", readable(&arm.pat), readable(g)),
+                None => readable(&arm.pat),
+            };
+            self.note(target, format!("match {}: {arm_text}", readable(&m.expr)));
             bodies.push((target, scope, (*arm.body).clone(), place));
         }
         self.terminate(Term::Match { scrut, arms }, refs);
@@ -865,6 +885,9 @@ impl Lowerer<'_> {
         let head = self.new_block();
         let body = self.new_block();
         let exit = self.new_block();
+        let loop_text = format!("for {} in {}", readable(&f.pat), readable(&f.expr));
+        self.note(body, loop_text.clone());
+        self.note(exit, format!("end of {loop_text}"));
         self.goto(head);
         self.enter(head);
         self.push_scope();
@@ -1173,6 +1196,11 @@ impl Lowerer<'_> {
 /// and line numbers never show.
 fn code(node: &impl ToTokens) -> String {
     crate::pretty::pretty_tokens(&node.to_token_stream())
+}
+
+/// Code as text for a person: the state graph's branch labels.
+fn readable(node: &impl ToTokens) -> String {
+    crate::pretty::readable_tokens(&node.to_token_stream())
 }
 
 fn label_text(label: Option<&syn::Label>) -> String {

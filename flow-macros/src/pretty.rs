@@ -65,6 +65,90 @@ pub fn pretty_tokens(ts: &TokenStream) -> String {
     out.trim().to_string()
 }
 
+/// Renders tokens for a person reading a label (the state graph's
+/// branch conditions): as [`pretty_tokens`], with comparisons and `&&`
+/// spaced (`i < rounds && ok` rather than `i<rounds&&ok`). Kept apart from
+/// [`pretty_tokens`], whose output is part of the fingerprint.
+pub fn readable_tokens(ts: &TokenStream) -> String {
+    let text = pretty_tokens(ts);
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 8);
+    // Generic `<` opened after `::` (a turbofish), still open.
+    let mut generics = 0usize;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let prev = i.checked_sub(1).map(|p| chars[p]);
+        let next = chars.get(i + 1).copied();
+        if in_string || c == '"' {
+            if c == '"' && prev != Some('\\') {
+                in_string = !in_string;
+            }
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let operator = match c {
+            '<' if generics > 0 || out.ends_with("::") => {
+                generics += 1;
+                None
+            }
+            '>' if generics > 0 => {
+                generics -= 1;
+                None
+            }
+            // `=>`, `->` and `>=`/`<=` already spaced by `pretty_tokens`.
+            '>' if matches!(prev, Some('=' | '-')) => None,
+            '<' | '>' if next == Some('=') => Some(format!("{c}=")),
+            '<' | '>' => Some(c.to_string()),
+            '&' if next == Some('&') => Some("&&".to_owned()),
+            _ => None,
+        };
+        match operator {
+            Some(op) => {
+                let trimmed = out.trim_end().len();
+                out.truncate(trimmed);
+                out.push(' ');
+                out.push_str(&op);
+                out.push(' ');
+                i += op.chars().count();
+                while chars.get(i) == Some(&' ') {
+                    i += 1;
+                }
+            }
+            None => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod readable_tests {
+    use super::readable_tokens;
+
+    #[test]
+    fn comparisons_are_spaced_and_turbofish_is_not() {
+        for (code, shown) in [
+            ("i < rounds", "i < rounds"),
+            ("n >= 10 && ok", "n >= 10 && ok"),
+            ("a <= b || c > d", "a <= b || c > d"),
+            (
+                "s.receive::<Vec<u8>>().len() > 2",
+                "s.receive::<Vec<u8>>().len() > 2",
+            ),
+            ("x == \"a<b\"", "x == \"a<b\""),
+            ("Some(Msg::Ping { n })", "Some(Msg::Ping { n })"),
+        ] {
+            let ts: proc_macro2::TokenStream = code.parse().unwrap();
+            assert_eq!(readable_tokens(&ts), shown, "{code}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::pretty_tokens;

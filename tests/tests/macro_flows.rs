@@ -857,3 +857,129 @@ fn duplicate_state_names_never_collide() {
     assert_eq!(d.states, vec!["AwaitV12", "AwaitV1", "AwaitV13"]);
     assert_eq!(d.done(), Some(&Ok(6)));
 }
+
+// ---------------------------------------------------------------------------
+// The state graph (`Flow::STATE_GRAPH`) against the runs above.
+
+/// Checks that every state a run passed through is in `F`'s graph, and
+/// every step from one to the next (from `Start`, to `Done` for a run that
+/// finished) is one of its transitions. A parent stays in its sub-flow
+/// state while the child steps: those repeats are one stay.
+fn assert_run_in_graph<F: Flow>(d: &Driver<F>) {
+    let graph = &F::STATE_GRAPH;
+    let mut path = vec!["Start"];
+    for state in &d.states {
+        let in_sub_flow = graph.state(state).is_some_and(|s| s.sub_flow.is_some());
+        if !(in_sub_flow && path.last() == Some(state)) {
+            path.push(state);
+        }
+    }
+    if matches!(d.done(), Some(Ok(_))) {
+        path.push("Done");
+    }
+    for pair in path.windows(2) {
+        assert!(
+            graph
+                .transitions
+                .iter()
+                .any(|t| t.from == pair[0] && t.to == pair[1]),
+            "{}: no transition {} -> {} in {:#?}",
+            graph.title,
+            pair[0],
+            pair[1],
+            graph.transitions
+        );
+    }
+    for state in &path {
+        assert!(
+            graph.state(state).is_some(),
+            "{}: no state {state}",
+            graph.title
+        );
+    }
+}
+
+#[test]
+fn every_run_follows_transitions_of_the_state_graph() {
+    for mode in 0u8..3 {
+        let mut d = Driver::start(branches(session(1), mode));
+        match mode {
+            0 => {
+                d.deliver(&5u32);
+                d.deliver(&Some(3u32));
+                d.deliver(&4u32);
+                d.deliver(&1u8);
+                d.deliver(&9u32);
+                d.deliver(&11u32);
+            }
+            1 => {
+                d.deliver(&None::<u32>);
+                d.deliver(&0u8);
+            }
+            _ => {
+                d.deliver(&6u32);
+                d.deliver(&None::<u32>);
+                d.deliver(&5u8);
+            }
+        }
+        assert!(matches!(d.done(), Some(Ok(_))));
+        assert_run_in_graph(&d);
+    }
+
+    let mut d = Driver::start(loops(session(2), vec![7, 8]));
+    for v in [1u32, 2, 30, 5, 6, 70, 80, 1, 2] {
+        d.deliver(&v);
+    }
+    assert!(matches!(d.done(), Some(Ok(_))));
+    assert_run_in_graph(&d);
+
+    let mut d = Driver::start(exits(session(3)));
+    d.deliver(&0u32); // an early `return`
+    assert_run_in_graph(&d);
+    let mut d = Driver::start(exits(session(3)));
+    d.deliver(&4u32);
+    d.deliver(&9u32);
+    d.deliver(&None::<u32>); // the `else` of a `let ... else`
+    assert_run_in_graph(&d);
+
+    let mut d = Driver::start(parent(session(4)));
+    d.deliver(&1u32);
+    d.fire_timer();
+    d.deliver(&20u32);
+    d.deliver(&22u32);
+    assert_run_in_graph(&d);
+}
+
+#[test]
+fn a_sub_flow_state_holds_the_childs_graph() {
+    let graph = &parent::Flow::STATE_GRAPH;
+    assert_eq!(graph.title, "parent");
+    assert_eq!(graph.flow, <parent::Flow as Flow>::NAME);
+    let inner = graph.state("AwaitInner").expect("the sub-flow's state");
+    let middle_graph = inner.sub_flow.expect("it nests the child's graph");
+    assert_eq!(middle_graph, &middle::Flow::STATE_GRAPH);
+    let nested: Vec<&str> = middle_graph
+        .states
+        .iter()
+        .filter_map(|s| s.sub_flow.map(|g| g.title))
+        .collect();
+    assert_eq!(nested, ["child", "child"]);
+    let sleep = middle_graph.state("Sleep").expect("middle sleeps first");
+    assert_eq!(
+        sleep.awaits.map(|o| o.code),
+        Some("ctx.sleep(Duration::from_secs(3600))")
+    );
+    // What each state stores: `before` is kept while the child runs.
+    let stored: Vec<&str> = graph.fields_of(inner).iter().map(|f| f.name).collect();
+    assert_eq!(stored, ["before"]);
+    let mermaid = graph.to_mermaid(Some("AwaitInner"));
+    assert!(mermaid.contains("    state AwaitInner {\n"), "{mermaid}");
+    assert!(
+        mermaid.contains("        state AwaitInner__AwaitA {\n"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.ends_with("    class AwaitInner current\n"),
+        "{mermaid}"
+    );
+}
