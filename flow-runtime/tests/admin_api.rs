@@ -933,6 +933,125 @@ async fn many_results_are_collected_with_one_request() {
     assert_eq!(pending["pending"].as_array().unwrap().len(), 1);
     assert_eq!(later["results"][0]["outcome"], "error", "{later}");
     assert_eq!(later["pending"], json!([]));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_types_state_graph_is_drawn_in_every_format() {
+    let s = setup().await;
+    let url = s.url.clone();
+    let auth = format!("Bearer {}", s.admin_token);
+    let read = client(&s.url, READ_TOKEN);
+    let answers = call(move || {
+        let graph = |name: &str, query: &str| {
+            raw(
+                "GET",
+                &format!("{url}/api/v1/flow-types/{name}/graph{query}"),
+                Some(&auth),
+                None,
+            )
+        };
+        let types = read.get("/api/v1/flow-types").unwrap();
+        let mermaid = graph(ping::Flow::NAME, "");
+        let dot = graph(ping::Flow::NAME, "?format=dot&highlight=AwaitEcho");
+        let svg = graph(ping::Flow::NAME, "?format=svg&highlight=AwaitEcho");
+        let data = graph(sleeper::Flow::NAME, "?format=json");
+        let unknown_state = graph(ping::Flow::NAME, "?format=svg&highlight=Nowhere");
+        let refused = vec![
+            (
+                "unknown flow",
+                graph("no::such", ""),
+                404,
+                "no flow type `no::such`",
+            ),
+            (
+                "unknown format",
+                graph(ping::Flow::NAME, "?format=png"),
+                400,
+                "unknown graph format",
+            ),
+            (
+                "unknown parameter",
+                graph(ping::Flow::NAME, "?colour=red"),
+                400,
+                "bad query",
+            ),
+            (
+                "huge state name",
+                graph(ping::Flow::NAME, &format!("?highlight={}", "A".repeat(300))),
+                400,
+                "at most 256 bytes",
+            ),
+            (
+                "no token",
+                raw(
+                    "GET",
+                    &format!("{url}/api/v1/flow-types/x/graph"),
+                    None,
+                    None,
+                ),
+                401,
+                "",
+            ),
+        ];
+        (types, mermaid, dot, svg, data, unknown_state, refused)
+    })
+    .await;
+    let (types, mermaid, dot, svg, data, unknown_state, refused) = answers;
+
+    // The read role lists the registered types with their state counts.
+    let listed = types["flow_types"].as_array().unwrap();
+    let ping_type = listed
+        .iter()
+        .find(|t| t["name"] == ping::Flow::NAME)
+        .unwrap_or_else(|| panic!("ping is not listed: {types}"));
+    assert_eq!(ping_type["states"], 3, "Start, AwaitEcho, Done: {types}");
+    assert_eq!(ping_type["version"], 1);
+
+    assert_eq!(mermaid.0, 200, "{}", mermaid.1);
+    assert!(mermaid.1.starts_with("stateDiagram-v2\n"), "{}", mermaid.1);
+    assert!(
+        mermaid
+            .1
+            .contains("    AwaitEcho --> Done : end of while i #60; rounds\n"),
+        "{}",
+        mermaid.1
+    );
+    assert_eq!(dot.0, 200, "{}", dot.1);
+    assert!(
+        dot.1.contains("\"AwaitEcho\" [label=\"AwaitEcho\\n"),
+        "{}",
+        dot.1
+    );
+    assert_eq!(dot.1.matches("penwidth=3").count(), 1, "{}", dot.1);
+    assert_eq!(svg.0, 200, "{}", svg.1);
+    assert!(
+        svg.1
+            .contains("class=\"flow-state current\" data-state=\"AwaitEcho\""),
+        "{}",
+        svg.1
+    );
+    assert_eq!(unknown_state.0, 200, "an unknown state highlights nothing");
+    assert!(!unknown_state.1.contains("current"), "{}", unknown_state.1);
+
+    // The graph as data: the sleeper's one suspension point and its operation.
+    assert_eq!(data.0, 200, "{}", data.1);
+    let data: Value = serde_json::from_str(&data.1).unwrap();
+    assert_eq!(data["title"], "sleeper");
+    let states: Vec<&str> = data["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["Start", "Sleep", "Done"]);
+    assert_eq!(data["states"][1]["awaits"]["kind"], "sleep");
+    assert_eq!(
+        data["states"][0]["fields"][0],
+        json!({"name": "note", "ty": "String"})
+    );
+
+    for (what, (status, body), want, needle) in refused {
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body.contains(needle), "{what}: `{needle}` not in `{body}`");
+    }
     s.alice.shutdown().await.unwrap();
     s.bob.shutdown().await.unwrap();
 }

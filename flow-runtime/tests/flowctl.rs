@@ -377,3 +377,57 @@ fn an_operator_runs_the_node_with_flowctl() {
         );
     }
 }
+
+#[test]
+fn flowctl_draws_a_registered_flows_state_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = setup(dir.path());
+    let alice_f = &files[0];
+    let (_alice, url) = start(alice_f);
+    let token = alice_f.token_file.as_path();
+
+    let mermaid = ok(&url, token, &["graph", PING]);
+    assert!(mermaid.starts_with("stateDiagram-v2\n"), "{mermaid}");
+    assert!(
+        mermaid.contains("    Start --> AwaitEcho : while i #60; rounds<br>await session.receive#58;#58;#60;u32#62;()\n"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("    AwaitEcho : total#58; u64\n"),
+        "{mermaid}"
+    );
+    assert!(!mermaid.contains("class AwaitEcho current"), "{mermaid}");
+
+    let dot = ok(
+        &url,
+        token,
+        &["graph", PING, "--format", "dot", "--highlight", "AwaitEcho"],
+    );
+    assert!(dot.starts_with("digraph \"ping\" {\n"), "{dot}");
+    let lit: Vec<&str> = dot.lines().filter(|l| l.contains("penwidth=3")).collect();
+    assert_eq!(lit.len(), 1, "{dot}");
+    assert!(lit[0].trim_start().starts_with("\"AwaitEcho\" ["), "{dot}");
+
+    let svg = ok(
+        &url,
+        token,
+        &["graph", PING, "--format", "svg", "--highlight", "AwaitEcho"],
+    );
+    assert!(svg.starts_with("<svg "), "{svg}");
+    assert!(
+        svg.contains("class=\"flow-state current\" data-state=\"AwaitEcho\""),
+        "{svg}"
+    );
+
+    let data = json(&ok(&url, token, &["--json", "graph", MARKER]));
+    assert_eq!(data["flow"], MARKER);
+    assert_eq!(data["states"][0]["name"], "Start");
+
+    // An unknown flow is refused by the node (exit 4), a bad format by
+    // flowctl itself (exit 2).
+    let (code, _, err) = flowctl(&url, token, &["graph", "no::such::flow"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no flow type `no::such::flow`"), "{err}");
+    let (code, _, _) = flowctl(&url, token, &["graph", PING, "--format", "png"]);
+    assert_eq!(code, 2);
+}

@@ -7,6 +7,7 @@
 //! flowctl --node http://127.0.0.1:7101 --token-file alice.redb.admin-token flows list
 //! flowctl flows start my::flow --args '{"peer": "Bob"}' --client-id order-17 --wait
 //! flowctl node drain on
+//! flowctl graph my::flow --format dot | dot -Tsvg > my-flow.svg
 //! ```
 //!
 //! Why a module of flow-runtime rather than a crate of its own: it is a thin
@@ -80,6 +81,19 @@ enum Command {
     },
     /// Every flow with a checkpoint, in full, as JSON.
     Dump,
+    /// A registered flow's state graph, to draw: Mermaid (paste it into
+    /// any Markdown that renders Mermaid), Graphviz DOT (`| dot -Tsvg`)
+    /// or SVG. With --json, the graph as data.
+    Graph {
+        /// The flow's name (as `flows list` shows it).
+        flow: String,
+        /// Mermaid, DOT or SVG text.
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: GraphFormat,
+        /// Draw this state highlighted (e.g. a flow's current state).
+        #[arg(long, value_name = "STATE")]
+        highlight: Option<String>,
+    },
     /// The node's Prometheus metrics, as scraped.
     Metrics,
     /// Whether the node is up.
@@ -167,6 +181,13 @@ enum NodeCommand {
         /// on or off.
         state: OnOff,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+    Svg,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -286,6 +307,28 @@ fn command(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, 
                 "{}",
                 serde_json::to_string_pretty(&dump).unwrap_or_default()
             );
+            Ok(0)
+        }
+        Command::Graph {
+            flow,
+            format,
+            highlight,
+        } => {
+            let format = match (args.json, format) {
+                (true, _) => "json",
+                (false, GraphFormat::Mermaid) => "mermaid",
+                (false, GraphFormat::Dot) => "dot",
+                (false, GraphFormat::Svg) => "svg",
+            };
+            let mut path = format!("/api/v1/flow-types/{}/graph?format={format}", segment(flow));
+            if let Some(state) = highlight {
+                path.push_str(&format!("&highlight={}", segment(state)));
+            }
+            let text = client(args, Duration::ZERO)?.get_text(&path)?;
+            let _ = write!(out, "{text}");
+            if !text.ends_with('\n') {
+                say!(out, "");
+            }
             Ok(0)
         }
         Command::Metrics => {

@@ -148,6 +148,8 @@ fn router<T: Transport>(admin: Shared<T>, max_body: usize) -> Router {
         .route("/api/v1/flows/{run}/retry", post(retry::<T>))
         .route("/api/v1/client-ids/{id}", get(by_client_id::<T>))
         .route("/api/v1/dump", get(dump::<T>))
+        .route("/api/v1/flow-types", get(flow_types::<T>))
+        .route("/api/v1/flow-types/{name}/graph", get(flow_graph::<T>))
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(
             admin.clone(),
@@ -957,4 +959,88 @@ async fn dump<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult {
         .await
         .map_err(node_error)?;
     Ok(Json(dumps).into_response())
+}
+
+async fn flow_types<T: Transport>(State(admin): State<Shared<T>>) -> ApiResult {
+    let types = admin
+        .node
+        .operator_scan(|view, _| {
+            Ok(view
+                .flow_types()
+                .into_iter()
+                .map(|(name, version, fingerprint)| {
+                    let states = view.state_graph(name).map_or(0, |g| g.states.len());
+                    json!({
+                        "name": name,
+                        "version": version,
+                        "fingerprint": format!("{fingerprint:016x}"),
+                        "states": states,
+                    })
+                })
+                .collect::<Vec<Value>>())
+        })
+        .await
+        .map_err(node_error)?;
+    Ok(Json(json!({ "flow_types": types })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphQuery {
+    format: Option<String>,
+    highlight: Option<String>,
+}
+
+/// Longest state name accepted to highlight.
+const MAX_STATE_NAME: usize = 256;
+
+/// A flow type's state graph, drawn (see [`crate::graph`]).
+async fn flow_graph<T: Transport>(
+    State(admin): State<Shared<T>>,
+    Path(name): Path<String>,
+    q: Result<Query<GraphQuery>, QueryRejection>,
+) -> ApiResult {
+    let GraphQuery { format, highlight } = query(q)?;
+    let format = format.unwrap_or_else(|| "mermaid".to_owned());
+    let content_type = match format.as_str() {
+        "mermaid" => "text/plain; charset=utf-8",
+        "dot" => "text/vnd.graphviz; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "json" => "application/json",
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown graph format `{other:.40}`: use mermaid, dot, svg or json"
+            )));
+        }
+    };
+    if highlight.as_ref().is_some_and(|h| h.len() > MAX_STATE_NAME) {
+        return Err(ApiError::bad_request(format!(
+            "a state name is at most {MAX_STATE_NAME} bytes"
+        )));
+    }
+    let wanted = name.clone();
+    let drawn = admin
+        .node
+        .operator_scan(move |view, _| {
+            let Some(graph) = view.state_graph(&wanted) else {
+                return Ok(None);
+            };
+            let highlight = highlight.as_deref();
+            Ok(Some(match format.as_str() {
+                "dot" => graph.to_dot(highlight),
+                "svg" => graph.to_svg(highlight),
+                "json" => serde_json::to_string(graph).map_err(|e| {
+                    NodeError::Store(format!("cannot render the graph as JSON: {e}"))
+                })?,
+                _ => graph.to_mermaid(highlight),
+            }))
+        })
+        .await
+        .map_err(node_error)?;
+    match drawn {
+        Some(body) => Ok(([(header::CONTENT_TYPE, content_type)], body).into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no flow type `{name:.200}` is registered on this node (see GET /api/v1/flow-types)"
+        ))),
+    }
 }
