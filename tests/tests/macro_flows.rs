@@ -973,9 +973,12 @@ fn a_sub_flow_state_holds_the_childs_graph() {
     let stored: Vec<&str> = graph.fields_of(inner).iter().map(|f| f.name).collect();
     assert_eq!(stored, ["before"]);
     let mermaid = graph.to_mermaid(Some("AwaitInner"));
-    assert!(mermaid.contains("    state AwaitInner {\n"), "{mermaid}");
     assert!(
-        mermaid.contains("        state AwaitInner__AwaitA {\n"),
+        mermaid.contains("    state \"AwaitInner<br>before#58; u32\" as AwaitInner {\n"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("        state \"AwaitA<br>s#58; FlowSession\" as AwaitInner__AwaitA {\n"),
         "{mermaid}"
     );
     assert!(

@@ -36,18 +36,24 @@ fn write_body(out: &mut String, graph: &StateGraph, prefix: &str, depth: usize) 
     let pad = "    ".repeat(depth);
     for state in graph.states {
         let id = format!("{prefix}{}", state.name);
+        let fields = graph.field_lines(state);
         match state.sub_flow.filter(|c| !c.states.is_empty()) {
             Some(child) => {
-                let _ = writeln!(out, "{pad}state {id} {{");
+                // A composite state takes no description lines: its fields
+                // go in its title.
+                let mut title = vec![escape(state.name)];
+                title.extend(fields.iter().map(|f| escape(f)));
+                let _ = writeln!(out, "{pad}state \"{}\" as {id} {{", title.join("<br>"));
                 write_body(out, child, &format!("{id}__"), depth + 1);
                 let _ = writeln!(out, "{pad}}}");
+                continue;
             }
             None if !prefix.is_empty() => {
                 let _ = writeln!(out, "{pad}state \"{}\" as {id}", escape(state.name));
             }
             None => {}
         }
-        for line in graph.field_lines(state) {
+        for line in fields {
             let _ = writeln!(out, "{pad}{id} : {}", escape(&line));
         }
     }
@@ -113,7 +119,7 @@ mod tests {
             "    Done --> [*]",
             "    Start --> AwaitOffer : await session.receive#58;#58;#60;u64#62;()",
             "    AwaitOffer --> AwaitOffer : if offer #62; #34;limit#34;<br>await session.receive#58;#58;#60;u64#62;()",
-            "    state SubFlowResolve {",
+            "    state \"SubFlowResolve\" as SubFlowResolve {",
             "        state \"AwaitTxs\" as SubFlowResolve__AwaitTxs",
             "        [*] --> SubFlowResolve__Start",
             "        SubFlowResolve__AwaitTxs --> SubFlowResolve__Done",

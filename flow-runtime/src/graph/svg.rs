@@ -18,8 +18,7 @@ use layout::std_shapes::shapes::{Arrow, Element, ShapeKind};
 use layout::topo::layout::VisualGraph;
 use std::collections::HashMap;
 
-/// One font size for every text: the SVG writer lists its font classes
-/// from a hash map, so a single size keeps the output byte-for-byte stable.
+/// The font size of every text this module draws.
 const FONT_SIZE: usize = 14;
 /// Fill of `Start` and `Done`.
 const END_FILL: &str = "#e8eef6";
@@ -190,10 +189,10 @@ impl Painter {
     /// The SVG, sized to what was drawn, in a sans-serif font, without
     /// the XML declaration (so that it embeds in HTML as is).
     fn finish(self) -> String {
-        let text = self.svg.finalize().replace(
+        let text = sorted_styles(&self.svg.finalize().replace(
             "font-family: Times, serif;",
             "font-family: Helvetica, Arial, sans-serif;",
-        );
+        ));
         let Some(start) = text.find("<svg") else {
             return text;
         };
@@ -316,6 +315,29 @@ impl RenderBackend for Painter {
     }
 }
 
+/// The SVG with the lines of its `<style>` block sorted: the writer lists
+/// one class per font size from a hash map (the layout uses a second size
+/// of its own for some edges), so their order would vary from run to run.
+fn sorted_styles(svg: &str) -> String {
+    let (Some(start), Some(end)) = (svg.find("<style>\n"), svg.find("</style>")) else {
+        return svg.to_owned();
+    };
+    let body = start + "<style>\n".len();
+    if end < body {
+        return svg.to_owned();
+    }
+    let mut lines: Vec<&str> = svg[body..end].lines().collect();
+    lines.sort_unstable();
+    let mut out = String::with_capacity(svg.len());
+    out.push_str(&svg[..body]);
+    for line in lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&svg[end..]);
+    out
+}
+
 /// Escapes text for an XML attribute or text node.
 fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -353,5 +375,14 @@ mod tests {
         assert!(svg.contains("class=\"flow-state current\" data-state=\"AwaitOffer\""));
         assert_eq!(svg, PARENT.to_svg(Some("AwaitOffer")));
         assert_ne!(svg, PARENT.to_svg(None));
+    }
+
+    #[test]
+    fn style_lines_are_sorted() {
+        let svg = "<svg><style>\n.b { x }\n.a { y }\n</style><g/></svg>";
+        assert_eq!(
+            super::sorted_styles(svg),
+            "<svg><style>\n.a { y }\n.b { x }\n</style><g/></svg>"
+        );
     }
 }
