@@ -233,7 +233,7 @@ pub fn generate(input: &Input, cfg: &Cfg, errors: &mut Errors) -> TokenStream {
         name_arms.push(quote!(Flow::#name { .. } => #name_str));
     }
     let (fingerprint, fingerprint_doc, stored_shapes) = shape.finish();
-    let state_graph = state_graph(input, cfg, &live, &variants);
+    let state_graph = state_graph(input, &name, cfg, &live, &variants);
 
     let slot_decls = g.used_slots.iter().map(|s| match g.slot_types.get(s) {
         Some(t) => quote!(let mut #s: ::core::option::Option<#t> = ::core::option::Option::None;),
@@ -500,7 +500,16 @@ impl Shape {
 }
 
 /// The `STATE_GRAPH` constant's expression (see [`crate::graph`]).
-fn state_graph(input: &Input, cfg: &Cfg, live: &Liveness, variants: &[Variant]) -> TokenStream {
+/// `flow_name` is the `NAME` expression (naming `<Self as Flow>::NAME`
+/// instead would repeat every `Flow` bound error of a flow that stores an
+/// unfit type).
+fn state_graph(
+    input: &Input,
+    flow_name: &TokenStream,
+    cfg: &Cfg,
+    live: &Liveness,
+    variants: &[Variant],
+) -> TokenStream {
     let states: Vec<graph::GraphState> = variants
         .iter()
         .map(|v| graph::GraphState {
@@ -520,7 +529,7 @@ fn state_graph(input: &Input, cfg: &Cfg, live: &Liveness, variants: &[Variant]) 
         .filter_map(|v| Some((v.site?, v.name.to_string())))
         .collect();
     let transitions = graph::transitions(cfg, live, &state_of_site);
-    graph::state_graph(&input.item.sig.ident, cfg, &states, &transitions)
+    graph::state_graph(&input.item.sig.ident, flow_name, cfg, &states, &transitions)
 }
 
 /// FNV-1a, the same function as `flow_runtime::__private::fnv1a`.

@@ -241,6 +241,7 @@ fn targets(cfg: &Cfg, b: BlockId) -> Vec<Target> {
 /// suspended states in order (`Done` is added here).
 pub fn state_graph(
     fn_name: &Ident,
+    flow_name: &TokenStream,
     cfg: &Cfg,
     states: &[GraphState],
     transitions: &[Transition],
@@ -320,7 +321,7 @@ pub fn state_graph(
     });
     let title = fn_name.to_string();
     quote!(#g::StateGraph {
-        flow: <Self as ::flow_runtime::Flow>::NAME,
+        flow: #flow_name,
         title: #title,
         fields: &[#(#field_tokens),*],
         states: &[
