@@ -933,6 +933,10 @@ async fn many_results_are_collected_with_one_request() {
     assert_eq!(pending["pending"].as_array().unwrap().len(), 1);
     assert_eq!(later["results"][0]["outcome"], "error", "{later}");
     assert_eq!(later["pending"], json!([]));
+    s.alice.shutdown().await.unwrap();
+    s.bob.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_types_state_graph_is_drawn_in_every_format() {
     let s = setup().await;

@@ -327,7 +327,7 @@ fn command(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, 
             let text = client(args, Duration::ZERO)?.get_text(&path)?;
             let _ = write!(out, "{text}");
             if !text.ends_with('\n') {
-                say!(out, "");
+                say!(out);
             }
             Ok(0)
         }
