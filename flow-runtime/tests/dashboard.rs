@@ -378,6 +378,22 @@ fn the_dashboard_in_a_real_browser() {
     let state = b.eval("document.querySelector('#current-state').textContent");
     let state = state.as_str().unwrap().to_owned();
     assert!(!state.is_empty());
+    // The state machine is drawn with exactly the current state
+    // highlighted, among the flow's other states.
+    b.wait_for(
+        "document.querySelectorAll('#state-graph svg g.flow-state.current').length === 1",
+        "the state graph with its current state",
+    );
+    assert_eq!(
+        b.eval("document.querySelector('#state-graph svg g.flow-state.current').dataset.state"),
+        state.as_str(),
+        "the highlighted state is not the flow's current state"
+    );
+    let boxes = b.eval("document.querySelectorAll('#state-graph svg g.flow-state').length");
+    assert!(
+        boxes.as_u64().unwrap_or(0) >= 3,
+        "only {boxes} states drawn"
+    );
     assert!(
         b.eval("document.querySelector('section.counterparties').textContent.includes('Bob')")
             == true,

@@ -15,7 +15,7 @@ use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -477,6 +477,7 @@ async fn flow_fragment<T: Transport>(
         counterparties.sort_unstable();
         counterparties.dedup();
         let fields = pretty(&fields);
+        let graph = graph_section(admin, &d.flow, &d.state).await?;
         return Ok(html! {
             section.summary {
                 dl {
@@ -503,6 +504,7 @@ async fn flow_fragment<T: Transport>(
                     (actions(session, &d.run_id, "flow"))
                 }
             }
+            (graph)
             section.progress {
                 h2 { "Progress" }
                 @if d.progress.is_empty() { p.empty { "This flow reports no progress steps." } }
@@ -569,10 +571,15 @@ async fn flow_fragment<T: Transport>(
                     .unwrap_or("")
                     .to_owned()
             };
+            let flow = outcome
+                .get("flow")
+                .and_then(Value::as_str)
+                .unwrap_or("(not known here)");
+            let graph = graph_section(admin, flow, "Done").await?;
             Ok(html! {
                 section.summary {
                     dl {
-                        dt { "Flow" } dd.flow-name { (outcome.get("flow").and_then(Value::as_str).unwrap_or("(not known here)")) }
+                        dt { "Flow" } dd.flow-name { (flow) }
                         dt { "Status" } dd #flow-status {
                             @if ok { span.badge.ok { "finished" } } @else { span.badge.bad { "failed" } }
                         }
@@ -582,12 +589,44 @@ async fn flow_fragment<T: Transport>(
                     h2 { @if ok { "Result" } @else { "Error" } }
                     pre #flow-result { (shown) }
                 }
+                (graph)
             })
         }
         None => Err(ApiError::not_found(format!(
             "no flow {run} on this node (never started, or finished without a kept result)"
         ))),
     }
+}
+
+/// The flow's state graph drawn by the node (`StateGraph::to_svg`), with
+/// `state` highlighted. The SVG is the node's own output: state names and
+/// labels come from the flow's code (the macro), and the drawing escapes
+/// them as XML text, so it is embedded as it is.
+async fn graph_section<T: Transport>(
+    admin: &Shared<T>,
+    flow: &str,
+    state: &str,
+) -> Result<Markup, ApiError> {
+    let (wanted, state) = (flow.to_owned(), state.to_owned());
+    let svg = admin
+        .node
+        .operator_scan(move |view, _| {
+            Ok(view
+                .state_graph(&wanted)
+                .map(|g| (!g.states.is_empty()).then(|| g.to_svg(Some(&state)))))
+        })
+        .await
+        .map_err(node_error)?;
+    Ok(html! {
+        section.graph {
+            h2 { "State machine" }
+            @match svg {
+                Some(Some(svg)) => { div #state-graph { (PreEscaped(svg)) } },
+                Some(None) => { p.empty { "A hand-written flow: the node has no state graph for it." } },
+                None => { p.empty { "This flow's type is not registered on this node." } },
+            }
+        }
+    })
 }
 
 /// JSON for people, cut at [`MAX_FIELDS_CHARS`].
