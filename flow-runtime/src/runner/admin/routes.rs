@@ -272,6 +272,26 @@ pub(super) fn parse_run(text: &str) -> Result<RunId, ApiError> {
     })
 }
 
+/// How long a result request may wait (`wait_s`, in seconds, capped at
+/// [`MAX_WAIT`]; none: not at all), for every route that waits for results.
+pub(super) fn parse_wait(wait_s: Option<f64>) -> Result<Duration, ApiError> {
+    match wait_s {
+        None => Ok(Duration::ZERO),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(MAX_WAIT)),
+        Some(_) => Err(ApiError::bad_request(
+            "wait_s must be a number of seconds >= 0",
+        )),
+    }
+}
+
+/// The answer for a run the node has neither a checkpoint nor a kept
+/// result of, the same from the API and the dashboard.
+pub(super) fn no_such_flow(run: RunId) -> ApiError {
+    ApiError::not_found(format!(
+        "no flow {run} on this node (never started, or finished without a kept result)"
+    ))
+}
+
 pub(super) fn body_json<B: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<B, ApiError> {
@@ -822,9 +842,7 @@ async fn show<T: Transport>(State(admin): State<Shared<T>>, Path(run): Path<Stri
     }
     match admin.outcome(run).await? {
         Some(outcome) => Ok(Json(outcome).into_response()),
-        None => Err(ApiError::not_found(format!(
-            "no flow {run} on this node (never started, or finished without a kept result)"
-        ))),
+        None => Err(no_such_flow(run)),
     }
 }
 
@@ -841,15 +859,7 @@ async fn result<T: Transport>(
 ) -> ApiResult {
     let run = parse_run(&run)?;
     let q = query(q)?;
-    let wait = match q.wait_s {
-        None => Duration::ZERO,
-        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_WAIT),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "wait_s must be a number of seconds >= 0",
-            ));
-        }
-    };
+    let wait = parse_wait(q.wait_s)?;
     // The checkpoint first, then the result: a flow finishing in between
     // is found by the second read.
     let running = admin.show(run).await?.is_some();
@@ -857,9 +867,7 @@ async fn result<T: Transport>(
         return Ok(Json(outcome).into_response());
     }
     if !running {
-        return Err(ApiError::not_found(format!(
-            "no flow {run} on this node (never started, or finished without a kept result)"
-        )));
+        return Err(no_such_flow(run));
     }
     if !wait.is_zero()
         && let Ok(r) = tokio::time::timeout(wait, admin.node.wait_raw(run)).await

@@ -19,7 +19,7 @@
 
 use super::ApiError;
 use super::Json;
-use super::routes::{ApiResult, Shared, body_json, node_error, parse_run};
+use super::routes::{ApiResult, Shared, body_json, node_error, parse_run, parse_wait};
 use crate::RunId;
 use crate::runner::event_loop::FlowEvent;
 use crate::transport::Transport;
@@ -43,9 +43,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The most runs one batch result request names.
 const MAX_RESULTS: usize = 100_000;
-
-/// The longest a batch result request waits (`wait_s`).
-const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// What a stream sends next: one SSE event, built from JSON.
 fn sse(kind: &str, data: &Value) -> Event {
@@ -261,15 +258,7 @@ pub(super) async fn results<T: Transport>(
             "at most {MAX_RESULTS} run ids per request"
         )));
     }
-    let wait = match wait_s {
-        None => Duration::ZERO,
-        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_WAIT),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "wait_s must be a number of seconds >= 0",
-            ));
-        }
-    };
+    let wait = parse_wait(wait_s)?;
     let mut order = Vec::with_capacity(run_ids.len());
     let mut seen = HashSet::with_capacity(run_ids.len());
     for id in &run_ids {

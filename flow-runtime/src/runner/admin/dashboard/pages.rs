@@ -5,7 +5,7 @@
 
 use super::super::ApiError;
 use super::super::auth::Role;
-use super::super::routes::{NodeStatus, Shared, node_error, now, parse_run};
+use super::super::routes::{NodeStatus, Shared, no_such_flow, node_error, now, parse_run};
 use super::check_csrf;
 use super::session::{self, Session};
 use crate::node::{CheckpointDump, NodeError};
@@ -592,9 +592,7 @@ async fn flow_fragment<T: Transport>(
                 (graph)
             })
         }
-        None => Err(ApiError::not_found(format!(
-            "no flow {run} on this node (never started, or finished without a kept result)"
-        ))),
+        None => Err(no_such_flow(run)),
     }
 }
 
