@@ -357,6 +357,20 @@ fn run(fault: Fault) {
             assert!(lease.token > token, "partition {p}: {lease:?}, was {token}");
         }
     }
+    // Every frame the partitions received was consumed by a commit: the
+    // inbox empties (rows of frames that changed nothing, duplicates, go
+    // at the workers' next lease round).
+    let mut status = status;
+    while status.inbox > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} inbox rows were never consumed; logs:\n{}",
+            status.inbox,
+            logs(d)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        status = control.status().unwrap();
+    }
     eprintln!(
         "scale-out run took {:?}; outbox left (acks in flight): {}",
         started.elapsed(),

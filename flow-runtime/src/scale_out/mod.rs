@@ -26,8 +26,10 @@
 //!   from the frame alone: sessions this node initiates get ids that name
 //!   their partition, sessions peers initiate are hashed.
 //! * **Relay** (`relay.rs`, `gateway.rs`): two unlogged queue tables carry
-//!   frames between the gateway and the workers, woken by `NOTIFY`. They
-//!   may lose frames; the protocol redelivers.
+//!   frames between the gateway and the workers, woken by `NOTIFY`. An
+//!   inbound row is deleted by the partition commit that applied its frame
+//!   (same transaction, behind the same lease check). The queues may still
+//!   lose frames (a server crash empties them); the protocol redelivers.
 //!
 //! # Why this shape
 //!
@@ -82,6 +84,10 @@ pub struct NodeStatus {
     pub outbox: u64,
     /// Start requests not yet taken by a worker.
     pub waiting_starts: u64,
+    /// Frames from peers in the relay's inbox: not yet consumed by a
+    /// partition's commit (each row is deleted by the commit that applied
+    /// its frame).
+    pub inbox: u64,
     /// Every kept result.
     pub finished: Vec<FinishedFlow>,
     /// Each partition's lease.
@@ -101,6 +107,12 @@ impl Control {
             .map_err(|e| pg_err("cannot count start requests", &e))?
             .get(0);
         status.waiting_starts = u64::try_from(waiting).unwrap_or(0);
+        let inbox: i64 = self
+            .client
+            .query_one("SELECT count(*) FROM flow_inbox", &[])
+            .map_err(|e| pg_err("cannot count the inbox", &e))?
+            .get(0);
+        status.inbox = u64::try_from(inbox).unwrap_or(0);
         for p in 0..self.partitions {
             let schema = quote_ident(&self.partition_schema(p));
             let exists: bool = self

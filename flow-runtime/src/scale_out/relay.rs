@@ -9,19 +9,41 @@
 //! incoming queue (one reader thread per worker, woken by `NOTIFY`, polling
 //! every 100 ms as well in case a notification was missed).
 //!
-//! The queues may lose frames (a process killed between taking a frame
-//! and handing it on, a server crash empties the unlogged tables) and
-//! deliver them late; the session protocol, which every partition node
-//! runs unchanged, makes that exactly-once: unacknowledged messages stay
-//! in the partition's durable outbox and its delivery sends them again.
+//! # An inbound row lives until the commit that applied it
+//!
+//! The reader does not delete what it reads: it hands each row's frame to
+//! the partition's queue and notes the row's id in the partition's
+//! [`InboxLedger`]; the partition's fenced store deletes the rows the node
+//! has consumed in its next commit, the same transaction as the
+//! checkpoints, outbox entries and acks that handling them produced (see
+//! [`Fence`](crate::store::Fence)). Which rows the node has consumed is
+//! read off the queue itself: the queue is FIFO and only the reader sends
+//! to it, so of the ids handed, all but the last `queued` (frames still in
+//! the queue) have been taken by the node's event loop. The event loop
+//! handles the frames it takes and commits them before it takes more (one
+//! group commit per batch of frames; acks are not deferred on partition
+//! nodes), so at a commit every taken frame has been applied by it or an
+//! earlier commit, or needed no change at all (a duplicate): such rows are
+//! deleted by the next commit, or by the worker's next lease round (an
+//! empty commit run on the event loop, between batches). A worker killed
+//! or fenced at any point thus leaves each row either applied and deleted,
+//! or unapplied and still queued: the partition's next holder reads every
+//! row left, from the start.
+//!
+//! The queues may still lose frames (a server crash empties the unlogged
+//! tables, the gateway drops frames when its writer is behind) and deliver
+//! them late; the session protocol, which every partition node runs
+//! unchanged, makes that exactly-once: unacknowledged messages stay in the
+//! sender's durable outbox and its delivery sends them again.
 
 use super::control::{Control, pg_err};
 use crate::PublicKey;
+use crate::store::ConsumedFrames;
 use crate::store::StoreError;
 use crate::tcp::NetworkMap;
 use crate::transport::{Incoming, SendError, Transport, TransportEvent};
 use postgres::Client;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
@@ -47,7 +69,100 @@ pub(crate) fn channel(schema: &str, kind: &str) -> String {
 }
 
 /// The partitions this worker holds: where the reader hands their frames.
-pub(crate) type Routes = Arc<Mutex<HashMap<u32, tokio::sync::mpsc::Sender<(PublicKey, Vec<u8>)>>>>;
+pub(crate) type Routes = Arc<Mutex<HashMap<u32, Arc<InboxLedger>>>>;
+
+/// One partition node's incoming queue and the inbox rows handed to it:
+/// which of them the node has consumed (deleted with its next commit, see
+/// the [module docs](self)), and where the reader continues.
+pub(crate) struct InboxLedger {
+    /// The node's incoming queue; only [`hand`](Self::hand) sends to it.
+    queue: tokio::sync::mpsc::Sender<(PublicKey, Vec<u8>)>,
+    rows: Mutex<LedgerRows>,
+}
+
+#[derive(Default)]
+struct LedgerRows {
+    /// Ids of rows handed to the queue, oldest first, not known taken yet.
+    handed: VecDeque<i64>,
+    /// Ids of rows the node has taken (or that were unusable), not yet
+    /// deleted by a commit.
+    taken: Vec<i64>,
+    /// The highest id handed or skipped: the reader reads past it.
+    cursor: i64,
+}
+
+impl InboxLedger {
+    /// A ledger for a fresh queue; its receiving end is the node's.
+    pub(crate) fn new() -> (Arc<Self>, Incoming) {
+        Self::with_capacity(INCOMING_QUEUE)
+    }
+
+    /// [`new`](Self::new) with a queue of `capacity` frames.
+    pub(crate) fn with_capacity(capacity: usize) -> (Arc<Self>, Incoming) {
+        let (queue, incoming) = tokio::sync::mpsc::channel(capacity);
+        let ledger = Self {
+            queue,
+            rows: Mutex::new(LedgerRows::default()),
+        };
+        (Arc::new(ledger), incoming)
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, LedgerRows> {
+        self.rows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The id the reader continues after.
+    pub(crate) fn cursor(&self) -> i64 {
+        self.rows().cursor
+    }
+
+    /// Hands row `id`'s frame to the node; `false` if its queue is full
+    /// (the row stays unread, and is handed again at the next read).
+    pub(crate) fn hand(&self, id: i64, peer: PublicKey, frame: Vec<u8>) -> bool {
+        let mut rows = self.rows();
+        if id <= rows.cursor {
+            return true;
+        }
+        match self.queue.try_send((peer, frame)) {
+            Ok(()) => {
+                rows.handed.push_back(id);
+                rows.cursor = id;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Row `id` cannot be used (it does not name a peer): the next commit
+    /// deletes it unread.
+    pub(crate) fn skip(&self, id: i64) {
+        let mut rows = self.rows();
+        if id > rows.cursor {
+            rows.taken.push(id);
+            rows.cursor = id;
+        }
+    }
+}
+
+impl ConsumedFrames for InboxLedger {
+    fn pending(&self) -> Vec<i64> {
+        let mut rows = self.rows();
+        // Only `hand` sends (under this lock), so the queue holds exactly
+        // the last `queued` ids handed; the node took the others.
+        let queued = self.queue.max_capacity() - self.queue.capacity();
+        let took = rows.handed.len().saturating_sub(queued);
+        let newly: Vec<i64> = rows.handed.drain(..took).collect();
+        rows.taken.extend(newly);
+        rows.taken.clone()
+    }
+
+    fn committed(&self, ids: &[i64]) {
+        let mut rows = self.rows();
+        let n = ids.len().min(rows.taken.len());
+        debug_assert_eq!(&rows.taken[..n], &ids[..n]);
+        rows.taken.drain(..n);
+    }
+}
 
 /// A partition node's transport inside a worker: frames it sends go to
 /// `flow_emitted` for the gateway, frames the gateway routed to the
@@ -189,14 +304,16 @@ impl WorkerRelay {
         })
     }
 
-    /// A transport for `partition`'s node, and its incoming queue (frames
-    /// for the partition go there from now on).
-    pub(crate) fn transport(&self, partition: u32) -> (RelayTransport, Incoming) {
-        let (tx, rx) = tokio::sync::mpsc::channel(INCOMING_QUEUE);
+    /// A transport for `partition`'s node, its incoming queue (frames for
+    /// the partition go there from now on, starting with the oldest row
+    /// queued for it), and the ledger of the rows it consumes, for its
+    /// store's fence.
+    pub(crate) fn transport(&self, partition: u32) -> (RelayTransport, Incoming, Arc<InboxLedger>) {
+        let (ledger, rx) = InboxLedger::new();
         self.routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(partition, tx);
+            .insert(partition, ledger.clone());
         let (events, _) = broadcast::channel(1);
         (
             RelayTransport {
@@ -207,6 +324,7 @@ impl WorkerRelay {
                 events,
             },
             rx,
+            ledger,
         )
     }
 
@@ -248,51 +366,63 @@ fn push_emitted(
     Ok(())
 }
 
-/// Moves the frames waiting for this worker's partitions to their nodes, in
-/// the order the gateway queued them.
-fn take_inbox(client: &mut Client, routes: &Routes) -> Result<(), StoreError> {
+/// Hands the rows waiting for this worker's partitions to their nodes, in
+/// the order the gateway queued them, each partition from past its cursor.
+/// Deletes nothing: each partition's next commit deletes what its node
+/// consumed (see the [module docs](self)).
+pub(crate) fn take_inbox(client: &mut Client, routes: &Routes) -> Result<(), StoreError> {
     loop {
-        let held: Vec<i32> = routes
+        let held: HashMap<u32, Arc<InboxLedger>> = routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .map(|p| *p as i32)
+            .iter()
+            .map(|(p, l)| (*p, l.clone()))
             .collect();
         if held.is_empty() {
             return Ok(());
         }
+        let partitions: Vec<i32> = held.keys().map(|p| *p as i32).collect();
+        let cursors: Vec<i64> = held.values().map(|l| l.cursor()).collect();
         let rows = client
             .query(
-                "WITH taken AS (DELETE FROM flow_inbox WHERE id IN \
-                     (SELECT id FROM flow_inbox WHERE partition = ANY($1) ORDER BY id \
-                      LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                     RETURNING id, partition, peer, frame) \
-                 SELECT partition, peer, frame FROM taken ORDER BY id",
-                &[&held, &(BATCH as i64)],
+                "SELECT i.id, i.partition, i.peer, i.frame FROM flow_inbox i \
+                 JOIN unnest($1::integer[], $2::bigint[]) AS c(partition, after) \
+                   ON i.partition = c.partition AND i.id > c.after \
+                 ORDER BY i.id LIMIT $3",
+                &[&partitions, &cursors, &(BATCH as i64)],
             )
-            .map_err(|e| pg_err("cannot take frames from the inbox", &e))?;
-        let taken = rows.len();
-        let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+            .map_err(|e| pg_err("cannot read frames from the inbox", &e))?;
+        let read = rows.len();
+        let mut full: HashSet<u32> = HashSet::new();
         for row in rows {
-            let partition = u32::try_from(row.get::<_, i32>(0)).unwrap_or(u32::MAX);
-            let peer: Vec<u8> = row.get(1);
-            let frame: Vec<u8> = row.get(2);
-            let Ok(peer) = <[u8; 32]>::try_from(peer.as_slice()) else {
-                tracing::warn!("dropped an inbox row whose peer is not a 32-byte key");
+            let id: i64 = row.get(0);
+            let partition = u32::try_from(row.get::<_, i32>(1)).unwrap_or(u32::MAX);
+            let peer: Vec<u8> = row.get(2);
+            let frame: Vec<u8> = row.get(3);
+            let Some(ledger) = held.get(&partition) else {
                 continue;
             };
-            // A full queue or a partition given up since: the frame is
-            // dropped, and its sender redelivers it.
-            if let Some(tx) = routes.get(&partition)
-                && tx.try_send((PublicKey(peer), frame)).is_err()
-            {
+            if full.contains(&partition) {
+                continue;
+            }
+            let Ok(peer) = <[u8; 32]>::try_from(peer.as_slice()) else {
+                tracing::warn!(
+                    partition,
+                    "an inbox row whose peer is not a 32-byte key; deleted unread"
+                );
+                ledger.skip(id);
+                continue;
+            };
+            // A full queue: the partition's rows wait for the next read.
+            if !ledger.hand(id, PublicKey(peer), frame) {
                 tracing::debug!(
                     partition,
-                    "a partition's queue is full; a frame is dropped for redelivery"
+                    "a partition's queue is full; its frames wait in the inbox"
                 );
+                full.insert(partition);
             }
         }
-        if taken < BATCH {
+        if read < BATCH || !full.is_empty() {
             return Ok(());
         }
     }

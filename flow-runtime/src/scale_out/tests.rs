@@ -3,8 +3,12 @@
 
 use super::control::Control;
 use super::lease::{self, Lease};
+use super::relay::{InboxLedger, Routes, take_inbox};
+use crate::PublicKey;
 use crate::store::{Fence, PostgresOptions, PostgresStore, Store, Table, WriteBatch};
 use crate::testing::TestPostgres;
+use crate::transport::Incoming;
+use std::sync::Arc;
 use std::time::Duration;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -25,6 +29,7 @@ fn fenced_store(control: &Control, lease: Lease) -> PostgresStore {
             control_schema: control.schema.clone(),
             partition: lease.partition as i32,
             token: lease.token,
+            consumed: None,
         }),
     )
     .unwrap()
@@ -154,4 +159,154 @@ fn fencing_covers_every_kind_of_write() {
     b.remove_range(Table::META, Vec::new(), vec![0xff]);
     assert!(store.commit(b).is_err());
     assert!(store.get(&Table::META, b"k").unwrap().is_some());
+}
+
+/// A partition's store fenced by `lease`, deleting the inbox rows `ledger`
+/// reports consumed.
+fn relay_store(control: &Control, lease: Lease, ledger: &Arc<InboxLedger>) -> PostgresStore {
+    PostgresStore::open_with(
+        control.partition_config(lease.partition),
+        PostgresOptions::default(),
+        Some(Fence {
+            control_schema: control.schema.clone(),
+            partition: lease.partition as i32,
+            token: lease.token,
+            consumed: Some(ledger.clone()),
+        }),
+    )
+    .unwrap()
+}
+
+/// Queues `frames` for `partition` as the gateway does; their ids.
+fn queue_frames(control: &mut Control, partition: i32, frames: &[&[u8]]) -> Vec<i64> {
+    frames
+        .iter()
+        .map(|f| {
+            control
+                .client
+                .query_one(
+                    "INSERT INTO flow_inbox (partition, peer, frame) VALUES ($1, $2, $3) RETURNING id",
+                    &[&partition, &&[7u8; 32][..], f],
+                )
+                .unwrap()
+                .get(0)
+        })
+        .collect()
+}
+
+/// The frames of `partition`'s rows still in the inbox, oldest first.
+fn queued(control: &mut Control, partition: i32) -> Vec<Vec<u8>> {
+    control
+        .client
+        .query(
+            "SELECT frame FROM flow_inbox WHERE partition = $1 ORDER BY id",
+            &[&partition],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The node's side: takes up to `n` frames from its queue.
+fn take(incoming: &mut Incoming, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map_while(|_| incoming.try_recv().ok())
+        .map(|(peer, frame)| {
+            assert_eq!(peer, PublicKey([7; 32]));
+            frame
+        })
+        .collect()
+}
+
+fn route_to(partition: u32, ledger: &Arc<InboxLedger>) -> Routes {
+    let routes: Routes = Arc::default();
+    routes.lock().unwrap().insert(partition, ledger.clone());
+    routes
+}
+
+fn bytes(frames: &[&[u8]]) -> Vec<Vec<u8>> {
+    frames.iter().map(|f| f.to_vec()).collect()
+}
+
+#[test]
+fn an_inbox_row_is_deleted_by_the_commit_after_its_frame_was_taken_and_by_no_other() {
+    let Some(server) = server() else { return };
+    let conn = server.fresh_schema();
+    let mut control = Control::connect(&conn, 2).unwrap();
+    let first = lease::claim(&mut control.client, "w1", TTL)
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.partition, 0);
+    queue_frames(&mut control, 0, &[b"f1", b"f2", b"f3", b"f4", b"f5"]);
+    queue_frames(&mut control, 1, &[b"other"]);
+
+    let (ledger, mut incoming) = InboxLedger::new();
+    let routes = route_to(0, &ledger);
+    let store = relay_store(&control, first, &ledger);
+    take_inbox(&mut control.client, &routes).unwrap();
+    // Read again: nothing is handed twice.
+    take_inbox(&mut control.client, &routes).unwrap();
+
+    // Handed but not taken by the node: a commit deletes none of them.
+    put(&store, b"k0").unwrap();
+    assert_eq!(queued(&mut control, 0).len(), 5);
+
+    // The node takes two frames and commits: exactly those two rows go, in
+    // the same transaction as the batch.
+    assert_eq!(take(&mut incoming, 2), bytes(&[b"f1", b"f2"]));
+    put(&store, b"k1").unwrap();
+    assert_eq!(queued(&mut control, 0), bytes(&[b"f3", b"f4", b"f5"]));
+    assert!(store.get(&Table::META, b"k1").unwrap().is_some());
+
+    // Two more taken, then the commit fails (the lease expired, as for a
+    // stalled worker): neither the batch nor the rows' deletion happens.
+    assert_eq!(take(&mut incoming, 2), bytes(&[b"f3", b"f4"]));
+    expire(&mut control, 0);
+    assert!(put(&store, b"k2").is_err());
+    assert_eq!(queued(&mut control, 0), bytes(&[b"f3", b"f4", b"f5"]));
+    assert!(store.get(&Table::META, b"k2").unwrap().is_none());
+
+    // The worker dies there. The next holder reads every row left, from
+    // the oldest: the frames taken but not committed are handled again.
+    drop((store, routes, ledger, incoming));
+    let second = lease::claim(&mut control.client, "w2", TTL)
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.partition, 0);
+    let (ledger, mut incoming) = InboxLedger::new();
+    let routes = route_to(0, &ledger);
+    let store = relay_store(&control, second, &ledger);
+    take_inbox(&mut control.client, &routes).unwrap();
+    assert_eq!(take(&mut incoming, 10), bytes(&[b"f3", b"f4", b"f5"]));
+    // A commit with nothing to write (the frames were duplicates) still
+    // deletes the rows consumed.
+    store.commit(WriteBatch::default()).unwrap();
+    assert!(queued(&mut control, 0).is_empty());
+    // Another partition's rows are not this store's.
+    assert_eq!(queued(&mut control, 1), bytes(&[b"other"]));
+    assert!(store.get(&Table::META, b"k1").unwrap().is_some());
+}
+
+#[test]
+fn a_full_partition_queue_keeps_its_rows_for_the_next_read_in_order() {
+    let Some(server) = server() else { return };
+    let conn = server.fresh_schema();
+    let mut control = Control::connect(&conn, 1).unwrap();
+    let l = lease::claim(&mut control.client, "w", TTL)
+        .unwrap()
+        .unwrap();
+    queue_frames(&mut control, 0, &[b"a", b"b", b"c", b"d", b"e"]);
+    let (ledger, mut incoming) = InboxLedger::with_capacity(2);
+    let routes = route_to(0, &ledger);
+    let store = relay_store(&control, l, &ledger);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        take_inbox(&mut control.client, &routes).unwrap();
+        seen.extend(take(&mut incoming, 1));
+        put(&store, b"k").unwrap();
+        assert_eq!(queued(&mut control, 0).len(), 5 - seen.len());
+    }
+    assert_eq!(seen, bytes(&[b"a", b"b", b"c", b"d", b"e"]));
+    assert!(queued(&mut control, 0).is_empty());
 }

@@ -12,7 +12,7 @@ use super::routing::PartitionIds;
 use crate::Party;
 use crate::runner::admin::Startable;
 use crate::runner::{Node, NodeBuilder};
-use crate::store::{Fence, PostgresOptions, PostgresStore, StoreError};
+use crate::store::{Fence, PostgresOptions, PostgresStore, Store, StoreError, WriteBatch};
 use crate::tcp::NetworkMap;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +62,8 @@ impl WorkerSettings {
 struct Held {
     lease: Lease,
     node: Node<RelayTransport>,
+    /// The node's fenced store (for [`Worker::flush_consumed`]).
+    store: Arc<PostgresStore>,
     /// The flows start requests may name.
     startable: Startable,
 }
@@ -178,6 +180,7 @@ impl Worker {
                 "a partition's node stopped by itself; releasing the partition");
             self.give_up(p, true);
         }
+        self.flush_consumed();
         let share = self.control.partitions.div_ceil(alive) as usize;
         while self.held.len() > share {
             let Some(&p) = self.held.keys().next_back() else {
@@ -193,7 +196,7 @@ impl Worker {
                 break;
             };
             match self.start_partition(claimed) {
-                Ok((node, startable)) => {
+                Ok((node, store, startable)) => {
                     tracing::info!(worker = %self.settings.name, partition = claimed.partition,
                         token = claimed.token, "claimed a partition");
                     self.held.insert(
@@ -201,6 +204,7 @@ impl Worker {
                         Held {
                             lease: claimed,
                             node,
+                            store,
                             startable,
                         },
                     );
@@ -216,28 +220,53 @@ impl Worker {
         Ok(())
     }
 
+    /// Commits, on each partition's event loop (between two batches of
+    /// frames, so every frame its node took is handled), the deletion of
+    /// inbox rows consumed without changing anything (duplicates): the
+    /// commits of steps delete the others.
+    fn flush_consumed(&self) {
+        for (p, held) in &self.held {
+            let store = held.store.clone();
+            let flush = held
+                .node
+                .call(move |_, _| (store.commit(WriteBatch::default()), None));
+            match self.runtime.block_on(flush) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(partition = p, error = %e.0, "cannot delete consumed inbox rows; the next commit does")
+                }
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "a partition's node did not take the flush")
+                }
+            }
+        }
+    }
+
     /// Opens `lease`'s partition on its fenced store and starts its node.
     fn start_partition(
         &mut self,
         lease: Lease,
-    ) -> Result<(Node<RelayTransport>, Startable), String> {
+    ) -> Result<(Node<RelayTransport>, Arc<PostgresStore>, Startable), String> {
         let p = lease.partition;
-        let fence = Fence {
-            control_schema: self.control.schema.clone(),
-            partition: p as i32,
-            token: lease.token,
-        };
-        let store = PostgresStore::open_with(
-            self.control.partition_config(p),
-            PostgresOptions::default(),
-            Some(fence),
-        )
-        .map_err(|e| e.0)?;
         let relay = self
             .relay
             .as_ref()
             .ok_or_else(|| "the relay has stopped".to_owned())?;
-        let (transport, incoming) = relay.transport(p);
+        let (transport, incoming, ledger) = relay.transport(p);
+        let fence = Fence {
+            control_schema: self.control.schema.clone(),
+            partition: p as i32,
+            token: lease.token,
+            consumed: Some(ledger),
+        };
+        let store = Arc::new(
+            PostgresStore::open_with(
+                self.control.partition_config(p),
+                PostgresOptions::default(),
+                Some(fence),
+            )
+            .map_err(|e| e.0)?,
+        );
         let mut builder = NodeBuilder::with_transport(
             self.party.clone(),
             self.settings.dump_dir.join(format!("partition-{p}")),
@@ -245,7 +274,10 @@ impl Worker {
             incoming,
         );
         (self.configure)(&mut builder);
-        builder.custom_store = Some(Arc::new(store));
+        // Every batch of frames commits at once (acks too): a frame's inbox
+        // row is deleted with the commit of its batch (see the relay).
+        builder.defer_ack_commits(false);
+        builder.custom_store = Some(store.clone());
         builder.session_ids = Some(Box::new(PartitionIds {
             partition: p,
             partitions: self.control.partitions,
@@ -255,7 +287,7 @@ impl Worker {
             .runtime
             .block_on(builder.start())
             .map_err(|e| e.to_string())?;
-        Ok((node, startable))
+        Ok((node, store, startable))
     }
 
     /// Stops partition `p`'s node; with `release`, gives its lease up at

@@ -17,7 +17,7 @@ mod redb_store;
 mod timed;
 
 #[cfg(feature = "postgres")]
-pub(crate) use postgres_store::{Fence, quote_ident};
+pub(crate) use postgres_store::{ConsumedFrames, Fence, quote_ident};
 #[cfg(feature = "postgres")]
 pub use postgres_store::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
 pub use redb_store::{RedbOptions, RedbStore, SharedMemory};

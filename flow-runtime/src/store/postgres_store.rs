@@ -62,7 +62,7 @@ use super::{Entries, Store, StoreError, Table, WriteBatch};
 use postgres::{Client, Config, NoTls, Statement};
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,14 @@ impl Default for PostgresOptions {
 /// control schema still carries `token` and has not expired, and is
 /// refused (SQLSTATE `FL001`) otherwise. Such a store takes no advisory
 /// lock on its schema: the lease is what makes its worker the only writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The same commit also deletes the relay's inbound rows (`flow_inbox` in
+/// the control schema) the partition's node has consumed since the last
+/// commit, as `consumed` reports them: a frame's row goes in the very
+/// transaction that commits what handling it changed, so a worker killed
+/// or fenced at any point leaves every frame either applied and gone, or
+/// unapplied and still queued for the partition's next holder.
+#[derive(Clone)]
 pub(crate) struct Fence {
     /// The control schema (holds `flow_leases` and `flow_check_lease`).
     pub(crate) control_schema: String,
@@ -108,6 +115,31 @@ pub(crate) struct Fence {
     pub(crate) partition: i32,
     /// The fencing token the lease was claimed with.
     pub(crate) token: i64,
+    /// The inbox rows the partition's node has consumed, if it reads any.
+    pub(crate) consumed: Option<Arc<dyn ConsumedFrames>>,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("control_schema", &self.control_schema)
+            .field("partition", &self.partition)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which of the relay's inbound rows (`flow_inbox` ids) a partition's node
+/// has consumed: the fenced store deletes them in its next commit (see
+/// [`Fence`]). Implemented by the scale-out relay, which knows which rows
+/// it handed to the node and how many of those the node has taken.
+pub(crate) trait ConsumedFrames: Send + Sync {
+    /// The ids consumed and not yet deleted by a commit (every one the node
+    /// took before this call), oldest first.
+    fn pending(&self) -> Vec<i64>;
+    /// `ids` (a prefix of what [`pending`](Self::pending) returned) were
+    /// deleted by a commit that succeeded.
+    fn committed(&self, ids: &[i64]);
 }
 
 /// `name` as a quoted SQL identifier.
@@ -279,9 +311,6 @@ impl Store for PostgresStore {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
         self.call(move |conn| conn.commit(batch))
     }
 }
@@ -338,18 +367,25 @@ ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value";
 /// the check runs exactly once per commit, and when it raises, the whole
 /// statement (every change of the batch) is rolled back. The check locks
 /// the lease row until the commit ends, so a worker taking the partition
-/// over waits for a commit in flight instead of racing it.
+/// over waits for a commit in flight instead of racing it. The same
+/// statement deletes the partition's consumed inbox rows (`$12`, their
+/// ids; see [`Fence`]).
 fn write_sql(fence: Option<&Fence>) -> String {
     match fence {
         None => WRITE_SQL.to_owned(),
-        Some(f) => WRITE_SQL.replace(
-            "UPDATE flow_store SET last_commit = $9 WHERE id = 1",
-            &format!(
-                "UPDATE flow_store SET last_commit = $9 \
-                 WHERE id = 1 AND {}.flow_check_lease($10::integer, $11::bigint)",
-                quote_ident(&f.control_schema)
-            ),
-        ),
+        Some(f) => {
+            let control = quote_ident(&f.control_schema);
+            WRITE_SQL.replace(
+                "UPDATE flow_store SET last_commit = $9 WHERE id = 1\n)",
+                &format!(
+                    "UPDATE flow_store SET last_commit = $9 \
+                     WHERE id = 1 AND {control}.flow_check_lease($10::integer, $11::bigint)\n\
+                     ), consumed AS (\n    \
+                     DELETE FROM {control}.flow_inbox \
+                     WHERE partition = $10::integer AND id = ANY($12::bigint[])\n)"
+                ),
+            )
+        }
     }
 }
 
@@ -512,10 +548,28 @@ impl Connection {
         Err(err(what, "the connection broke twice"))
     }
 
+    /// Commits `batch` (with the consumed inbox rows, if fenced): nothing
+    /// to do for an empty batch with no consumed rows.
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        let consumed = self.fence.as_ref().and_then(|f| f.consumed.clone());
+        let consumed_ids = consumed.as_ref().map(|c| c.pending()).unwrap_or_default();
+        if batch.is_empty() && consumed_ids.is_empty() {
+            return Ok(());
+        }
+        self.commit_with(&batch, &consumed_ids)?;
+        if let Some(c) = consumed {
+            c.committed(&consumed_ids);
+        }
+        Ok(())
+    }
+
+    fn commit_with(&mut self, batch: &WriteBatch, consumed: &Vec<i64>) -> Result<(), StoreError> {
         let token = self.next_token();
-        let arrays = net_changes(&batch);
-        let fence = self.fence.as_ref().map(|f| (f.partition, f.token));
+        let arrays = net_changes(batch);
+        let fence = self
+            .fence
+            .as_ref()
+            .map(|f| (f.partition, f.token, consumed));
         let live = self.ensure_live()?;
         let outcome = write(live, &arrays, &token, fence);
         match outcome {
@@ -599,12 +653,13 @@ impl Connection {
 }
 
 /// Runs the write statement: the batch's `arrays`, the commit's `token`,
-/// and the lease `(partition, token)` it is fenced by, if any.
+/// and, if fenced, the lease `(partition, token)` and the consumed inbox
+/// rows' ids.
 fn write(
     live: &mut Live,
     arrays: &Arrays<'_>,
     token: &Vec<u8>,
-    fence: Option<(i32, i64)>,
+    fence: Option<(i32, i64, &Vec<i64>)>,
 ) -> Result<u64, postgres::Error> {
     let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
         &arrays.range_tables,
@@ -617,9 +672,10 @@ fn write(
         &arrays.delete_keys,
         token,
     ];
-    if let Some((p, t)) = &fence {
+    if let Some((p, t, consumed)) = &fence {
         params.push(p);
         params.push(t);
+        params.push(*consumed);
     }
     live.client.execute(&live.statements.write, &params)
 }
