@@ -15,7 +15,8 @@ use flow_runtime::tcp::{SendError, TcpConfig, codec};
 use flow_runtime::testing::MockNetwork;
 use flow_runtime::testing::ping_pong::{ping, pong};
 use flow_runtime::transport::Transport;
-use flow_runtime::transport::{MemoryNetwork, MemoryTransport};
+use flow_runtime::transport::incoming::FRAME_OVERHEAD;
+use flow_runtime::transport::{IncomingLimits, MemoryNetwork, MemoryTransport};
 use flow_runtime::{NodeConfig, NodeCore, Payload, Timestamp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -883,4 +884,143 @@ async fn a_peer_that_does_not_read_holds_at_most_the_queue_byte_bound() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(accepted, "the queue did not take frames again once drained");
+}
+
+// --------------------------------------------- what we receive from a peer
+
+/// Waits (up to 20 s: a loaded machine is slow, never wrong) until `done`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An authenticated peer that floods large frames while the node's driver
+/// reads nothing: the frames the node holds for it stop at its share of the
+/// incoming queue (counted in bytes, as the queue charges them), its
+/// connection waits (its TCP window fills, the rest stays on its side), and
+/// a second peer's frames still get into the queue meanwhile. Once the node
+/// reads, every frame arrives, in order, and the budget is free again.
+#[tokio::test]
+async fn a_peer_flooding_large_frames_holds_at_most_its_share_of_the_incoming_queue() {
+    const FRAME: usize = 100 * 1024;
+    const FLOOD: usize = 40; // 4 MiB: 8 shares, 4 whole queues
+    let mut net = Net::new(3).await;
+    let config = TcpConfig {
+        max_frame_len: 128 * 1024,
+        incoming_queue_bytes: 1024 * 1024,
+        incoming_peer_bytes: 512 * 1024,
+        ..tcp_common::test_config()
+    };
+    let (_node, mut incoming) = net.start_with(0, config);
+    let limits = incoming.limits();
+    assert_eq!((limits.bytes, limits.peer_bytes), (1024 * 1024, 512 * 1024));
+    let (flooder, _flooder_incoming) = net.start(1);
+    let (honest, _honest_incoming) = net.start(2);
+    let (node, mallory, bob) = (net.key(0), net.key(1), net.key(2));
+
+    let flood = tokio::spawn(async move {
+        for i in 0..FLOOD {
+            flooder.send(&node, vec![i as u8; FRAME]).await.unwrap();
+        }
+        flooder
+    });
+    let charge = FRAME + FRAME_OVERHEAD;
+    let full_share = limits.peer_bytes / charge * charge;
+    // The share's budget is counted as held as soon as it is assigned,
+    // including what a sender waiting for the rest has been given.
+    eventually("the flooder's share is full", || {
+        assert!(incoming.peer_bytes_held(&mallory) <= limits.peer_bytes);
+        assert!(incoming.bytes_held() <= limits.bytes);
+        incoming.len() == full_share / charge
+    })
+    .await;
+    assert_eq!(incoming.bytes_held(), full_share);
+
+    honest.send(&node, vec![0xB0; 1000]).await.unwrap();
+    eventually("the honest peer's frame is queued", || {
+        incoming.len() == full_share / charge + 1
+    })
+    .await;
+    assert_eq!(incoming.peer_bytes_held(&bob), 1000 + FRAME_OVERHEAD);
+    assert!(incoming.peer_bytes_held(&mallory) <= limits.peer_bytes);
+    assert_eq!(incoming.bytes_held(), full_share + 1000 + FRAME_OVERHEAD);
+    // What the queue holds, counted from the frames themselves.
+    let mut held = Vec::new();
+    while let Ok(frame) = incoming.try_recv() {
+        held.push(frame);
+    }
+    let bytes: usize = held.iter().map(|(_, f)| f.len() + FRAME_OVERHEAD).sum();
+    assert!(bytes <= limits.bytes, "{bytes} bytes queued");
+    assert_eq!(held.iter().filter(|(from, _)| *from == mallory).count(), 5);
+
+    // The node reads on: the flood arrives whole and in order, beside Bob's.
+    let mut next = 0;
+    let mut from_bob = 0;
+    let mut held = held.into_iter();
+    while next < FLOOD || from_bob == 0 {
+        let (from, frame) = match held.next() {
+            Some(frame) => frame,
+            None => recv(&mut incoming).await,
+        };
+        assert!(incoming.bytes_held() <= limits.bytes);
+        if from == bob {
+            from_bob += 1;
+            assert_eq!(frame, vec![0xB0; 1000]);
+        } else {
+            assert_eq!(from, mallory);
+            assert_eq!(frame, vec![next as u8; FRAME], "frame {next}");
+            next += 1;
+        }
+    }
+    let _flooder = flood.await.unwrap();
+    assert_eq!(incoming.bytes_held(), 0);
+    assert!(incoming.is_empty());
+}
+
+/// The same bound in memory: a member that floods a node that does not
+/// read is refused at its share (its outbox keeps the message), and the
+/// others still get in.
+#[tokio::test]
+async fn a_member_flooding_a_memory_node_is_refused_at_its_share() {
+    let net = MemoryNetwork::with_limits(IncomingLimits {
+        frames: 1024,
+        bytes: 1024 * 1024,
+        peer_bytes: 512 * 1024,
+    });
+    let (alice, bob, mallory) = (party("Alice", 1), party("Bob", 2), party("Mallory", 9));
+    let (_alice_transport, mut alice_incoming) = net.join(&alice);
+    let (bob_transport, _bob_incoming) = net.join(&bob);
+    let (mallory_transport, _mallory_incoming) = net.join(&mallory);
+    let frame = vec![7u8; 100 * 1024];
+    let mut queued = 0;
+    loop {
+        match mallory_transport.try_send(alice.key(), frame.clone()) {
+            Ok(()) => queued += 1,
+            Err(SendError::QueueFull(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(queued <= 5, "more than the share queued");
+    }
+    assert_eq!(queued, 5);
+    assert_eq!(
+        alice_incoming.peer_bytes_held(mallory.key()),
+        5 * (frame.len() + FRAME_OVERHEAD)
+    );
+    bob_transport.try_send(alice.key(), frame.clone()).unwrap();
+    assert_eq!(
+        bob_transport.try_send(alice.key(), vec![0; 600 * 1024]),
+        Err(SendError::TooLarge {
+            len: 600 * 1024,
+            max: 512 * 1024 - FRAME_OVERHEAD
+        })
+    );
+    assert!(alice_incoming.bytes_held() <= 1024 * 1024);
+    let (from, _) = alice_incoming.try_recv().unwrap();
+    assert_eq!(from, *mallory.key());
+    mallory_transport
+        .try_send(alice.key(), frame.clone())
+        .unwrap();
 }

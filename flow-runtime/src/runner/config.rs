@@ -11,6 +11,8 @@
 //! max_frame_bytes = 16777216
 //! peer_queue_frames = 1024
 //! peer_queue_mb = 64                # bytes queued per peer not yet written to it
+//! incoming_queue_mb = 64            # bytes received and not yet taken by the node
+//! incoming_peer_mb = 16             # ... of which from any one peer
 //! connect_timeout_ms = 5000
 //! handshake_timeout_ms = 3000
 //! max_handshakes = 128              # unauthenticated connections at once (strangers)
@@ -136,6 +138,10 @@ pub struct TransportSection {
     pub peer_queue_frames: Option<usize>,
     /// [`TcpConfig::peer_queue_bytes`], in MiB (default 64).
     pub peer_queue_mb: Option<usize>,
+    /// [`TcpConfig::incoming_queue_bytes`], in MiB (default 64).
+    pub incoming_queue_mb: Option<usize>,
+    /// [`TcpConfig::incoming_peer_bytes`], in MiB (default 16).
+    pub incoming_peer_mb: Option<usize>,
     /// [`TcpConfig::connect_timeout`], in milliseconds.
     pub connect_timeout_ms: Option<u64>,
     /// [`TcpConfig::handshake_timeout`], in milliseconds.
@@ -292,6 +298,12 @@ impl TransportSection {
         }
         if let Some(v) = self.peer_queue_mb {
             c.peer_queue_bytes = v.saturating_mul(1024 * 1024);
+        }
+        if let Some(v) = self.incoming_queue_mb {
+            c.incoming_queue_bytes = v.saturating_mul(1024 * 1024);
+        }
+        if let Some(v) = self.incoming_peer_mb {
+            c.incoming_peer_bytes = v.saturating_mul(1024 * 1024);
         }
         if let Some(v) = self.connect_timeout_ms {
             c.connect_timeout = ms(v);
@@ -485,6 +497,8 @@ network_map = "network.toml"
 [transport]
 max_frame_bytes = 1000
 backoff_max_ms = 300
+incoming_queue_mb = 8
+incoming_peer_mb = 2
 
 [node]
 redelivery_interval_ms = 250
@@ -504,6 +518,9 @@ quick_repair = false
         let config = Config::read(&dir.path().join("node.toml")).unwrap();
         assert_eq!(config.database, dir.path().join("alice.redb"));
         assert_eq!(config.transport.tcp_config().max_frame_len, 1000);
+        let incoming = config.transport.tcp_config().incoming_limits();
+        assert_eq!(incoming.bytes, 8 * 1024 * 1024);
+        assert_eq!(incoming.peer_bytes, 2 * 1024 * 1024);
         assert_eq!(
             config.transport.tcp_config().backoff_max,
             Duration::from_millis(300)

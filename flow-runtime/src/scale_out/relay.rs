@@ -41,7 +41,9 @@ use crate::PublicKey;
 use crate::store::ConsumedFrames;
 use crate::store::StoreError;
 use crate::tcp::NetworkMap;
-use crate::transport::{Incoming, SendError, Transport, TransportEvent};
+use crate::transport::{
+    Incoming, IncomingLimits, IncomingSender, SendError, Transport, TransportEvent,
+};
 use postgres::Client;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +78,7 @@ pub(crate) type Routes = Arc<Mutex<HashMap<u32, Arc<InboxLedger>>>>;
 /// the [module docs](self)), and where the reader continues.
 pub(crate) struct InboxLedger {
     /// The node's incoming queue; only [`hand`](Self::hand) sends to it.
-    queue: tokio::sync::mpsc::Sender<(PublicKey, Vec<u8>)>,
+    queue: IncomingSender,
     rows: Mutex<LedgerRows>,
 }
 
@@ -99,7 +101,10 @@ impl InboxLedger {
 
     /// [`new`](Self::new) with a queue of `capacity` frames.
     pub(crate) fn with_capacity(capacity: usize) -> (Arc<Self>, Incoming) {
-        let (queue, incoming) = tokio::sync::mpsc::channel(capacity);
+        let (queue, incoming) = crate::transport::incoming::channel(IncomingLimits {
+            frames: capacity,
+            ..IncomingLimits::default()
+        });
         let ledger = Self {
             queue,
             rows: Mutex::new(LedgerRows::default()),
@@ -123,7 +128,7 @@ impl InboxLedger {
         if id <= rows.cursor {
             return true;
         }
-        match self.queue.try_send((peer, frame)) {
+        match self.queue.try_send(peer, frame) {
             Ok(()) => {
                 rows.handed.push_back(id);
                 rows.cursor = id;
@@ -149,7 +154,7 @@ impl ConsumedFrames for InboxLedger {
         let mut rows = self.rows();
         // Only `hand` sends (under this lock), so the queue holds exactly
         // the last `queued` ids handed; the node took the others.
-        let queued = self.queue.max_capacity() - self.queue.capacity();
+        let queued = self.queue.queued();
         let took = rows.handed.len().saturating_sub(queued);
         let newly: Vec<i64> = rows.handed.drain(..took).collect();
         rows.taken.extend(newly);

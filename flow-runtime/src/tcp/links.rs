@@ -23,10 +23,13 @@
 use super::handshake::{self, HandshakeError, LocalIdentity, is_oversized};
 use super::network_map::{NetworkMap, PeerEntry};
 use super::records::{
-    MAX_HANDSHAKE_RECORD, RecordCodec, WireError, open_frame, seal_frame, sealed_len,
+    MAX_HANDSHAKE_RECORD, RecordCodec, WireError, frame_len, open_frame, seal_frame, sealed_len,
 };
 use crate::PublicKey;
-use crate::transport::{Incoming, SendError, Transport, TransportEvent};
+use crate::transport::incoming::{self, IncomingRefused};
+use crate::transport::{
+    Incoming, IncomingLimits, IncomingSender, SendError, Transport, TransportEvent,
+};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
@@ -62,6 +65,22 @@ pub struct TcpConfig {
     /// (default 1,024): a slow node slows its peers down instead of
     /// buffering without bound.
     pub incoming_queue_len: usize,
+    /// Bytes of received frames queued for the node, all peers together,
+    /// before connections stop reading (default 64 MiB; each frame is
+    /// charged its length plus
+    /// [`FRAME_OVERHEAD`](crate::transport::incoming::FRAME_OVERHEAD);
+    /// never less than `incoming_peer_bytes`). A connection that finds no
+    /// room waits before it decrypts (or allocates) the frame, so the peer's
+    /// TCP window fills and the peer slows down; the frames it already sent
+    /// wait in the kernel's socket buffers, not in the node.
+    pub incoming_queue_bytes: usize,
+    /// Bytes of received frames one peer may have queued for the node
+    /// (default 16 MiB, a quarter of `incoming_queue_bytes`; never less
+    /// than one frame of `max_frame_len`). So a single peer flooding the
+    /// node cannot take the whole queue: the others keep room even while
+    /// the node reads nothing, and when several peers fill it together
+    /// they are served in turn (see [`crate::transport::incoming`]).
+    pub incoming_peer_bytes: usize,
     /// How long a TCP connect may take (default 5 s).
     pub connect_timeout: Duration,
     /// How long the Noise handshake may take, both directions (default
@@ -93,6 +112,8 @@ impl Default for TcpConfig {
             peer_queue_len: 1024,
             peer_queue_bytes: 64 * 1024 * 1024,
             incoming_queue_len: 1024,
+            incoming_queue_bytes: 64 * 1024 * 1024,
+            incoming_peer_bytes: 16 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(3),
             max_handshakes: 128,
@@ -100,6 +121,19 @@ impl Default for TcpConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
         }
+    }
+}
+
+impl TcpConfig {
+    /// The bounds of the queue of received frames, as enforced (see
+    /// [`IncomingLimits::effective`]).
+    pub fn incoming_limits(&self) -> IncomingLimits {
+        IncomingLimits {
+            frames: self.incoming_queue_len,
+            bytes: self.incoming_queue_bytes,
+            peer_bytes: self.incoming_peer_bytes,
+        }
+        .effective(self.max_frame_len)
     }
 }
 
@@ -185,7 +219,7 @@ struct Inner {
     peers: Mutex<HashMap<PublicKey, PeerQueue>>,
     inbound: Mutex<HashMap<PublicKey, (u64, CancellationToken)>>,
     next_connection: AtomicU64,
-    incoming: mpsc::Sender<(PublicKey, Vec<u8>)>,
+    incoming: IncomingSender,
     handshakes: Arc<HandshakeSlots>,
     events: broadcast::Sender<LinkEvent>,
     /// The same events as the node sees them (outbound links only).
@@ -235,7 +269,7 @@ impl TcpTransport {
                 address: "the given listener".into(),
                 source,
             })?;
-        let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue_len.max(1));
+        let (incoming, incoming_rx) = incoming::channel(config.incoming_limits());
         let handshakes = Arc::new(HandshakeSlots::new(&config, &map));
         let (events, _) = broadcast::channel(256);
         let (link_events, _) = broadcast::channel(256);
@@ -677,6 +711,7 @@ async fn serve_inbound(
     if let Some((_, old)) = previous {
         old.cancel();
     }
+    let to_node = inner.incoming.peer(peer.key);
     info!(peer = %peer.name, %remote, "peer connected (inbound)");
     emit(
         &inner,
@@ -705,18 +740,29 @@ async fn serve_inbound(
                 break Some(e.to_string());
             }
         };
-        match open_frame(&mut noise, &record, max) {
-            Ok(frame) => {
-                let delivered = tokio::select! {
-                    biased;
-                    _ = token.cancelled() => break None,
-                    r = inner.incoming.send((peer.key, frame)) => r,
-                };
-                if delivered.is_err() {
-                    debug!(peer = %peer.name, "the node stopped reading frames; closing the connection");
-                    break None;
-                }
+        // Room in the node's queue first, then decryption into a frame
+        // of exactly that size: a peer the node cannot keep up with is
+        // made to wait here, with nothing allocated for it.
+        let reserved = tokio::select! {
+            biased;
+            _ = token.cancelled() => break None,
+            r = to_node.reserve(frame_len(record.len()), &peer.name) => r,
+        };
+        let room = match reserved {
+            Ok(room) => room,
+            Err(IncomingRefused::Closed) => {
+                debug!(peer = %peer.name, "the node stopped reading frames; closing the connection");
+                break None;
             }
+            Err(error) => {
+                // The share holds a frame of `max` bytes, and the codec
+                // refused longer records: a bug, but not worth a panic.
+                warn!(peer = %peer.name, %remote, %error, "frame does not fit the incoming queue; closing the connection");
+                break Some(error.to_string());
+            }
+        };
+        match open_frame(&mut noise, &record, max) {
+            Ok(frame) => room.send(frame),
             Err(error @ WireError::Decrypt(_)) => {
                 warn!(peer = %peer.name, %remote, %error,
                     "frame failed authentication (corrupted, forged or replayed); closing the connection");

@@ -209,6 +209,14 @@ pub fn sealed_len(plain_len: usize) -> usize {
     plain_len + chunks * TAG_LEN
 }
 
+/// How many bytes the frame in a record body of `record_len` bytes has:
+/// the inverse of [`sealed_len`] (0 for a body too short to be valid, which
+/// then fails to decrypt).
+pub fn frame_len(record_len: usize) -> usize {
+    let chunks = record_len.div_ceil(NOISE_MAX_MESSAGE);
+    record_len.saturating_sub(chunks * TAG_LEN)
+}
+
 /// Encrypts one application frame into one record body.
 pub fn seal_frame(
     transport: &mut snow::TransportState,
@@ -242,8 +250,7 @@ pub fn open_frame(
     if record.is_empty() {
         return Err(WireError::EmptyRecord);
     }
-    let chunks = record.len().div_ceil(NOISE_MAX_MESSAGE);
-    let plain_len = record.len().saturating_sub(chunks * TAG_LEN);
+    let plain_len = frame_len(record.len());
     if plain_len > max_plain {
         return Err(WireError::FrameTooLarge {
             len: plain_len,

@@ -10,8 +10,11 @@
 //! Behaviour, chosen to match what the node sees over TCP:
 //!
 //! * a frame goes straight into the destination's bounded [`Incoming`]
-//!   queue; a full queue refuses it ([`SendError::QueueFull`]) and the
-//!   sender's outbox sends it again later;
+//!   queue, with the same bounds as over TCP (frames, bytes, and the
+//!   sender's share of the bytes: [`IncomingLimits`]); a full queue or
+//!   share refuses it ([`SendError::QueueFull`]) and the sender's outbox
+//!   sends it again later, a frame larger than a whole share is
+//!   [`SendError::TooLarge`];
 //! * a party that joined but whose node is stopped refuses frames
 //!   ([`SendError::Unreachable`]), as an unreachable TCP peer would lose
 //!   them; one that never joined is [`SendError::UnknownPeer`];
@@ -28,16 +31,14 @@
 //! Senders are identified by the key they joined with; every member is
 //! trusted code in the same process, so there is no authentication.
 
-use super::{Incoming, SendError, Transport, TransportEvent};
+use super::incoming::{self, IncomingRefused};
+use super::{Incoming, IncomingLimits, IncomingSender, SendError, Transport, TransportEvent};
 use crate::{Party, PublicKey};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
-
-/// Frames queued per node by default before senders are refused.
-const DEFAULT_QUEUE_LEN: usize = 1024;
 
 /// Link events kept per member for a slow subscriber.
 const EVENT_BUFFER: usize = 256;
@@ -80,14 +81,14 @@ pub struct MemoryNetwork {
 }
 
 struct Shared {
-    queue_len: usize,
+    limits: IncomingLimits,
     members: Mutex<HashMap<PublicKey, Member>>,
 }
 
 struct Member {
     name: String,
     /// `None` while the member's node is stopped.
-    inbox: Option<mpsc::Sender<(PublicKey, Vec<u8>)>>,
+    inbox: Option<IncomingSender>,
     events: broadcast::Sender<TransportEvent>,
     /// Which join the inbox belongs to, so a stale transport shutting down
     /// does not take a newer incarnation offline.
@@ -112,18 +113,28 @@ impl Default for MemoryNetwork {
 }
 
 impl MemoryNetwork {
-    /// An empty network; each node's incoming queue holds 1,024 frames.
+    /// An empty network; each node's incoming queue has the default
+    /// [`IncomingLimits`] (1,024 frames, 64 MiB, 16 MiB per sender).
     pub fn new() -> Self {
-        Self::with_queue_len(DEFAULT_QUEUE_LEN)
+        Self::with_limits(IncomingLimits::default())
     }
 
     /// An empty network whose nodes queue at most `queue_len` incoming
-    /// frames (at least 1); senders beyond that are refused and redeliver
-    /// later, which is how a slow node slows its peers down.
+    /// frames (at least 1), with the default byte bounds; senders beyond
+    /// that are refused and redeliver later, which is how a slow node slows
+    /// its peers down.
     pub fn with_queue_len(queue_len: usize) -> Self {
+        Self::with_limits(IncomingLimits {
+            frames: queue_len,
+            ..IncomingLimits::default()
+        })
+    }
+
+    /// An empty network whose nodes' incoming queues have `limits`.
+    pub fn with_limits(limits: IncomingLimits) -> Self {
         MemoryNetwork {
             inner: Arc::new(Shared {
-                queue_len: queue_len.max(1),
+                limits: limits.effective(0),
                 members: Mutex::new(HashMap::new()),
             }),
         }
@@ -143,7 +154,7 @@ impl MemoryNetwork {
     /// senders' outboxes redeliver them.
     pub fn join(&self, party: &Party) -> (MemoryTransport, Incoming) {
         let key = *party.key();
-        let (tx, rx) = mpsc::channel(self.inner.queue_len);
+        let (tx, rx) = incoming::channel(self.inner.limits);
         let incarnation;
         {
             let mut members = self.lock();
@@ -239,11 +250,12 @@ impl Transport for MemoryTransport {
             .inbox
             .as_ref()
             .ok_or_else(|| SendError::Unreachable(member.name.clone()))?;
-        inbox.try_send((self.me, frame)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::QueueFull(member.name.clone()),
+        inbox.try_send(self.me, frame).map_err(|e| match e {
+            IncomingRefused::Full => SendError::QueueFull(member.name.clone()),
+            IncomingRefused::TooLarge { len, max } => SendError::TooLarge { len, max },
             // The node stopped reading without shutting its transport down
             // (its driver ended): as good as offline.
-            mpsc::error::TrySendError::Closed(_) => SendError::Unreachable(member.name.clone()),
+            IncomingRefused::Closed => SendError::Unreachable(member.name.clone()),
         })
     }
 

@@ -8,7 +8,8 @@
 //!   the driver never blocks on a slow peer, because every frame it sends
 //!   is also in the node's durable outbox and is sent again later;
 //! * receive frames, each with the **authenticated** identity of its sender
-//!   ([`Incoming`], handed over when the transport is created);
+//!   ([`Incoming`], handed over when the transport is created; bounded in
+//!   frames and in bytes, with a share per peer, see [`incoming`]);
 //! * hear when the link to a peer goes down and comes (back) up
 //!   ([`TransportEvent::Disconnected`], [`TransportEvent::Connected`]), so
 //!   the messages a broken link may have lost are sent again at once
@@ -51,18 +52,15 @@
 //! two share the node core — the step logic, commits, sessions — but not
 //! the transport.
 
+pub mod incoming;
 mod memory;
 
+pub use incoming::{Incoming, IncomingLimits, IncomingSender};
 pub use memory::{MemoryNetwork, MemoryTransport};
 
 use crate::PublicKey;
 use std::future::Future;
-use tokio::sync::{broadcast, mpsc};
-
-/// Frames received from peers: the authenticated sender's identity key and
-/// the frame's bytes, exactly as the sender passed them to
-/// [`Transport::try_send`].
-pub type Incoming = mpsc::Receiver<(PublicKey, Vec<u8>)>;
+use tokio::sync::broadcast;
 
 /// Why a frame was not queued. In every case the node keeps the message in
 /// its durable outbox and sends it again later, so none of these loses a
@@ -75,8 +73,13 @@ pub enum SendError {
     /// The destination is this node itself.
     #[error("a node does not send frames to itself over a transport: deliver them locally")]
     ToSelf,
-    /// The frame exceeds the transport's maximum frame size.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes (TcpConfig::max_frame_len)")]
+    /// The frame exceeds the transport's maximum frame size
+    /// ([`TcpConfig::max_frame_len`](crate::tcp::TcpConfig::max_frame_len);
+    /// in memory, a receiver's whole per-peer share,
+    /// [`IncomingLimits::peer_bytes`]).
+    #[error(
+        "frame of {len} bytes exceeds the maximum of {max} bytes (TcpConfig::max_frame_len, or the receiver's per-peer incoming share)"
+    )]
     TooLarge {
         /// The frame's size.
         len: usize,
