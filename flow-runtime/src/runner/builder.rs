@@ -63,7 +63,9 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     long_wait_check: Duration,
     defer_acks: bool,
     hand_off_commits: Option<bool>,
-    node_config: NodeConfig,
+    /// (Crate-visible: a scale-out worker divides the responder bound
+    /// among the partitions.)
+    pub(crate) node_config: NodeConfig,
     /// The store `start` opens; an error from the configuration is
     /// reported by `start`.
     pub(super) store: Result<StoreChoice, String>,

@@ -45,6 +45,22 @@ fn peer_session_partition(peer: &PublicKey, session: u64, partitions: u32) -> u3
     (h % u64::from(partitions)) as u32
 }
 
+/// How many responder flows of one peer partition `partition` of
+/// `partitions` may run at once, for a node-wide bound of `node_wide`
+/// (`NodeConfig::max_responders_per_peer`). A peer's sessions spread over
+/// every partition (by hash), and each partition keeps its own count, in
+/// its own schema, committed only by its lease holder: the bound is split
+/// into shares that add up to `node_wide`, so a peer never has more than
+/// that many responders running on the node, whichever workers run them.
+/// Every share is at least 1 (a session hashed to a partition must be
+/// servable), so with fewer than `partitions` the bound is `partitions`.
+pub(crate) fn responder_share(node_wide: u32, partition: u32, partitions: u32) -> u32 {
+    let partitions = partitions.max(1);
+    let base = node_wide / partitions;
+    let extra = u32::from(partition < node_wide % partitions);
+    (base + extra).max(1)
+}
+
 /// Random session ids of one partition: `id % partitions == partition`, so
 /// the gateway routes the peer's answers back to it.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +107,29 @@ mod tests {
                 assert_eq!(partition_of(&peer, &reply, 5), partition);
                 assert_eq!(partition_of(&peer, &ack, 5), partition);
             }
+        }
+    }
+
+    #[test]
+    fn responder_shares_add_up_to_the_node_wide_bound() {
+        for (node_wide, partitions, total) in [
+            (256, 8, 256),
+            (10, 4, 10),
+            (4, 4, 4),
+            (3, 4, 4),
+            (1, 8, 8),
+            (7, 1, 7),
+        ] {
+            let shares: Vec<u32> = (0..partitions)
+                .map(|p| responder_share(node_wide, p, partitions))
+                .collect();
+            assert_eq!(
+                shares.iter().sum::<u32>(),
+                total,
+                "{node_wide} over {partitions}"
+            );
+            assert!(shares.iter().all(|s| *s >= 1));
+            assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
         }
     }
 

@@ -310,3 +310,147 @@ fn a_full_partition_queue_keeps_its_rows_for_the_next_read_in_order() {
     assert_eq!(seen, bytes(&[b"a", b"b", b"c", b"d", b"e"]));
     assert!(queued(&mut control, 0).is_empty());
 }
+
+#[test]
+fn a_peers_responders_on_two_workers_stay_within_the_node_wide_bound() {
+    use super::routing::partition_of;
+    use super::{Worker, WorkerSettings};
+    use crate::protocol::{Body, WireMessage};
+    use crate::runner::keys;
+    use crate::tcp::{NetworkMap, PeerEntry};
+    use crate::testing::ping_pong::{ping, pong};
+    use crate::{Flow, NodeConfig};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    const PARTITIONS: u32 = 4;
+    const BOUND: u32 = 6;
+    const PER_PARTITION: usize = 4;
+    let Some(server) = server() else { return };
+    let conn = server.fresh_schema();
+    let mut control = Control::connect(&conn, PARTITIONS).unwrap();
+    let entry = |name: &str| PeerEntry {
+        name: name.into(),
+        address: "127.0.0.1:9".into(),
+        key: keys::public_key(&keys::generate_identity().unwrap()),
+    };
+    let (node, peer) = (entry("Node"), entry("Peer"));
+    let map = NetworkMap::new(vec![node.clone(), peer.clone()]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|name| {
+            let mut settings = WorkerSettings::new(name);
+            settings.partitions = PARTITIONS;
+            settings.lease = Duration::from_secs(1);
+            let configure: super::Configure = Arc::new(|builder| {
+                builder.flow::<ping::Flow>();
+                builder.responder::<ping::Flow>(pong);
+                builder.node_config(NodeConfig {
+                    max_responders_per_peer: BOUND,
+                    ..NodeConfig::default()
+                });
+            });
+            let worker = Worker::new(
+                &conn,
+                node.party(),
+                map.clone(),
+                settings,
+                configure,
+                runtime.handle().clone(),
+            )
+            .unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || worker.run(&stop).unwrap())
+        })
+        .collect();
+    // Both workers hold two partitions each.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = control.status().unwrap();
+        let held: Vec<&str> = status
+            .leases
+            .iter()
+            .filter(|l| l.current)
+            .filter_map(|l| l.holder.as_deref())
+            .collect();
+        if held.len() == 4 && held.iter().filter(|h| **h == "w1").count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fair share: {held:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The peer initiates PER_PARTITION sessions in each partition, each
+    // starting a responder that stays (pong waits for a number).
+    let created_at = Some(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let mut per_partition = [0usize; PARTITIONS as usize];
+    let mut frames: Vec<(i32, Vec<u8>)> = Vec::new();
+    for session in 1u64.. {
+        let init = WireMessage::Session {
+            session,
+            from_initiator: true,
+            seq: 0,
+            body: Body::Init {
+                flow: ping::Flow::NAME.to_owned(),
+                version: ping::Flow::VERSION,
+                initiator: peer.party(),
+                created_at,
+            },
+        };
+        let p = partition_of(&peer.key, &init, PARTITIONS) as usize;
+        if per_partition[p] < PER_PARTITION {
+            per_partition[p] += 1;
+            frames.push((p as i32, init.encode().unwrap()));
+        }
+        if per_partition.iter().all(|n| *n == PER_PARTITION) {
+            break;
+        }
+    }
+    for (p, frame) in &frames {
+        control
+            .client
+            .execute(
+                "INSERT INTO flow_inbox (partition, peer, frame) VALUES ($1, $2, $3)",
+                &[p, &&peer.key.0[..], frame],
+            )
+            .unwrap();
+    }
+    // Every row consumed means every initiation handled and committed.
+    let status = loop {
+        let status = control.status().unwrap();
+        if status.inbox == 0 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{} rows left", status.inbox);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut running = Vec::new();
+    for p in 0..PARTITIONS {
+        let n: i64 = control
+            .client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.flow_kv WHERE tbl = 'checkpoints'",
+                    crate::store::quote_ident(&control.partition_schema(p))
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        running.push(n as u32);
+    }
+    // Shares of 6 over 4 partitions: 2, 2, 1, 1 (partitions 0 and 1 get
+    // the remainder); without the split each would run all 4 of its own.
+    assert_eq!(running, vec![2, 2, 1, 1]);
+    assert_eq!(status.in_flight, u64::from(BOUND));
+}

@@ -8,7 +8,7 @@
 use super::control::{Control, pg_err};
 use super::lease::{self, Lease};
 use super::relay::{RelayTransport, WorkerRelay};
-use super::routing::PartitionIds;
+use super::routing::{PartitionIds, responder_share};
 use crate::Party;
 use crate::runner::admin::Startable;
 use crate::runner::{Node, NodeBuilder};
@@ -274,6 +274,11 @@ impl Worker {
             incoming,
         );
         (self.configure)(&mut builder);
+        // The responder bound is the node's: each partition admits its
+        // share of it (see `responder_share`).
+        let config = &mut builder.node_config;
+        config.max_responders_per_peer =
+            responder_share(config.max_responders_per_peer, p, self.control.partitions);
         // Every batch of frames commits at once (acks too): a frame's inbox
         // row is deleted with the commit of its batch (see the relay).
         builder.defer_ack_commits(false);
