@@ -1,15 +1,24 @@
 //! finance-flows is written the way a user of the crates writes an
 //! application: it names only `flow_runtime`'s application API — the
 //! crate root (flow types, `Party`, `FlowHandle`, ...), `prelude`,
-//! `testing`, `runner`, `tcp`, `transport` and `graph` (a flow's state
-//! graph and its drawings) — never the engine's
+//! `testing`, `runner`, `tcp`, `transport`, `graph` (a flow's state
+//! graph and its drawings) and `scale_out` (a node's gateway, workers and
+//! client over PostgreSQL) — never the engine's
 //! internals (`engine`, `storage`, `__private`). This test reads every Rust
 //! file of the crate and lists each path it names under `flow_runtime`.
 
 use std::path::{Path, PathBuf};
 
 /// Modules of `flow_runtime` an application may name.
-const APPLICATION_MODULES: &[&str] = &["prelude", "testing", "runner", "tcp", "transport", "graph"];
+const APPLICATION_MODULES: &[&str] = &[
+    "prelude",
+    "testing",
+    "runner",
+    "tcp",
+    "transport",
+    "graph",
+    "scale_out",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -158,6 +158,13 @@ impl Control {
         &self.schema
     }
 
+    /// The partition that starts flows requested with `key` (see
+    /// [`request_start_keyed`](Self::request_start_keyed)); the same on
+    /// every build and platform.
+    pub fn partition_of_key(&self, key: &str) -> u32 {
+        start_partition(key, self.partitions)
+    }
+
     /// The schema of partition `p`.
     pub(crate) fn partition_schema(&self, p: u32) -> String {
         partition_schema(&self.schema, p)
@@ -190,16 +197,65 @@ impl Control {
         flow: &str,
         args: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let partition = start_partition(client_id, self.partitions) as i32;
+        self.request_start_keyed(client_id, client_id, flow, args)
+    }
+
+    /// [`request_start`](Self::request_start) in the partition of `key`
+    /// instead of the client id's: flows started with the same key run in
+    /// the same partition and so see the same services' tables (the
+    /// partition's vault: a paper issued by one flow can be sold by the
+    /// next). Give a client id always with the same key: the node
+    /// recognises a client id it already started only in its partition.
+    pub fn request_start_keyed(
+        &mut self,
+        key: &str,
+        client_id: &str,
+        flow: &str,
+        args: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.request_starts(&[StartRequest {
+            key: key.to_owned(),
+            client_id: client_id.to_owned(),
+            flow: flow.to_owned(),
+            args: args.clone(),
+        }])
+    }
+
+    /// Queues many start requests in one statement (each as
+    /// [`request_start_keyed`](Self::request_start_keyed)).
+    pub fn request_starts(&mut self, requests: &[StartRequest]) -> Result<(), StoreError> {
+        let partitions: Vec<i32> = requests
+            .iter()
+            .map(|r| start_partition(&r.key, self.partitions) as i32)
+            .collect();
+        let ids: Vec<&str> = requests.iter().map(|r| r.client_id.as_str()).collect();
+        let flows: Vec<&str> = requests.iter().map(|r| r.flow.as_str()).collect();
+        let args: Vec<String> = requests.iter().map(|r| r.args.to_string()).collect();
         self.client
             .execute(
-                "INSERT INTO flow_starts (client_id, partition, flow, args) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO flow_starts (client_id, partition, flow, args) \
+                 SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[]) \
                  ON CONFLICT (client_id) DO NOTHING",
-                &[&client_id, &partition, &flow, &args.to_string()],
+                &[&ids, &partitions, &flows, &args],
             )
-            .map_err(|e| pg_err("cannot queue a start request", &e))?;
+            .map_err(|e| pg_err("cannot queue start requests", &e))?;
         Ok(())
     }
+}
+
+/// A flow a client asks a scale-out node to start (see
+/// [`Control::request_starts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequest {
+    /// Chooses the partition: requests with the same key start in the same
+    /// partition (the client id itself, unless flows must meet).
+    pub key: String,
+    /// The client id the flow is started under, once.
+    pub client_id: String,
+    /// The `Flow::NAME` of a flow registered startable on the workers.
+    pub flow: String,
+    /// Its arguments.
+    pub args: serde_json::Value,
 }
 
 /// Partition `p`'s schema name.

@@ -47,7 +47,7 @@ mod relay;
 mod routing;
 mod worker;
 
-pub use control::{CONTROL_LAYOUT, Control};
+pub use control::{CONTROL_LAYOUT, Control, StartRequest};
 pub use gateway::Gateway;
 pub use lease::{Lease, LeaseState};
 pub use relay::RelayTransport;
@@ -95,6 +95,45 @@ pub struct NodeStatus {
 }
 
 impl Control {
+    /// How many results the partitions keep (finished flows not yet
+    /// removed): one count per partition, without reading the results.
+    pub fn finished_count(&mut self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for schema in self.partition_tables()? {
+            let n: i64 = self
+                .client
+                .query_one(
+                    &format!("SELECT count(*) FROM {schema}.flow_kv WHERE tbl = 'results'"),
+                    &[],
+                )
+                .map_err(|e| pg_err("cannot count a partition's results", &e))?
+                .get(0);
+            total += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// The quoted schemas of the partitions whose tables exist (a
+    /// partition never claimed has none yet).
+    fn partition_tables(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut schemas = Vec::new();
+        for p in 0..self.partitions {
+            let schema = quote_ident(&self.partition_schema(p));
+            let exists: bool = self
+                .client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("{schema}.flow_kv")],
+                )
+                .map_err(|e| pg_err("cannot look for a partition's table", &e))?
+                .get(0);
+            if exists {
+                schemas.push(schema);
+            }
+        }
+        Ok(schemas)
+    }
+
     /// Reads [`NodeStatus`].
     pub fn status(&mut self) -> Result<NodeStatus, StoreError> {
         let mut status = NodeStatus {

@@ -454,3 +454,102 @@ fn a_peers_responders_on_two_workers_stay_within_the_node_wide_bound() {
     assert_eq!(running, vec![2, 2, 1, 1]);
     assert_eq!(status.in_flight, u64::from(BOUND));
 }
+
+/// Doubles `n`: a flow that finishes in its first step.
+#[crate::prelude::flow]
+async fn double(_ctx: &mut crate::prelude::FlowContext, n: u32) -> Result<u32, crate::FlowError> {
+    Ok(n * 2)
+}
+
+#[test]
+fn keyed_start_requests_start_once_each_in_their_keys_partition() {
+    use super::{StartRequest, Worker, WorkerSettings};
+    use crate::Flow;
+    use crate::runner::keys;
+    use crate::tcp::{NetworkMap, PeerEntry};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    let Some(server) = server() else { return };
+    let conn = server.fresh_schema();
+    let mut control = Control::connect(&conn, 4).unwrap();
+    let node = PeerEntry {
+        name: "Node".into(),
+        address: "127.0.0.1:9".into(),
+        key: keys::public_key(&keys::generate_identity().unwrap()),
+    };
+    let map = NetworkMap::new(vec![node.clone()]).unwrap();
+    // Ten requests under two keys, one of them twice: nine flows.
+    let request = |key: &str, i: u32| StartRequest {
+        key: key.to_owned(),
+        client_id: format!("double-{i}"),
+        flow: double::Flow::NAME.to_owned(),
+        args: serde_json::json!(i),
+    };
+    let mut requests: Vec<StartRequest> = (0..9)
+        .map(|i| request(if i % 2 == 0 { "even" } else { "odd" }, i))
+        .collect();
+    requests.push(request("even", 4));
+    control.request_starts(&requests).unwrap();
+    control
+        .request_start_keyed(
+            "even",
+            "double-0",
+            double::Flow::NAME,
+            &serde_json::json!(0),
+        )
+        .unwrap();
+    let waiting = control.status().unwrap().waiting_starts;
+    assert_eq!(waiting, 9, "a client id is queued once");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut settings = WorkerSettings::new("w");
+    settings.partitions = 4;
+    settings.lease = Duration::from_secs(1);
+    let configure: super::Configure = Arc::new(|builder| {
+        builder.startable(|n: u32| Ok(double(n)));
+    });
+    let worker = Worker::new(
+        &conn,
+        node.party(),
+        map,
+        settings,
+        configure,
+        runtime.handle().clone(),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = {
+        let stop = stop.clone();
+        std::thread::spawn(move || worker.run(&stop).unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control.finished_count().unwrap() < 9 {
+        assert!(Instant::now() < deadline, "the flows did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    running.join().unwrap();
+    let status = control.status().unwrap();
+    assert_eq!(status.waiting_starts, 0);
+    let mut finished: Vec<(String, u32, u32)> = status
+        .finished
+        .iter()
+        .map(|f| {
+            let out: u32 = rmp_serde::from_slice(f.outcome.as_ref().unwrap()).unwrap();
+            (f.client_id.clone().unwrap(), f.partition, out)
+        })
+        .collect();
+    finished.sort();
+    let expected: Vec<(String, u32, u32)> = {
+        let mut e: Vec<_> = (0..9)
+            .map(|i| {
+                let key = if i % 2 == 0 { "even" } else { "odd" };
+                (format!("double-{i}"), control.partition_of_key(key), i * 2)
+            })
+            .collect();
+        e.sort();
+        e
+    };
+    assert_eq!(finished, expected);
+}

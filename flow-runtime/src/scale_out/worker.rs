@@ -10,6 +10,7 @@ use super::lease::{self, Lease};
 use super::relay::{RelayTransport, WorkerRelay};
 use super::routing::{PartitionIds, responder_share};
 use crate::Party;
+use crate::registry::NewFlow;
 use crate::runner::admin::Startable;
 use crate::runner::{Node, NodeBuilder};
 use crate::store::{Fence, PostgresOptions, PostgresStore, Store, StoreError, WriteBatch};
@@ -311,8 +312,8 @@ impl Worker {
     }
 
     /// Starts the flows clients queued for the partitions held, each under
-    /// its client id (so a request taken twice starts one flow), and
-    /// removes the requests once started.
+    /// its client id (so a request taken twice starts one flow), all of a
+    /// partition's in ONE commit, and removes the requests once started.
     fn take_start_requests(&mut self) -> Result<(), StoreError> {
         if self.held.is_empty() {
             return Ok(());
@@ -328,49 +329,52 @@ impl Worker {
             )
             .map_err(|e| pg_err("cannot read start requests", &e))?;
         let mut done: Vec<String> = Vec::new();
+        let mut batches: BTreeMap<u32, Vec<(String, NewFlow)>> = BTreeMap::new();
         for row in rows {
             let (client_id, partition, flow, args): (String, i32, String, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             let Some(held) = self.held.get(&(partition as u32)) else {
                 continue;
             };
-            let started = match serde_json::from_str(&args) {
-                Err(e) => Err(StartRefused::Permanent(format!(
-                    "the arguments are not JSON: {e}"
-                ))),
+            let refused = match serde_json::from_str(&args) {
+                Err(e) => format!("the arguments are not JSON: {e}"),
                 Ok(args) => match held.startable.build(&flow, args) {
-                    None => Err(StartRefused::Permanent(
-                        "no flow of that name is startable".into(),
-                    )),
-                    Some(Err(why)) => Err(StartRefused::Permanent(why)),
+                    None => "no flow of that name is startable".into(),
+                    Some(Err(why)) => why,
                     Some(Ok(new)) => {
-                        let id = client_id.clone();
-                        let call =
-                            held.node
-                                .call(move |core, now| match core.start(now, new, Some(id)) {
-                                    Ok((_, out)) => (Ok(()), Some(out)),
-                                    Err(e) => (Err(e.to_string()), None),
-                                });
-                        match self.runtime.block_on(call) {
-                            Ok(Ok(())) => Ok(()),
-                            Ok(Err(why)) | Err(crate::NodeError::Store(why)) => {
-                                Err(StartRefused::Retry(why))
-                            }
-                            Err(e) => Err(StartRefused::Retry(e.to_string())),
-                        }
+                        batches
+                            .entry(partition as u32)
+                            .or_default()
+                            .push((client_id, new));
+                        continue;
                     }
                 },
             };
-            match started {
-                Ok(()) => done.push(client_id),
-                Err(StartRefused::Permanent(why)) => {
-                    tracing::error!(%client_id, %flow, %why, "a start request cannot be served; removed");
-                    done.push(client_id);
+            tracing::error!(%client_id, %flow, why = %refused, "a start request cannot be served; removed");
+            done.push(client_id);
+        }
+        for (partition, batch) in batches {
+            let Some(held) = self.held.get(&partition) else {
+                continue;
+            };
+            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            let flows: Vec<(NewFlow, Option<String>)> =
+                batch.into_iter().map(|(id, new)| (new, Some(id))).collect();
+            let call = held
+                .node
+                .call(move |core, now| match core.start_many(now, flows) {
+                    Ok((_, out)) => (Ok(()), Some(out)),
+                    Err(e) => (Err(e.to_string()), None),
+                });
+            let why = match self.runtime.block_on(call) {
+                Ok(Ok(())) => {
+                    done.extend(ids);
+                    continue;
                 }
-                Err(StartRefused::Retry(why)) => {
-                    tracing::warn!(%client_id, %flow, %why, "a start request failed; retried later");
-                }
-            }
+                Ok(Err(why)) => why,
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(partition, requests = ids.len(), %why, "start requests failed; retried later");
         }
         if !done.is_empty() {
             self.control
@@ -383,12 +387,4 @@ impl Worker {
         }
         Ok(())
     }
-}
-
-/// Why a start request was not served.
-enum StartRefused {
-    /// It never can be (no such startable flow, arguments that do not fit).
-    Permanent(String),
-    /// Not now (the node is stopping, the store failed).
-    Retry(String),
 }
