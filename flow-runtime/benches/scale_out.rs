@@ -21,70 +21,27 @@
 //! `FLOW_BENCH_SETUPS=redb,pg,w1,w2,w4` picks the set-ups.
 
 #[cfg(unix)]
+#[path = "../tests/tcp_common/node_process.rs"]
+#[allow(dead_code)] // the bench uses part of it
+mod node_process;
+
+#[cfg(unix)]
 mod bench {
+    use super::node_process::NodeProcess;
     use flow_runtime::runner::keys;
     use flow_runtime::scale_out::Control;
     use flow_runtime::tcp::{NetworkMap, PeerEntry};
     use flow_runtime::testing::TestPostgres;
-    use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
     const PARTITIONS: &str = "8";
     const LIMIT: Duration = Duration::from_secs(600);
 
-    struct Proc {
-        child: Child,
-        lines: mpsc::Receiver<String>,
-    }
-
-    impl Proc {
-        fn start(config: &Path, extra: &[&str], log: &Path) -> Proc {
-            let stderr = std::fs::File::create(log).unwrap();
-            let mut child = Command::new(NODE)
-                .arg("--config")
-                .arg(config)
-                .args(extra)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(stderr)
-                .spawn()
-                .unwrap();
-            let stdout = child.stdout.take().unwrap();
-            let (tx, lines) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            Proc { child, lines }
-        }
-
-        fn wait_for(&mut self, prefix: &str) -> String {
-            loop {
-                match self.lines.recv_timeout(LIMIT) {
-                    Ok(line) if line.starts_with(prefix) => return line,
-                    Ok(line) if line.starts_with("FAILED") => panic!("{line}"),
-                    Ok(_) => {}
-                    Err(_) => panic!("no `{prefix}` line within {LIMIT:?}"),
-                }
-            }
-        }
-    }
-
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let _ = self.child.wait();
-        }
+    /// A node process, logging warnings only (the bench's figures are
+    /// its stdout).
+    fn node(config: &Path, extra: &[&str], log: &Path) -> NodeProcess {
+        NodeProcess::start_logging(config, extra, log, "warn")
     }
 
     /// Alice's and Bob's configs in `dir`; Alice on `alice_store`.
@@ -153,7 +110,7 @@ mod bench {
             _ => postgres_store(server?),
         };
         let (alice, bob) = setup(d, &store);
-        let _bob = Proc::start(&bob, &[], &d.join("Bob.log"));
+        let _bob = node(&bob, &[], &d.join("Bob.log"));
         let ping = format!("Bob={flows}");
         let rounds_s = rounds.to_string();
         let began;
@@ -161,22 +118,22 @@ mod bench {
         let mut keep = Vec::new();
         if workers == 0 {
             began = Instant::now();
-            client = Proc::start(
+            client = node(
                 &alice,
                 &["--ping", &ping, "--rounds", &rounds_s],
                 &d.join("Alice.log"),
             );
         } else {
-            let mut gateway = Proc::start(
+            let mut gateway = node(
                 &alice,
                 &["--gateway", "--partitions", PARTITIONS],
                 &d.join("gateway.log"),
             );
-            gateway.wait_for("GATEWAY");
+            gateway.wait_for("GATEWAY", Instant::now() + LIMIT);
             keep.push(gateway);
             for w in 0..workers {
                 let name = format!("w{w}");
-                keep.push(Proc::start(
+                keep.push(node(
                     &alice,
                     &["--worker", &name, "--partitions", PARTITIONS],
                     &d.join(format!("{name}.log")),
@@ -206,7 +163,7 @@ mod bench {
                 std::thread::sleep(Duration::from_millis(50));
             }
             began = Instant::now();
-            client = Proc::start(
+            client = node(
                 &alice,
                 &[
                     "--scale-out-ping",
@@ -221,7 +178,7 @@ mod bench {
         }
         // The client's own figure: from before its first start to its last
         // result (process start-up excluded in every set-up).
-        let done = client.wait_for("DONE");
+        let done = client.wait_for("DONE", Instant::now() + LIMIT);
         let ms: f64 = done
             .strip_prefix("DONE ")
             .and_then(|m| m.parse().ok())

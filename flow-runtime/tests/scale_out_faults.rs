@@ -17,125 +17,22 @@
 
 #![cfg(unix)]
 
+mod tcp_common;
+
 use flow_runtime::runner::keys;
 use flow_runtime::scale_out::Control;
 use flow_runtime::tcp::{NetworkMap, PeerEntry};
 use flow_runtime::testing::TestPostgres;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
+use tcp_common::NodeProcess;
+use tcp_common::node_process::logs_in;
 const ROUNDS: u64 = 400;
 const FLOWS: u32 = 6;
 const PARTITIONS: &str = "4";
 const LEASE_MS: &str = "1000";
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A running process whose stdout lines arrive on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(config: &Path, extra: &[&str], log: &Path) -> Proc {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(NODE)
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            log: log.to_owned(),
-        }
-    }
-
-    /// Waits for a line starting with `prefix`; returns it.
-    fn wait_for(&mut self, prefix: &str, deadline: Instant, all_logs: &Path) -> String {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no `{prefix}` line from {} before the deadline; logs:\n{}",
-                    self.log.display(),
-                    logs(all_logs)
-                ),
-            }
-        }
-    }
-
-    fn sigkill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL on unix
-        self.child.wait().unwrap();
-    }
-
-    fn sigterm(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Proc {
-    /// A failing test leaves no process behind.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Every `.log` file in `dir`, for a failing test's message.
-fn logs(dir: &Path) -> String {
-    let mut out = String::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.contains("NOTICE"))
-                .rev()
-                .take(60)
-                .collect();
-            out.push_str(&format!("==== {} (last lines)\n", path.display()));
-            for line in tail.into_iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
 
 /// Keys, the network map and configs: Alice on PostgreSQL (`connection`),
 /// Bob on redb.
@@ -229,7 +126,7 @@ fn wait_for_balance(connection: &str, deadline: Instant, dir: &Path) {
         assert!(
             Instant::now() < deadline,
             "workers did not share the partitions: {holders:?}; logs:\n{}",
-            logs(dir)
+            logs_in(dir)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -262,11 +159,11 @@ fn run(fault: Fault) {
     let (alice, bob_config) = setup(dir.path(), &connection);
     let d = dir.path();
 
-    let mut bob = Proc::start(&bob_config, &[], &d.join("Bob.log"));
-    let mut gateway = Proc::start(&alice, &strs(&gateway_args()), &d.join("gateway.log"));
-    gateway.wait_for("GATEWAY", deadline, d);
-    let w1 = Proc::start(&alice, &strs(&worker_args("w1")), &d.join("w1.log"));
-    let w2 = Proc::start(&alice, &strs(&worker_args("w2")), &d.join("w2.log"));
+    let mut bob = NodeProcess::start(&bob_config, &[], &d.join("Bob.log"));
+    let mut gateway = NodeProcess::start(&alice, &strs(&gateway_args()), &d.join("gateway.log"));
+    gateway.wait_for("GATEWAY", deadline);
+    let w1 = NodeProcess::start(&alice, &strs(&worker_args("w1")), &d.join("w1.log"));
+    let w2 = NodeProcess::start(&alice, &strs(&worker_args("w2")), &d.join("w2.log"));
     wait_for_balance(&connection, deadline, d);
     let held_by_w1: Vec<(u32, i64)> = {
         let mut control = Control::connect(&connection, 4).unwrap();
@@ -287,9 +184,9 @@ fn run(fault: Fault) {
         "--partitions".to_owned(),
         PARTITIONS.to_owned(),
     ];
-    let mut client = Proc::start(&alice, &strs(&client_args), &d.join("client.log"));
-    client.wait_for("STARTED", deadline, d);
-    bob.wait_for("MARK 300", deadline, d);
+    let mut client = NodeProcess::start(&alice, &strs(&client_args), &d.join("client.log"));
+    client.wait_for("STARTED", deadline);
+    bob.wait_for("MARK 300", deadline);
     let (w1, gateway) = match fault {
         Fault::Worker => {
             w1.sigkill();
@@ -297,8 +194,9 @@ fn run(fault: Fault) {
         }
         Fault::Gateway => {
             gateway.sigkill();
-            let mut again = Proc::start(&alice, &strs(&gateway_args()), &d.join("gateway.log"));
-            again.wait_for("GATEWAY", deadline, d);
+            let mut again =
+                NodeProcess::start(&alice, &strs(&gateway_args()), &d.join("gateway.log"));
+            again.wait_for("GATEWAY", deadline);
             (Some(w1), Some(again))
         }
         Fault::Database => {
@@ -310,11 +208,11 @@ fn run(fault: Fault) {
     let expected = ROUNDS * (ROUNDS - 1) / 2;
     let mut results = Vec::new();
     for _ in 0..FLOWS {
-        let line = client.wait_for("", deadline, d);
+        let line = client.wait_for("", deadline);
         assert!(
             line.starts_with("RESULT "),
             "a ping failed: {line}; logs:\n{}",
-            logs(d)
+            logs_in(d)
         );
         results.push(line);
     }
@@ -327,8 +225,8 @@ fn run(fault: Fault) {
         w
     };
     assert_eq!(results, wanted);
-    client.wait_for("DONE", deadline, d);
-    assert!(client.child.wait().unwrap().success());
+    client.wait_for("DONE", deadline);
+    assert!(client.wait().success());
 
     // Reconciliation, from every partition: each client id finished once,
     // nothing in flight, no start request left.
@@ -366,7 +264,7 @@ fn run(fault: Fault) {
             Instant::now() < deadline,
             "{} inbox rows were never consumed; logs:\n{}",
             status.inbox,
-            logs(d)
+            logs_in(d)
         );
         std::thread::sleep(Duration::from_millis(50));
         status = control.status().unwrap();
@@ -377,7 +275,7 @@ fn run(fault: Fault) {
         status.outbox
     );
     for p in [Some(w2), w1, gateway, Some(bob)].into_iter().flatten() {
-        let log = p.log.clone();
+        let log = p.log().to_owned();
         assert!(
             p.sigterm().success(),
             "{} did not stop cleanly",

@@ -13,98 +13,13 @@
 
 mod tcp_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tcp_common::write_nodes;
+use tcp_common::{NodeProcess, write_nodes};
 
-const NODE: &str = env!("CARGO_BIN_EXE_flow-ping-node");
 const ROUNDS: u64 = 1000;
 const FLOWS_PER_PEER: u32 = 3;
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// A running node process whose stdout lines arrive on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn start(config: &Path, extra: &[&str], log: &Path) -> Proc {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(NODE)
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// Waits for a line starting with `prefix`; returns it.
-    fn wait_for(&mut self, prefix: &str, deadline: Instant, logs: &Path) -> String {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no `{prefix}` line before the deadline; node logs in {}:\n{}",
-                    logs.display(),
-                    std::fs::read_to_string(logs).unwrap_or_default()
-                ),
-            }
-        }
-    }
-
-    fn sigkill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL on unix
-        self.child.wait().unwrap();
-    }
-
-    /// Asks the node for a checkpoint dump beside its database.
-    fn sigusr2(&self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-USR2", &pid]).status().unwrap();
-        assert!(status.success());
-    }
-
-    /// Sends the signal `name` (as `kill -<name>` spells it).
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args([format!("-{name}"), pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn sigterm(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
 
 /// Waits until `log` holds `needle` `times` times.
 fn wait_for_log(log: &Path, needle: &str, times: usize, deadline: Instant) {
@@ -162,34 +77,34 @@ fn three_processes_survive_sigkill_mid_run_with_exactly_once_results() {
     .map(|s| s.to_owned());
     let ping_args: Vec<&str> = ping_args.iter().map(String::as_str).collect();
 
-    let mut bob = Proc::start(&bob_f.config, &[], &bob_f.log);
-    let carol = Proc::start(&carol_f.config, &[], &carol_f.log);
-    let mut alice = Proc::start(&alice_f.config, &ping_args, &alice_f.log);
-    alice.wait_for("STARTED", deadline, &alice_f.log);
+    let mut bob = NodeProcess::start(&bob_f.config, &[], &bob_f.log);
+    let carol = NodeProcess::start(&carol_f.config, &[], &carol_f.log);
+    let mut alice = NodeProcess::start(&alice_f.config, &ping_args, &alice_f.log);
+    alice.wait_for("STARTED", deadline);
 
     // Kill Bob once his pongs are at round 300, then restart him.
-    bob.wait_for("MARK 300", deadline, &bob_f.log);
+    bob.wait_for("MARK 300", deadline);
     bob.sigkill();
-    let mut bob = Proc::start(&bob_f.config, &[], &bob_f.log);
+    let mut bob = NodeProcess::start(&bob_f.config, &[], &bob_f.log);
 
     // An operator asks Carol for a dump mid-run: a complete JSON file
     // appears beside her database (its content is tested in memory_node).
-    carol.sigusr2();
+    carol.signal("USR2");
     let dump = wait_for_dump(dir.path(), "Carol.redb.dump-", deadline, &carol_f.log);
     let flows: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert!(flows.is_array(), "{dump}");
 
     // Kill Alice once Bob's pongs are at round 600, then restart her with
     // the same arguments: she finds her flows again by client id.
-    bob.wait_for("MARK 600", deadline, &bob_f.log);
+    bob.wait_for("MARK 600", deadline);
     alice.sigkill();
-    let mut alice = Proc::start(&alice_f.config, &ping_args, &alice_f.log);
-    alice.wait_for("STARTED", deadline, &alice_f.log);
+    let mut alice = NodeProcess::start(&alice_f.config, &ping_args, &alice_f.log);
+    alice.wait_for("STARTED", deadline);
 
     let expected = ROUNDS * (ROUNDS - 1) / 2;
     let mut results = Vec::new();
     for _ in 0..2 * FLOWS_PER_PEER {
-        let line = alice.wait_for("", deadline, &alice_f.log);
+        let line = alice.wait_for("", deadline);
         assert!(
             line.starts_with("RESULT "),
             "a ping failed: {line}; Alice's log:\n{}",
@@ -205,11 +120,8 @@ fn three_processes_survive_sigkill_mid_run_with_exactly_once_results() {
     ) {
         assert_eq!(line, &format!("RESULT {peer_i} {expected}"));
     }
-    alice.wait_for("DONE", deadline, &alice_f.log);
-    assert!(
-        alice.child.wait().unwrap().success(),
-        "Alice exited with an error"
-    );
+    alice.wait_for("DONE", deadline);
+    assert!(alice.wait().success(), "Alice exited with an error");
 
     // The responders stop cleanly on SIGTERM.
     for (p, f) in [(bob, bob_f), (carol, carol_f)] {
@@ -245,23 +157,23 @@ fn sighup_stops_the_draining_sigusr1_started() {
     let (alice_f, bob_f, carol_f) = (&files[0], &files[1], &files[2]);
     let ping_args = ["--ping", "Bob=1", "--rounds", "3"];
 
-    let bob = Proc::start(&bob_f.config, &[], &bob_f.log);
+    let bob = NodeProcess::start(&bob_f.config, &[], &bob_f.log);
     wait_for_log(&bob_f.log, "signals: SIGUSR1 starts draining", 1, deadline);
     bob.signal("USR1");
     wait_for_log(&bob_f.log, "draining started", 1, deadline);
-    let mut alice = Proc::start(&alice_f.config, &ping_args, &alice_f.log);
-    let line = alice.wait_for("FAILED", deadline, &alice_f.log);
+    let mut alice = NodeProcess::start(&alice_f.config, &ping_args, &alice_f.log);
+    let line = alice.wait_for("FAILED", deadline);
     assert!(line.contains("draining"), "{line}");
-    assert!(!alice.child.wait().unwrap().success());
+    assert!(!alice.wait().success());
 
     bob.signal("HUP");
     wait_for_log(&bob_f.log, "draining stopped", 1, deadline);
-    let mut carol = Proc::start(&carol_f.config, &ping_args, &carol_f.log);
-    let line = carol.wait_for("", deadline, &carol_f.log);
+    let mut carol = NodeProcess::start(&carol_f.config, &ping_args, &carol_f.log);
+    let line = carol.wait_for("", deadline);
     assert_eq!(line, "STARTED");
-    let line = carol.wait_for("", deadline, &carol_f.log);
+    let line = carol.wait_for("", deadline);
     assert_eq!(line, "RESULT ping-Bob-0 3");
-    carol.wait_for("DONE", deadline, &carol_f.log);
-    assert!(carol.child.wait().unwrap().success());
+    carol.wait_for("DONE", deadline);
+    assert!(carol.wait().success());
     assert!(bob.sigterm().success());
 }

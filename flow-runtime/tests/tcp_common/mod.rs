@@ -1,13 +1,17 @@
 //! Shared helpers for the TCP transport tests: deterministic identities, a
 //! small network of transports on 127.0.0.1, a log capture (also used by
 //! `memory_node.rs`), and a "raw" peer that speaks the wire protocol by
-//! hand so tests can misbehave; and the files node processes start from.
+//! hand so tests can misbehave; the files node processes start from, and
+//! a node process's handle ([`NodeProcess`]).
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod mid_run;
 mod node_files;
+pub mod node_process;
 #[allow(unused_imports)] // each test file uses a different subset
 pub use node_files::{NodeFiles, write_nodes};
+#[allow(unused_imports)] // each test file uses a different subset
+pub use node_process::NodeProcess;
 
 use bytes::Bytes;
 use flow_runtime::PublicKey;
