@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 /// How often a worker looks for start requests.
 const START_POLL: Duration = Duration::from_millis(50);
+/// How long a lease round waits for a partition's node to take the flush
+/// of consumed inbox rows.
+const FLUSH_WAIT: Duration = Duration::from_millis(200);
 
 /// Builds a partition's node: registers the flows, responders, startable
 /// flows and services, as for a single node. Called once per claimed
@@ -231,13 +234,24 @@ impl Worker {
             let flush = held
                 .node
                 .call(move |_, _| (store.commit(WriteBatch::default()), None));
-            match self.runtime.block_on(flush) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+            // A busy node takes the job later; the round (and the renewal
+            // of the leases) does not wait for it.
+            let flushed = self
+                .runtime
+                .block_on(async { tokio::time::timeout(FLUSH_WAIT, flush).await });
+            match flushed {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
                     tracing::warn!(partition = p, error = %e.0, "cannot delete consumed inbox rows; the next commit does")
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::debug!(partition = p, error = %e, "a partition's node did not take the flush")
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        partition = p,
+                        "a partition's node is busy; it flushes when it gets to it"
+                    )
                 }
             }
         }
