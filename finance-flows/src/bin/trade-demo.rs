@@ -99,6 +99,7 @@ fn main() -> ExitCode {
                 dir: args.dir.clone(),
                 node_exe,
                 timeout: Duration::from_secs(args.timeout_secs),
+                follow_progress: !args.quiet,
             },
             &mut observe,
         )
@@ -147,14 +148,23 @@ fn print_summary(summary: &DemoSummary, in_process: bool) {
         "trades completed        {} / {}",
         summary.completed, summary.trades
     );
-    println!(
-        "elapsed                 {:.3} s",
-        summary.elapsed.as_secs_f64()
-    );
+    if summary.untimed > 0 {
+        println!(
+            "elapsed                 {:.3} s for the last {} trades (the first {} ran alone before, untimed)",
+            summary.elapsed.as_secs_f64(),
+            summary.timed_completed(),
+            summary.untimed
+        );
+    } else {
+        println!(
+            "elapsed                 {:.3} s",
+            summary.elapsed.as_secs_f64()
+        );
+    }
     println!("trades/s                {:.0}", summary.trades_per_second());
     if let Some(start) = summary.start_phase {
         println!(
-            "  of which starting     {:.3} s (batch starts through the seller's admin API, 500 trades a commit)",
+            "  of which starting     {:.3} s (batch starts through the seller's admin API, up to 10,000 trades a request and a commit)",
             start.as_secs_f64()
         );
     }
@@ -168,7 +178,7 @@ fn print_summary(summary: &DemoSummary, in_process: bool) {
         println!(
             "node CPU during trades  {:.2} s = {:.0} us per trade ({})",
             total.as_secs_f64(),
-            total.as_secs_f64() * 1e6 / f64::from(summary.completed.max(1)),
+            total.as_secs_f64() * 1e6 / f64::from(summary.timed_completed().max(1)),
             per_node.join(", ")
         );
     }

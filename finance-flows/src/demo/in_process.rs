@@ -155,6 +155,7 @@ pub fn run_in_process(
         seller: seller_report,
         buyer: buyer_report,
         notarised_inputs: Some(run(&mut net, notary_node, vault_report())?.notarised_inputs),
+        untimed: 0,
         start_phase: None,
         cpu: Vec::new(),
         problems,

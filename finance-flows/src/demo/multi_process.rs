@@ -86,9 +86,15 @@ const DRAW_EVERY: Duration = Duration::from_millis(100);
 const UP_POLL: Duration = Duration::from_millis(20);
 
 /// Flows started per batch request (`POST /api/v1/flows/batch`), each
-/// batch ONE commit on the node: a trade's start request is about 1.3 KB of
-/// JSON, so 500 stay well within the API's default 1 MiB body limit.
-const START_CHUNK: usize = 500;
+/// batch ONE commit on the node: the API's largest batch. A trade's start
+/// request is about 1.3 KB of JSON, so the nodes' configurations raise the
+/// API's body limit to [`MAX_BODY_BYTES`].
+const START_CHUNK: usize = 10_000;
+
+/// The admin API's body limit in the nodes' configurations: room for a
+/// batch of [`START_CHUNK`] trade starts (the API's default, 1 MiB, holds
+/// about 800), so that every trade starts in one request and one commit.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long one round of result collection waits on the node for the
 /// trades still pending; each round answers what finished meanwhile (and
@@ -98,6 +104,16 @@ const RESULTS_ROUND_S: f64 = 0.2;
 /// Longest wait of one result request (a request is repeated until the
 /// flow has finished or the demo's deadline passes).
 const LONG_WAIT_S: f64 = 30.0;
+
+/// Trades run alone before the timed ones, as `trade-bench` walks one
+/// trade before it times the others. The buyer pays with coins of ONE
+/// issuance (a transaction with a coin per trade, ~100 bytes a coin); a
+/// node that does not hold it yet fetches it (the seller, resolving the
+/// buyer's proposal) or is sent it (the notary, with a request). Trades
+/// that all start before any of them has finished would each move and
+/// check that whole transaction again, a cold start that says nothing about
+/// the steady state of a trade; after one trade both nodes hold it.
+const WARM_UP_TRADES: usize = 1;
 
 /// Each API request may take this long beyond its own wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -163,6 +179,11 @@ pub struct MultiProcessConfig {
     pub node_exe: PathBuf,
     /// Give up (and stop every node) if the demo has not ended by then.
     pub timeout: Duration,
+    /// Follow each trade's progress on the seller's event stream, for a
+    /// display (the crash schedule follows it whatever this says). Without
+    /// it, and without a crash, the outcomes are collected by one result
+    /// request that waits for them all, and the seller publishes nothing.
+    pub follow_progress: bool,
 }
 
 /// Runs the demo across three node processes, calling `observe` with
@@ -201,7 +222,7 @@ async fn run(
             temp.path().to_owned()
         }
     };
-    let nodes = write_node_files(&dir)?;
+    let nodes = write_node_files(&dir, config.demo.trades)?;
     let mut cluster = Cluster::new(&dir, config, nodes);
     let result = demo(&mut cluster, config, observe).await;
     if result.is_err() {
@@ -353,12 +374,41 @@ async fn demo(
     ));
     show(cluster, &progress);
     let orders: Vec<(u32, StateRef)> = (0..).zip(papers.iter().copied()).collect();
+    let buyer = cluster.party(Role::Buyer);
+    // The first trade runs alone, untimed (see `WARM_UP_TRADES`).
+    let (warm, orders) = orders.split_at(WARM_UP_TRADES.min(orders.len().saturating_sub(1)));
+    if !warm.is_empty() {
+        cluster.notes.push(format!(
+            "{} trade first, alone and untimed: the seller and the notary then hold the buyer's cash issuance",
+            warm.len()
+        ));
+        show(cluster, &progress);
+        let runs = cluster.start_trades(warm, &buyer, price, &notary).await?;
+        progress.add(runs.clone());
+        for (_, run) in runs {
+            let outcome = cluster
+                .call(Role::Seller, "give a trade's result", move |api| {
+                    wait_result(api, &run)
+                })
+                .await?;
+            progress.absorb(Incoming::Finished(vec![(
+                text(&outcome["run_id"]),
+                outcome_of(&outcome),
+            )]))?;
+        }
+    }
     // With a crash, the trades start in two halves so that the buyer is
     // killed while it provably has flows in flight (see `CrashSchedule`).
-    let schedule = CrashSchedule::new(config.demo.crash_buyer, trades);
+    let timed = u32::try_from(orders.len()).unwrap_or(u32::MAX);
+    let schedule = CrashSchedule::new(config.demo.crash_buyer, timed);
     let (first, second) = orders.split_at(schedule.first_half);
-    let buyer = cluster.party(Role::Buyer);
-    cluster.follow_seller().await?;
+    if config.follow_progress || schedule.crash {
+        cluster.follow_seller().await?;
+    } else {
+        // Nothing to show between the start and the end: one result
+        // request waits for every trade.
+        cluster.round_wait_s = LONG_WAIT_S;
+    }
     cluster.start_cpu_accounting();
     let started = Instant::now();
     progress.add(cluster.start_trades(first, &buyer, price, &notary).await?);
@@ -369,12 +419,16 @@ async fn demo(
     let mut ended = started;
     while progress.done.len() < trades as usize {
         match phase {
-            CrashPhase::FirstHalf if schedule.crash && progress.done.len() >= first.len() => {
+            CrashPhase::FirstHalf
+                if schedule.crash && progress.done.len() >= warm.len() + first.len() =>
+            {
                 cluster.signal(Role::Notary, Signal::STOP)?;
                 progress.add(cluster.start_trades(second, &buyer, price, &notary).await?);
                 phase = CrashPhase::NotaryPaused;
             }
-            CrashPhase::NotaryPaused if progress.buyer_holds_a_trade(schedule.first_half) => {
+            CrashPhase::NotaryPaused
+                if progress.buyer_holds_a_trade(warm.len() + schedule.first_half) =>
+            {
                 let finished = progress.done.len();
                 cluster.notes.push(format!(
                     "buyer killed with SIGKILL after {finished} of {trades} trades settled; starting it again from {}",
@@ -474,6 +528,7 @@ async fn demo(
         seller,
         buyer,
         notarised_inputs: Some(notary_report.notarised_inputs),
+        untimed: u32::try_from(warm.len()).unwrap_or(u32::MAX),
         start_phase: Some(start_phase),
         cpu,
         problems,
@@ -526,7 +581,15 @@ fn free_port() -> Result<std::net::SocketAddr, String> {
 /// each node's network identity and admin address. Ports are chosen by
 /// binding port 0 on 127.0.0.1 and releasing it just before the nodes
 /// start; a restarted node keeps its ports.
-fn write_node_files(dir: &Path) -> Result<HashMap<Role, NodeFiles>, String> {
+///
+/// Every node may run a responder flow per trade at once
+/// (`max_responders_per_peer` at least `trades`): the buyer answers every
+/// trade the seller starts and the notary every buyer's notarisation. With
+/// the default bound (256) the initiations beyond it would be refused
+/// until the initiator's next redelivery tick, and 1,000 trades started
+/// at once would run in waves a tick apart.
+fn write_node_files(dir: &Path, trades: u32) -> Result<HashMap<Role, NodeFiles>, String> {
+    let responders = trades.max(256);
     let mut entries = Vec::new();
     let mut nodes = HashMap::new();
     for role in Role::ALL {
@@ -560,11 +623,15 @@ fn write_node_files(dir: &Path) -> Result<HashMap<Role, NodeFiles>, String> {
              backoff_min_ms = 20\n\
              backoff_max_ms = 250\n\n\
              [node]\n\
-             redelivery_interval_ms = 300\n\n\
+             redelivery_interval_ms = 300\n\
+             # Every trade of the run may be in flight at once.\n\
+             max_responders_per_peer = {responders}\n\n\
              # The admin API: the orchestrator drives the node through it,\n\
              # as `flowctl` does (token in {stem}.redb.admin-token).\n\
              [admin]\n\
-             listen = \"{admin}\"\n",
+             listen = \"{admin}\"\n\
+             # Every trade starts in one batch request.\n\
+             max_body_bytes = {MAX_BODY_BYTES}\n",
             name = role.name(),
         );
         write(&dir.join(format!("{stem}.toml")), &config)?;
@@ -673,6 +740,9 @@ struct Cluster {
     incoming: mpsc::UnboundedReceiver<Incoming>,
     /// The result round in flight.
     round: Option<Round>,
+    /// How long a result round waits on the node
+    /// ([`RESULTS_ROUND_S`] while progress is followed).
+    round_wait_s: f64,
     /// Notable events not yet shown.
     notes: Vec<String>,
     /// CPU clock ticks used per node while accounting is on.
@@ -700,6 +770,7 @@ impl Cluster {
             incoming_tx,
             incoming,
             round: None,
+            round_wait_s: RESULTS_ROUND_S,
             notes: Vec::new(),
             cpu: None,
         }
@@ -1009,7 +1080,7 @@ impl Cluster {
                 .get(&Role::Seller)
                 .and_then(|p| p.api.clone())
                 .ok_or("the seller node is not running")?;
-            let body = json!({ "run_ids": pending, "wait_s": RESULTS_ROUND_S, "output": false });
+            let body = json!({ "run_ids": pending, "wait_s": self.round_wait_s, "output": false });
             self.round = Some(tokio::task::spawn_blocking(move || {
                 api.post("/api/v1/flows/results", &body)
             }));
@@ -1266,15 +1337,18 @@ fn finished(answer: &Value) -> Vec<(String, Result<(), String>)> {
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .map(|r| {
-            let outcome = if r["outcome"] == "ok" {
-                Ok(())
-            } else {
-                Err(text(&r["error"]))
-            };
-            (text(&r["run_id"]), outcome)
-        })
+        .map(|r| (text(&r["run_id"]), outcome_of(r)))
         .collect()
+}
+
+/// A finished run's outcome (as the result routes give it): `Ok`, or the
+/// flow's error.
+fn outcome_of(result: &Value) -> Result<(), String> {
+    if result["outcome"] == "ok" {
+        Ok(())
+    } else {
+        Err(text(&result["error"]))
+    }
 }
 
 /// Forwards the innermost step of each progress event; after missed
@@ -1356,5 +1430,54 @@ fn tail(path: &Path, n: usize) -> String {
             lines[lines.len().saturating_sub(n)..].join("\n")
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_runtime::runner::Config;
+
+    /// Every node may run a responder per trade at once, and the seller's
+    /// API takes every start of the run in one request: what the written
+    /// configurations say, as the node reads them.
+    #[test]
+    fn node_configs_allow_every_trade_in_flight_and_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = write_node_files(dir.path(), 1_000).unwrap();
+        assert_eq!(nodes.len(), Role::ALL.len());
+        for role in Role::ALL {
+            let config =
+                Config::read(&dir.path().join(format!("{}.toml", role.file_stem()))).unwrap();
+            assert_eq!(config.node.max_responders_per_peer, Some(1_000), "{role}");
+            let body = config.admin.max_body_bytes.unwrap();
+            // A trade's start request is about 1.3 KB of JSON.
+            assert!(body >= START_CHUNK * 1_300, "{role}: {body}");
+        }
+        // Fewer trades never lower the node's default bound.
+        let dir = tempfile::tempdir().unwrap();
+        write_node_files(dir.path(), 10).unwrap();
+        let config = Config::read(&dir.path().join("buyer.toml")).unwrap();
+        assert_eq!(config.node.max_responders_per_peer, Some(256));
+    }
+
+    #[test]
+    fn a_result_reads_as_its_outcome() {
+        assert_eq!(outcome_of(&json!({ "outcome": "ok" })), Ok(()));
+        assert_eq!(
+            outcome_of(&json!({ "outcome": "error", "error": "refused" })),
+            Err("refused".to_owned())
+        );
+        let round = json!({ "results": [
+            { "run_id": "a", "outcome": "ok" },
+            { "run_id": "b", "outcome": "error", "error": "no" },
+        ] });
+        assert_eq!(
+            finished(&round),
+            vec![
+                ("a".to_owned(), Ok(())),
+                ("b".to_owned(), Err("no".to_owned()))
+            ]
+        );
     }
 }
