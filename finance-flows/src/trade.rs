@@ -186,8 +186,20 @@ pub fn build_proposal(
     lock: LockId,
 ) -> Result<SignedTransaction, TradeError> {
     let coins = vault::select_coins(store, offer.price, lock)?;
-    let change = keys::fresh_key(store)?;
     let new_owner = keys::fresh_key(store)?;
+    // A change key only if there is change: a fresh key costs a scalar
+    // multiplication (about a signature's CPU) and a write. Coins that add
+    // up to the price exactly leave no change output, so `change` is then
+    // never used.
+    let paid_in = coins
+        .iter()
+        .filter_map(|c| c.state.as_cash())
+        .fold(0u64, |sum, c| sum.saturating_add(c.amount.quantity));
+    let change = if paid_in > offer.price.quantity {
+        keys::fresh_key(store)?
+    } else {
+        new_owner
+    };
     let mut builder = TransactionBuilder::new(notary.clone());
     let cash_signers = builder.add_cash_payment(&coins, offer.price, offer.pay_to, change)?;
     builder.add_input(offer.asset.clone());

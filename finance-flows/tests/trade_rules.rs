@@ -3,7 +3,7 @@
 
 use finance_flows::crypto::KeyPair;
 use finance_flows::ledger::*;
-use finance_flows::ledger_db::MemLedgerDb;
+use finance_flows::ledger_db::{LedgerDb, LedgerTable, MemLedgerDb};
 use finance_flows::notarise as notary;
 use finance_flows::resolve::{Resolution, ResolveError, Vending};
 use finance_flows::trade::{self, TradeError, TradeOffer};
@@ -199,6 +199,45 @@ fn seller_refuses_underpayment() {
         trade::check_proposal(&n.seller, &proposal, &o, &n.notary),
         Err(TradeError::WrongPayment { .. })
     ));
+}
+
+/// The buyer's proposal makes a fresh key for the change only when the
+/// coins exceed the price: coins that add up to it exactly leave no change
+/// output, and a key made for nothing costs a scalar multiplication and a
+/// write.
+#[test]
+fn the_buyer_makes_a_change_key_only_when_there_is_change() {
+    for (coin, change) in [(100_000, 0), (150_000, 50_000)] {
+        let mut n = net();
+        issue_cash(&mut n, coin, 1);
+        let asset = issue_paper(&mut n);
+        let offer = offer(&mut n, asset.clone(), 100_000);
+        resolve(&n.seller, &mut n.buyer, vec![asset.state_ref.tx_id]).unwrap();
+        let keys_before = n.buyer.scan(LedgerTable::Keys).unwrap().len();
+        let proposal = trade::build_proposal(&mut n.buyer, &offer, &n.notary, 7).unwrap();
+        let made = n.buyer.scan(LedgerTable::Keys).unwrap().len() - keys_before;
+        // The paper's new owner always; the change's owner if there is change.
+        assert_eq!(made, if change > 0 { 2 } else { 1 }, "coin {coin}");
+        let to_buyer: Vec<&ContractState> = proposal
+            .tx
+            .outputs
+            .iter()
+            .filter(|o| *o.owner() != offer.pay_to)
+            .collect();
+        assert_eq!(to_buyer.len(), made, "coin {coin}: {to_buyer:?}");
+        let mut owners: Vec<_> = to_buyer.iter().map(|o| *o.owner()).collect();
+        owners.dedup();
+        assert_eq!(owners.len(), made, "each output of the buyer has a key of its own");
+        for owner in &owners {
+            assert!(keys::is_ours(&n.buyer, owner).unwrap());
+        }
+        let kept: u64 = to_buyer
+            .iter()
+            .filter_map(|o| o.as_cash())
+            .map(|c| c.amount.quantity)
+            .sum();
+        assert_eq!(kept, change, "coin {coin}");
+    }
 }
 
 #[test]
