@@ -227,7 +227,11 @@ fn the_buyer_makes_a_change_key_only_when_there_is_change() {
         assert_eq!(to_buyer.len(), made, "coin {coin}: {to_buyer:?}");
         let mut owners: Vec<_> = to_buyer.iter().map(|o| *o.owner()).collect();
         owners.dedup();
-        assert_eq!(owners.len(), made, "each output of the buyer has a key of its own");
+        assert_eq!(
+            owners.len(),
+            made,
+            "each output of the buyer has a key of its own"
+        );
         for owner in &owners {
             assert!(keys::is_ours(&n.buyer, owner).unwrap());
         }
