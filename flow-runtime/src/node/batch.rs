@@ -3,7 +3,7 @@
 //! one's checkpoint) and writes into it; nothing reaches the store until the
 //! whole batch commits in one transaction.
 
-use super::hot::HotCheckpoints;
+use super::hot::{HotCheckpoints, HotSessions};
 use super::records::{
     CheckpointRecord, SessionKey, SessionRecord, encode_timer_runs, parse_timer_runs, run_key,
     timer_key,
@@ -34,7 +34,14 @@ pub(crate) struct Batch {
     /// The checkpoint writes being committed (taken out of `checkpoints` by
     /// `take_write_batch`), for `hot` once the commit succeeded.
     committing: Vec<(u64, Option<Box<CheckpointRecord>>)>,
-    sessions: BTreeMap<SessionKey, Option<SessionRecord>>,
+    /// Session ends this batch read or wrote.
+    sessions: BTreeMap<SessionKey, SessionSlot>,
+    /// The node's cache of committed session records, lent like `hot`.
+    hot_sessions: HotSessions,
+    /// Session records read or written, being committed (taken out of
+    /// `sessions` by `take_write_batch`), for `hot_sessions` once the
+    /// commit succeeded.
+    committing_sessions: Vec<(SessionKey, Option<SessionRecord>)>,
     /// Plain table writes by table, then key (`None`: delete).
     raw: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// Timer rows this batch changes, whole (committed runs merged in):
@@ -48,6 +55,13 @@ pub(crate) struct Batch {
     hospital_empty: bool,
     /// Key ranges removed; writes in `raw` are applied after them.
     removed_ranges: Vec<RangeRemoval>,
+    /// Set by `take_write_batch`: whether the batch writes the timers
+    /// table (so the node knows whether the earliest timer it remembers
+    /// still holds after the commit).
+    pub wrote_timers: bool,
+    /// Set by `take_write_batch`: whether the batch writes the hospital
+    /// table (likewise, for whether the hospital is empty).
+    pub wrote_hospital: bool,
     /// Whether each run touched by this batch has unprocessed input at the
     /// end of it. Only the net change against the committed `runnable`
     /// index is written: a run woken and stepped to quiescence in the same
@@ -63,6 +77,15 @@ pub(crate) struct Batch {
     pub progress: Vec<(u64, Vec<String>)>,
     /// Steps run in this batch.
     pub steps: usize,
+}
+
+/// A session end as a batch sees it.
+struct SessionSlot {
+    /// The record (`None`: there is none, or it was deleted).
+    rec: Option<SessionRecord>,
+    /// Written by this batch; otherwise it is the committed record, only
+    /// read, and is not written again.
+    dirty: bool,
 }
 
 /// Whether `key` of `table` lies in one of `ranges`.
@@ -108,18 +131,26 @@ fn decode_err(what: &str, e: impl std::fmt::Display) -> String {
 }
 
 impl Batch {
-    /// An empty batch over `store`'s committed state, with the node's cache
-    /// of committed checkpoints.
+    /// An empty batch over `store`'s committed state, with the node's
+    /// caches of committed checkpoints and sessions.
     /// `runs_hint`: how many runs the batch will probably touch (the last
     /// batch's count), so its maps are sized once instead of regrowing.
+    /// `hospital_empty`: whether the committed hospital table is empty, if
+    /// the node knows (else it is counted here).
     pub fn new(
         store: &dyn Store,
-        hot: HotCheckpoints,
+        (hot, hot_sessions): (HotCheckpoints, HotSessions),
         runs_hint: usize,
+        hospital_empty: Option<bool>,
     ) -> Result<Self, StoreError> {
+        let hospital_empty = match hospital_empty {
+            Some(known) => known,
+            None => store.len(&Table::HOSPITAL)? == 0,
+        };
         Ok(Self {
-            hospital_empty: store.len(&Table::HOSPITAL)? == 0,
+            hospital_empty,
             hot,
+            hot_sessions,
             checkpoints: FastMap::with_capacity_and_hasher(runs_hint, Default::default()),
             runnable: FastMap::with_capacity_and_hasher(runs_hint, Default::default()),
             ..Self::default()
@@ -136,7 +167,7 @@ impl Batch {
         if let Some(c) = self.checkpoints.get(&run) {
             return Ok(c.clone().map(Loaded::Ok));
         }
-        if let Some(rec) = self.hot.take(run) {
+        if let Some(rec) = self.hot.take(&run) {
             return Ok(Some(Loaded::Ok(rec)));
         }
         Ok(store.get(&Table::CHECKPOINTS, &run_key(run))?.map(
@@ -155,34 +186,93 @@ impl Batch {
         self.checkpoints.insert(run, None);
     }
 
-    /// A session end; `Err` with a message if its record is corrupt (treated
-    /// by callers like a missing session, after logging).
+    /// The batch's slot for a session end, loaded on first use: from the
+    /// cache of committed records, else from the store. A corrupt record
+    /// is logged and treated like a missing session.
+    fn session_slot(
+        &mut self,
+        store: &dyn Store,
+        key: SessionKey,
+    ) -> Result<&mut SessionSlot, StoreError> {
+        use std::collections::btree_map::Entry;
+        match self.sessions.entry(key) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let rec = match self.hot_sessions.take(&key) {
+                    Some(rec) => Some(rec),
+                    None => match store.get(&Table::SESSIONS, &key.bytes())? {
+                        None => None,
+                        Some(bytes) => match rmp_serde::from_slice(&bytes) {
+                            Ok(rec) => Some(rec),
+                            Err(e) => {
+                                tracing::error!(session = %key.id, "{}", decode_err("session", e));
+                                None
+                            }
+                        },
+                    },
+                };
+                Ok(e.insert(SessionSlot { rec, dirty: false }))
+            }
+        }
+    }
+
+    /// A session end as this batch sees it (see
+    /// [`session_ref`](Self::session_ref)), cloned.
     pub fn session(
         &mut self,
         store: &dyn Store,
         key: SessionKey,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        if let Some(s) = self.sessions.get(&key) {
-            return Ok(s.clone());
+        Ok(self.session_ref(store, key)?.cloned())
+    }
+
+    /// A session end as this batch sees it: its own write, else the
+    /// committed record. A corrupt record is logged and treated like a
+    /// missing session.
+    pub fn session_ref(
+        &mut self,
+        store: &dyn Store,
+        key: SessionKey,
+    ) -> Result<Option<&SessionRecord>, StoreError> {
+        Ok(self.session_slot(store, key)?.rec.as_ref())
+    }
+
+    /// A session end to change in place: it is written with the batch.
+    pub fn session_mut(
+        &mut self,
+        store: &dyn Store,
+        key: SessionKey,
+    ) -> Result<Option<&mut SessionRecord>, StoreError> {
+        let slot = self.session_slot(store, key)?;
+        if slot.rec.is_some() {
+            slot.dirty = true;
         }
-        match store.get(&Table::SESSIONS, &key.bytes())? {
-            None => Ok(None),
-            Some(bytes) => match rmp_serde::from_slice(&bytes) {
-                Ok(rec) => Ok(Some(rec)),
-                Err(e) => {
-                    tracing::error!(session = %key.id, "{}", decode_err("session", e));
-                    Ok(None)
-                }
-            },
-        }
+        Ok(slot.rec.as_mut())
     }
 
     pub fn put_session(&mut self, key: SessionKey, rec: SessionRecord) {
-        self.sessions.insert(key, Some(rec));
+        self.sessions.insert(
+            key,
+            SessionSlot {
+                rec: Some(rec),
+                dirty: true,
+            },
+        );
     }
 
     pub fn delete_session(&mut self, key: SessionKey) {
-        self.sessions.insert(key, None);
+        self.sessions.insert(
+            key,
+            SessionSlot {
+                rec: None,
+                dirty: true,
+            },
+        );
+    }
+
+    /// Whether the committed hospital table was empty when the batch began.
+    pub fn hospital_was_empty(&self) -> bool {
+        self.hospital_empty
     }
 
     /// Records whether `run` has unprocessed input (see `runnable`).
@@ -349,17 +439,27 @@ impl Batch {
             }
             self.committing.push((run, rec));
         }
-        for (key, rec) in std::mem::take(&mut self.sessions) {
-            match rec {
-                Some(rec) => w.put(
-                    Table::SESSIONS,
-                    key.bytes(),
-                    rmp_serde::to_vec(&rec)
-                        .map_err(|e| StoreError(format!("cannot encode session: {e}")))?,
-                ),
-                None => w.delete(Table::SESSIONS, key.bytes()),
+        self.committing_sessions.reserve(self.sessions.len());
+        for (key, slot) in std::mem::take(&mut self.sessions) {
+            if slot.dirty {
+                match &slot.rec {
+                    Some(rec) => w.put(
+                        Table::SESSIONS,
+                        key.bytes(),
+                        rmp_serde::to_vec(rec)
+                            .map_err(|e| StoreError(format!("cannot encode session: {e}")))?,
+                    ),
+                    None => w.delete(Table::SESSIONS, key.bytes()),
+                }
+            } else if slot.rec.is_none() {
+                continue; // nothing there, nothing to remember
             }
+            self.committing_sessions.push((key, slot.rec));
         }
+        self.wrote_hospital = self.raw.contains_key(&Table::HOSPITAL);
+        self.wrote_timers = !self.timers.is_empty()
+            || self.raw.contains_key(&Table::TIMERS)
+            || self.removed_ranges.iter().any(|r| r.table == Table::TIMERS);
         for (table, writes) in std::mem::take(&mut self.raw) {
             for (key, value) in writes {
                 match value {
@@ -389,16 +489,22 @@ impl Batch {
         for (run, rec) in self.committing.drain(..) {
             self.hot.committed(run, rec);
         }
+        for (key, rec) in self.committing_sessions.drain(..) {
+            self.hot_sessions.committed(key, rec);
+        }
     }
 
     /// The cache back, for the next batch. Only a batch that committed (or
     /// wrote nothing) returns its entries; otherwise the cache comes back
     /// empty, which is always safe.
-    pub fn into_hot(mut self, committed: bool) -> HotCheckpoints {
+    pub fn into_hot(mut self, committed: bool) -> (HotCheckpoints, HotSessions) {
         if committed {
-            std::mem::take(&mut self.hot)
+            (
+                std::mem::take(&mut self.hot),
+                std::mem::take(&mut self.hot_sessions),
+            )
         } else {
-            self.hot.emptied()
+            (self.hot.emptied(), self.hot_sessions.emptied())
         }
     }
 }

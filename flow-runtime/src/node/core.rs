@@ -16,7 +16,7 @@
 //! the batch is released: peers redeliver, callers see the error.
 
 use super::batch::Batch;
-use super::hot::HotCheckpoints;
+use super::hot::{HotCheckpoints, HotSessions};
 use super::records::*;
 use super::{NodeConfig, NodeError, Output, RunId};
 use crate::StepWrites;
@@ -44,6 +44,8 @@ pub struct NodeCore {
     pub(super) commits: u64,
     /// Recently committed checkpoints, decoded (see `hot.rs`).
     pub(super) hot: HotCheckpoints,
+    /// Recently committed session records, decoded (see `hot.rs`).
+    pub(super) hot_sessions: HotSessions,
     /// Steps in the last committed batch: the next batch's size hint.
     pub(super) last_batch_runs: usize,
     /// Whether the store's `meta` table holds [`STORE_FORMAT`]; until it
@@ -60,6 +62,26 @@ pub struct NodeCore {
     pub(super) next_tombstone_sweep: Timestamp,
     /// Whether every tombstone is dated (see `retention.rs`).
     pub(super) tombstones_dated: bool,
+    /// What the node knows of its committed tables without reading them
+    /// (see [`Committed`]).
+    pub(super) known: Committed,
+}
+
+/// Facts about the committed store the node keeps in memory, so that an
+/// operation that changes neither reads neither: the driver asks for the
+/// earliest timer after every operation and every batch checks for due
+/// timers and hospitalised flows, while most batches (a message in, a
+/// step, a message out) write no timer and no hospital row. Each fact is
+/// `None` until read, and forgotten by a commit that writes its table (or
+/// that fails); nothing but the node writes these tables, so a remembered
+/// fact always equals the committed one.
+#[derive(Debug, Default)]
+pub(super) struct Committed {
+    /// The earliest due time in the timers table (`Some(None)`: no timer).
+    /// A `Cell` because [`NodeCore::next_timer`] is a read (`&self`).
+    pub(super) first_timer: std::cell::Cell<Option<Option<Timestamp>>>,
+    /// Whether the hospital table is empty.
+    pub(super) hospital_empty: Option<bool>,
 }
 
 /// Looks up the legal name of an authenticated peer key in the network
@@ -182,6 +204,7 @@ impl NodeCore {
             now,
             commits: 0,
             hot: HotCheckpoints::new(config_cache),
+            hot_sessions: HotSessions::new(config_cache),
             last_batch_runs: 0,
             format_recorded,
             code_retries,
@@ -189,6 +212,7 @@ impl NodeCore {
             peer_names: None,
             next_tombstone_sweep: Timestamp(0),
             tombstones_dated,
+            known: Committed::default(),
         })
     }
 
@@ -242,13 +266,19 @@ impl NodeCore {
     }
 
     /// The earliest pending timer (flow sleeps and hospital retries).
+    /// Read from the store only after a commit that changed the timers.
     pub fn next_timer(&self) -> Result<Option<Timestamp>, NodeError> {
-        Ok(self
+        if let Some(known) = self.known.first_timer.get() {
+            return Ok(known);
+        }
+        let first = self
             .store
             .range(&Table::TIMERS, &[], None, 1)
             .map_err(store_err)?
             .first()
-            .and_then(|(k, _)| parse_timer_key(k)))
+            .and_then(|(k, _)| parse_timer_key(k));
+        self.known.first_timer.set(Some(first));
+        Ok(first)
     }
 
     /// Every unacknowledged message (the durable outbox) with its outbox
@@ -330,8 +360,17 @@ impl NodeCore {
         f: impl FnOnce(&mut Self, &mut Batch) -> Result<(), NodeError>,
     ) -> Result<Output, NodeError> {
         self.now = now;
-        let hot = std::mem::take(&mut self.hot);
-        let mut b = Batch::new(&*self.store, hot, self.last_batch_runs).map_err(store_err)?;
+        let hot = (
+            std::mem::take(&mut self.hot),
+            std::mem::take(&mut self.hot_sessions),
+        );
+        let mut b = Batch::new(
+            &*self.store,
+            hot,
+            self.last_batch_runs,
+            self.known.hospital_empty,
+        )
+        .map_err(store_err)?;
         let (retry_later, freed) = if run {
             (
                 std::mem::take(&mut self.ready),
@@ -382,7 +421,7 @@ impl NodeCore {
                 // (Capped: one huge batch should not make every later
                 // batch allocate for it.)
                 self.last_batch_runs = b.steps.min(16_384);
-                self.hot = b.into_hot(true);
+                (self.hot, self.hot_sessions) = b.into_hot(true);
                 Ok(output)
             }
             Err(e) => {
@@ -395,7 +434,7 @@ impl NodeCore {
                 self.ready.extend(retry_later);
                 self.ready.extend(b.wake.iter());
                 self.code_retries.extend(freed);
-                self.hot = b.into_hot(false);
+                (self.hot, self.hot_sessions) = b.into_hot(false);
                 Err(e)
             }
         }
@@ -415,9 +454,20 @@ impl NodeCore {
             writes.drain_into(&mut w);
         }
         if w.is_empty() {
+            // Nothing written: what the batch read still equals the store.
+            self.known.hospital_empty = Some(b.hospital_was_empty());
+            b.commit_succeeded();
             return Ok(());
         }
+        // Forgotten first: a failed commit may or may not have written.
+        if b.wrote_timers {
+            self.known.first_timer.set(None);
+        }
+        self.known.hospital_empty = None;
         self.commit_writes(w)?;
+        if !b.wrote_hospital {
+            self.known.hospital_empty = Some(b.hospital_was_empty());
+        }
         b.commit_succeeded();
         for (run, runnable) in index_changes {
             if runnable {
@@ -455,10 +505,13 @@ impl NodeCore {
 
     pub(super) fn fire_timers(&mut self, b: &mut Batch) -> Result<(), NodeError> {
         let upper = timer_key(Timestamp(self.now.0.saturating_add(1)));
-        let due = self
-            .store
-            .range(&Table::TIMERS, &[], Some(&upper), usize::MAX)
-            .map_err(store_err)?;
+        let due = if self.next_timer()?.is_some_and(|first| first <= self.now) {
+            self.store
+                .range(&Table::TIMERS, &[], Some(&upper), usize::MAX)
+                .map_err(store_err)?
+        } else {
+            Vec::new()
+        };
         // Every due timer fires now: the committed rows go with one range
         // removal (timer keys are due times), staged ones with them.
         for run in b.fire_timers(self.now, !due.is_empty()) {

@@ -65,8 +65,9 @@ pub struct NodeConfig {
     pub long_wait_warning: Duration,
     /// Memory for decoded copies of recently committed checkpoints, so the
     /// next step of a busy flow reads no store row and decodes nothing
-    /// (0 turns the cache off). Suspended flows still live on disk: this
-    /// bounds the cache, not the number of flows.
+    /// (0 turns the cache off); the same again for the records of their
+    /// sessions, cached the same way. Suspended flows still live on disk:
+    /// this bounds the caches, not the number of flows.
     pub checkpoint_cache_bytes: usize,
     /// How far ahead of what a session's flow will consume next a peer's
     /// message may be (default 64 sequence numbers). A message further

@@ -82,14 +82,20 @@ impl NodeCore {
                 } else {
                     Side::Responder
                 };
-                let key = outbox_key(
-                    SessionKey {
-                        id: SessionId(session),
-                        side,
-                    },
-                    seq,
-                );
-                if let Some(v) = b
+                let ours = SessionKey {
+                    id: SessionId(session),
+                    side,
+                };
+                let key = outbox_key(ours, seq);
+                // Every message on a live session went to its counterparty:
+                // an ack from it deletes the entry without reading it (the
+                // session is usually in the batch or the cache already).
+                if b.session_ref(&*self.store, ours)
+                    .map_err(store_err)?
+                    .is_some_and(|s| s.counterparty.key() == from)
+                {
+                    b.delete(Table::OUTBOX, key);
+                } else if let Some(v) = b
                     .get(&*self.store, &Table::OUTBOX, &key)
                     .map_err(store_err)?
                 {
@@ -414,7 +420,7 @@ impl NodeCore {
         item: Inbound,
         ack: WireMessage,
     ) -> Result<(), NodeError> {
-        let Some(mut rec) = b.session(&*self.store, key).map_err(store_err)? else {
+        let Some(rec) = b.session_ref(&*self.store, key).map_err(store_err)? else {
             if self.tombstoned(b, key)? {
                 // Our end is gone: acknowledge so the sender stops resending.
                 self.emit(b, from, &ack);
@@ -440,6 +446,7 @@ impl NodeCore {
             self.emit(b, from, &ack); // duplicate
             return Ok(());
         }
+        let run = rec.run;
         // What a peer can make a session hold is bounded: a message too far
         // ahead, or one that would take the session past its byte bound, is
         // refused (neither buffered nor acknowledged); the sender's
@@ -472,9 +479,9 @@ impl NodeCore {
                 b.delete(Table::OUTBOX, k);
             }
         }
-        rec.inbox.insert(seq, item);
-        let run = rec.run;
-        b.put_session(key, rec);
+        if let Some(rec) = b.session_mut(&*self.store, key).map_err(store_err)? {
+            rec.inbox.insert(seq, item);
+        }
         self.wake(b, run);
         self.emit(b, from, &ack);
         Ok(())

@@ -145,7 +145,7 @@ impl NodeCore {
                         consumes: None,
                     }));
                 };
-                let Some(s) = b.session(&*self.store, key).map_err(store_err)? else {
+                let Some(s) = b.session_ref(&*self.store, key).map_err(store_err)? else {
                     return Ok(Some(Wake {
                         event: Event::SessionEnded {
                             session: *sid,
@@ -200,6 +200,30 @@ impl NodeCore {
                 },
                 consumes: None,
             })),
+        }
+    }
+
+    /// Whether [`next_event`](Self::next_event) would wake `rec` now,
+    /// without building the event (no copy of a buffered message): asked
+    /// after every step.
+    fn wakes_now(&self, b: &mut Batch, rec: &CheckpointRecord) -> Result<bool, NodeError> {
+        if !rec.started {
+            return Ok(true);
+        }
+        match &rec.wait {
+            Some(Wait::Timer(t)) => Ok(*t <= self.now),
+            Some(Wait::Receive(sid)) => {
+                let Some(key) = rec.sessions.iter().find(|k| k.id == *sid).copied() else {
+                    return Ok(true);
+                };
+                let Some(s) = b.session_ref(&*self.store, key).map_err(store_err)? else {
+                    return Ok(true);
+                };
+                Ok(s.inbox.contains_key(&s.next_consume)
+                    || s.ended.is_some()
+                    || rec.deadline.is_some_and(|d| d <= self.now))
+            }
+            None => Ok(true),
         }
     }
 
@@ -295,10 +319,10 @@ impl NodeCore {
         // `session.counterparty()` and `counterparty_version()`.
         let mut peers = Vec::with_capacity(rec.sessions.len());
         for key in &rec.sessions {
-            if let Some(s) = b.session(&*self.store, *key).map_err(store_err)? {
+            if let Some(s) = b.session_ref(&*self.store, *key).map_err(store_err)? {
                 peers.push(SessionPeer {
                     session: key.id,
-                    party: s.counterparty,
+                    party: s.counterparty.clone(),
                     version: s.counterparty_version,
                 });
             }
@@ -372,13 +396,12 @@ impl NodeCore {
         }
         // The consumed message.
         if let Some((key, seq)) = wake.consumes
-            && let Some(mut s) = b.session(&*self.store, key).map_err(store_err)?
+            && let Some(s) = b.session_mut(&*self.store, key).map_err(store_err)?
         {
             if let Some(Inbound::End(e)) = s.inbox.remove(&seq) {
                 s.ended = Some(e.unwrap_or_else(FlowError::counterparty_ended));
             }
             s.next_consume = seq + 1;
-            b.put_session(key, s);
         }
         // New sessions: their Init goes first.
         for o in &effects.opened {
@@ -418,23 +441,26 @@ impl NodeCore {
             let Some(key) = rec.sessions.iter().find(|k| k.id == m.session).copied() else {
                 continue; // checked above
             };
-            let Some(mut s) = b.session(&*self.store, key).map_err(store_err)? else {
+            match b.session_ref(&*self.store, key).map_err(store_err)? {
+                None => continue,
+                Some(s) if s.peer_ended() => {
+                    tracing::debug!(session = %key.id, "message to a counterparty that has ended dropped");
+                    continue;
+                }
+                Some(_) => {}
+            }
+            let Some(s) = b.session_mut(&*self.store, key).map_err(store_err)? else {
                 continue;
             };
-            if s.peer_ended() {
-                tracing::debug!(session = %key.id, "message to a counterparty that has ended dropped");
-                continue;
-            }
             let seq = s.next_send;
             s.next_send += 1;
+            let to = *s.counterparty.key();
             let msg = WireMessage::Session {
                 session: key.id.0,
                 from_initiator: key.side == Side::Initiator,
                 seq,
                 body: Body::Data(m.payload),
             };
-            let to = *s.counterparty.key();
-            b.put_session(key, s);
             self.send_sequenced(b, key, seq, &to, &msg);
         }
         for f in effects.started {
@@ -477,7 +503,13 @@ impl NodeCore {
                 rec.progress = effects.progress;
                 // It may be runnable at once (a message already buffered, a
                 // zero sleep): then it runs again in this batch.
-                if self.next_event(b, &rec)?.is_some() {
+                let wakes = self.wakes_now(b, &rec)?;
+                debug_assert_eq!(
+                    wakes,
+                    self.next_event(b, &rec)?.is_some(),
+                    "wakes_now disagrees with next_event"
+                );
+                if wakes {
                     self.wake(b, run);
                 } else {
                     b.set_runnable(run, false);
@@ -514,10 +546,7 @@ impl NodeCore {
                 b.put(
                     Table::OUTBOX,
                     outbox_key(key, seq),
-                    encode(&OutboxRecord {
-                        to: *to,
-                        frame: frame.clone(),
-                    }),
+                    OutboxRecord::encode_borrowed(to, &frame),
                 );
                 b.emit.push((*to, frame));
             }
