@@ -26,7 +26,7 @@ use finance_flows::ledger::{Amount, AssetKind, Currency, SignedTransaction, Stat
 use finance_flows::ledger_db::codec_metrics;
 use flow_runtime::prelude::*;
 use flow_runtime::testing::cluster::{CheckpointSize, Cluster, RedbOptions, raw_commits_per_s};
-use flow_runtime::{Flow, RunId, Timestamp};
+use flow_runtime::{Flow, NodeConfig, RunId, Timestamp};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -153,7 +153,17 @@ fn bench(args: Args) -> Result<(), String> {
     };
     let raw = measure_raw(&dir, options)?;
     let price = Amount::new(90_000, Currency::USD);
-    let mut c = Cluster::new(options);
+    // Every trade is in flight at once: the buyer answers one `sell` per
+    // trade and the notary one notarisation per trade. A cluster has no
+    // redelivery tick to bring back initiations refused past the default
+    // per-peer bound (256), so the bound is raised to the trade count.
+    let config = NodeConfig {
+        max_responders_per_peer: args
+            .trades
+            .max(NodeConfig::default().max_responders_per_peer),
+        ..NodeConfig::default()
+    };
+    let mut c = Cluster::with_node_config(options, config);
 
     let notary_node = c.add_node("Notary", &dir.join("notary.redb"), |r| {
         r.register_responder::<notarise::Flow, _>(notary_service);

@@ -68,6 +68,7 @@ pub struct Cluster {
     in_flight: Vec<(usize, usize, Vec<u8>)>,
     started: Instant,
     options: RedbOptions,
+    config: NodeConfig,
     stats: ClusterStats,
     storage: Arc<StorageCounters>,
     finished: Vec<FinishedRun>,
@@ -75,14 +76,26 @@ pub struct Cluster {
 
 impl Cluster {
     /// An empty cluster whose databases use `options` (e.g. `durable: false`
-    /// to measure without fsync).
+    /// to measure without fsync) and whose nodes run with the default
+    /// [`NodeConfig`].
     pub fn new(options: RedbOptions) -> Self {
+        Self::with_node_config(options, NodeConfig::default())
+    }
+
+    /// An empty cluster whose nodes run with `config`. A cluster has no
+    /// redelivery tick, so a limit that defers work until the next tick
+    /// (such as [`NodeConfig::max_responders_per_peer`], whose excess
+    /// initiations wait for the initiator's redelivery) must be set high
+    /// enough for the workload, or [`run_until_idle`](Self::run_until_idle)
+    /// returns with that work still waiting.
+    pub fn with_node_config(options: RedbOptions, config: NodeConfig) -> Self {
         Self {
             members: Vec::new(),
             by_key: HashMap::new(),
             in_flight: Vec::new(),
             started: Instant::now(),
             options,
+            config,
             stats: ClusterStats::default(),
             storage: Arc::new(StorageCounters::default()),
             finished: Vec::new(),
@@ -146,7 +159,7 @@ impl Cluster {
             registry,
             Box::new(OsIds),
             Box::new(OsIds),
-            NodeConfig::default(),
+            self.config.clone(),
             now,
         )
         .map_err(|e| e.to_string())?;
