@@ -6,7 +6,8 @@ use bytes::BytesMut;
 use flow_runtime::engine::WireMessage;
 use flow_runtime::tcp::codec;
 use flow_runtime::tcp::records::{
-    IdentityProof, NOISE_MAX_MESSAGE, in_memory_transport_pair, open_frame, seal_frame, sealed_len,
+    FRAME_PREFIX, IdentityProof, NOISE_MAX_MESSAGE, PACK_LIMIT, frames, in_memory_transport_pair,
+    open_frame, open_record, push_frame, seal_frame, seal_into, sealed_len,
 };
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
@@ -62,8 +63,25 @@ proptest! {
         let (mut sender, mut receiver) = in_memory_transport_pair().unwrap();
         let frame = vec![byte; len];
         let record = seal_frame(&mut sender, &frame).unwrap();
-        prop_assert_eq!(record.len(), sealed_len(len));
+        prop_assert_eq!(record.len(), sealed_len(FRAME_PREFIX + len));
         prop_assert_eq!(open_frame(&mut receiver, &record, len).unwrap(), frame);
+    }
+
+    #[test]
+    fn packed_frames_round_trip_in_order(lens in proptest::collection::vec(0usize..3000, 1..40)) {
+        let (mut sender, mut receiver) = in_memory_transport_pair().unwrap();
+        let sent: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, len)| vec![i as u8; *len]).collect();
+        let mut plain = Vec::new();
+        for frame in &sent {
+            push_frame(&mut plain, frame);
+        }
+        let mut wire = BytesMut::new();
+        seal_into(&mut sender, &plain, &mut wire).unwrap();
+        prop_assert_eq!(wire.len(), sealed_len(plain.len()));
+        let mut opened = Vec::new();
+        open_record(&mut receiver, &wire, PACK_LIMIT.max(plain.len()), &mut opened).unwrap();
+        let got: Vec<Vec<u8>> = frames(&opened, 3000).map(|f| f.unwrap().to_vec()).collect();
+        prop_assert_eq!(got, sent);
     }
 
     #[test]

@@ -90,9 +90,11 @@ pub enum HandshakeError {
         "handshake record longer than {MAX_HANDSHAKE_RECORD} bytes (garbage or not a flow-runtime node)"
     )]
     RecordTooLarge,
-    /// Noise refused a handshake message.
+    /// Noise refused a handshake message. A peer speaking another version
+    /// of the wire format fails here too: the version is in the prologue
+    /// both sides mix into the handshake.
     #[error(
-        "handshake message rejected by Noise (garbage, a different protocol version, or tampering): {0}"
+        "handshake message rejected by Noise (garbage, a peer speaking another version of the wire format than this node's flow-runtime/tcp/2, or tampering): {0}"
     )]
     Noise(snow::Error),
     /// The identity proof did not decode or verify.

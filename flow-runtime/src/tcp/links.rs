@@ -23,7 +23,8 @@
 use super::handshake::{self, HandshakeError, LocalIdentity, is_oversized};
 use super::network_map::{NetworkMap, PeerEntry};
 use super::records::{
-    MAX_HANDSHAKE_RECORD, RecordCodec, WireError, frame_len, open_frame, seal_frame, sealed_len,
+    FRAME_PREFIX, MAX_HANDSHAKE_RECORD, PACK_LIMIT, RecordCodec, WireError, frames,
+    max_record_plain, open_record, push_frame, seal_into, sealed_len,
 };
 use crate::PublicKey;
 use crate::transport::incoming::{self, IncomingRefused};
@@ -38,6 +39,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast, mpsc};
 use tokio_util::codec::Framed;
@@ -697,7 +699,8 @@ async fn serve_inbound(
         }
     };
     let max = inner.config.max_frame_len;
-    framed.codec_mut().set_max_record(sealed_len(max));
+    let max_plain = max_record_plain(max);
+    framed.codec_mut().set_max_record(sealed_len(max_plain));
 
     // A new connection from a peer replaces its previous one, so frames of
     // one peer never arrive over two connections at once.
@@ -721,7 +724,10 @@ async fn serve_inbound(
         },
     );
 
-    let error: Option<String> = loop {
+    // One record's plaintext at a time, reused: its frames are copied out
+    // one by one, each once it has room in the node's queue.
+    let mut plain = Vec::new();
+    let error: Option<String> = 'connection: loop {
         let record = tokio::select! {
             biased;
             _ = token.cancelled() => break None,
@@ -740,29 +746,8 @@ async fn serve_inbound(
                 break Some(e.to_string());
             }
         };
-        // Room in the node's queue first, then decryption into a frame
-        // of exactly that size: a peer the node cannot keep up with is
-        // made to wait here, with nothing allocated for it.
-        let reserved = tokio::select! {
-            biased;
-            _ = token.cancelled() => break None,
-            r = to_node.reserve(frame_len(record.len()), &peer.name) => r,
-        };
-        let room = match reserved {
-            Ok(room) => room,
-            Err(IncomingRefused::Closed) => {
-                debug!(peer = %peer.name, "the node stopped reading frames; closing the connection");
-                break None;
-            }
-            Err(error) => {
-                // The share holds a frame of `max` bytes, and the codec
-                // refused longer records: a bug, but not worth a panic.
-                warn!(peer = %peer.name, %remote, %error, "frame does not fit the incoming queue; closing the connection");
-                break Some(error.to_string());
-            }
-        };
-        match open_frame(&mut noise, &record, max) {
-            Ok(frame) => room.send(frame),
+        match open_record(&mut noise, &record, max_plain, &mut plain) {
+            Ok(()) => {}
             Err(error @ WireError::Decrypt(_)) => {
                 warn!(peer = %peer.name, %remote, %error,
                     "frame failed authentication (corrupted, forged or replayed); closing the connection");
@@ -772,6 +757,40 @@ async fn serve_inbound(
                 warn!(peer = %peer.name, %remote, %error, "invalid frame; closing the connection");
                 break Some(error.to_string());
             }
+        }
+        drop(record);
+        for frame in frames(&plain, max) {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => {
+                    warn!(peer = %peer.name, %remote, %error, "invalid frame; closing the connection");
+                    break 'connection Some(error.to_string());
+                }
+            };
+            // Room in the node's queue first, then the frame's own copy: a
+            // peer the node cannot keep up with is made to wait here, with
+            // nothing allocated for it.
+            let reserved = tokio::select! {
+                biased;
+                _ = token.cancelled() => break 'connection None,
+                r = to_node.reserve(frame.len(), &peer.name) => r,
+            };
+            match reserved {
+                Ok(room) => room.send(frame.to_vec()),
+                Err(IncomingRefused::Closed) => {
+                    debug!(peer = %peer.name, "the node stopped reading frames; closing the connection");
+                    break 'connection None;
+                }
+                Err(error) => {
+                    // The share holds a frame of `max` bytes, and longer
+                    // frames were refused above: a bug, not worth a panic.
+                    warn!(peer = %peer.name, %remote, %error, "frame does not fit the incoming queue; closing the connection");
+                    break 'connection Some(error.to_string());
+                }
+            }
+        }
+        if plain.capacity() > KEEP_BUFFER {
+            plain = Vec::new();
         }
     };
     {
@@ -843,10 +862,10 @@ async fn dial(inner: &Inner, peer: &PeerEntry) -> Result<Connection, DialError> 
     )
     .await
     .unwrap_or(Err(HandshakeError::Timeout(timeout)))?;
-    // The codec checks the limit on writes too.
+    // The codec checks the limit on reads; `write_batch` on writes.
     framed
         .codec_mut()
-        .set_max_record(sealed_len(inner.config.max_frame_len));
+        .set_max_record(sealed_len(max_record_plain(inner.config.max_frame_len)));
     Ok((framed, noise, remote))
 }
 
@@ -865,9 +884,21 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// to keep the re-send set after a failed write modest.
 const BATCH: usize = 64;
 
+/// Bytes of records written to a connection's buffer before it is flushed
+/// within a batch: large frames go out as they are sealed instead of
+/// piling up in memory.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// A per-connection scratch buffer (a record's plaintext) larger than this
+/// after use is freed rather than kept: one huge frame must not pin its
+/// size for the connection's life.
+const KEEP_BUFFER: usize = 1024 * 1024;
+
 async fn run_peer(inner: Arc<Inner>, peer: PeerEntry, mut rx: mpsc::Receiver<Queued>) {
     let cancel = inner.shutdown.clone();
     let mut unsent: VecDeque<Queued> = VecDeque::new();
+    // A record's plaintext, reused from record to record.
+    let mut plain = Vec::new();
     let mut backoff = inner.config.backoff_min;
     loop {
         // Connect lazily: only when there is something to send.
@@ -904,7 +935,15 @@ async fn run_peer(inner: Arc<Inner>, peer: PeerEntry, mut rx: mpsc::Receiver<Que
                     },
                 );
                 let since = Instant::now();
-                let end = pump(&mut framed, &mut noise, &mut unsent, &mut rx, &cancel).await;
+                let end = pump(
+                    &mut framed,
+                    &mut noise,
+                    &mut unsent,
+                    &mut rx,
+                    &cancel,
+                    &mut plain,
+                )
+                .await;
                 let error = match end {
                     PumpEnd::Shutdown => {
                         // Best effort: a clean close lets the peer log an
@@ -962,6 +1001,7 @@ async fn pump(
     unsent: &mut VecDeque<Queued>,
     rx: &mut mpsc::Receiver<Queued>,
     cancel: &CancellationToken,
+    plain: &mut Vec<u8>,
 ) -> PumpEnd {
     loop {
         while unsent.len() < BATCH {
@@ -974,7 +1014,7 @@ async fn pump(
             let written = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return PumpEnd::Shutdown,
-                r = write_batch(framed, noise, unsent) => r,
+                r = write_batch(framed, noise, unsent, plain) => r,
             };
             match written {
                 Ok(()) => {
@@ -1002,19 +1042,109 @@ async fn pump(
     }
 }
 
-async fn write_batch(
-    framed: &mut Framed<TcpStream, RecordCodec>,
+/// Writes `frames` as records (consecutive frames packed into one record
+/// while its plaintext stays within [`PACK_LIMIT`]) and flushes them:
+/// one encryption per record, one write for the whole batch unless it
+/// passes [`FLUSH_AT`]. `plain` is the connection's scratch buffer.
+async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, RecordCodec>,
     noise: &mut snow::TransportState,
     frames: &VecDeque<Queued>,
+    plain: &mut Vec<u8>,
 ) -> Result<(), String> {
-    for queued in frames {
-        let record = seal_frame(noise, &queued.frame).map_err(|e| e.to_string())?;
-        framed
-            .feed(Bytes::from(record))
-            .await
-            .map_err(|e| e.to_string())?;
+    let max_record = framed.codec().max_record();
+    let mut next = 0;
+    while next < frames.len() {
+        plain.clear();
+        while let Some(queued) = frames.get(next) {
+            let packed = plain.len() + FRAME_PREFIX + queued.frame.len();
+            if !plain.is_empty() && packed > PACK_LIMIT {
+                break;
+            }
+            push_frame(plain, &queued.frame);
+            next += 1;
+        }
+        let sealed = sealed_len(plain.len());
+        let prefix = u32::try_from(sealed)
+            .ok()
+            .filter(|_| sealed <= max_record)
+            .ok_or_else(|| {
+                format!("record of {sealed} bytes exceeds the maximum of {max_record}")
+            })?;
+        let buffer = framed.write_buffer_mut();
+        buffer.reserve(4 + sealed);
+        buffer.extend_from_slice(&prefix.to_be_bytes());
+        seal_into(noise, plain, buffer).map_err(|e| e.to_string())?;
+        if plain.capacity() > KEEP_BUFFER {
+            *plain = Vec::new();
+        }
+        if framed.write_buffer().len() >= FLUSH_AT {
+            SinkExt::<Bytes>::flush(framed)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
     }
     SinkExt::<Bytes>::flush(framed)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::records::{in_memory_transport_pair, open_record};
+
+    /// Writes `frames` with `write_batch` and returns the frames of each
+    /// record the other end reads, record by record.
+    async fn records_on_the_wire(frames: Vec<Vec<u8>>, max_frame: usize) -> Vec<Vec<Vec<u8>>> {
+        let (mut sealer, mut opener) = in_memory_transport_pair().unwrap();
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let max_plain = max_record_plain(max_frame);
+        let mut framed = Framed::new(near, RecordCodec::new(sealed_len(max_plain)));
+        let budget = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let queued: VecDeque<Queued> = frames
+            .into_iter()
+            .map(|frame| Queued {
+                _bytes: budget.clone().try_acquire_many_owned(1).unwrap(),
+                frame,
+            })
+            .collect();
+        write_batch(&mut framed, &mut sealer, &queued, &mut Vec::new())
+            .await
+            .unwrap();
+        drop(framed);
+        let mut reader = Framed::new(far, RecordCodec::new(sealed_len(max_plain)));
+        let mut records = Vec::new();
+        let mut plain = Vec::new();
+        while let Some(record) = reader.next().await {
+            open_record(&mut opener, &record.unwrap(), max_plain, &mut plain).unwrap();
+            let frames = crate::tcp::records::frames(&plain, max_frame);
+            records.push(frames.map(|f| f.unwrap().to_vec()).collect());
+        }
+        records
+    }
+
+    #[tokio::test]
+    async fn frames_queued_together_share_records_in_order() {
+        // 100 frames of 200 bytes: one record.
+        let small: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 200]).collect();
+        let records = records_on_the_wire(small.clone(), 1 << 20).await;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0], small);
+
+        // 100 frames of 1,000 bytes: two records, the first as full as
+        // the pack limit allows.
+        let medium: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 1000]).collect();
+        let records = records_on_the_wire(medium.clone(), 1 << 20).await;
+        let per_record = PACK_LIMIT / (FRAME_PREFIX + 1000);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].len(), per_record);
+        assert_eq!(records.concat(), medium);
+
+        // A frame larger than a pack travels alone, between packs.
+        let mixed = vec![vec![1; 10], vec![2; 100_000], vec![3; 10], vec![4; 10]];
+        let records = records_on_the_wire(mixed.clone(), 1 << 20).await;
+        assert_eq!(records.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 2]);
+        assert_eq!(records.concat(), mixed);
+    }
 }

@@ -3,7 +3,9 @@
 //! default transport of the node runner.
 //!
 //! * **Framing**: length-delimited records (tokio-util), with a maximum
-//!   size checked before a record is read.
+//!   size checked before a record is read; frames queued together for a
+//!   peer are packed into one record (one encryption, one write), see
+//!   [`records`].
 //! * **Security**: the Noise protocol (`Noise_XX_25519_ChaChaPoly_BLAKE2s`,
 //!   via the `snow` crate) encrypts and authenticates every connection. Each
 //!   node signs its Noise static key with its ed25519 identity key; the

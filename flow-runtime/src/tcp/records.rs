@@ -8,11 +8,23 @@
 //! * Records 1-3 are the Noise XX handshake messages. Messages 2 and 3
 //!   carry, encrypted, an [`IdentityProof`]: the sender's ed25519 identity
 //!   key and its signature over the sender's Noise static key.
-//! * Every later record is one application frame, cut into chunks of at
+//! * Every later record carries one or more application frames. Its
+//!   plaintext is the frames one after the other, each preceded by its
+//!   length (4 bytes, big-endian); the plaintext is cut into chunks of at
 //!   most [`MAX_CHUNK_PLAINTEXT`] bytes, each encrypted as one Noise
 //!   transport message (ChaChaPoly, 16-byte tag). All chunks but the last
 //!   are exactly 65,535 bytes on the wire, so the record length alone says
-//!   where each chunk ends: no inner framing to parse.
+//!   where each chunk ends.
+//!
+//! Why several frames per record: a sender with more than one frame queued
+//! for a peer packs them into records of up to [`PACK_LIMIT`] bytes (one
+//! Noise message), so a burst of small frames (a thousand flows stepping
+//! in one group commit) costs one encryption, one decryption and one
+//! record per 64 KiB instead of one per frame, and the records of a burst
+//! leave in one write. A frame larger than that travels alone in its own
+//! record. Version 1 of this format (one frame per record, no length
+//! prefix) is refused at the handshake: the version is in the
+//! [`PROLOGUE`].
 //!
 //! Noise transport messages use an implicit nonce that increases by one per
 //! message, so a record that is replayed, dropped or reordered within a
@@ -32,8 +44,8 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 
 /// Mixed into the Noise handshake hash: two nodes speaking different
 /// versions of this wire format fail the handshake instead of
-/// misinterpreting each other.
-pub const PROLOGUE: &[u8] = b"flow-runtime/tcp/1";
+/// misinterpreting each other. Version 2 packs several frames per record.
+pub const PROLOGUE: &[u8] = b"flow-runtime/tcp/2";
 
 /// Prefix of the message an identity key signs to vouch for a Noise static
 /// key, so the signature cannot be mistaken for one made for any other
@@ -48,6 +60,19 @@ pub const TAG_LEN: usize = 16;
 
 /// The largest plaintext chunk of a frame: one Noise message minus its tag.
 pub const MAX_CHUNK_PLAINTEXT: usize = NOISE_MAX_MESSAGE - TAG_LEN;
+
+/// The length prefix of each frame inside a record's plaintext.
+pub const FRAME_PREFIX: usize = 4;
+
+/// Frames queued together are packed into one record while its plaintext
+/// stays within this many bytes: one Noise message.
+pub const PACK_LIMIT: usize = MAX_CHUNK_PLAINTEXT;
+
+/// The largest record plaintext a peer may send when no frame is longer
+/// than `max_frame`: one frame of that size with its prefix, or a pack.
+pub fn max_record_plain(max_frame: usize) -> usize {
+    max_frame.saturating_add(FRAME_PREFIX).max(PACK_LIMIT)
+}
 
 /// The largest handshake record accepted or sent. Handshake messages are
 /// small (an ephemeral key, a static key, an identity proof), so a stranger
@@ -170,9 +195,14 @@ impl tokio_util::codec::Encoder<bytes::Bytes> for RecordCodec {
 /// Why a record or a proof was refused. Each variant ends the connection.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// A record with no bytes: never produced by a well-behaved peer.
+    /// A record with no bytes, or no frame: never produced by a
+    /// well-behaved peer.
     #[error("empty record")]
     EmptyRecord,
+    /// The frames in a record's plaintext do not add up: a length prefix
+    /// cut short or reaching past the record's end.
+    #[error("malformed record: {0}")]
+    MalformedRecord(&'static str),
     /// The decrypted frame would exceed the configured maximum.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
     FrameTooLarge {
@@ -202,73 +232,179 @@ pub enum WireError {
     BadSignature(PublicKey),
 }
 
-/// How many bytes a frame of `plain_len` bytes takes on the wire (without
-/// the 4-byte length prefix).
+/// How many bytes a record plaintext of `plain_len` bytes takes on the
+/// wire (without the 4-byte length prefix of the record).
 pub fn sealed_len(plain_len: usize) -> usize {
     let chunks = plain_len.div_ceil(MAX_CHUNK_PLAINTEXT).max(1);
     plain_len + chunks * TAG_LEN
 }
 
-/// How many bytes the frame in a record body of `record_len` bytes has:
-/// the inverse of [`sealed_len`] (0 for a body too short to be valid, which
+/// How many plaintext bytes a record body of `record_len` bytes holds: the
+/// inverse of [`sealed_len`] (0 for a body too short to be valid, which
 /// then fails to decrypt).
-pub fn frame_len(record_len: usize) -> usize {
+pub fn plain_len(record_len: usize) -> usize {
     let chunks = record_len.div_ceil(NOISE_MAX_MESSAGE);
     record_len.saturating_sub(chunks * TAG_LEN)
 }
 
-/// Encrypts one application frame into one record body.
-pub fn seal_frame(
+/// Encrypts a record's plaintext (`plain`: frames with their length
+/// prefixes, see [`push_frame`]) and appends the record body, exactly
+/// [`sealed_len`]`(plain.len())` bytes, to `out`.
+pub fn seal_into(
     transport: &mut snow::TransportState,
-    plaintext: &[u8],
-) -> Result<Vec<u8>, WireError> {
-    let mut out = vec![0u8; sealed_len(plaintext.len())];
+    plain: &[u8],
+    out: &mut bytes::BytesMut,
+) -> Result<(), WireError> {
+    let start = out.len();
+    let len = sealed_len(plain.len());
+    out.resize(start + len, 0);
+    let body = &mut out[start..];
     let mut written = 0;
-    let mut rest = plaintext;
+    let mut rest = plain;
     loop {
         let take = rest.len().min(MAX_CHUNK_PLAINTEXT);
         let (chunk, tail) = rest.split_at(take);
-        written += transport
-            .write_message(chunk, &mut out[written..])
-            .map_err(WireError::Encrypt)?;
+        match transport.write_message(chunk, &mut body[written..]) {
+            Ok(n) => written += n,
+            Err(e) => {
+                out.truncate(start);
+                return Err(WireError::Encrypt(e));
+            }
+        }
         rest = tail;
         if rest.is_empty() {
             break;
         }
     }
-    debug_assert_eq!(written, out.len());
-    Ok(out)
+    debug_assert_eq!(written, len);
+    Ok(())
 }
 
-/// Decrypts one record body into the application frame it carries,
-/// refusing frames over `max_plain` bytes before decrypting anything.
-pub fn open_frame(
+/// Appends `frame` with its length prefix to a record's plaintext.
+/// Frames longer than `u32::MAX` bytes do not exist here (the codec's
+/// limit is far below), so the prefix saturates rather than panics.
+pub fn push_frame(plain: &mut Vec<u8>, frame: &[u8]) {
+    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+    plain.extend_from_slice(&len.to_be_bytes());
+    plain.extend_from_slice(frame);
+}
+
+/// Encrypts one application frame into one record body, alone.
+pub fn seal_frame(
+    transport: &mut snow::TransportState,
+    frame: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    let mut plain = Vec::with_capacity(FRAME_PREFIX + frame.len());
+    push_frame(&mut plain, frame);
+    let mut out = bytes::BytesMut::with_capacity(sealed_len(plain.len()));
+    seal_into(transport, &plain, &mut out)?;
+    Ok(out.to_vec())
+}
+
+/// Decrypts one record body into `plain` (its previous contents are
+/// replaced), refusing a plaintext over `max_plain` bytes before
+/// decrypting anything. Read the frames with [`frames`].
+pub fn open_record(
     transport: &mut snow::TransportState,
     record: &[u8],
     max_plain: usize,
-) -> Result<Vec<u8>, WireError> {
+    plain: &mut Vec<u8>,
+) -> Result<(), WireError> {
     if record.is_empty() {
         return Err(WireError::EmptyRecord);
     }
-    let plain_len = frame_len(record.len());
-    if plain_len > max_plain {
+    let len = plain_len(record.len());
+    if len > max_plain {
         return Err(WireError::FrameTooLarge {
-            len: plain_len,
+            len,
             max: max_plain,
         });
     }
-    let mut out = vec![0u8; plain_len];
+    plain.clear();
+    plain.resize(len, 0);
     let mut read = 0;
     for chunk in record.chunks(NOISE_MAX_MESSAGE) {
-        // A last chunk shorter than a tag makes `out` too short only by
-        // construction of `plain_len`; snow reports it as a decrypt error.
+        // A last chunk shorter than a tag makes `plain` too short only by
+        // construction of `len`; snow reports it as a decrypt error.
         let n = transport
-            .read_message(chunk, &mut out[read..])
+            .read_message(chunk, &mut plain[read..])
             .map_err(WireError::Decrypt)?;
         read += n;
     }
-    out.truncate(read);
-    Ok(out)
+    plain.truncate(read);
+    Ok(())
+}
+
+/// The frames of a decrypted record, in order, each checked against
+/// `max_frame`: a record with no frame, a frame over the maximum, or a
+/// prefix reaching past the end is an error (and ends the connection).
+pub fn frames(plain: &[u8], max_frame: usize) -> Frames<'_> {
+    Frames {
+        rest: plain,
+        max_frame,
+        first: true,
+    }
+}
+
+/// The iterator of [`frames`].
+#[derive(Debug)]
+pub struct Frames<'a> {
+    rest: &'a [u8],
+    max_frame: usize,
+    first: bool,
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<&'a [u8], WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            let first = std::mem::replace(&mut self.first, false);
+            return first.then_some(Err(WireError::EmptyRecord));
+        }
+        self.first = false;
+        let Some((prefix, rest)) = self.rest.split_first_chunk::<FRAME_PREFIX>() else {
+            self.rest = &[];
+            return Some(Err(WireError::MalformedRecord(
+                "a frame's length prefix is cut short",
+            )));
+        };
+        let len = usize::try_from(u32::from_be_bytes(*prefix)).unwrap_or(usize::MAX);
+        if len > self.max_frame {
+            self.rest = &[];
+            return Some(Err(WireError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            }));
+        }
+        if len > rest.len() {
+            self.rest = &[];
+            return Some(Err(WireError::MalformedRecord(
+                "a frame reaches past the record's end",
+            )));
+        }
+        let (frame, rest) = rest.split_at(len);
+        self.rest = rest;
+        Some(Ok(frame))
+    }
+}
+
+/// Decrypts a record that carries exactly one frame and returns it: for
+/// tests and tools that speak the protocol one frame at a time.
+pub fn open_frame(
+    transport: &mut snow::TransportState,
+    record: &[u8],
+    max_frame: usize,
+) -> Result<Vec<u8>, WireError> {
+    let mut plain = Vec::new();
+    open_record(transport, record, max_record_plain(max_frame), &mut plain)?;
+    let mut all = frames(&plain, max_frame);
+    let frame = all.next().unwrap_or(Err(WireError::EmptyRecord))?.to_vec();
+    match all.next() {
+        None => Ok(frame),
+        Some(Err(e)) => Err(e),
+        Some(Ok(_)) => Err(WireError::MalformedRecord("more than one frame")),
+    }
 }
 
 /// What a node proves about itself inside the Noise handshake: "the Noise
@@ -389,7 +525,7 @@ mod tests {
         ] {
             let frame: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let record = seal_frame(&mut a, &frame).unwrap();
-            assert_eq!(record.len(), sealed_len(len));
+            assert_eq!(record.len(), sealed_len(FRAME_PREFIX + len));
             assert_eq!(open_frame(&mut b, &record, 4_000_000).unwrap(), frame);
         }
     }
@@ -421,9 +557,19 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_before_decrypting() {
         let (mut a, mut b) = in_memory_transport_pair().unwrap();
-        let record = seal_frame(&mut a, &[7u8; 1000]).unwrap();
+        let record = seal_frame(&mut a, &[7u8; 100_000]).unwrap();
         assert!(matches!(
-            open_frame(&mut b, &record, 999),
+            open_frame(&mut b, &record, 99_999),
+            Err(WireError::FrameTooLarge {
+                len: 100_004,
+                max: 100_003
+            })
+        ));
+        // Within a record the size of a pack, each frame is checked.
+        let (mut a2, mut b2) = in_memory_transport_pair().unwrap();
+        let record = seal_frame(&mut a2, &[7u8; 1000]).unwrap();
+        assert!(matches!(
+            open_frame(&mut b2, &record, 999),
             Err(WireError::FrameTooLarge {
                 len: 1000,
                 max: 999
@@ -433,6 +579,29 @@ mod tests {
             open_frame(&mut b, &[], 10),
             Err(WireError::EmptyRecord)
         ));
+    }
+
+    #[test]
+    fn several_frames_travel_in_one_record_and_bad_packs_are_refused() {
+        let (mut a, mut b) = in_memory_transport_pair().unwrap();
+        let mut plain = Vec::new();
+        for frame in [&b"one"[..], b"", b"three"] {
+            push_frame(&mut plain, frame);
+        }
+        let mut wire = bytes::BytesMut::new();
+        seal_into(&mut a, &plain, &mut wire).unwrap();
+        let mut opened = Vec::new();
+        open_record(&mut b, &wire, PACK_LIMIT, &mut opened).unwrap();
+        let got: Vec<&[u8]> = frames(&opened, 10).map(|f| f.unwrap()).collect();
+        assert_eq!(got, [&b"one"[..], b"", b"three"]);
+
+        let errors = |plain: &[u8], max: usize| frames(plain, max).filter(Result::is_err).count();
+        assert_eq!(errors(&[], 10), 1, "a record with no frame");
+        assert_eq!(errors(&[0, 0], 10), 1, "a prefix cut short");
+        assert_eq!(errors(&[0, 0, 0, 5, 1, 2], 10), 1, "a frame past the end");
+        assert_eq!(errors(&[0, 0, 0, 11], 10), 1, "a frame over the maximum");
+        // After an error the iterator ends.
+        assert_eq!(frames(&[0, 0, 0, 9, 1], 10).count(), 1);
     }
 
     #[test]

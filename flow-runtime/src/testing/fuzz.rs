@@ -71,7 +71,13 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "node_frames" => node_frame_seeds(),
         "stored_records" => stored_record_seeds(),
         #[cfg(feature = "tcp")]
-        "tcp_records" => vec![vec![0, 0, 0, 4, 1, 2, 3, 4], vec![0, 0, 0x10, 0]],
+        // Records for the codec, and plaintexts of packed frames for the
+        // frame parser (three frames, one of them empty).
+        "tcp_records" => vec![
+            vec![0, 0, 0, 4, 1, 2, 3, 4],
+            vec![0, 0, 0x10, 0],
+            vec![0, 0, 0, 3, 7, 8, 9, 0, 0, 0, 0, 0, 0, 0, 1, 5],
+        ],
         #[cfg(feature = "tcp")]
         "identity_proof" => {
             let key = crate::tcp::SigningKey::from_bytes(&[5; 32]);
@@ -409,14 +415,18 @@ fn stored_record_seeds() -> Vec<Vec<u8>> {
 // ------------------------------------------------------- the TCP transport
 
 /// The receive path of an established connection: the length-delimited
-/// record decoder, then frame decryption. Nothing may panic, allocate
-/// beyond the limits, or decrypt (the fuzzer cannot forge a Poly1305 tag:
-/// a decrypted frame would be a forgery).
+/// record decoder, record decryption, and the parser of the frames packed
+/// in a decrypted record. Nothing may panic, allocate beyond the limits,
+/// or decrypt (the fuzzer cannot forge a Poly1305 tag: a decrypted record
+/// would be a forgery); since it cannot reach the frame parser through
+/// decryption, the input is also parsed as a record's plaintext, and every
+/// frame found must lie within it and within the maximum.
 #[cfg(feature = "tcp")]
 pub fn tcp_records(data: &[u8]) {
     use crate::tcp::codec;
     use crate::tcp::records::{
-        NOISE_MAX_MESSAGE, in_memory_transport_pair, open_frame, sealed_len,
+        NOISE_MAX_MESSAGE, frames, in_memory_transport_pair, max_record_plain, open_record,
+        sealed_len,
     };
     use bytes::BytesMut;
     use tokio_util::codec::Decoder;
@@ -430,13 +440,27 @@ pub fn tcp_records(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     while let Ok(Some(_record)) = handshake_codec.decode(&mut buf) {}
 
-    let mut frame_codec = codec(sealed_len(MAX_FRAME));
+    let max_plain = max_record_plain(MAX_FRAME);
+    let mut frame_codec = codec(sealed_len(max_plain));
     let mut buf = BytesMut::from(data);
+    let mut plain = Vec::new();
     while let Ok(Some(record)) = frame_codec.decode(&mut buf) {
         assert!(
-            open_frame(&mut receiver, &record, MAX_FRAME).is_err(),
+            open_record(&mut receiver, &record, max_plain, &mut plain).is_err(),
             "forged record decrypted"
         );
+    }
+
+    let mut inside = 0;
+    for frame in frames(data, MAX_FRAME) {
+        match frame {
+            Ok(frame) => {
+                assert!(frame.len() <= MAX_FRAME);
+                inside += 4 + frame.len();
+                assert!(inside <= data.len(), "a frame reaches past the record");
+            }
+            Err(_) => break,
+        }
     }
 }
 
