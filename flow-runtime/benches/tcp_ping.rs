@@ -27,13 +27,13 @@
 //!
 //! Run: `cargo bench -p flow-runtime --bench tcp_ping`.
 
-use flow_runtime::Payload;
 use flow_runtime::engine::{Body, WireMessage};
 use flow_runtime::prelude::*;
 use flow_runtime::runner::{Node, NodeBuilder, keys};
 use flow_runtime::storage::{RedbOptions, RedbStore, Store, Table, WriteBatch};
 use flow_runtime::tcp::{NetworkMap, PeerEntry};
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
+use flow_runtime::{NodeConfig, Payload};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -197,6 +197,15 @@ fn two_nodes(options: RedbOptions, hand_off: Option<bool>) -> TwoNodes {
         b.flow::<ping::Flow>();
         b.responder::<ping::Flow>(pong);
         b.store_options(options);
+        // Every flow of a workload runs at once, each with a responder on
+        // Bob: the per-peer responder bound must admit them all, or the
+        // initiations past it wait for Alice's redelivery tick and the
+        // workload measures that wait instead of the node.
+        let flows = env_u64("TCP_PING_FLOWS", 1).max(MANY_FLOWS as u64);
+        b.node_config(NodeConfig {
+            max_responders_per_peer: u32::try_from(flows).unwrap_or(u32::MAX),
+            ..NodeConfig::default()
+        });
         if let Some(hand_off) = hand_off {
             b.hand_off_worker_during_commits(hand_off);
         }
