@@ -176,3 +176,27 @@ async fn the_trait_reports_the_sending_link_coming_and_going() {
     );
     assert_eq!(Transport::peer_name(&alice, &net.key(1)), "Bob");
 }
+
+/// One group commit can release a frame for each of a thousand flows, and
+/// their acks, to one peer at once. The default per-peer queue takes such a
+/// burst whole: the frames are queued without yielding (this test's runtime
+/// has one thread, so the writer drains none of them meanwhile), and none
+/// is refused to wait for the next redelivery tick.
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_commits_burst_to_one_peer_fits_the_default_queue() {
+    const BURST: u32 = 4_000;
+    let mut net = Net::new(2).await;
+    let (alice, _a) = net.start(0);
+    let (_bob, mut bob_in) = net.start(1);
+    for i in 0..BURST {
+        if let Err(e) = alice.try_send(&net.key(1), i.to_be_bytes().to_vec()) {
+            panic!("frame {i} of the burst refused: {e}");
+        }
+    }
+    for i in 0..BURST {
+        assert_eq!(
+            recv(&mut bob_in).await,
+            (net.key(0), i.to_be_bytes().to_vec())
+        );
+    }
+}

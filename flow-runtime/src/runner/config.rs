@@ -9,7 +9,7 @@
 //!
 //! [transport]                       # optional; defaults shown
 //! max_frame_bytes = 16777216
-//! peer_queue_frames = 1024
+//! peer_queue_frames = 16384
 //! peer_queue_mb = 64                # bytes queued per peer not yet written to it
 //! incoming_queue_mb = 64            # bytes received and not yet taken by the node
 //! incoming_peer_mb = 16             # ... of which from any one peer
