@@ -55,6 +55,11 @@ mod bench {
     use std::time::{Duration, Instant};
 
     const PARTITIONS: u32 = 8;
+    /// Every trade is in flight at once, each with a responder on the buyer
+    /// (and one on the notary): the per-peer responder bound must admit
+    /// them all, or the trades past it run in waves a redelivery interval
+    /// apart and the bench measures those waits.
+    const RESPONDERS: u32 = 100_000;
     const LIMIT: Duration = Duration::from_secs(600);
 
     fn price() -> Amount {
@@ -85,7 +90,8 @@ mod bench {
                 &config,
                 format!(
                     "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
-                     database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n{store}"
+                     database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\
+                     [node]\nmax_responders_per_peer = {RESPONDERS}\n{store}"
                 ),
             )
             .expect("config file");
