@@ -37,7 +37,12 @@ pub(crate) fn pg_err(context: &str, e: &postgres::Error) -> StoreError {
 /// * `flow_workers`: workers' heartbeats, so each claims a fair share;
 /// * `flow_inbox`, `flow_emitted`: the relay between the gateway's peer
 ///   links and the workers. UNLOGGED (no WAL): a frame lost with them
-///   (a server crash) is one the session protocol redelivers anyway;
+///   (a server crash) is one the session protocol redelivers anyway.
+///   `flow_inbox`'s ids come from a logged sequence of their own: a
+///   worker reads each partition's rows after the last id it handed on,
+///   and the sequence of a `bigserial` column of an unlogged table starts
+///   again at 1 after a crash, so the rows queued after the restart
+///   would sit below every worker's cursor and never be read;
 /// * `flow_starts`: start requests waiting for their partition's worker.
 const CREATE_SQL: &str = "
 CREATE TABLE IF NOT EXISTS flow_scale_out (
@@ -55,8 +60,9 @@ CREATE TABLE IF NOT EXISTS flow_workers (
     name text PRIMARY KEY,
     expires_at timestamptz NOT NULL
 );
+CREATE SEQUENCE IF NOT EXISTS flow_inbox_ids;
 CREATE UNLOGGED TABLE IF NOT EXISTS flow_inbox (
-    id bigserial PRIMARY KEY,
+    id bigint PRIMARY KEY DEFAULT nextval('flow_inbox_ids'),
     partition integer NOT NULL,
     peer bytea NOT NULL,
     frame bytea NOT NULL

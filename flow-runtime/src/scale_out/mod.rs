@@ -99,7 +99,7 @@ impl Control {
     /// removed): one count per partition, without reading the results.
     pub fn finished_count(&mut self) -> Result<u64, StoreError> {
         let mut total = 0;
-        for schema in self.partition_tables()? {
+        for (_, schema) in self.partition_tables()? {
             let n: i64 = self
                 .client
                 .query_one(
@@ -113,9 +113,9 @@ impl Control {
         Ok(total)
     }
 
-    /// The quoted schemas of the partitions whose tables exist (a
-    /// partition never claimed has none yet).
-    fn partition_tables(&mut self) -> Result<Vec<String>, StoreError> {
+    /// The partitions whose tables exist (a partition never claimed has
+    /// none yet), each with its quoted schema.
+    fn partition_tables(&mut self) -> Result<Vec<(u32, String)>, StoreError> {
         let mut schemas = Vec::new();
         for p in 0..self.partitions {
             let schema = quote_ident(&self.partition_schema(p));
@@ -128,7 +128,7 @@ impl Control {
                 .map_err(|e| pg_err("cannot look for a partition's table", &e))?
                 .get(0);
             if exists {
-                schemas.push(schema);
+                schemas.push((p, schema));
             }
         }
         Ok(schemas)
@@ -152,19 +152,7 @@ impl Control {
             .map_err(|e| pg_err("cannot count the inbox", &e))?
             .get(0);
         status.inbox = u64::try_from(inbox).unwrap_or(0);
-        for p in 0..self.partitions {
-            let schema = quote_ident(&self.partition_schema(p));
-            let exists: bool = self
-                .client
-                .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL",
-                    &[&format!("{schema}.flow_kv")],
-                )
-                .map_err(|e| pg_err("cannot look for a partition's table", &e))?
-                .get(0);
-            if !exists {
-                continue;
-            }
+        for (p, schema) in self.partition_tables()? {
             let counts = self
                 .client
                 .query_one(
