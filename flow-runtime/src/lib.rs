@@ -102,9 +102,10 @@ pub use untrustworthy::Untrustworthy;
 pub mod engine {
     pub use crate::node::delivery::{Delivery, DeliveryStats, Receipt, Sent, Transmit};
     pub use crate::node::{
-        CheckpointDump, CheckpointSummary, CoreMetrics, HospitalEntry, NodeConfig, NodeCore,
-        NodeError, OperatorView, OsIds, Output, PeerNames, RunId, STORE_FORMAT, SessionDump,
-        StateFields, UnackedFrame, UpgradeGroup, UpgradeReport, check_upgrade,
+        CheckpointDump, CheckpointSummary, CoreMetrics, DEFERRAL_WARNING_EVERY, HospitalEntry,
+        NodeConfig, NodeCore, NodeError, OperatorView, OsIds, Output, PeerNames, RunId,
+        STORE_FORMAT, SessionDump, StateFields, UnackedFrame, UpgradeGroup, UpgradeReport,
+        check_upgrade,
     };
     pub use crate::protocol::{Body, OLDEST_WIRE_VERSION_READ, WIRE_VERSION, WireMessage};
     pub use crate::registry::{

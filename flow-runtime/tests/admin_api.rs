@@ -552,6 +552,7 @@ async fn start_by_name_show_list_kill_retry_drain_and_metrics() {
         "flow_outbox_size ",
         "flow_peer_link_up{peer=\"Bob\"} 1",
         "flow_redelivered_frames_total ",
+        "flow_deferred_initiations_total 0",
         "flow_flows{flow=",
     ] {
         assert!(

@@ -5,10 +5,12 @@
 mod tcp_common;
 
 use bytes::BytesMut;
+use flow_runtime::engine::DEFERRAL_WARNING_EVERY;
 use flow_runtime::engine::OsIds;
 use flow_runtime::engine::Registry;
 use flow_runtime::engine::{Body, WireMessage};
 use flow_runtime::prelude::*;
+use flow_runtime::runner::admin::NodeMetrics;
 use flow_runtime::runner::{Node, NodeBuilder, RunnerError};
 use flow_runtime::storage::{RedbOptions, RedbStore, Store, Table};
 use flow_runtime::tcp::{SendError, TcpConfig, codec};
@@ -627,6 +629,97 @@ fn a_peer_cannot_start_more_responder_flows_than_its_bound() {
         .deliver(Timestamp(5), vec![(*mallory.key(), blob_init(5, &mallory))])
         .unwrap();
     assert!(acked_sessions(&out.frames).is_empty());
+}
+
+/// The WARN lines about deferred initiations in `logs`, one per entry.
+fn deferral_warnings(logs: &Logs) -> Vec<String> {
+    logs.text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("initiations deferred"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deferrals by the responder bound are visible: every one is counted in
+/// `flow_deferred_initiations_total`, and each peer past its bound gets
+/// one WARN per interval (not one per initiation), naming the peer, the
+/// bound and the setting to raise, with how many deferrals it stands for.
+#[test]
+fn deferred_initiations_are_counted_and_warned_once_per_peer_per_interval() {
+    let (logs, _guard) = Logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let mallory = party("Mallory", 9);
+    let carol = party("Carol", 3);
+    let mut registry = Registry::new();
+    registry.register_responder::<blob_source::Flow, _>(blob_sink);
+    let config = NodeConfig {
+        max_responders_per_peer: 3,
+        ..NodeConfig::default()
+    };
+    let mut core = open_core(dir.path(), registry, config);
+    let metrics = NodeMetrics::new();
+    core.set_metrics(metrics.core());
+    let counted = || {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("flow_deferred_initiations_total "))
+            .map(str::to_owned)
+    };
+    let every = u64::try_from(DEFERRAL_WARNING_EVERY.as_millis()).unwrap();
+    let inits = |peer: &Party, sessions: std::ops::RangeInclusive<u64>| {
+        sessions
+            .map(|s| (*peer.key(), blob_init(s, peer)))
+            .collect::<Vec<_>>()
+    };
+
+    // Five initiations against a bound of three: two deferred, one WARN.
+    let t0 = 1_000;
+    core.deliver(Timestamp(t0), inits(&mallory, 1..=5)).unwrap();
+    assert_eq!(counted().as_deref(), Some("2"));
+    let warned = deferral_warnings(&logs);
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    for needle in [
+        "peer=Mallory",
+        "bound=3",
+        "deferred=1",
+        "[node] max_responders_per_peer",
+    ] {
+        assert!(
+            warned[0].contains(needle),
+            "{needle} missing: {}",
+            warned[0]
+        );
+    }
+
+    // Redeliveries within the interval: counted, not warned again.
+    core.deliver(Timestamp(t0 + 1), inits(&mallory, 4..=5))
+        .unwrap();
+    core.deliver(Timestamp(t0 + every - 1), inits(&mallory, 4..=5))
+        .unwrap();
+    assert_eq!(counted().as_deref(), Some("6"));
+    assert_eq!(deferral_warnings(&logs).len(), 1);
+
+    // Another peer past its bound has its own interval.
+    core.deliver(Timestamp(t0 + 2), inits(&carol, 11..=14))
+        .unwrap();
+    assert_eq!(counted().as_deref(), Some("7"));
+    let warned = deferral_warnings(&logs);
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    assert!(warned[1].contains("peer=Carol"), "{}", warned[1]);
+
+    // Once the interval has passed, the next deferral warns again and
+    // reports the ones it stood in for.
+    core.deliver(Timestamp(t0 + every), inits(&mallory, 4..=4))
+        .unwrap();
+    assert_eq!(counted().as_deref(), Some("8"));
+    let warned = deferral_warnings(&logs);
+    assert_eq!(warned.len(), 3, "{warned:#?}");
+    assert!(
+        warned[2].contains("peer=Mallory") && warned[2].contains("deferred=6"),
+        "{}",
+        warned[2]
+    );
 }
 
 // ---------------------------------------- versions seen by the initiator

@@ -1,5 +1,7 @@
-//! What the node core counts for monitoring: steps, commits, commit
-//! latency, started and finished flows.
+//! What the node core reports for monitoring: steps, commits, commit
+//! latency, started and finished flows, and initiations deferred by the
+//! responder bound (counted, and warned about at most once per peer per
+//! interval: see `deferrals.rs`).
 //!
 //! Why handles and not the `metrics` macros: a handle is resolved once, when
 //! the node starts, so recording is an atomic add (a histogram sample, a
@@ -10,6 +12,7 @@
 //! each node handles of its own Prometheus recorder, rendered at the admin
 //! API's `/metrics` (see `runner::admin`).
 
+use super::deferrals::DeferralWarnings;
 use metrics::{Counter, Histogram};
 
 /// The handles [`NodeCore`](super::NodeCore) records into. Every name is
@@ -28,6 +31,15 @@ pub struct CoreMetrics {
     /// `flow_finished_total{outcome="error"}`: flows that ended with an
     /// error (their own `FlowError`, a failure, or an operator's kill).
     pub finished_error: Counter,
+    /// `flow_deferred_initiations_total`: session initiations not started
+    /// (nor acknowledged) because their peer already had
+    /// [`NodeConfig::max_responders_per_peer`](super::NodeConfig::max_responders_per_peer)
+    /// responder flows running; each redelivery deferred again counts again.
+    pub deferred_initiations: Counter,
+    /// When each peer's deferrals were last logged at WARN. Kept with the
+    /// handles because it is part of the same reporting: the counter says
+    /// how many, the rate-limited WARN says which peer and what to raise.
+    pub(crate) deferral_warnings: DeferralWarnings,
 }
 
 impl Default for CoreMetrics {
@@ -39,6 +51,8 @@ impl Default for CoreMetrics {
             commit_seconds: Histogram::noop(),
             finished_ok: Counter::noop(),
             finished_error: Counter::noop(),
+            deferred_initiations: Counter::noop(),
+            deferral_warnings: DeferralWarnings::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod batch;
 mod core;
+mod deferrals;
 pub mod delivery;
 mod dump;
 mod hot;
@@ -18,6 +19,7 @@ mod step;
 mod upgrade_check;
 
 pub use self::core::{NodeCore, PeerNames};
+pub use deferrals::DEFERRAL_WARNING_EVERY;
 pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump, StateFields};
 pub use metrics::CoreMetrics;
 pub use records::{CheckpointSummary, STORE_FORMAT};

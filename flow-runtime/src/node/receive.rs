@@ -354,8 +354,7 @@ impl NodeCore {
                 .as_deref(),
         );
         if running >= self.config.max_responders_per_peer {
-            tracing::info!(peer = ?from, session = %key.id, flow, running,
-                "initiation deferred: the peer has its bound of responder flows running (max_responders_per_peer); its redelivery brings it back");
+            self.defer_initiation(&initiator, key, flow, running);
             return Ok(());
         }
         b.put(Table::META, count_key, (running + 1).to_be_bytes().to_vec());
@@ -378,6 +377,21 @@ impl NodeCore {
         self.create_run(b, run, new_flow, vec![key], false, None);
         self.emit(b, from, &Self::init_ack(key, Some(own_version)));
         Ok(())
+    }
+
+    /// Reports an initiation deferred by the responder bound: counted,
+    /// logged at DEBUG each time, and at WARN at most once per peer per
+    /// [`DEFERRAL_WARNING_EVERY`](super::DEFERRAL_WARNING_EVERY) (see
+    /// `deferrals.rs` for why).
+    fn defer_initiation(&mut self, peer: &Party, key: SessionKey, flow: &str, running: u32) {
+        self.metrics.deferred_initiations.increment(1);
+        tracing::debug!(peer = %peer, session = %key.id, flow, running,
+            "initiation deferred: the peer has its bound of responder flows running (max_responders_per_peer); its redelivery brings it back");
+        if let Some(deferred) = self.metrics.deferral_warnings.record(peer.key(), self.now) {
+            tracing::warn!(peer = %peer, bound = self.config.max_responders_per_peer, deferred,
+                every_s = super::DEFERRAL_WARNING_EVERY.as_secs(),
+                "initiations deferred: the peer has as many responder flows running on this node as it may (`[node] max_responders_per_peer`); the flows past the bound wait for their redelivery and run in waves, slower, though none fails. If this peer is meant to run that many flows with this node at once, raise `[node] max_responders_per_peer` (NodeConfig::max_responders_per_peer) to at least that number");
+        }
     }
 
     /// Why an initiation created at `created_at` (the initiator's clock) is

@@ -9,8 +9,8 @@
 //! program that installs its own global recorder is not disturbed.
 //!
 //! What is recorded where:
-//! * the node core: steps, commits, commit latency, finished flows
-//!   ([`CoreMetrics`]);
+//! * the node core: steps, commits, commit latency, finished flows,
+//!   initiations deferred by the responder bound ([`CoreMetrics`]);
 //! * the driver: redelivered frames and frames refused from peers
 //!   ([`DriverMetrics`]);
 //! * the admin server: per-peer link state (from the transport's link
@@ -153,6 +153,8 @@ impl NodeMetrics {
             finished_ok: self.counter("flow_finished_total", vec![Label::new("outcome", "ok")]),
             finished_error: self
                 .counter("flow_finished_total", vec![Label::new("outcome", "error")]),
+            deferred_initiations: self.counter("flow_deferred_initiations_total", vec![]),
+            ..CoreMetrics::default()
         }
     }
 
@@ -251,7 +253,7 @@ enum Kind {
 }
 
 /// Every metric with its help text (also listed in docs/operations.md).
-const DESCRIPTIONS: [(Kind, &str, &str); 12] = [
+const DESCRIPTIONS: [(Kind, &str, &str); 13] = [
     (
         Kind::Counter,
         "flow_steps_total",
@@ -271,6 +273,11 @@ const DESCRIPTIONS: [(Kind, &str, &str); 12] = [
         Kind::Counter,
         "flow_finished_total",
         "Flows that ended, by outcome (ok, error).",
+    ),
+    (
+        Kind::Counter,
+        "flow_deferred_initiations_total",
+        "Session initiations deferred because their peer had max_responders_per_peer responder flows running.",
     ),
     (
         Kind::Counter,
