@@ -2,11 +2,13 @@
 //! cryptography crates (`sha2`, `ed25519-dalek`), so the ledger code speaks
 //! in plain values ([`SecureHash`], [`PublicKey`], [`TxSignature`]).
 
+use crate::cache::Generations;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use flow_runtime::PublicKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -192,15 +194,50 @@ impl TxSignature {
     /// True if this is a valid signature of `message` by `self.by`. Uses
     /// strict verification (rejects small-order keys and malleable
     /// signatures), since the signatures come from untrusted peers.
+    ///
+    /// One signature at a time on purpose: ed25519-dalek's `verify_batch`
+    /// checks a random linear combination of the signatures' equations, which
+    /// accepts a signature whose `R` is off by a small-order (torsion) point
+    /// whenever the combination's coefficient cancels it — something strict
+    /// verification refuses, and a signer can grind for, since the
+    /// coefficients are derived from the signatures themselves. Ruling that out
+    /// costs a scalar multiplication per signature, more than batching saves
+    /// for the two or three signatures one step of a trade checks.
     pub fn is_valid_for(&self, message: &[u8]) -> bool {
         let started = Instant::now();
-        let valid = VerifyingKey::from_bytes(&self.by.0).is_ok_and(|key| {
+        let valid = verifying_key(&self.by).is_some_and(|key| {
             let signature = ed25519_dalek::Signature::from_bytes(&self.bytes);
             key.verify_strict(message, &signature).is_ok()
         });
         metrics::record(&metrics::VERIFIES, &metrics::VERIFY_NANOS, started);
         valid
     }
+}
+
+/// Public keys in the form verification uses, by their 32 bytes.
+///
+/// Turning a key's bytes into a curve point (decompression: a square root in
+/// the field, about a tenth of a verification) is a pure function of the
+/// bytes, and a trade verifies the same few keys over and over (the notary's,
+/// the buyer's cash key, the seller's identity), so each process does it once
+/// per key. Bounded like the key pairs' cache (two generations of
+/// [`VERIFYING_KEYS_PER_GENERATION`], ~200 bytes an entry); bytes that are not
+/// a point are not cached (they fail every time, as before).
+static VERIFYING_KEYS: LazyLock<Generations<PublicKey, VerifyingKey>> =
+    LazyLock::new(|| Generations::new(VERIFYING_KEYS_PER_GENERATION));
+
+/// See [`VERIFYING_KEYS`].
+const VERIFYING_KEYS_PER_GENERATION: usize = 4_096;
+
+/// The verifying key of `key`, from [`VERIFYING_KEYS`] or decompressed (and
+/// cached); `None` if the bytes are not a curve point.
+fn verifying_key(key: &PublicKey) -> Option<VerifyingKey> {
+    if let Some(cached) = VERIFYING_KEYS.get(key) {
+        return Some(cached);
+    }
+    let decompressed = VerifyingKey::from_bytes(&key.0).ok()?;
+    VERIFYING_KEYS.insert(*key, decompressed);
+    Some(decompressed)
 }
 
 impl fmt::Debug for TxSignature {
@@ -212,6 +249,9 @@ impl fmt::Debug for TxSignature {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::traits::Identity;
 
     #[test]
     fn signature_verifies_only_for_its_message_and_key() {
@@ -225,6 +265,91 @@ mod tests {
             bytes: sig.bytes,
         };
         assert!(!forged.is_valid_for(b"hello"));
+    }
+
+    /// A signature by `pair` over `message` whose `R` is moved by the
+    /// small-order point `torsion`: valid up to torsion, so cofactored or
+    /// batch verification may take it, strict verification must not.
+    fn malleated(pair: &KeyPair, message: &[u8], torsion: EdwardsPoint) -> TxSignature {
+        let mut sig = pair.sign(message);
+        let r = CompressedEdwardsY::from_slice(&sig.bytes[..32])
+            .unwrap()
+            .decompress()
+            .unwrap();
+        sig.bytes[..32].copy_from_slice((r + torsion).compress().as_bytes());
+        sig
+    }
+
+    #[test]
+    fn a_signature_malleated_by_a_torsion_point_is_refused() {
+        let pair = KeyPair::from_seed([5; 32]);
+        assert!(pair.sign(b"pay 10").is_valid_for(b"pay 10"));
+        // Every non-zero point of the eight-torsion subgroup, of order 2, 4
+        // and 8: each time twice, the second from the key cache.
+        for torsion in &EIGHT_TORSION[1..] {
+            let sig = malleated(&pair, b"pay 10", *torsion);
+            assert!(!sig.is_valid_for(b"pay 10"));
+            assert!(!sig.is_valid_for(b"pay 10"));
+            // ed25519-dalek's own strict check agrees (a batch or
+            // cofactored check would not see the torsion point).
+            let key = VerifyingKey::from_bytes(&pair.public().0).unwrap();
+            let signature = ed25519_dalek::Signature::from_bytes(&sig.bytes);
+            assert!(key.verify_strict(b"pay 10", &signature).is_err());
+        }
+    }
+
+    #[test]
+    fn a_small_order_key_is_refused() {
+        // The identity as public key, with R = identity and s = 0: the
+        // verification equation holds for every message, so only the
+        // strict check of the key's order refuses it.
+        let identity = EdwardsPoint::identity().compress().to_bytes();
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(&identity);
+        let weak = TxSignature {
+            by: PublicKey(identity),
+            bytes,
+        };
+        assert!(!weak.is_valid_for(b"anything"));
+        assert!(
+            !weak.is_valid_for(b"anything"),
+            "also once its key is cached"
+        );
+        // A key of order 8 likewise.
+        let eight = TxSignature {
+            by: PublicKey(EIGHT_TORSION[1].compress().to_bytes()),
+            bytes,
+        };
+        assert!(!eight.is_valid_for(b"anything"));
+    }
+
+    #[test]
+    fn bytes_that_are_no_point_are_refused_every_time() {
+        // y = 2 is not the y-coordinate of a point of the curve.
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        assert!(VerifyingKey::from_bytes(&not_a_point).is_err());
+        let sig = TxSignature {
+            by: PublicKey(not_a_point),
+            bytes: [0; 64],
+        };
+        assert!(!sig.is_valid_for(b"m"));
+        assert!(!sig.is_valid_for(b"m"));
+        assert!(verifying_key(&PublicKey(not_a_point)).is_none());
+    }
+
+    #[test]
+    fn a_cached_key_verifies_as_a_decompressed_one() {
+        let pair = KeyPair::from_seed([6; 32]);
+        let sig = pair.sign(b"m");
+        for _ in 0..3 {
+            assert!(sig.is_valid_for(b"m"));
+            assert!(!sig.is_valid_for(b"n"));
+        }
+        assert_eq!(
+            verifying_key(&pair.public()),
+            VerifyingKey::from_bytes(&pair.public().0).ok()
+        );
     }
 
     #[test]

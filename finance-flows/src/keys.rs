@@ -79,16 +79,13 @@ pub fn key_pair(store: &dyn LedgerDb, key: &PublicKey) -> Result<Option<KeyPair>
 /// merely names the same public key ([`KeyError::NotOurKey`] still comes
 /// from the store).
 ///
-/// Bounded: two generations of at most [`GENERATION`] pairs each (about
-/// 250 bytes a pair, so under 5 MB). When the current generation is full
-/// the previous one is dropped and the current one becomes the previous;
-/// a hit in the previous generation moves the pair back to the current
-/// one, so keys in steady use (a notary's, an issuer's) stay cached.
+/// Bounded: two [`Generations`](crate::cache::Generations) of at most
+/// [`GENERATION`] pairs each (about 250 bytes a pair, so under 5 MB).
 mod cache {
+    use crate::cache::Generations;
     use crate::crypto::KeyPair;
     use flow_runtime::PublicKey;
-    use std::collections::HashMap;
-    use std::sync::{LazyLock, Mutex, MutexGuard};
+    use std::sync::LazyLock;
 
     /// Pairs per generation.
     #[cfg(not(test))]
@@ -98,30 +95,8 @@ mod cache {
     #[cfg(test)]
     pub(super) const GENERATION: usize = 64;
 
-    #[derive(Default)]
-    struct Generations {
-        current: HashMap<PublicKey, KeyPair>,
-        previous: HashMap<PublicKey, KeyPair>,
-    }
-
-    impl Generations {
-        fn insert(&mut self, key: PublicKey, pair: KeyPair) {
-            if self.current.len() >= GENERATION && !self.current.contains_key(&key) {
-                self.previous = std::mem::take(&mut self.current);
-            }
-            self.current.insert(key, pair);
-        }
-    }
-
-    static CACHE: LazyLock<Mutex<Generations>> = LazyLock::new(Mutex::default);
-
-    fn lock() -> MutexGuard<'static, Generations> {
-        // A panic while holding the lock cannot leave a half-written pair
-        // (HashMap inserts are whole), so a poisoned cache is still sound.
-        CACHE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+    static CACHE: LazyLock<Generations<PublicKey, KeyPair>> =
+        LazyLock::new(|| Generations::new(GENERATION));
 
     /// Equality of two secrets without an early exit on the first
     /// differing byte.
@@ -131,28 +106,18 @@ mod cache {
 
     /// The cached pair of `key`, if there is one and its seed is `seed`.
     pub(super) fn get(key: &PublicKey, seed: &[u8; 32]) -> Option<KeyPair> {
-        let mut cache = lock();
-        if let Some(pair) = cache.current.get(key) {
-            return same_secret(&pair.seed(), seed).then(|| pair.clone());
-        }
-        let pair = cache.previous.remove(key)?;
-        if !same_secret(&pair.seed(), seed) {
-            return None;
-        }
-        cache.insert(*key, pair.clone());
-        Some(pair)
+        CACHE.get_if(key, |pair| same_secret(&pair.seed(), seed))
     }
 
     /// Caches `pair` (already derived: its public key matches its seed).
     pub(super) fn insert(pair: &KeyPair) {
-        lock().insert(pair.public(), pair.clone());
+        CACHE.insert(pair.public(), pair.clone());
     }
 
     /// Pairs held, both generations.
     #[cfg(test)]
     pub(super) fn len() -> usize {
-        let cache = lock();
-        cache.current.len() + cache.previous.len()
+        CACHE.len()
     }
 }
 

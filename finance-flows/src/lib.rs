@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod cache;
 pub mod crypto;
 pub mod demo;
 pub mod flows;
