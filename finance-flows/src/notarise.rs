@@ -81,7 +81,7 @@ pub fn notarise(
 ) -> Result<TxSignature, NotaryError> {
     let id = stx.id();
     precheck(notary, stx, now)?;
-    stx.verify_except(&[*notary.key()], vault::resolver(store))?;
+    stx.verify_as(id, &[*notary.key()], &[], vault::resolver(store))?;
     for input in &stx.tx.inputs {
         if let Some(bytes) = store.get(LedgerTable::NotaryCommits, &input.to_key())? {
             let consumed_by: SecureHash = decode(LedgerTable::NotaryCommits, &bytes)?;
@@ -101,7 +101,7 @@ pub fn notarise(
     let sig = keys::sign(store, notary.key(), &id.0)?;
     // Kept (with its signature) so that spends of its outputs verify
     // without asking the requester for it.
-    vault::record_dependency(store, &stx.clone().with_signature(sig.clone()))?;
+    vault::record_dependency_as(store, &stx.clone().with_signature(sig.clone()), &id)?;
     Ok(sig)
 }
 

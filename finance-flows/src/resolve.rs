@@ -216,12 +216,14 @@ impl Resolution {
                 verified: &verified,
                 vault: vault::resolver(store),
             };
-            stx.verify(lookup)
+            // Every id in `downloaded` was computed from its transaction
+            // when it came (`supply`, `accept`).
+            stx.verify_as(*id, &[], &[], lookup)
                 .map_err(|error| ResolveError::Invalid { tx: *id, error })?;
             verified.insert(*id, stx);
         }
         for id in &order {
-            vault::record_dependency(store, &self.downloaded[id])?;
+            vault::record_dependency_as(store, &self.downloaded[id], id)?;
         }
         Ok(order.len())
     }

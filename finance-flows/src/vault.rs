@@ -170,7 +170,19 @@ fn consume(store: &mut dyn LedgerDb, input: &StateRef) -> Result<(), LedgerDbErr
 /// The caller must have verified `stx` (signatures and contracts, its
 /// dependencies recorded first): the vault trusts what it records.
 pub fn record(store: &mut dyn LedgerDb, stx: &SignedTransaction) -> Result<bool, LedgerDbError> {
-    let id = stx.id();
+    record_as(store, stx, &stx.id())
+}
+
+/// [`record`] for a caller that has just computed `id`, the transaction's
+/// id, from `stx` itself (typically while verifying it: see
+/// [`SignedTransaction::verify_signatures_of`]), so it is not hashed again.
+pub(crate) fn record_as(
+    store: &mut dyn LedgerDb,
+    stx: &SignedTransaction,
+    id: &SecureHash,
+) -> Result<bool, LedgerDbError> {
+    debug_assert_eq!(*id, stx.id(), "the id passed is not the transaction's");
+    let id = *id;
     if store.get(LedgerTable::Transactions, &id.0)?.is_some() {
         return Ok(false);
     }
@@ -205,10 +217,20 @@ pub fn record_dependency(
     store: &mut dyn LedgerDb,
     stx: &SignedTransaction,
 ) -> Result<(), LedgerDbError> {
-    let id = stx.id();
+    record_dependency_as(store, stx, &stx.id())
+}
+
+/// [`record_dependency`] for a caller that has just computed `id`, the
+/// transaction's id, from `stx` itself (see [`record_as`]).
+pub(crate) fn record_dependency_as(
+    store: &mut dyn LedgerDb,
+    stx: &SignedTransaction,
+    id: &SecureHash,
+) -> Result<(), LedgerDbError> {
+    debug_assert_eq!(*id, stx.id(), "the id passed is not the transaction's");
     if store.get(LedgerTable::Transactions, &id.0)?.is_none() {
         store.put(LedgerTable::Transactions, &id.0, &encode(stx)?)?;
-        record_outputs(store, stx, &id)?;
+        record_outputs(store, stx, id)?;
     }
     Ok(())
 }

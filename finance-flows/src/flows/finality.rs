@@ -117,10 +117,14 @@ pub async fn receive_finality(
     ctx.set_progress("Recording the final transaction");
     let db = ledger_db(ctx)?;
     // The received id was checked against `expected` above, so signatures
-    // verified over `expected` hold for it.
-    let known: &[TxSignature] = if expected.is_some() { &verified } else { &[] };
-    stx.verify_knowing(known, vault::resolver(db))
+    // verified over `expected` hold for it, and it is the id (not hashed
+    // again).
+    let (id, known): (SecureHash, &[TxSignature]) = match expected {
+        Some(id) => (id, &verified),
+        None => (stx.id(), &[]),
+    };
+    stx.verify_as(id, &[], known, vault::resolver(db))
         .map_err(fail)?;
-    vault::record(db, &stx).map_err(fail)?;
+    vault::record_as(db, &stx, &id).map_err(fail)?;
     Ok(stx)
 }

@@ -212,13 +212,28 @@ impl SignedTransaction {
         allowed_missing: &[PublicKey],
         known: &[TxSignature],
     ) -> Result<(), VerifyError> {
-        let id = self.id();
-        self.check_signers_except(&id, allowed_missing)?;
+        self.verify_signatures_of(&self.id(), allowed_missing, known)
+    }
+
+    /// [`verify_signatures_knowing`](Self::verify_signatures_knowing) for a
+    /// caller that has just computed `id`, this transaction's
+    /// [`id`](Self::id), from this very value: a transaction id costs an
+    /// encoding and a SHA-256 pass, and a trade's steps need the same id
+    /// several times. Crate-internal, so that no caller can pass an id it
+    /// was merely told.
+    pub(crate) fn verify_signatures_of(
+        &self,
+        id: &SecureHash,
+        allowed_missing: &[PublicKey],
+        known: &[TxSignature],
+    ) -> Result<(), VerifyError> {
+        debug_assert_eq!(*id, self.id(), "the id passed is not the transaction's");
+        self.check_signers_except(id, allowed_missing)?;
         for sig in &self.sigs {
             if !known.contains(sig) && !sig.is_valid_for(&id.0) {
                 return Err(VerifyError::InvalidSignature {
                     key: sig.by,
-                    tx: id,
+                    tx: *id,
                 });
             }
         }

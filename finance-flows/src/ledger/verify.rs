@@ -108,10 +108,19 @@ impl WireTransaction {
     /// Resolves the inputs through `lookup`. Every input's transaction must
     /// have the same notary as this one (a notary can only prevent double
     /// spends of states it guards).
-    pub fn to_ledger(
+    pub fn to_ledger(&self, lookup: impl InputResolver) -> Result<LedgerTransaction, VerifyError> {
+        self.to_ledger_as(self.id(), lookup)
+    }
+
+    /// [`to_ledger`](Self::to_ledger) for a caller that has just computed
+    /// `id`, this transaction's id, from this very value (see
+    /// [`SignedTransaction::verify_signatures_of`]).
+    pub(crate) fn to_ledger_as(
         &self,
+        id: SecureHash,
         mut lookup: impl InputResolver,
     ) -> Result<LedgerTransaction, VerifyError> {
+        debug_assert_eq!(id, self.id(), "the id passed is not the transaction's");
         let mut inputs = Vec::with_capacity(self.inputs.len());
         for input in &self.inputs {
             let (state, producer_notary) = lookup
@@ -130,7 +139,7 @@ impl WireTransaction {
             });
         }
         Ok(LedgerTransaction {
-            id: self.id(),
+            id,
             inputs,
             outputs: self.outputs.clone(),
             commands: self.commands.clone(),
@@ -155,8 +164,28 @@ impl SignedTransaction {
         allowed_missing: &[PublicKey],
         lookup: impl InputResolver,
     ) -> Result<LedgerTransaction, VerifyError> {
-        self.verify_signatures_except(allowed_missing)?;
-        let ltx = self.tx.to_ledger(lookup)?;
+        self.verify_as(self.id(), allowed_missing, &[], lookup)
+    }
+
+    /// Full verification of this transaction, whose id the caller has just
+    /// computed from this very value (see
+    /// [`verify_signatures_of`](Self::verify_signatures_of)): the
+    /// signatures but those of `allowed_missing` present and valid (those
+    /// in `known` not checked again, see
+    /// [`verify_signatures_knowing`](Self::verify_signatures_knowing)), the
+    /// inputs resolved through `lookup`, the contracts satisfied. What every
+    /// `verify*` method but
+    /// [`verify_trusting_signatures`](Self::verify_trusting_signatures)
+    /// does.
+    pub(crate) fn verify_as(
+        &self,
+        id: SecureHash,
+        allowed_missing: &[PublicKey],
+        known: &[crate::crypto::TxSignature],
+        lookup: impl InputResolver,
+    ) -> Result<LedgerTransaction, VerifyError> {
+        self.verify_signatures_of(&id, allowed_missing, known)?;
+        let ltx = self.tx.to_ledger_as(id, lookup)?;
         contracts::verify(&ltx)?;
         Ok(ltx)
     }
@@ -170,10 +199,7 @@ impl SignedTransaction {
         known: &[crate::crypto::TxSignature],
         lookup: impl InputResolver,
     ) -> Result<LedgerTransaction, VerifyError> {
-        self.verify_signatures_knowing(&[], known)?;
-        let ltx = self.tx.to_ledger(lookup)?;
-        contracts::verify(&ltx)?;
-        Ok(ltx)
+        self.verify_as(self.id(), &[], known, lookup)
     }
 
     /// As [`verify_except`](Self::verify_except) but without checking the
