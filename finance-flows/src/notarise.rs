@@ -145,9 +145,11 @@ fn holds_key(notary: &PublicKey, tx: &SecureHash) -> Vec<u8> {
 /// (by key) is not known to hold, to send with the request so that the
 /// notary need not ask for them (a round trip). The notary is known to
 /// hold what it signed (it keeps what it notarises) and what this node
-/// supplied with a request it signed ([`remember_supplied`]). A guess
-/// either way costs only time: the notary verifies what it is sent, ignores
-/// what it holds, and asks for whatever is still missing.
+/// has already sent it with a request ([`remember_supplied`], in the step
+/// that sends it). A guess either way costs only time: the notary verifies
+/// what it is sent, ignores what it holds, and asks for whatever is still
+/// missing (a request it refused before resolving its history left that
+/// history unrecorded, and the next spend from it is then fetched).
 pub fn history_to_supply(
     store: &dyn LedgerDb,
     notary: &PublicKey,
@@ -173,7 +175,7 @@ pub fn history_to_supply(
     Ok(supply)
 }
 
-/// The ids among `supplied` worth remembering once the notary has signed
+/// The ids among `supplied` worth remembering as sent to the notary with
 /// `stx`: those with outputs `stx` does not consume (later spends may
 /// need them; a transaction whose outputs are all spent never will).
 pub fn worth_remembering(
@@ -190,7 +192,8 @@ pub fn worth_remembering(
         .collect()
 }
 
-/// Records that `notary` holds `ids` (supplied with a request it signed).
+/// Records that `notary` holds `ids` (sent to it with a request, in the
+/// step that sends it).
 pub fn remember_supplied(
     store: &mut dyn LedgerDb,
     notary: &PublicKey,

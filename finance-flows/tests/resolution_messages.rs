@@ -8,15 +8,19 @@
 mod common;
 
 use common::*;
-use finance_flows::crypto::SecureHash;
+use finance_flows::crypto::{SecureHash, TxSignature};
 use finance_flows::flows::finality::{finality, receive_finality};
 use finance_flows::flows::identity::{ledger_identity, trust_issuers};
 use finance_flows::flows::issue::issue_cash;
+use finance_flows::flows::notarise::notarise;
 use finance_flows::flows::resolve::{Ending, dependencies};
 use finance_flows::flows::trade::{buy, sell};
 use finance_flows::flows::{Notary, fail, ledger_db};
-use finance_flows::ledger::{AssetKind, SignedTransaction, StateRef, TransactionBuilder};
+use finance_flows::ledger::{
+    AssetKind, SignedTransaction, StateRef, TimeWindow, TransactionBuilder,
+};
 use finance_flows::{keys, vault};
+use flow_runtime::Timestamp;
 use flow_runtime::prelude::*;
 use flow_runtime::testing::NodeId;
 
@@ -222,4 +226,66 @@ fn finality_serves_a_receiver_that_fetches_with_either_ending() {
     // of the session does not come first, so the payer sends its own end
     // too (and gets its ack).
     assert_eq!(done, deferred + 4, "deferred {deferred}, done {done}");
+}
+
+/// Asks the notary to sign a payment of `PRICE` from this node's cash
+/// that it must refuse before looking at the payment's history: its time
+/// window opens long after the notary's clock. Returns the refusal.
+#[flow]
+async fn notarise_too_early(ctx: &mut FlowContext, notary: Notary) -> Result<String, FlowError> {
+    let stx: SignedTransaction = {
+        let db = ledger_db(ctx)?;
+        let coins = vault::select_coins(db, usd(PRICE), 78).map_err(fail)?;
+        let to = keys::fresh_key(db).map_err(fail)?;
+        let mut builder = TransactionBuilder::new(notary.party.clone());
+        let signers = builder
+            .add_cash_payment(&coins, usd(PRICE), to, to)
+            .map_err(fail)?;
+        builder.set_time_window(TimeWindow {
+            from: Some(Timestamp(u64::MAX / 2)),
+            until: None,
+        });
+        let tx = builder.to_wire();
+        let id = tx.id();
+        let mut stx = SignedTransaction::new(tx);
+        for key in signers {
+            stx.add_signature(keys::sign(db, &key, &id.0).map_err(fail)?);
+        }
+        stx
+    };
+    let notary_node: Party = notary.node;
+    let outcome: Result<TxSignature, FlowError> = ctx.sub_flow(notarise(notary_node, stx)).await;
+    vault::release_locks(ledger_db(ctx)?, 78).map_err(fail)?;
+    match outcome {
+        Ok(_) => Err(FlowError::new(
+            "the notary signed a transaction outside its time window",
+        )),
+        Err(e) => Ok(e.message().to_owned()),
+    }
+}
+
+#[test]
+fn history_sent_to_a_notary_is_not_sent_again_and_is_fetched_if_it_was_not_kept() {
+    let mut w = World::new(24, PRICE, true);
+    let n = w.notary.clone();
+    let cash = run(&mut w.net, w.buyer, issue_cash(usd(COIN), COINS, n))
+        .unwrap()
+        .id();
+    let paper = w.issue_paper_to_seller();
+    // The buyer sends the cash issuance with this request and remembers
+    // that it did, in the step that sends it; the notary refuses the
+    // request before resolving anything, so it does not keep the issuance.
+    let notary = w.notary.clone();
+    let refusal = run(&mut w.net, w.buyer, notarise_too_early(notary)).unwrap();
+    assert!(refusal.contains("time window"), "{refusal}");
+    let notary_node = w.notary_node;
+    assert_eq!(node_holds(&mut w, notary_node, vec![cash]), vec![false]);
+    // The trade's request therefore goes without it (remembered as sent),
+    // and the notary fetches it from the buyer: one fetch more than a
+    // first trade whose request carries it.
+    let (fin, frames) = trade_alone(&mut w, paper);
+    assert_eq!(frames, STEADY_STATE_FRAMES + 2 * ONE_FETCH_FRAMES);
+    assert_eq!(node_holds(&mut w, notary_node, vec![cash]), vec![true]);
+    assert!(dependencies(&fin).contains(&cash));
+    w.reconcile(1, 1, PRICE);
 }

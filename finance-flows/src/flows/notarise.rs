@@ -61,9 +61,17 @@ pub async fn notarise(
     let id: SecureHash = stx.id();
     // The notary may fetch the transaction's history, and only that.
     let mut vending: Vending = Vending::of_dependencies(&stx);
+    let db = ledger_db(ctx)?;
     let history: Vec<SignedTransaction> =
-        notary::history_to_supply(ledger_db(ctx)?, &notary_key, &stx).map_err(fail)?;
-    let remember: Vec<SecureHash> = notary::worth_remembering(&stx, &history);
+        notary::history_to_supply(db, &notary_key, &stx).map_err(fail)?;
+    // Remembered as it is sent, in the step that sends it (the two commit
+    // together), not once the notary has signed: a thousand trades paying
+    // from one issuance each sent it while the first one's answer was
+    // still on its way. Should the notary not keep it after all (it
+    // refused the request before resolving it), it fetches it from a
+    // later request's requester, as any history it lacks.
+    let remember = notary::worth_remembering(&stx, &history);
+    notary::remember_supplied(db, &notary_key, &remember).map_err(fail)?;
     session.send(&NotaryRequest {
         transaction: stx,
         history,
@@ -75,10 +83,7 @@ pub async fn notarise(
         }
     };
     match reply.decode::<NotaryResponse>()? {
-        NotaryResponse::Signed(sig) if sig.by == notary_key && sig.is_valid_for(&id.0) => {
-            notary::remember_supplied(ledger_db(ctx)?, &notary_key, &remember).map_err(fail)?;
-            Ok(sig)
-        }
+        NotaryResponse::Signed(sig) if sig.by == notary_key && sig.is_valid_for(&id.0) => Ok(sig),
         NotaryResponse::Signed(_) => Err(FlowError::new(
             "the notary's signature is invalid or not by the transaction's notary",
         )),
