@@ -5,7 +5,7 @@
 //! enter the child's `Start`, transitions out of it leave the child's
 //! `Done`, clipped at the box (`compound=true` with `lhead`/`ltail`).
 
-use super::{State, StateGraph, StateKind};
+use super::{State, StateGraph, StateKind, escape_chars};
 use std::fmt::Write;
 
 /// The fill of a highlighted state.
@@ -165,43 +165,35 @@ fn quote(text: &str) -> String {
 
 /// Escapes text inside a DOT quoted string.
 fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' | '\r' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
+    escape_chars(
+        text,
+        &[('"', "\\\""), ('\\', "\\\\"), ('\n', " "), ('\r', " ")],
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::graph::fixtures::PARENT;
+    use crate::graph::fixtures::{PARENT, assert_has_lines};
 
     #[test]
     fn states_transitions_and_the_sub_flow_cluster() {
         let text = PARENT.to_dot(None);
         assert!(text.starts_with("digraph \"buy\" {\n"), "{text}");
         assert!(text.ends_with("}\n"), "{text}");
-        for line in [
-            "    \"Start\" [label=\"Start\\npeer: Party\\llimit: Option<u64>\\l\", peripheries=2];",
-            "    \"AwaitOffer\" [label=\"AwaitOffer\\nsession: FlowSession\\l\"];",
-            "    \"AwaitOffer\" -> \"AwaitOffer\" [label=\"if offer > \\\"limit\\\"\\nawait session.receive::<u64>()\"];",
-            "    subgraph \"cluster_SubFlowResolve\" {",
-            "        label=\"SubFlowResolve (sub-flow resolve)\";",
-            "        \"SubFlowResolve/AwaitTxs\" [label=\"AwaitTxs\"];",
-            "        \"SubFlowResolve/Start\" -> \"SubFlowResolve/AwaitTxs\" [label=\"await session.receive::<Vec<Tx>>()\"];",
-            "    \"AwaitOffer\" -> \"SubFlowResolve/Start\" [label=\"else of if offer > \\\"limit\\\"\\nawait ctx.sub_flow(resolve(session))\", lhead=\"cluster_SubFlowResolve\"];",
-            "    \"SubFlowResolve/Done\" -> \"Done\" [ltail=\"cluster_SubFlowResolve\"];",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "no line {line:?} in\n{text}"
-            );
-        }
+        assert_has_lines(
+            &text,
+            &[
+                "    \"Start\" [label=\"Start\\npeer: Party\\llimit: Option<u64>\\l\", peripheries=2];",
+                "    \"AwaitOffer\" [label=\"AwaitOffer\\nsession: FlowSession\\l\"];",
+                "    \"AwaitOffer\" -> \"AwaitOffer\" [label=\"if offer > \\\"limit\\\"\\nawait session.receive::<u64>()\"];",
+                "    subgraph \"cluster_SubFlowResolve\" {",
+                "        label=\"SubFlowResolve (sub-flow resolve)\";",
+                "        \"SubFlowResolve/AwaitTxs\" [label=\"AwaitTxs\"];",
+                "        \"SubFlowResolve/Start\" -> \"SubFlowResolve/AwaitTxs\" [label=\"await session.receive::<Vec<Tx>>()\"];",
+                "    \"AwaitOffer\" -> \"SubFlowResolve/Start\" [label=\"else of if offer > \\\"limit\\\"\\nawait ctx.sub_flow(resolve(session))\", lhead=\"cluster_SubFlowResolve\"];",
+                "    \"SubFlowResolve/Done\" -> \"Done\" [ltail=\"cluster_SubFlowResolve\"];",
+            ],
+        );
         assert!(!text.contains("penwidth=3"), "nothing highlighted:\n{text}");
     }
 

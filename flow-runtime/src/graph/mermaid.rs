@@ -7,7 +7,7 @@
 //! types such as `Vec<u8>` would otherwise be read as HTML. The lines of a
 //! transition's label are joined with `<br>`.
 
-use super::{StateGraph, StateKind};
+use super::{StateGraph, StateKind, escape_chars};
 use std::fmt::Write;
 
 impl StateGraph {
@@ -85,51 +85,48 @@ fn write_body(out: &mut String, graph: &StateGraph, prefix: &str, depth: usize) 
 /// Mermaid's grammar or its HTML labels would read (a description ends at
 /// `:` or `;`), and no line breaks.
 fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("#60;"),
-            '>' => out.push_str("#62;"),
-            '#' => out.push_str("#35;"),
-            '&' => out.push_str("#38;"),
-            '"' => out.push_str("#34;"),
-            ';' => out.push_str("#59;"),
-            ':' => out.push_str("#58;"),
-            '{' => out.push_str("#123;"),
-            '}' => out.push_str("#125;"),
-            '\n' | '\r' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
+    escape_chars(
+        text,
+        &[
+            ('<', "#60;"),
+            ('>', "#62;"),
+            ('#', "#35;"),
+            ('&', "#38;"),
+            ('"', "#34;"),
+            (';', "#59;"),
+            (':', "#58;"),
+            ('{', "#123;"),
+            ('}', "#125;"),
+            ('\n', " "),
+            ('\r', " "),
+        ],
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::graph::fixtures::PARENT;
+    use crate::graph::fixtures::{PARENT, assert_has_lines};
 
     #[test]
     fn states_transitions_and_the_sub_flow_box() {
         let text = PARENT.to_mermaid(None);
         assert!(text.starts_with("stateDiagram-v2\n"), "{text}");
-        for line in [
-            "    Start : peer#58; Party",
-            "    Start : limit#58; Option#60;u64#62;",
-            "    [*] --> Start",
-            "    Done --> [*]",
-            "    Start --> AwaitOffer : await session.receive#58;#58;#60;u64#62;()",
-            "    AwaitOffer --> AwaitOffer : if offer #62; #34;limit#34;<br>await session.receive#58;#58;#60;u64#62;()",
-            "    state \"SubFlowResolve\" as SubFlowResolve {",
-            "        state \"AwaitTxs\" as SubFlowResolve__AwaitTxs",
-            "        [*] --> SubFlowResolve__Start",
-            "        SubFlowResolve__AwaitTxs --> SubFlowResolve__Done",
-            "    SubFlowResolve --> Done",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "no line {line:?} in\n{text}"
-            );
-        }
+        assert_has_lines(
+            &text,
+            &[
+                "    Start : peer#58; Party",
+                "    Start : limit#58; Option#60;u64#62;",
+                "    [*] --> Start",
+                "    Done --> [*]",
+                "    Start --> AwaitOffer : await session.receive#58;#58;#60;u64#62;()",
+                "    AwaitOffer --> AwaitOffer : if offer #62; #34;limit#34;<br>await session.receive#58;#58;#60;u64#62;()",
+                "    state \"SubFlowResolve\" as SubFlowResolve {",
+                "        state \"AwaitTxs\" as SubFlowResolve__AwaitTxs",
+                "        [*] --> SubFlowResolve__Start",
+                "        SubFlowResolve__AwaitTxs --> SubFlowResolve__Done",
+                "    SubFlowResolve --> Done",
+            ],
+        );
         assert!(!text.contains("class "), "nothing highlighted:\n{text}");
     }
 

@@ -221,6 +221,19 @@ impl StateGraph {
     }
 }
 
+/// `text` with each character listed in `table` replaced by its
+/// replacement (the drawing formats' escapes differ only in their tables).
+pub(crate) fn escape_chars(text: &str, table: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match table.iter().find(|(from, _)| *from == c) {
+            Some((_, to)) => out.push_str(to),
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// The JSON shape of a graph: each state with its fields spelled out.
 #[derive(Serialize)]
 struct GraphView<'a> {
@@ -273,6 +286,16 @@ pub(crate) mod fixtures {
     //! Hand-built graphs for the drawing tests (the macro's own output is
     //! tested in the workspace's `tests` crate).
     use super::*;
+
+    /// Fails unless each of `lines` is a whole line of `text`.
+    pub(crate) fn assert_has_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "no line {line:?} in\n{text}"
+            );
+        }
+    }
 
     const CHILD: StateGraph = StateGraph {
         flow: "demo::resolve",
