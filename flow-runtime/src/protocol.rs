@@ -156,6 +156,12 @@ mod v1 {
         message: WireMessage,
     }
 
+    /// Lists the same fields as the current [`super::WireMessage`] on
+    /// purpose, and must not be merged with it or derived from it: this
+    /// copy pins version 1's format, which is frozen (nodes of version 1
+    /// and outboxes written before an upgrade still send it), while the
+    /// current type changes with each wire version. A field added to the
+    /// current message is never added here.
     #[derive(Deserialize)]
     enum WireMessage {
         Session {
@@ -171,6 +177,7 @@ mod v1 {
         },
     }
 
+    /// Version 1's `Body`, frozen like [`WireMessage`] above.
     #[derive(Deserialize)]
     enum Body {
         Init {
