@@ -21,6 +21,16 @@ fn server() -> Option<&'static TestPostgres> {
     server
 }
 
+/// A control connection to `conn` set up for `partitions`, and the lease
+/// `worker` claimed first on it (the first free partition).
+fn claimed(conn: &str, partitions: u32, worker: &str) -> (Control, Lease) {
+    let mut control = Control::connect(conn, partitions).unwrap();
+    let lease = lease::claim(&mut control.client, worker, TTL)
+        .unwrap()
+        .expect("a fresh schema has a free partition");
+    (control, lease)
+}
+
 fn fenced_store(control: &Control, lease: Lease) -> PostgresStore {
     PostgresStore::open_with(
         control.partition_config(lease.partition),
@@ -98,10 +108,7 @@ fn each_partition_is_claimed_once_and_tokens_grow() {
 fn a_worker_whose_lease_expired_or_was_taken_over_cannot_commit() {
     let Some(server) = server() else { return };
     let conn = server.fresh_schema();
-    let mut control = Control::connect(&conn, 1).unwrap();
-    let first = lease::claim(&mut control.client, "old", TTL)
-        .unwrap()
-        .unwrap();
+    let (mut control, first) = claimed(&conn, 1, "old");
     let old = fenced_store(&control, first);
     put(&old, b"while-held").unwrap();
 
@@ -144,10 +151,7 @@ fn a_worker_whose_lease_expired_or_was_taken_over_cannot_commit() {
 fn fencing_covers_every_kind_of_write() {
     let Some(server) = server() else { return };
     let conn = server.fresh_schema();
-    let mut control = Control::connect(&conn, 1).unwrap();
-    let l = lease::claim(&mut control.client, "w", TTL)
-        .unwrap()
-        .unwrap();
+    let (mut control, l) = claimed(&conn, 1, "w");
     let store = fenced_store(&control, l);
     put(&store, b"k").unwrap();
     expire(&mut control, 0);
@@ -233,10 +237,7 @@ fn bytes(frames: &[&[u8]]) -> Vec<Vec<u8>> {
 fn an_inbox_row_is_deleted_by_the_commit_after_its_frame_was_taken_and_by_no_other() {
     let Some(server) = server() else { return };
     let conn = server.fresh_schema();
-    let mut control = Control::connect(&conn, 2).unwrap();
-    let first = lease::claim(&mut control.client, "w1", TTL)
-        .unwrap()
-        .unwrap();
+    let (mut control, first) = claimed(&conn, 2, "w1");
     assert_eq!(first.partition, 0);
     queue_frames(&mut control, 0, &[b"f1", b"f2", b"f3", b"f4", b"f5"]);
     queue_frames(&mut control, 1, &[b"other"]);
@@ -292,10 +293,7 @@ fn an_inbox_row_is_deleted_by_the_commit_after_its_frame_was_taken_and_by_no_oth
 fn a_full_partition_queue_keeps_its_rows_for_the_next_read_in_order() {
     let Some(server) = server() else { return };
     let conn = server.fresh_schema();
-    let mut control = Control::connect(&conn, 1).unwrap();
-    let l = lease::claim(&mut control.client, "w", TTL)
-        .unwrap()
-        .unwrap();
+    let (mut control, l) = claimed(&conn, 1, "w");
     queue_frames(&mut control, 0, &[b"a", b"b", b"c", b"d", b"e"]);
     let (ledger, mut incoming) = InboxLedger::with_capacity(2);
     let routes = route_to(0, &ledger);
