@@ -19,7 +19,7 @@ use flow_runtime::testing::ping_pong::{ping, pong};
 use flow_runtime::transport::Transport;
 use flow_runtime::transport::incoming::FRAME_OVERHEAD;
 use flow_runtime::transport::{IncomingLimits, MemoryNetwork, MemoryTransport};
-use flow_runtime::{NodeConfig, NodeCore, Payload, Timestamp};
+use flow_runtime::{NodeConfig, NodeCore, Payload, ResponderFn, Timestamp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -400,6 +400,31 @@ pub async fn blob_sink(ctx: &mut FlowContext, session: FlowSession) -> Result<()
 
 const BLOB: usize = 256 * 1024;
 
+/// Alice's node core on a fresh database in `dir`, answering `blob_source`
+/// initiations with `responder`: the node the tests below attack, playing
+/// Mallory. Its store comes too, for the tests that count what it holds.
+fn attacked_core<H: ResponderFn>(
+    dir: &Path,
+    responder: H,
+    config: NodeConfig,
+) -> (NodeCore, Arc<dyn Store>) {
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&dir.join("alice.redb"), RedbOptions::default()).unwrap());
+    let mut registry = Registry::new();
+    registry.register_responder::<blob_source::Flow, _>(responder);
+    let core = NodeCore::open(
+        party("Alice", 1),
+        store.clone(),
+        registry,
+        Box::new(OsIds),
+        Box::new(OsIds),
+        config,
+        Timestamp(0),
+    )
+    .unwrap();
+    (core, store)
+}
+
 /// Sequence numbers `Ack`ed in a delivery's output.
 fn acked(frames: &[(PublicKey, Vec<u8>)]) -> Vec<u64> {
     frames
@@ -431,21 +456,8 @@ fn blob_frame(session: u64, seq: u64) -> Vec<u8> {
 #[test]
 fn a_peer_holding_back_one_sequence_number_cannot_make_a_session_hold_much() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&dir.path().join("alice.redb"), RedbOptions::default()).unwrap());
     let mallory = party("Mallory", 9);
-    let mut registry = Registry::new();
-    registry.register_responder::<blob_source::Flow, _>(blob_sink);
-    let mut core = NodeCore::open(
-        party("Alice", 1),
-        store,
-        registry,
-        Box::new(OsIds),
-        Box::new(OsIds),
-        NodeConfig::default(),
-        Timestamp(0),
-    )
-    .unwrap();
+    let (mut core, _) = attacked_core(dir.path(), blob_sink, NodeConfig::default());
     let session = 0xb10b;
     let init = WireMessage::Session {
         session,
@@ -526,21 +538,6 @@ fn a_peer_holding_back_one_sequence_number_cannot_make_a_session_hold_much() {
 
 // ------------------------------------------------- responders per peer
 
-fn open_core(dir: &Path, registry: Registry, config: NodeConfig) -> NodeCore {
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&dir.join("alice.redb"), RedbOptions::default()).unwrap());
-    NodeCore::open(
-        party("Alice", 1),
-        store,
-        registry,
-        Box::new(OsIds),
-        Box::new(OsIds),
-        config,
-        Timestamp(0),
-    )
-    .unwrap()
-}
-
 fn blob_init(session: u64, initiator: &Party) -> Vec<u8> {
     init_frame(session, initiator, Some(1))
 }
@@ -566,13 +563,11 @@ fn a_peer_cannot_start_more_responder_flows_than_its_bound() {
     let dir = tempfile::tempdir().unwrap();
     let mallory = party("Mallory", 9);
     let carol = party("Carol", 3);
-    let mut registry = Registry::new();
-    registry.register_responder::<blob_source::Flow, _>(blob_sink);
     let config = NodeConfig {
         max_responders_per_peer: 3,
         ..NodeConfig::default()
     };
-    let mut core = open_core(dir.path(), registry, config.clone());
+    let (mut core, _) = attacked_core(dir.path(), blob_sink, config.clone());
 
     let frames = (1..=5u64)
         .map(|s| (*mallory.key(), blob_init(s, &mallory)))
@@ -622,9 +617,7 @@ fn a_peer_cannot_start_more_responder_flows_than_its_bound() {
 
     // The count survives a restart: still at the bound.
     drop(core);
-    let mut registry = Registry::new();
-    registry.register_responder::<blob_source::Flow, _>(blob_sink);
-    let mut core = open_core(dir.path(), registry, config);
+    let (mut core, _) = attacked_core(dir.path(), blob_sink, config);
     let out = core
         .deliver(Timestamp(5), vec![(*mallory.key(), blob_init(5, &mallory))])
         .unwrap();
@@ -650,13 +643,11 @@ fn deferred_initiations_are_counted_and_warned_once_per_peer_per_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mallory = party("Mallory", 9);
     let carol = party("Carol", 3);
-    let mut registry = Registry::new();
-    registry.register_responder::<blob_source::Flow, _>(blob_sink);
     let config = NodeConfig {
         max_responders_per_peer: 3,
         ..NodeConfig::default()
     };
-    let mut core = open_core(dir.path(), registry, config);
+    let (mut core, _) = attacked_core(dir.path(), blob_sink, config);
     let metrics = NodeMetrics::new();
     core.set_metrics(metrics.core());
     let counted = || {
@@ -807,26 +798,13 @@ const RETENTION_MS: u64 = 10_000;
 #[test]
 fn a_peer_cannot_grow_the_database_by_starting_and_ending_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&dir.path().join("alice.redb"), RedbOptions::default()).unwrap());
     let mallory = party("Mallory", 9);
-    let mut registry = Registry::new();
-    registry.register_responder::<blob_source::Flow, _>(hang_up);
     let config = NodeConfig {
         session_retention: Duration::from_millis(RETENTION_MS),
         max_responders_per_peer: 1000,
         ..NodeConfig::default()
     };
-    let mut core = NodeCore::open(
-        party("Alice", 1),
-        store.clone(),
-        registry,
-        Box::new(OsIds),
-        Box::new(OsIds),
-        config,
-        Timestamp(0),
-    )
-    .unwrap();
+    let (mut core, store) = attacked_core(dir.path(), hang_up, config);
     let tombstones = || store.len(&Table::TOMBSTONES).unwrap();
 
     let started = 1_000u64;
@@ -882,13 +860,11 @@ fn a_peer_cannot_grow_the_database_by_starting_and_ending_sessions() {
 fn initiations_too_old_too_new_or_undated_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mallory = party("Mallory", 9);
-    let mut registry = Registry::new();
-    registry.register_responder::<blob_source::Flow, _>(hang_up);
     let config = NodeConfig {
         session_retention: Duration::from_millis(RETENTION_MS),
         ..NodeConfig::default()
     };
-    let mut core = open_core(dir.path(), registry, config);
+    let (mut core, _) = attacked_core(dir.path(), hang_up, config);
     let now = 100_000u64;
     for (session, created_at, says) in [
         (
