@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 use store_backends::NodeStores;
 use tcp_common::Logs;
-use tcp_common::mid_run::ping_in_flight;
+use tcp_common::mid_run::{ping_in_flight, ping_in_flight_by_client_id, reattached_ping_finishes};
 
 fn party(name: &str, byte: u8) -> Party {
     Party::new(name, PublicKey([byte; 32]))
@@ -134,34 +134,14 @@ async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle() {
 
 async fn an_initiator_restarted_mid_run_reattaches_and_awaits_the_handle_on(stores: &NodeStores) {
     let (net, a, b, alice, bob) = two_nodes(stores).await;
-    let (h, rounds, attempt) = ping_in_flight(&alice, &alice, &b, |rounds, attempt| {
-        let flow = ping(b.clone(), rounds);
-        let alice = &alice;
-        async move {
-            alice
-                .start_flow_with_client_id(&format!("trade-{attempt}"), flow)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
-    let client_id = format!("trade-{attempt}");
+    let (h, rounds, client_id) = ping_in_flight_by_client_id(&alice, &b).await;
     alice.shutdown().await.unwrap();
     // The old handle's node is gone: it says so instead of waiting.
     let err = within("stale handle", 5, h.result()).await.unwrap_err();
     assert!(err.to_string().contains("shut down"), "{err}");
 
     let alice = start(&net, &a, stores, Duration::from_millis(200)).await;
-    let again = alice
-        .reattach::<ping::Flow>(&client_id)
-        .await
-        .unwrap()
-        .expect("the flow survives the restart");
-    assert_eq!(again.run_id(), h.run_id());
-    assert_eq!(
-        within("ping", 60, again.result()).await,
-        Ok(expected_total(rounds))
-    );
+    reattached_ping_finishes(&alice, &client_id, h.run_id(), rounds).await;
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }

@@ -10,7 +10,7 @@ use flow_runtime::tcp::{NetworkMap, PeerEntry, SigningKey, TcpConfig};
 use flow_runtime::testing::ping_pong::{expected_total, ping, pong};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tcp_common::mid_run::ping_in_flight;
+use tcp_common::mid_run::{ping_in_flight, ping_in_flight_by_client_id, reattached_ping_finishes};
 
 struct Party2 {
     key: SigningKey,
@@ -156,28 +156,10 @@ async fn an_initiator_restarting_mid_run_finishes_its_flow() {
     let (mut ps, map) = parties(dir.path(), &["Alice", "Bob"]);
     let alice = start(&mut ps[0], &map).await;
     let bob = start(&mut ps[1], &map).await;
-    let bob_party = bob.party().clone();
-    let (h, rounds, attempt) = ping_in_flight(&alice, &alice, &bob_party, |rounds, attempt| {
-        let flow = ping(bob_party.clone(), rounds);
-        let alice = &alice;
-        async move {
-            alice
-                .start_flow_with_client_id(&format!("trade-{attempt}"), flow)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
+    let (h, rounds, client_id) = ping_in_flight_by_client_id(&alice, bob.party()).await;
     alice.shutdown().await.unwrap();
     let alice = start(&mut ps[0], &map).await;
-    let again = alice
-        .reattach::<ping::Flow>(&format!("trade-{attempt}"))
-        .await
-        .unwrap()
-        .expect("the flow survives the restart");
-    assert_eq!(again.run_id(), h.run_id());
-    let expected = expected_total(rounds);
-    assert_eq!(within("ping", alice.result(&again)).await, Ok(expected));
+    reattached_ping_finishes(&alice, &client_id, h.run_id(), rounds).await;
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
 }

@@ -1,11 +1,12 @@
 //! A ping that is known to be in flight, for the tests that restart a node
-//! mid-run (over TCP and over the in-memory transport).
+//! mid-run (over TCP and over the in-memory transport), and the check that
+//! an initiator restarted under it finds its flow again by client id.
 
 use flow_runtime::FlowHandle;
-use flow_runtime::Party;
 use flow_runtime::runner::Node;
 use flow_runtime::testing::ping_pong::{expected_total, ping};
 use flow_runtime::transport::Transport;
+use flow_runtime::{Party, RunId};
 use std::future::Future;
 use std::time::Duration;
 
@@ -72,4 +73,50 @@ where
         }
     }
     panic!("every ping ended before it was seen in flight (last: {rounds} rounds)");
+}
+
+/// The client id of attempt `attempt` of [`ping_in_flight_by_client_id`].
+fn client_id(attempt: u32) -> String {
+    format!("trade-{attempt}")
+}
+
+/// A ping from `alice` to `bob` in flight (as [`ping_in_flight`] makes
+/// one), started under a client id; its handle, rounds and client id.
+pub async fn ping_in_flight_by_client_id<T: Transport>(
+    alice: &Node<T>,
+    bob: &Party,
+) -> (FlowHandle<ping::Flow>, u32, String) {
+    let (h, rounds, attempt) = ping_in_flight(alice, alice, bob, |rounds, attempt| {
+        let flow = ping(bob.clone(), rounds);
+        async move {
+            alice
+                .start_flow_with_client_id(&client_id(attempt), flow)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    (h, rounds, client_id(attempt))
+}
+
+/// On a restarted `alice`, the ping started as `client_id` (run `run`, of
+/// `rounds` rounds) is found again by its client id, as the same run, and
+/// its new handle gives the ping's result.
+pub async fn reattached_ping_finishes<T: Transport>(
+    alice: &Node<T>,
+    client_id: &str,
+    run: RunId,
+    rounds: u32,
+) {
+    let again = alice
+        .reattach::<ping::Flow>(client_id)
+        .await
+        .unwrap()
+        .expect("the flow survives the restart");
+    assert_eq!(again.run_id(), run);
+    // Generous: the rest of a ping sized for a second, on a loaded machine.
+    let result = tokio::time::timeout(Duration::from_secs(60), again.result())
+        .await
+        .expect("the reattached ping did not finish within 60 s");
+    assert_eq!(result, Ok(expected_total(rounds)));
 }
