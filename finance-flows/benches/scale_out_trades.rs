@@ -42,10 +42,10 @@ mod bench {
     use finance_flows::flows::notarise::{self, notary_service};
     use finance_flows::flows::trade::{buy, sell};
     use finance_flows::ledger::{Amount, AssetKind, Currency, SignedTransaction, StateRef};
-    use flow_runtime::runner::{Config, LoadedConfig, Node, NodeBuilder, keys};
+    use flow_runtime::runner::{Config, LoadedConfig, Node, NodeBuilder};
     use flow_runtime::scale_out::{Control, Gateway, StartRequest, Worker, WorkerSettings};
-    use flow_runtime::tcp::{NetworkMap, PeerEntry, TcpTransport};
-    use flow_runtime::testing::TestPostgres;
+    use flow_runtime::tcp::TcpTransport;
+    use flow_runtime::testing::{TestPostgres, write_local_network};
     use flow_runtime::{Flow, Party, Timestamp};
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
@@ -69,40 +69,17 @@ mod bench {
     /// Keys, the network map and each node's config file in `dir`; the
     /// seller's store is `seller_store` (empty: redb).
     fn network(dir: &Path, seller_store: &str) -> BTreeMap<&'static str, PathBuf> {
-        let mut entries = Vec::new();
-        let mut configs = BTreeMap::new();
-        for name in ["Notary", "Buyer", "Seller"] {
-            let key = keys::generate_identity().expect("a key");
-            keys::write_key_file(&dir.join(format!("{name}.key")), &key).expect("key file");
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let address = format!("127.0.0.1:{port}");
-            entries.push(PeerEntry {
-                name: name.into(),
-                address: address.clone(),
-                key: keys::public_key(&key),
-            });
+        const NAMES: [&str; 3] = ["Notary", "Buyer", "Seller"];
+        let sections = |name: &str| {
             let store = if name == "Seller" { seller_store } else { "" };
-            let config = dir.join(format!("{name}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
-                     database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\
-                     [node]\nmax_responders_per_peer = {RESPONDERS}\n{store}"
-                ),
-            )
-            .expect("config file");
-            configs.insert(name, config);
-        }
-        std::fs::write(
-            dir.join("network.toml"),
-            NetworkMap::new(entries).expect("a map").to_toml_string(),
-        )
-        .expect("network map");
-        configs
+            format!("[node]\nmax_responders_per_peer = {RESPONDERS}\n{store}")
+        };
+        let nodes = write_local_network(dir, &NAMES, sections).expect("the network's files");
+        NAMES
+            .into_iter()
+            .zip(nodes)
+            .map(|(name, node)| (name, node.config))
+            .collect()
     }
 
     fn load(config: &Path) -> Result<LoadedConfig, String> {

@@ -28,10 +28,8 @@ mod node_process;
 #[cfg(unix)]
 mod bench {
     use super::node_process::NodeProcess;
-    use flow_runtime::runner::keys;
     use flow_runtime::scale_out::Control;
-    use flow_runtime::tcp::{NetworkMap, PeerEntry};
-    use flow_runtime::testing::TestPostgres;
+    use flow_runtime::testing::{TestPostgres, write_local_network};
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
@@ -46,40 +44,17 @@ mod bench {
 
     /// Alice's and Bob's configs in `dir`; Alice on `alice_store`.
     fn setup(dir: &Path, alice_store: &str) -> (PathBuf, PathBuf) {
-        let mut entries = Vec::new();
-        let mut configs = Vec::new();
-        for name in ["Alice", "Bob"] {
-            let key = keys::generate_identity().unwrap();
-            keys::write_key_file(&dir.join(format!("{name}.key")), &key).unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let address = format!("127.0.0.1:{port}");
-            entries.push(PeerEntry {
-                name: name.into(),
-                address: address.clone(),
-                key: keys::public_key(&key),
-            });
-            let store = if name == "Alice" { alice_store } else { "" };
-            let config = dir.join(format!("{name}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
-                     database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n{store}"
-                ),
-            )
-            .unwrap();
-            configs.push(config);
-        }
-        std::fs::write(
-            dir.join("network.toml"),
-            NetworkMap::new(entries).unwrap().to_toml_string(),
-        )
-        .unwrap();
-        (configs[0].clone(), configs[1].clone())
+        let sections = |name: &str| {
+            if name == "Alice" {
+                alice_store.to_owned()
+            } else {
+                String::new()
+            }
+        };
+        let mut nodes = write_local_network(dir, &["Alice", "Bob"], sections).unwrap();
+        let bob = nodes.pop().unwrap();
+        let alice = nodes.pop().unwrap();
+        (alice.config, bob.config)
     }
 
     fn postgres_store(server: &TestPostgres) -> (String, String) {

@@ -8,8 +8,7 @@
 
 #![cfg(unix)]
 
-use flow_runtime::runner::keys;
-use flow_runtime::tcp::{NetworkMap, PeerEntry};
+use flow_runtime::testing::write_local_network;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,45 +40,23 @@ struct Files {
 }
 
 fn setup(dir: &Path) -> Vec<Files> {
-    let mut entries = Vec::new();
-    let mut files = Vec::new();
-    for name in ["Alice", "Bob"] {
-        let key = keys::generate_identity().unwrap();
-        keys::write_key_file(&dir.join(format!("{name}.key")), &key).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        entries.push(PeerEntry {
-            name: name.into(),
-            address: address.clone(),
-            key: keys::public_key(&key),
-        });
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
-                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\n\
-                 [transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
-                 [node]\nredelivery_interval_ms = 300\nmax_transient_retries = 0\n\n\
-                 [store]\nquick_repair = false\n\n\
-                 [admin]\nlisten = \"127.0.0.1:0\"\n"
-            ),
-        )
-        .unwrap();
-        files.push(Files {
-            config,
-            log: dir.join(format!("{name}.log")),
-            url_file: dir.join(format!("{name}.redb.admin-url")),
-            token_file: dir.join(format!("{name}.redb.admin-token")),
-        });
-    }
-    let map = NetworkMap::new(entries).unwrap();
-    std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
-    files
+    let sections = |_: &str| {
+        "[transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
+         [node]\nredelivery_interval_ms = 300\nmax_transient_retries = 0\n\n\
+         [store]\nquick_repair = false\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+            .to_owned()
+    };
+    write_local_network(dir, &["Alice", "Bob"], sections)
+        .unwrap()
+        .into_iter()
+        .map(|node| Files {
+            log: dir.join(format!("{}.log", node.name)),
+            url_file: dir.join(format!("{}.redb.admin-url", node.name)),
+            token_file: dir.join(format!("{}.redb.admin-token", node.name)),
+            config: node.config,
+        })
+        .collect()
 }
 
 /// Starts the node and waits for its admin URL file; returns the URL.

@@ -19,10 +19,8 @@
 
 mod tcp_common;
 
-use flow_runtime::runner::keys;
 use flow_runtime::scale_out::Control;
-use flow_runtime::tcp::{NetworkMap, PeerEntry};
-use flow_runtime::testing::TestPostgres;
+use flow_runtime::testing::{TestPostgres, write_local_network};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,46 +35,21 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// Keys, the network map and configs: Alice on PostgreSQL (`connection`),
 /// Bob on redb.
 fn setup(dir: &Path, connection: &str) -> (PathBuf, PathBuf) {
-    let mut entries = Vec::new();
-    let mut configs = Vec::new();
-    for name in ["Alice", "Bob"] {
-        let key = keys::generate_identity().unwrap();
-        keys::write_key_file(&dir.join(format!("{name}.key")), &key).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        entries.push(PeerEntry {
-            name: name.into(),
-            address: address.clone(),
-            key: keys::public_key(&key),
-        });
+    let sections = |name: &str| {
         let store = if name == "Alice" {
             format!("[store]\nkind = \"postgres\"\nconnection = \"{connection}\"\n")
         } else {
             "[store]\nquick_repair = false\n".to_owned()
         };
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"{address}\"\n\
-                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n\n\
-                 [transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
-                 [node]\nredelivery_interval_ms = 300\n\n{store}"
-            ),
+        format!(
+            "[transport]\nbackoff_min_ms = 20\nbackoff_max_ms = 250\n\n\
+             [node]\nredelivery_interval_ms = 300\n\n{store}"
         )
-        .unwrap();
-        configs.push(config);
-    }
-    std::fs::write(
-        dir.join("network.toml"),
-        NetworkMap::new(entries).unwrap().to_toml_string(),
-    )
-    .unwrap();
-    (configs[0].clone(), configs[1].clone())
+    };
+    let mut nodes = write_local_network(dir, &["Alice", "Bob"], sections).unwrap();
+    let bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    (alice.config, bob.config)
 }
 
 /// What is killed once Bob's pongs are at round 300.

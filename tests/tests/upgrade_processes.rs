@@ -14,10 +14,9 @@
 
 #![cfg(unix)]
 
-use flow_runtime::runner::keys;
-use flow_runtime::tcp::{NetworkMap, PeerEntry};
+use flow_runtime::testing::write_local_network;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -98,36 +97,6 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Keys, configs and the network map of Alice and Bob in `dir`.
-fn write_nodes(dir: &Path) {
-    let mut entries = Vec::new();
-    for name in ["Alice", "Bob"] {
-        let port = free_port();
-        let key = keys::generate_identity().unwrap();
-        keys::write_key_file(&dir.join(format!("{name}.key")), &key).unwrap();
-        std::fs::write(
-            dir.join(format!("{name}.toml")),
-            format!(
-                "name = \"{name}\"\nidentity_key = \"{name}.key\"\nlisten = \"127.0.0.1:{port}\"\n\
-                 database = \"{name}.redb\"\nnetwork_map = \"network.toml\"\n"
-            ),
-        )
-        .unwrap();
-        entries.push(PeerEntry {
-            name: name.into(),
-            address: format!("127.0.0.1:{port}"),
-            key: keys::public_key(&key),
-        });
-    }
-    let map = NetworkMap::new(entries).unwrap();
-    std::fs::write(dir.join("network.toml"), map.to_toml_string()).unwrap();
-}
-
 struct Setup {
     _dir: tempfile::TempDir,
     alice: String,
@@ -139,7 +108,8 @@ struct Setup {
 /// the even ones wait for their quote and the odd ones for the last answer.
 fn sellers_in_flight_on_v1() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    write_nodes(dir.path());
+    // Keys, configs and the network map of Alice and Bob.
+    write_local_network(dir.path(), &["Alice", "Bob"], |_| String::new()).unwrap();
     let path = |f: &str| dir.path().join(f).display().to_string();
     let alice = path("Alice.toml");
     let gate = dir.path().join("gate");

@@ -19,3 +19,8 @@ mod postgres_server;
 pub use postgres_server::{TestPostgres, TestPostgresError, postgres_binaries};
 
 pub mod fuzz;
+
+#[cfg(feature = "tcp")]
+mod local_network;
+#[cfg(feature = "tcp")]
+pub use local_network::{LocalNode, write_local_network};
