@@ -114,6 +114,14 @@ fn ok(url: &str, token_file: &Path, args: &[&str]) -> String {
     out
 }
 
+/// `flowctl --json flows start FLOW --args ARGS [more]`, which must
+/// succeed: its JSON answer.
+fn start_json(url: &str, token_file: &Path, flow: &str, args: &str, more: &[&str]) -> Value {
+    let mut argv = vec!["--json", "flows", "start", flow, "--args", args];
+    argv.extend_from_slice(more);
+    json(&ok(url, token_file, &argv))
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -161,50 +169,25 @@ fn an_operator_runs_the_node_with_flowctl() {
         ],
     );
     assert_eq!(out.trim(), "45");
-    let first = json(&ok(
+    let first = start_json(
         &url,
         token,
-        &[
-            "--json",
-            "flows",
-            "start",
-            PING,
-            "--args",
-            r#"{"peer": "Bob", "rounds": 10}"#,
-            "--client-id",
-            "order-1",
-        ],
-    ));
-    let again = json(&ok(
+        PING,
+        r#"{"peer": "Bob", "rounds": 10}"#,
+        &["--client-id", "order-1"],
+    );
+    let again = start_json(
         &url,
         token,
-        &[
-            "--json",
-            "flows",
-            "start",
-            PING,
-            "--args",
-            r#"{"peer": "Bob", "rounds": 10}"#,
-            "--client-id",
-            "order-1",
-        ],
-    ));
+        PING,
+        r#"{"peer": "Bob", "rounds": 10}"#,
+        &["--client-id", "order-1"],
+    );
     assert_eq!(first["run_id"], again["run_id"]);
 
     // A flow that fails lands in the hospital; listed, shown; a retry once
     // the cause is fixed finishes it.
-    let started = json(&ok(
-        &url,
-        token,
-        &[
-            "--json",
-            "flows",
-            "start",
-            MARKER,
-            "--args",
-            r#"{"name": "go"}"#,
-        ],
-    ));
+    let started = start_json(&url, token, MARKER, r#"{"name": "go"}"#, &[]);
     let run = started["run_id"].as_str().unwrap().to_owned();
     wait_listed(&url, token, &["--hospital"], |l| l["total"] == 1);
     let table = ok(&url, token, &["flows", "list", "--hospital"]);
@@ -226,18 +209,7 @@ fn an_operator_runs_the_node_with_flowctl() {
     assert_eq!(out.trim(), "\"found\"");
 
     // Kill a hospitalised flow: its wait ends with the error (exit 1).
-    let started = json(&ok(
-        &url,
-        token,
-        &[
-            "--json",
-            "flows",
-            "start",
-            MARKER,
-            "--args",
-            r#"{"name": "never"}"#,
-        ],
-    ));
+    let started = start_json(&url, token, MARKER, r#"{"name": "never"}"#, &[]);
     let victim = started["run_id"].as_str().unwrap().to_owned();
     wait_listed(&url, token, &["--hospital"], |l| l["total"] == 1);
     // Followed while it is killed: `progress --follow` prints where the
