@@ -238,6 +238,11 @@ fn an_announced_frame_is_not_reserved_before_its_bytes_arrive() {
 
 /// Asks the responder who it thinks it talks to; version 1 of the
 /// protocol `hostile_peer::ask`.
+///
+/// The three versions repeat one body on purpose: each VERSION is its own
+/// `#[flow]`, and the body cannot move into a shared helper (only flow
+/// operations may be awaited) nor into a sub-flow (whose own NAME and
+/// VERSION would then open the session, not these).
 #[flow(name = "hostile_peer::ask")]
 pub async fn ask(ctx: &mut FlowContext, peer: Party) -> Result<String, FlowError> {
     let session = ctx.initiate_flow(&peer);
