@@ -282,16 +282,8 @@ mod bench {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let status = control.status().map_err(|e| e.0)?;
-            let mut holders: Vec<&str> = status
-                .leases
-                .iter()
-                .filter(|l| l.current)
-                .filter_map(|l| l.holder.as_deref())
-                .collect();
-            let held = holders.len();
-            holders.sort_unstable();
-            holders.dedup();
-            if held == PARTITIONS as usize && holders.len() == workers {
+            let holders = status.partitions_by_worker();
+            if holders.values().sum::<usize>() == PARTITIONS as usize && holders.len() == workers {
                 return Ok(());
             }
             if Instant::now() > deadline {

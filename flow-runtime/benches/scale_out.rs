@@ -119,16 +119,8 @@ mod bench {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let status = control.status().unwrap();
-                let mut holders: Vec<&str> = status
-                    .leases
-                    .iter()
-                    .filter(|l| l.current)
-                    .filter_map(|l| l.holder.as_deref())
-                    .collect();
-                let held = holders.len();
-                holders.sort_unstable();
-                holders.dedup();
-                if held == 8 && holders.len() == workers {
+                let holders = status.partitions_by_worker();
+                if holders.values().sum::<usize>() == 8 && holders.len() == workers {
                     break;
                 }
                 assert!(

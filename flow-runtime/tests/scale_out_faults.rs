@@ -21,7 +21,6 @@ mod tcp_common;
 
 use flow_runtime::scale_out::Control;
 use flow_runtime::testing::{TestPostgres, write_local_network};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tcp_common::NodeProcess;
@@ -87,12 +86,7 @@ fn wait_for_balance(connection: &str, deadline: Instant, dir: &Path) {
     let mut control = Control::connect(connection, 4).unwrap();
     loop {
         let status = control.status().unwrap();
-        let mut holders: BTreeMap<String, usize> = BTreeMap::new();
-        for lease in &status.leases {
-            if let (Some(h), true) = (&lease.holder, lease.current) {
-                *holders.entry(h.clone()).or_default() += 1;
-            }
-        }
+        let holders = status.partitions_by_worker();
         if holders.len() == 2 && holders.values().all(|n| *n == 2) {
             return;
         }

@@ -57,6 +57,7 @@ use crate::FlowError;
 use crate::node::records::ResultRecord;
 use crate::store::{StoreError, quote_ident};
 use control::pg_err;
+use std::collections::BTreeMap;
 
 /// Partitions of a node set up without saying how many.
 pub const DEFAULT_PARTITIONS: u32 = 8;
@@ -92,6 +93,20 @@ pub struct NodeStatus {
     pub finished: Vec<FinishedFlow>,
     /// Each partition's lease.
     pub leases: Vec<LeaseState>,
+}
+
+impl NodeStatus {
+    /// Each worker holding a current (unexpired) lease, with how many
+    /// partitions it holds: how the partitions are shared right now.
+    pub fn partitions_by_worker(&self) -> BTreeMap<&str, usize> {
+        let mut by_worker = BTreeMap::new();
+        for lease in self.leases.iter().filter(|l| l.current) {
+            if let Some(worker) = &lease.holder {
+                *by_worker.entry(worker.as_str()).or_default() += 1;
+            }
+        }
+        by_worker
+    }
 }
 
 impl Control {

@@ -1,8 +1,9 @@
 //! Leases and fencing on a real PostgreSQL server (skipped, saying so,
 //! where its binaries are missing).
 
+use super::NodeStatus;
 use super::control::Control;
-use super::lease::{self, Lease};
+use super::lease::{self, Lease, LeaseState};
 use super::relay::{InboxLedger, Routes, take_inbox};
 use crate::PublicKey;
 use crate::store::{Fence, PostgresOptions, PostgresStore, Store, Table, WriteBatch};
@@ -61,6 +62,28 @@ fn expire(control: &mut Control, p: u32) {
             &[&(p as i32)],
         )
         .unwrap();
+}
+
+#[test]
+fn partitions_by_worker_counts_only_current_leases() {
+    let lease = |partition, holder: Option<&str>, current| LeaseState {
+        partition,
+        holder: holder.map(str::to_owned),
+        token: 1,
+        current,
+    };
+    let status = NodeStatus {
+        leases: vec![
+            lease(0, Some("w1"), true),
+            lease(1, Some("w2"), true),
+            lease(2, Some("w1"), true),
+            lease(3, Some("w2"), false),
+            lease(4, None, true),
+        ],
+        ..NodeStatus::default()
+    };
+    let by_worker: Vec<(&str, usize)> = status.partitions_by_worker().into_iter().collect();
+    assert_eq!(by_worker, vec![("w1", 2), ("w2", 1)]);
 }
 
 #[test]
@@ -367,13 +390,8 @@ fn a_peers_responders_on_two_workers_stay_within_the_node_wide_bound() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = control.status().unwrap();
-        let held: Vec<&str> = status
-            .leases
-            .iter()
-            .filter(|l| l.current)
-            .filter_map(|l| l.holder.as_deref())
-            .collect();
-        if held.len() == 4 && held.iter().filter(|h| **h == "w1").count() == 2 {
+        let held = status.partitions_by_worker();
+        if held.values().sum::<usize>() == 4 && held.get("w1") == Some(&2) {
             break;
         }
         assert!(Instant::now() < deadline, "no fair share: {held:?}");
