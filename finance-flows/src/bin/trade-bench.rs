@@ -31,6 +31,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// The allocator `trade-demo`'s node processes use (see there), so that
+/// the two measure the same nodes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark the two-party trade on durable in-process nodes")]
 struct Args {

@@ -26,6 +26,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc for every process this executable runs, node processes
+/// included: a node allocates and frees on every message (frames, records,
+/// decoded states), and glibc's allocator spent ~14% of a node's CPU in a
+/// trade (`perf record` of the demo's processes), much of it consolidating
+/// and splitting its free lists.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     about = "Trade commercial paper for cash between durable flow nodes, crash one, reconcile",
