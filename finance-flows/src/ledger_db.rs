@@ -64,11 +64,23 @@ pub enum LedgerTable {
     /// the index that every selection walks past (and reads from the store)
     /// until the batch commits — O(trades per batch) per selection.
     AvailableCashStart,
+    /// Transaction id -> empty: which transactions
+    /// [`Transactions`](LedgerTable::Transactions) holds, so that asking
+    /// whether one is held does not read its bytes. A resolution asks for
+    /// every transaction a proposal spends from, and the buyer's cash
+    /// issuance of a thousand coins is ~100 KB: reading it to learn that it
+    /// is there cost each trade more than all its other ledger reads
+    /// together. Databases written before this table existed lack entries
+    /// for what they recorded then; [`vault::has_transaction`] falls back to
+    /// the transaction itself for those.
+    ///
+    /// [`vault::has_transaction`]: crate::vault::has_transaction
+    TransactionIds,
 }
 
 impl LedgerTable {
     /// Every table, for backends that create them up front.
-    pub const ALL: [LedgerTable; 10] = [
+    pub const ALL: [LedgerTable; 11] = [
         LedgerTable::Transactions,
         LedgerTable::Unconsumed,
         LedgerTable::SoftLocks,
@@ -79,6 +91,7 @@ impl LedgerTable {
         LedgerTable::AvailableCash,
         LedgerTable::LocksByHolder,
         LedgerTable::AvailableCashStart,
+        LedgerTable::TransactionIds,
     ];
 
     /// A stable name, for database backends.
@@ -94,6 +107,7 @@ impl LedgerTable {
             LedgerTable::AvailableCash => "finance_available_cash",
             LedgerTable::LocksByHolder => "finance_locks_by_holder",
             LedgerTable::AvailableCashStart => "finance_available_cash_start",
+            LedgerTable::TransactionIds => "finance_transaction_ids",
         }
     }
 }

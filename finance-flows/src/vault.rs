@@ -183,11 +183,10 @@ pub(crate) fn record_as(
 ) -> Result<bool, LedgerDbError> {
     debug_assert_eq!(*id, stx.id(), "the id passed is not the transaction's");
     let id = *id;
-    if store.get(LedgerTable::Transactions, &id.0)?.is_some() {
+    if has_transaction(store, &id)? {
         return Ok(false);
     }
-    store.put(LedgerTable::Transactions, &id.0, &encode(stx)?)?;
-    record_outputs(store, stx, &id)?;
+    store_transaction(store, stx, &id)?;
     for input in &stx.tx.inputs {
         consume(store, input)?;
     }
@@ -228,11 +227,22 @@ pub(crate) fn record_dependency_as(
     id: &SecureHash,
 ) -> Result<(), LedgerDbError> {
     debug_assert_eq!(*id, stx.id(), "the id passed is not the transaction's");
-    if store.get(LedgerTable::Transactions, &id.0)?.is_none() {
-        store.put(LedgerTable::Transactions, &id.0, &encode(stx)?)?;
-        record_outputs(store, stx, id)?;
+    if !has_transaction(store, id)? {
+        store_transaction(store, stx, id)?;
     }
     Ok(())
+}
+
+/// Writes `stx` (whose id is `id`), its entry in
+/// [`LedgerTable::TransactionIds`] and its outputs' records.
+fn store_transaction(
+    store: &mut dyn LedgerDb,
+    stx: &SignedTransaction,
+    id: &SecureHash,
+) -> Result<(), LedgerDbError> {
+    store.put(LedgerTable::Transactions, &id.0, &encode(stx)?)?;
+    store.put(LedgerTable::TransactionIds, &id.0, &[])?;
+    record_outputs(store, stx, id)
 }
 
 /// The transaction with id `id`, if recorded.
@@ -246,9 +256,13 @@ pub fn transaction(
         .transpose()
 }
 
-/// True if the transaction `id` is recorded.
+/// True if the transaction `id` is recorded: a point read of
+/// [`LedgerTable::TransactionIds`], which never reads the transaction's
+/// bytes, then (for a database that recorded it before that table existed,
+/// or that does not hold it) of the transaction itself.
 pub fn has_transaction(store: &dyn LedgerDb, id: &SecureHash) -> Result<bool, LedgerDbError> {
-    Ok(store.get(LedgerTable::Transactions, &id.0)?.is_some())
+    Ok(store.get(LedgerTable::TransactionIds, &id.0)?.is_some()
+        || store.get(LedgerTable::Transactions, &id.0)?.is_some())
 }
 
 /// Every recorded transaction.
@@ -530,4 +544,105 @@ pub fn release_locks(store: &mut dyn LedgerDb, lock: LockId) -> Result<usize, Le
 /// trade has ended).
 pub fn locked_count(store: &dyn LedgerDb) -> Result<usize, LedgerDbError> {
     Ok(store.scan(LedgerTable::SoftLocks)?.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyPair;
+    use crate::ledger::{CommandData, TransactionBuilder};
+    use crate::ledger_db::{LedgerEntries, MemLedgerDb};
+    use std::cell::RefCell;
+
+    /// A [`MemLedgerDb`] that counts the reads of each table.
+    #[derive(Default)]
+    struct CountingDb {
+        inner: MemLedgerDb,
+        reads: RefCell<BTreeMap<LedgerTable, usize>>,
+    }
+
+    impl CountingDb {
+        fn reads_of(&self, table: LedgerTable) -> usize {
+            self.reads.borrow().get(&table).copied().unwrap_or(0)
+        }
+    }
+
+    impl LedgerDb for CountingDb {
+        fn get(&self, table: LedgerTable, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerDbError> {
+            *self.reads.borrow_mut().entry(table).or_default() += 1;
+            self.inner.get(table, key)
+        }
+        fn put(
+            &mut self,
+            table: LedgerTable,
+            key: &[u8],
+            value: &[u8],
+        ) -> Result<(), LedgerDbError> {
+            self.inner.put(table, key, value)
+        }
+        fn remove(&mut self, table: LedgerTable, key: &[u8]) -> Result<(), LedgerDbError> {
+            self.inner.remove(table, key)
+        }
+        fn range(
+            &self,
+            table: LedgerTable,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<LedgerEntries, LedgerDbError> {
+            *self.reads.borrow_mut().entry(table).or_default() += 1;
+            self.inner.range(table, from, to, limit)
+        }
+    }
+
+    fn issuance(salt: u64) -> SignedTransaction {
+        let bank = KeyPair::from_seed([11; 32]);
+        let issuer = Party::new("Bank", bank.public());
+        let mut builder = TransactionBuilder::with_salt(issuer.clone(), salt);
+        builder.add_output(ContractState::Cash(Cash {
+            amount: Amount::new(100, Currency::USD),
+            issuer: issuer.clone(),
+            owner: bank.public(),
+        }));
+        builder.add_command(CommandData::CashIssue, vec![bank.public()]);
+        let tx = builder.to_wire();
+        let sig = bank.sign(&tx.id().0);
+        SignedTransaction::new(tx).with_signature(sig)
+    }
+
+    #[test]
+    fn a_recorded_transaction_is_known_without_reading_it() {
+        let mut db = CountingDb::default();
+        let held = issuance(1);
+        let dependency = issuance(2);
+        assert!(record(&mut db, &held).unwrap());
+        record_dependency(&mut db, &dependency).unwrap();
+        let before = db.reads_of(LedgerTable::Transactions);
+        assert!(has_transaction(&db, &held.id()).unwrap());
+        assert!(has_transaction(&db, &dependency.id()).unwrap());
+        assert!(!record(&mut db, &held).unwrap(), "recorded once");
+        assert_eq!(
+            db.reads_of(LedgerTable::Transactions),
+            before,
+            "the transactions' bytes were read to learn that they are held"
+        );
+        assert_eq!(transaction(&db, &held.id()).unwrap(), Some(held));
+    }
+
+    #[test]
+    fn a_transaction_recorded_before_the_id_index_is_still_known() {
+        // A database written before `TransactionIds` existed holds the
+        // transaction alone.
+        let mut db = MemLedgerDb::new();
+        let old = issuance(3);
+        db.put(
+            LedgerTable::Transactions,
+            &old.id().0,
+            &encode(&old).unwrap(),
+        )
+        .unwrap();
+        assert!(has_transaction(&db, &old.id()).unwrap());
+        assert!(!record(&mut db, &old).unwrap(), "not recorded twice");
+        assert!(!has_transaction(&db, &issuance(4).id()).unwrap());
+    }
 }
