@@ -231,8 +231,9 @@ pub async fn buy_steps(
         }
     })?;
     ctx.set_progress("Verifying the asset's history");
-    let supplied: Vec<SignedTransaction> = received.history.clone();
-    let offer: TradeOffer = received.without_history();
+    let mut offer: TradeOffer = received;
+    // Moved out, not copied: the resolution keeps what it needs.
+    let supplied: Vec<SignedTransaction> = std::mem::take(&mut offer.history);
     let fetching: FlowSession = session.clone();
     let asset_tx: Vec<SecureHash> = vec![offer.asset.state_ref.tx_id];
     let _resolved: u32 = ctx
