@@ -207,8 +207,23 @@ impl Resolution {
     /// Verifies every downloaded transaction, dependencies first, and
     /// records them all; returns how many were recorded. Records nothing if
     /// any fails.
+    ///
+    /// A downloaded transaction that the node has recorded meanwhile (another
+    /// flow's resolution fetched it too: every trade in flight during a cold
+    /// start asks for the buyer's cash issuance before the first answer is
+    /// back) is neither verified nor recorded again: the node verified it
+    /// when it recorded it, and keeps that copy. Only its id, which
+    /// [`accept`](Resolution::accept) checked against the download's
+    /// content, is relied on.
     pub fn finish(self, store: &mut dyn LedgerDb) -> Result<usize, ResolveError> {
-        let order = topological_order(&self.downloaded)?;
+        let mut order = topological_order(&self.downloaded)?;
+        let mut fresh = Vec::with_capacity(order.len());
+        for id in order.drain(..) {
+            if !vault::has_transaction(store, &id)? {
+                fresh.push(id);
+            }
+        }
+        let order = fresh;
         let mut verified: BTreeMap<SecureHash, &SignedTransaction> = BTreeMap::new();
         for id in &order {
             let stx = &self.downloaded[id];

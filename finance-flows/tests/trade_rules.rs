@@ -261,6 +261,44 @@ fn a_forged_dependency_is_not_recorded() {
     assert_eq!(err, ResolveError::Missing(stx.id()));
 }
 
+#[test]
+fn a_download_recorded_meanwhile_is_neither_checked_nor_recorded_again() {
+    let mut n = net();
+    let cash = issue_cash(&mut n, 100, 1);
+    // Two resolutions of the same issuance start before either has it
+    // (trades in flight at once); the second's peer serves a copy whose
+    // signature it garbled (same id: the id covers the transaction, not
+    // its signatures).
+    let mut first = Resolution::new(vec![cash.id()]);
+    let mut second = Resolution::new(vec![cash.id()]);
+    assert_eq!(first.next_request(&n.seller).unwrap(), vec![cash.id()]);
+    assert_eq!(second.next_request(&n.seller).unwrap(), vec![cash.id()]);
+    let mut garbled = cash.clone();
+    garbled.sigs[0].bytes[0] ^= 1;
+    first.accept(vec![Some(cash.clone())]).unwrap();
+    second.accept(vec![Some(garbled)]).unwrap();
+    assert_eq!(first.finish(&mut n.seller).unwrap(), 1);
+    // The node verified and recorded the issuance with the first: the
+    // second records nothing and keeps the verified copy.
+    assert_eq!(second.finish(&mut n.seller).unwrap(), 0);
+    assert_eq!(
+        vault::transaction(&n.seller, &cash.id()).unwrap(),
+        Some(cash.clone())
+    );
+    // A garbled copy of something the node does not hold is still refused.
+    let other = issue_cash(&mut n, 200, 2);
+    let mut third = Resolution::new(vec![other.id()]);
+    assert_eq!(third.next_request(&n.seller).unwrap(), vec![other.id()]);
+    let mut garbled = other.clone();
+    garbled.sigs[0].bytes[0] ^= 1;
+    third.accept(vec![Some(garbled)]).unwrap();
+    assert!(matches!(
+        third.finish(&mut n.seller),
+        Err(ResolveError::Invalid { .. })
+    ));
+    assert!(!vault::has_transaction(&n.seller, &other.id()).unwrap());
+}
+
 fn evil_record(store: &mut MemLedgerDb, stx: &SignedTransaction) {
     use finance_flows::ledger_db::{LedgerDb, LedgerTable, encode};
     store
