@@ -65,6 +65,9 @@ pub struct NodeCore {
     /// What the node knows of its committed tables without reading them
     /// (see [`Committed`]).
     pub(super) known: Committed,
+    /// Where operator views read, if not `store` (see
+    /// [`NodeCore::set_operator_store`]).
+    pub(super) operator_store: Option<Arc<dyn Store>>,
 }
 
 /// Facts about the committed store the node keeps in memory, so that an
@@ -213,6 +216,7 @@ impl NodeCore {
             next_tombstone_sweep: Timestamp(0),
             tombstones_dated,
             known: Committed::default(),
+            operator_store: None,
         })
     }
 
@@ -231,6 +235,14 @@ impl NodeCore {
     /// driven by hand in a test) takes the name from the initiation frame.
     pub fn set_peer_names(&mut self, names: PeerNames) {
         self.peer_names = Some(names);
+    }
+
+    /// Makes operator views ([`NodeCore::operator_view`]) read `store`
+    /// instead of the node's own: the tokio node's commit pipeline passes
+    /// the store behind it, so that a dump or scan running beside the
+    /// driver sees only durable data, never a batch still being written.
+    pub(crate) fn set_operator_store(&mut self, store: Arc<dyn Store>) {
+        self.operator_store = Some(store);
     }
 
     /// This node's identity.

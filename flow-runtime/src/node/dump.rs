@@ -105,7 +105,8 @@ impl NodeCore {
     /// A view of this node's database for operator tools, to run apart from
     /// the node (see [`OperatorView`]).
     pub fn operator_view(&self) -> OperatorView {
-        OperatorView::new(self.store.clone(), self.registry.clone())
+        let store = self.operator_store.as_ref().unwrap_or(&self.store).clone();
+        OperatorView::new(store, self.registry.clone())
     }
 
     /// [`OperatorView::dump`] of this node.

@@ -8,8 +8,9 @@ use super::config::LoadedConfig;
 use super::config::StoreChoice;
 use super::event_loop::Observers;
 use super::event_loop::{
-    DEFAULT_LONG_WAIT_CHECK, EventLoop, FLOW_EVENTS_CAPACITY, LongWaitCheck, now,
+    DEFAULT_LONG_WAIT_CHECK, EventLoop, FLOW_EVENTS_CAPACITY, LongWaitCheck, Pipelined, now,
 };
+use super::pipeline::CommitPipeline;
 use super::handle::{Node, NodeResults};
 use crate::handle::ResultSource;
 use crate::node::OsIds;
@@ -63,6 +64,11 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     long_wait_check: Duration,
     defer_acks: bool,
     hand_off_commits: Option<bool>,
+    /// See [`NodeBuilder::pipeline_commits`]; `None`: the store's default.
+    pipeline_commits: Option<bool>,
+    /// With a pipeline: commit a batch on the driver when nothing is
+    /// queued and no frame waits (see `event_loop::Pipelined`).
+    pub(crate) inline_when_idle: bool,
     /// (Crate-visible: a scale-out worker divides the responder bound
     /// among the partitions.)
     pub(crate) node_config: NodeConfig,
@@ -281,6 +287,8 @@ impl<T: Transport> NodeBuilder<T> {
             long_wait_check: DEFAULT_LONG_WAIT_CHECK,
             defer_acks: true,
             hand_off_commits: None,
+            pipeline_commits: None,
+            inline_when_idle: true,
             node_config: NodeConfig::default(),
             store: Ok(StoreChoice::Redb(RedbOptions::default())),
             registry: Registry::new(),
@@ -398,6 +406,26 @@ impl<T: Transport> NodeBuilder<T> {
     /// length of each commit.
     pub fn hand_off_worker_during_commits(&mut self, hand_off: bool) -> &mut Self {
         self.hand_off_commits = Some(hand_off);
+        self
+    }
+
+    /// Whether batches of frames from peers commit through a pipeline
+    /// (`true`) or one at a time on the node's driver (`false`). Default:
+    /// on with the embedded redb store, off with PostgreSQL.
+    ///
+    /// With the pipeline, the driver hands a batch's writes to a committer
+    /// thread and goes on stepping the next frames while the disk works;
+    /// the committer writes everything queued meanwhile in one transaction
+    /// (one fsync for several batches). Nothing a batch produced (messages
+    /// to peers, results, progress) leaves the node before its commit is
+    /// durable, and a failed commit stops the node as without the
+    /// pipeline. Under load it raises throughput (more steps per fsync, and
+    /// the driver's thread never sits in an fsync); an idle node's single
+    /// round trip costs the same. PostgreSQL serialises every call on one
+    /// connection, so reads would queue behind the commit and little would
+    /// overlap: it stays off there unless turned on here.
+    pub fn pipeline_commits(&mut self, pipeline: bool) -> &mut Self {
+        self.pipeline_commits = Some(pipeline);
         self
     }
 
@@ -537,7 +565,23 @@ impl<T: Transport> NodeBuilder<T> {
             Ok(StoreChoice::Postgres { .. }) => "in PostgreSQL".to_owned(),
             _ => self.database.display().to_string(),
         };
+        // Off by default for a store opened by the caller: a scale-out
+        // partition accounts for its inbox at each commit.
+        let pipelined = self.pipeline_commits.unwrap_or(
+            self.custom_store.is_none() && matches!(self.store, Ok(StoreChoice::Redb(_))),
+        );
         let store = self.open_store(&path)?;
+        let durable_store = store.clone();
+        let (store, pipeline) = if pipelined {
+            let pipeline =
+                Arc::new(CommitPipeline::new(store).map_err(|e| RunnerError::Database {
+                    path: path.clone(),
+                    message: format!("cannot start the commit thread: {e}"),
+                })?);
+            (pipeline.clone() as Arc<dyn Store>, Some(pipeline))
+        } else {
+            (store, None)
+        };
         let party = self.party;
         let long_wait_limit = self.node_config.long_wait_warning;
         let mut core = NodeCore::open(
@@ -550,6 +594,9 @@ impl<T: Transport> NodeBuilder<T> {
             now(),
         )
         .map_err(RunnerError::Node)?;
+        if pipeline.is_some() {
+            core.set_operator_store(durable_store);
+        }
         for install in &self.installers {
             install(core.services());
         }
@@ -593,6 +640,7 @@ impl<T: Transport> NodeBuilder<T> {
             stopping: stopping.clone(),
             metrics: metrics.driver(),
             hand_off_commits: hand_off_commits(self.hand_off_commits),
+            pipeline: pipeline.map(|p| Pipelined::new(p, self.inline_when_idle)),
         };
         let results: Arc<dyn ResultSource> = Arc::new(NodeResults {
             commands: commands.downgrade(),

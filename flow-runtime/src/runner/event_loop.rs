@@ -30,15 +30,28 @@
 //!   suspended flows keeps committing steps during its seconds-long scan;
 //!   the operator's [`Node::dump_json`] runs the same way.
 //!
-//! Commits block for an fsync. On a multi-threaded runtime with one worker
-//! they run inside `block_in_place`, letting the transport's tasks run
-//! meanwhile; with more workers they block the driver's worker, and the
+//! On redb the commits of frame batches and ready-ticks go through a
+//! [`CommitPipeline`] (see [`NodeBuilder::pipeline_commits`](super::NodeBuilder::pipeline_commits)):
+//! the driver queues a batch's writes, keeps the batch's [`Output`] with
+//! its sequence number, and goes on to the next batch while a committer
+//! thread makes it durable (several queued batches in one transaction);
+//! each output is released once the committer reports its batch durable,
+//! which the driver awaits without blocking its worker. Everything else
+//! (commands, waits for results, timers, redelivery, link events,
+//! shutdown) first settles the pipeline: it waits until every queued batch
+//! is durable and released, then commits inline, so a caller never sees a
+//! result that is not on disk.
+//!
+//! Inline commits block for an fsync. On a multi-threaded runtime with one
+//! worker they run inside `block_in_place`, letting the transport's tasks
+//! run meanwhile; with more workers they block the driver's worker, and the
 //! others serve the transport (see
 //! [`NodeBuilder::hand_off_worker_during_commits`](super::NodeBuilder::hand_off_worker_during_commits)).
 //! Frames a commit releases are queued on the transport without waiting:
 //! if a peer's queue is full, the frame stays in the durable outbox and the
 //! next redelivery sends it. The driver never waits on a slow peer.
 
+use super::pipeline::{CommitPipeline, Durable};
 use crate::handle::RawResult;
 use crate::node::delivery::{Delivery, Sent, Transmit};
 use crate::node::{NodeError, Output, UnackedFrame};
@@ -50,7 +63,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 /// Progress streams of the runs a handle was asked about, shared with the event loop.
@@ -140,6 +153,59 @@ pub(super) struct EventLoop<T> {
     /// Commits run inside `block_in_place` (see
     /// [`NodeBuilder::hand_off_worker_during_commits`](super::NodeBuilder::hand_off_worker_during_commits)).
     pub(super) hand_off_commits: bool,
+    /// The commit pipeline, when the node's store has one.
+    pub(super) pipeline: Option<Pipelined>,
+}
+
+/// The event loop's side of a [`CommitPipeline`].
+pub(super) struct Pipelined {
+    pub(super) pipeline: Arc<CommitPipeline>,
+    /// What the committer has made durable.
+    pub(super) durable: watch::Receiver<Durable>,
+    /// Outputs of batches not yet durable, oldest first, each with the
+    /// sequence number that must be durable before it is released.
+    pub(super) pending: VecDeque<(u64, Output)>,
+    /// With nothing queued and no frame waiting, commit a batch on the
+    /// driver instead of handing it to the committer thread.
+    pub(super) inline_when_idle: bool,
+}
+
+impl Pipelined {
+    pub(super) fn new(pipeline: Arc<CommitPipeline>, inline_when_idle: bool) -> Self {
+        Self {
+            durable: pipeline.durable(),
+            pipeline,
+            pending: VecDeque::new(),
+            inline_when_idle,
+        }
+    }
+}
+
+/// [`durable_at`] on the pipeline's receiver; without a pipeline, never
+/// ready. (`select!` builds the future of a disabled branch too.)
+async fn pending_durable(
+    durable: Option<&mut watch::Receiver<Durable>>,
+    seq: u64,
+) -> Result<u64, String> {
+    match durable {
+        Some(durable) => durable_at(durable, seq).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until the batch with sequence number `seq` is durable; the
+/// durable sequence number then, or why the pipeline failed.
+async fn durable_at(durable: &mut watch::Receiver<Durable>, seq: u64) -> Result<u64, String> {
+    match durable
+        .wait_for(|d| d.seq >= seq || d.failed.is_some())
+        .await
+    {
+        Ok(d) => match &d.failed {
+            Some(why) => Err(format!("a commit failed: {why}")),
+            None => Ok(d.seq),
+        },
+        Err(_) => Err("the commit pipeline stopped".into()),
+    }
 }
 
 /// The long-wait check's default interval.
@@ -187,42 +253,101 @@ impl<T: Transport> EventLoop<T> {
         let mut ready = true;
         loop {
             let timer = self.next_timer_delay();
+            // Frames and ready-ticks wait while the pipeline is full.
+            let room = self.pipeline.as_ref().is_none_or(|p| p.pipeline.has_room());
+            let first_pending = self
+                .pipeline
+                .as_ref()
+                .and_then(|p| p.pending.front().map(|(seq, _)| *seq));
             tokio::select! {
                 biased;
+                durable = pending_durable(
+                    self.pipeline.as_mut().map(|p| &mut p.durable),
+                    first_pending.unwrap_or(0),
+                ), if first_pending.is_some() => {
+                    let durable = durable.inspect_err(|e| self.stopped_by(e))?;
+                    self.release_durable(durable);
+                }
                 command = self.commands.recv() => match command {
                     None | Some(Command::Shutdown) => {
+                        self.settle().await?;
                         self.flush_acks()?;
                         break;
                     }
                     Some(Command::Job(job)) => {
+                        self.settle().await?;
                         let out = self.blocking(|core| job(core, now()));
                         if let Some(out) = out {
                             self.release(out);
                         }
                     }
-                    Some(Command::Wait { run, reply }) => self.wait(run, reply),
+                    Some(Command::Wait { run, reply }) => {
+                        self.settle().await?;
+                        self.wait(run, reply);
+                    }
                 },
-                frame = self.incoming.recv() => match frame {
+                frame = self.incoming.recv(), if room => match frame {
                     Some(first) => self.deliver(Some(first))?,
                     None => {
                         info!("the transport stopped; stopping the node driver");
+                        self.settle().await?;
                         self.flush_acks()?;
                         break;
                     }
                 },
-                _ = std::future::ready(()), if !self.loopback.is_empty() => self.deliver(None)?,
-                event = self.events.recv(), if self.events_open => self.on_link_event(event)?,
-                _ = redeliver.tick() => self.redeliver_overdue()?,
+                _ = std::future::ready(()), if room && !self.loopback.is_empty() => self.deliver(None)?,
+                event = self.events.recv(), if self.events_open => {
+                    self.settle().await?;
+                    self.on_link_event(event)?;
+                }
+                _ = redeliver.tick() => {
+                    self.settle().await?;
+                    self.redeliver_overdue()?;
+                }
                 _ = long_waits.tick(), if check_long_waits => self.start_long_wait_scan(),
                 _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
+                    self.settle().await?;
                     self.operate(|core| core.tick(now()))?;
                 }
-                _ = std::future::ready(()), if ready => self.operate(|core| core.tick(now()))?,
+                _ = std::future::ready(()), if ready && room => self.step(|core| core.tick(now()))?,
             }
             ready = self.core.has_ready();
             self.report_drained();
         }
         Ok(())
+    }
+
+    /// Logs that the driver stops because a commit failed.
+    fn stopped_by(&self, e: &str) {
+        error!(error = %e, "the node cannot commit; stopping (restart it once the database is writable again)");
+    }
+
+    /// Waits until every queued batch is durable and releases their
+    /// outputs (nothing to do without a pipeline).
+    async fn settle(&mut self) -> Result<(), String> {
+        let Some(p) = self.pipeline.as_mut() else {
+            return Ok(());
+        };
+        let last = p.pipeline.last_seq();
+        let durable = durable_at(&mut p.durable, last)
+            .await
+            .inspect_err(|e| self.stopped_by(e))?;
+        self.release_durable(durable);
+        Ok(())
+    }
+
+    /// Releases, in order, the outputs of every batch up to `durable`.
+    fn release_durable(&mut self, durable: u64) {
+        while let Some(p) = self.pipeline.as_mut() {
+            match p.pending.front() {
+                Some((seq, _)) if *seq <= durable => {
+                    if let Some((_, out)) = p.pending.pop_front() {
+                        self.release(out);
+                    }
+                }
+                _ => break,
+            }
+        }
     }
 
     /// A tick of the long-wait check: scans the checkpoints on a blocking
@@ -273,12 +398,55 @@ impl<T: Transport> EventLoop<T> {
     ) -> Result<(), String> {
         match self.blocking(f) {
             Ok(out) => {
+                // Outputs of earlier batches first (all durable now: this
+                // commit returned after them).
+                if let Some(p) = &self.pipeline {
+                    let durable = p.durable.borrow().seq;
+                    self.release_durable(durable);
+                }
                 self.release(out);
                 Ok(())
             }
             Err(e) => {
-                error!(error = %e, "the node cannot commit; stopping (restart it once the database is writable again)");
-                Err(e.to_string())
+                let e = e.to_string();
+                self.stopped_by(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`operate`](Self::operate) for a batch whose commit may overlap
+    /// the next batches (frames, ready-ticks): with a pipeline, the batch's
+    /// writes are queued and its output waits in `pending` until durable.
+    /// With nothing queued and no frame waiting it is committed inline when
+    /// that is the faster choice (see [`Pipelined::inline_when_idle`]).
+    fn step(
+        &mut self,
+        f: impl FnOnce(&mut NodeCore) -> Result<Output, NodeError>,
+    ) -> Result<(), String> {
+        let Some(p) = self.pipeline.as_mut() else {
+            return self.operate(f);
+        };
+        if p.inline_when_idle
+            && p.pending.is_empty()
+            && self.incoming.is_empty()
+            && p.pipeline.is_idle()
+        {
+            return self.operate(f);
+        }
+        p.pipeline.overlap(true);
+        let result = f(&mut self.core);
+        p.pipeline.overlap(false);
+        match result {
+            Ok(out) => {
+                let seq = p.pipeline.last_seq();
+                p.pending.push_back((seq, out));
+                Ok(())
+            }
+            Err(e) => {
+                let e = e.to_string();
+                self.stopped_by(&e);
+                Err(e)
             }
         }
     }
@@ -328,7 +496,7 @@ impl<T: Transport> EventLoop<T> {
         let mut batch = std::mem::take(&mut self.pending_acks);
         batch.append(&mut messages);
         debug!(frames = batch.len(), "delivering a batch");
-        self.operate(|core| core.deliver_messages(now(), batch))
+        self.step(|core| core.deliver_messages(now(), batch))
     }
 
     /// Commits the acks held back by [`deliver`](Self::deliver).

@@ -9,6 +9,7 @@ mod builder;
 mod config;
 mod event_loop;
 mod handle;
+mod pipeline;
 pub mod keys;
 mod upgrade;
 

@@ -190,4 +190,17 @@ pub trait Store: Send + Sync {
 
     /// Applies every op of `batch` in one atomic transaction.
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// Applies `batches` in order, as if committed one after the other:
+    /// each all-or-nothing, and a later one only if every earlier one was
+    /// applied. A store that can should write them in ONE transaction (one
+    /// fsync for all: the node's commit pipeline groups the batches that
+    /// queued while the previous group was written). The default commits
+    /// them one by one.
+    fn commit_group(&self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
+        for batch in batches {
+            self.commit((*batch).clone())?;
+        }
+        Ok(())
+    }
 }

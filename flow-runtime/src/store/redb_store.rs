@@ -281,7 +281,11 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.guard("committing", || self.commit_unguarded(batch))
+        self.guard("committing", || self.commit_unguarded(&[&batch]))
+    }
+
+    fn commit_group(&self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
+        self.guard("committing", || self.commit_unguarded(batches))
     }
 }
 
@@ -310,7 +314,11 @@ impl RedbStore {
             .unwrap_or_default())
     }
 
-    fn commit_unguarded(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    /// Writes `batches` in order in ONE transaction (one fsync for all).
+    /// Each batch applies its range removals, then its ops; consecutive
+    /// batches without range removals are applied together, table by
+    /// table, in key order.
+    fn commit_unguarded(&self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
         // End the read snapshot first: while a read transaction is open,
         // redb must keep every page it can see, so the pages this commit
         // replaces could not be reused by the next one (more pages to
@@ -324,38 +332,48 @@ impl RedbStore {
         })
         .map_err(|e| err("durability", e))?;
         txn.set_quick_repair(self.options.quick_repair && self.options.durable);
-        for r in &batch.removed_ranges {
-            let mut t = txn
-                .open_table(Def::new(r.table.name()))
-                .map_err(|e| err("open table", e))?;
-            t.retain_in::<&[u8], _>(r.from.as_slice()..r.to.as_slice(), |_, _| false)
-                .map_err(|e| err("remove range", e))?;
-        }
-        // Group by table (keeping each table's order) so every table is
-        // opened once.
-        type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-        let mut by_table: BTreeMap<Table, Ops> = BTreeMap::new();
-        for op in batch.ops {
-            by_table
-                .entry(op.table)
-                .or_default()
-                .push((op.key, op.value));
-        }
-        for (table, mut ops) in by_table {
-            // Key order walks the B-tree once instead of jumping around it;
-            // the sort is stable, so ops on one key keep their order.
-            ops.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut t = txn
-                .open_table(Def::new(table.name()))
-                .map_err(|e| err("open table", e))?;
-            for (key, value) in ops {
-                match value {
-                    Some(v) => {
-                        t.insert(key.as_slice(), v.as_slice())
-                            .map_err(|e| err("insert", e))?;
-                    }
-                    None => {
-                        t.remove(key.as_slice()).map_err(|e| err("remove", e))?;
+        let mut rest = batches;
+        while let Some((first, _)) = rest.split_first() {
+            // A segment: one batch and the following ones that remove no
+            // range (their ops may be applied together, in order).
+            let len = 1 + rest[1..]
+                .iter()
+                .take_while(|b| b.removed_ranges.is_empty())
+                .count();
+            let (segment, next) = rest.split_at(len);
+            rest = next;
+            for r in &first.removed_ranges {
+                let mut t = txn
+                    .open_table(Def::new(r.table.name()))
+                    .map_err(|e| err("open table", e))?;
+                t.retain_in::<&[u8], _>(r.from.as_slice()..r.to.as_slice(), |_, _| false)
+                    .map_err(|e| err("remove range", e))?;
+            }
+            // Group by table (keeping each table's order) so every table
+            // is opened once.
+            type Ops<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+            let mut by_table: BTreeMap<&Table, Ops> = BTreeMap::new();
+            for op in segment.iter().flat_map(|b| &b.ops) {
+                by_table
+                    .entry(&op.table)
+                    .or_default()
+                    .push((op.key.as_slice(), op.value.as_deref()));
+            }
+            for (table, mut ops) in by_table {
+                // Key order walks the B-tree once instead of jumping around
+                // it; the sort is stable, so ops on one key keep their order.
+                ops.sort_by(|a, b| a.0.cmp(b.0));
+                let mut t = txn
+                    .open_table(Def::new(table.name()))
+                    .map_err(|e| err("open table", e))?;
+                for (key, value) in ops {
+                    match value {
+                        Some(v) => {
+                            t.insert(key, v).map_err(|e| err("insert", e))?;
+                        }
+                        None => {
+                            t.remove(key).map_err(|e| err("remove", e))?;
+                        }
                     }
                 }
             }

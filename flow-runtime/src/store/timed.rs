@@ -89,6 +89,28 @@ impl TimedStore {
     }
 }
 
+/// Ops and bytes of keys and values a batch writes.
+fn size(batch: &WriteBatch) -> (u64, u64) {
+    let bytes: usize = batch
+        .ops
+        .iter()
+        .map(|op| op.key.len() + op.value.as_ref().map_or(0, Vec::len))
+        .sum();
+    (batch.ops.len() as u64, bytes as u64)
+}
+
+impl TimedStore {
+    /// Counts one commit (one transaction) of `ops` writes.
+    fn committed(&self, started: Instant, ops: u64, bytes: u64) {
+        let c = &self.counters;
+        c.commits.fetch_add(1, Ordering::Relaxed);
+        c.commit_nanos
+            .fetch_add(nanos_since(started), Ordering::Relaxed);
+        c.ops.fetch_add(ops, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
 impl Store for TimedStore {
     fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let started = Instant::now();
@@ -115,20 +137,21 @@ impl Store for TimedStore {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let ops = batch.ops.len() as u64;
-        let bytes: usize = batch
-            .ops
-            .iter()
-            .map(|op| op.key.len() + op.value.as_ref().map_or(0, Vec::len))
-            .sum();
+        let (ops, bytes) = size(&batch);
         let started = Instant::now();
         let r = self.inner.commit(batch);
-        let c = &self.counters;
-        c.commits.fetch_add(1, Ordering::Relaxed);
-        c.commit_nanos
-            .fetch_add(nanos_since(started), Ordering::Relaxed);
-        c.ops.fetch_add(ops, Ordering::Relaxed);
-        c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.committed(started, ops, bytes);
+        r
+    }
+
+    fn commit_group(&self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
+        let (ops, bytes) = batches
+            .iter()
+            .map(|b| size(b))
+            .fold((0, 0), |(o, b), (o2, b2)| (o + o2, b + b2));
+        let started = Instant::now();
+        let r = self.inner.commit_group(batches);
+        self.committed(started, ops, bytes);
         r
     }
 }
