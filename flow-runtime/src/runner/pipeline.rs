@@ -467,3 +467,467 @@ impl Store for CommitPipeline {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline's reads and failures against a store whose commits the
+    //! test holds, and a node on it: nothing is released before durable,
+    //! and a failed background commit stops the node with nothing of it
+    //! (or of later batches) sent.
+    use super::*;
+    use crate::prelude::*;
+    use crate::runner::{Node, NodeBuilder};
+    use crate::store::{RedbOptions, RedbStore, SharedMemory};
+    use crate::testing::ping_pong::{expected_total, ping, pong};
+    use crate::transport::{
+        MemoryNetwork, MemoryTransport, SendError, Transport, TransportEvent,
+    };
+    use std::time::Duration;
+
+    /// Holds commits until the test lets them through; can make them fail.
+    #[derive(Default)]
+    struct Gate {
+        state: Mutex<GateState>,
+        changed: Condvar,
+    }
+
+    #[derive(Default)]
+    struct GateState {
+        /// Commits let through in all; `None`: no limit.
+        passes: Option<u64>,
+        passed: u64,
+        /// Commits waiting at the gate now.
+        waiting: u64,
+        fail: bool,
+    }
+
+    impl Gate {
+        fn lock(&self) -> MutexGuard<'_, GateState> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        fn pass(&self) -> Result<(), StoreError> {
+            let mut st = self.lock();
+            st.waiting += 1;
+            self.changed.notify_all();
+            while st.passes.is_some_and(|n| st.passed >= n) {
+                st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+            st.waiting -= 1;
+            st.passed += 1;
+            if st.fail {
+                return Err(StoreError("the disk is gone (test)".into()));
+            }
+            Ok(())
+        }
+
+        /// Lets `more` commits through, then holds the next ones.
+        fn hold_after(&self, more: u64) {
+            let mut st = self.lock();
+            st.passes = Some(st.passed + more);
+        }
+
+        /// Lets every commit through, failing them if `fail`.
+        fn open(&self, fail: bool) {
+            let mut st = self.lock();
+            st.passes = None;
+            st.fail = fail;
+            self.changed.notify_all();
+        }
+
+        fn waiting(&self) -> u64 {
+            self.lock().waiting
+        }
+    }
+
+    /// Opens the gate when dropped: a failing test must not leave the
+    /// committer (which a node's drop waits for) held forever.
+    struct OpenOnDrop(Arc<Gate>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open(true);
+        }
+    }
+
+    /// An in-memory redb store behind a [`Gate`].
+    struct GatedStore {
+        inner: RedbStore,
+        gate: Arc<Gate>,
+    }
+
+    impl GatedStore {
+        fn open(memory: &SharedMemory, gate: Arc<Gate>) -> Arc<Self> {
+            let inner = RedbStore::open_in_memory(memory, RedbOptions::default()).expect("open");
+            Arc::new(Self { inner, gate })
+        }
+    }
+
+    impl Store for GatedStore {
+        fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(table, key)
+        }
+        fn range(
+            &self,
+            table: &Table,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Entries, StoreError> {
+            self.inner.range(table, from, to, limit)
+        }
+        fn len(&self, table: &Table) -> Result<u64, StoreError> {
+            self.inner.len(table)
+        }
+        fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+            self.gate.pass()?;
+            self.inner.commit(batch)
+        }
+        fn commit_group(&self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
+            self.gate.pass()?;
+            self.inner.commit_group(batches)
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(20), "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn t(name: &'static str) -> Table {
+        Table::service(name)
+    }
+
+    fn put(w: &mut WriteBatch, table: &Table, key: &[u8], value: &[u8]) {
+        w.put(table.clone(), key.to_vec(), value.to_vec());
+    }
+
+    /// A pipeline over a gated store holding keys a..e in `kv` and timers
+    /// 1..=4 in `timers`, committed.
+    fn seeded() -> (CommitPipeline, Arc<Gate>, Arc<GatedStore>) {
+        let gate = Arc::new(Gate::default());
+        let store = GatedStore::open(&SharedMemory::new(), gate.clone());
+        let pipeline = CommitPipeline::new(store.clone()).expect("pipeline");
+        let mut w = WriteBatch::default();
+        for k in [b"a", b"b", b"c", b"d", b"e"] {
+            put(&mut w, &t("kv"), k, b"old");
+        }
+        for k in 1u8..=4 {
+            put(&mut w, &t("timers"), &[k], b"run");
+        }
+        pipeline.commit(w).expect("inline commit");
+        (pipeline, gate, store)
+    }
+
+    #[test]
+    fn reads_see_queued_writes_deletes_and_range_removals() {
+        let (pipeline, gate, store) = seeded();
+        gate.hold_after(0);
+        pipeline.overlap(true);
+        let mut w = WriteBatch::default();
+        put(&mut w, &t("kv"), b"a", b"new");
+        w.delete(t("kv"), b"b".to_vec());
+        put(&mut w, &t("kv"), b"bb", b"added");
+        w.remove_range(t("timers"), vec![1], vec![3]);
+        pipeline.commit(w).expect("queued");
+        let mut w = WriteBatch::default();
+        w.delete(t("kv"), b"c".to_vec());
+        put(&mut w, &t("kv"), b"b", b"again");
+        w.delete(t("kv"), b"b".to_vec());
+        pipeline.commit(w).expect("queued");
+        wait_for("the committer reaches the gate", || gate.waiting() == 1);
+        // Nothing is in the store yet...
+        assert_eq!(store.get(&t("kv"), b"a").unwrap(), Some(b"old".to_vec()));
+        // ...but reads through the pipeline see every queued batch.
+        assert_eq!(pipeline.get(&t("kv"), b"a").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(pipeline.get(&t("kv"), b"b").unwrap(), None);
+        assert_eq!(pipeline.get(&t("kv"), b"c").unwrap(), None);
+        assert_eq!(pipeline.get(&t("kv"), b"d").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(pipeline.get(&t("timers"), &[1]).unwrap(), None);
+        assert_eq!(pipeline.get(&t("timers"), &[2]).unwrap(), None);
+        assert_eq!(pipeline.get(&t("timers"), &[3]).unwrap(), Some(b"run".to_vec()));
+        // A range of a table with queued puts and deletes (no removed
+        // range) is merged without waiting, and honours its limit.
+        let keys = |entries: Entries| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let all = pipeline.range(&t("kv"), b"", None, usize::MAX).unwrap();
+        assert_eq!(keys(all.clone()), [&b"a"[..], b"bb", b"d", b"e"]);
+        assert_eq!(all[0].1, b"new");
+        assert_eq!(keys(pipeline.range(&t("kv"), b"", None, 2).unwrap()), [&b"a"[..], b"bb"]);
+        assert_eq!(
+            keys(pipeline.range(&t("kv"), b"b", Some(b"e"), 10).unwrap()),
+            [&b"bb"[..], b"d"]
+        );
+        // Past the removed range: no wait either.
+        assert_eq!(keys(pipeline.range(&t("timers"), &[3], None, 10).unwrap()), [[3], [4]]);
+        assert_eq!(pipeline.read_waits(), 0);
+        gate.open(false);
+        wait_for("the batches are durable", || pipeline.is_idle());
+        assert_eq!(store.get(&t("kv"), b"a").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(store.get(&t("kv"), b"b").unwrap(), None);
+        assert_eq!(keys(store.range(&t("timers"), &[], None, 10).unwrap()), [[3], [4]]);
+    }
+
+    #[test]
+    fn a_count_and_a_range_over_a_removed_range_wait_until_written() {
+        let (pipeline, gate, _store) = seeded();
+        let pipeline = Arc::new(pipeline);
+        gate.hold_after(0);
+        pipeline.overlap(true);
+        let mut w = WriteBatch::default();
+        w.remove_range(t("timers"), vec![1], vec![3]);
+        put(&mut w, &t("kv"), b"f", b"new");
+        pipeline.commit(w).expect("queued");
+        wait_for("the committer reaches the gate", || gate.waiting() == 1);
+        let reader = |read: fn(&CommitPipeline) -> u64| {
+            let pipeline = pipeline.clone();
+            std::thread::spawn(move || read(&pipeline))
+        };
+        let count = reader(|p| p.len(&t("kv")).unwrap());
+        wait_for("the count waits", || pipeline.read_waits() == 1);
+        let timers = reader(|p| p.range(&t("timers"), &[], None, 10).unwrap().len() as u64);
+        wait_for("the range waits", || pipeline.read_waits() == 2);
+        // Both are blocked for as long as the commit is held.
+        assert!(!count.is_finished() && !timers.is_finished());
+        // A table no queued batch writes is read at once.
+        assert_eq!(pipeline.len(&t("other")).unwrap(), 0);
+        gate.open(false);
+        assert_eq!(count.join().unwrap(), 6);
+        assert_eq!(timers.join().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_failed_background_commit_refuses_every_later_batch_and_read() {
+        let (pipeline, gate, store) = seeded();
+        let mut durable = pipeline.durable();
+        gate.hold_after(0);
+        pipeline.overlap(true);
+        let mut w = WriteBatch::default();
+        put(&mut w, &t("kv"), b"a", b"lost");
+        pipeline.commit(w).expect("queued");
+        wait_for("the committer reaches the gate", || gate.waiting() == 1);
+        let mut w = WriteBatch::default();
+        put(&mut w, &t("kv"), b"b", b"lost too");
+        pipeline.commit(w).expect("queued behind");
+        gate.open(true);
+        wait_for("the failure is reported", || durable.borrow_and_update().failed.is_some());
+        assert_eq!(durable.borrow().seq, 1, "only the seeding commit is durable");
+        let mut w = WriteBatch::default();
+        put(&mut w, &t("kv"), b"c", b"refused");
+        assert!(pipeline.commit(w).is_err());
+        assert!(pipeline.get(&t("kv"), b"a").is_err());
+        assert!(pipeline.range(&t("kv"), b"", None, 1).is_err());
+        gate.open(false);
+        for k in [b"a", b"b", b"c"] {
+            assert_eq!(store.get(&t("kv"), k).unwrap(), Some(b"old".to_vec()));
+        }
+    }
+
+    #[test]
+    fn batches_queued_together_are_written_in_one_commit() {
+        let (pipeline, gate, store) = seeded();
+        gate.hold_after(0);
+        pipeline.overlap(true);
+        for i in 0..5u8 {
+            let mut w = WriteBatch::default();
+            put(&mut w, &t("kv"), b"a", &[i]);
+            if i == 3 {
+                w.remove_range(t("kv"), b"d".to_vec(), b"z".to_vec());
+            }
+            pipeline.commit(w).expect("queued");
+            if i == 0 {
+                wait_for("the first reaches the gate", || gate.waiting() == 1);
+            }
+        }
+        gate.open(false);
+        wait_for("durable", || pipeline.is_idle());
+        // One commit for the first batch, one for the other four.
+        assert_eq!(gate.lock().passed, 1 + 2);
+        assert_eq!(store.get(&t("kv"), b"a").unwrap(), Some(vec![4]));
+        assert_eq!(store.len(&t("kv")).unwrap(), 3);
+    }
+
+    /// A transport that counts the frames it takes.
+    struct Counting {
+        inner: MemoryTransport,
+        sent: Arc<AtomicU64>,
+    }
+
+    impl Transport for Counting {
+        fn try_send(&self, to: &PublicKey, frame: Vec<u8>) -> Result<(), SendError> {
+            self.inner.try_send(to, frame)?;
+            self.sent.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn disconnect(&self, peer: &PublicKey, reason: &str) {
+            self.inner.disconnect(peer, reason);
+        }
+        fn peer_name(&self, peer: &PublicKey) -> String {
+            self.inner.peer_name(peer)
+        }
+        fn endpoint(&self) -> String {
+            self.inner.endpoint()
+        }
+        fn link_events(&self) -> tokio::sync::broadcast::Receiver<TransportEvent> {
+            self.inner.link_events()
+        }
+        fn shutdown(&self) -> impl Future<Output = ()> + Send {
+            self.inner.shutdown()
+        }
+    }
+
+    struct Alice {
+        node: Node<Counting>,
+        sent: Arc<AtomicU64>,
+    }
+
+    /// Alice on `memory` behind `gate`, pipelined, every batch of frames
+    /// handed to the committer (never committed inline).
+    async fn alice(net: &MemoryNetwork, memory: &SharedMemory, gate: Arc<Gate>) -> Alice {
+        let party = Party::new("Alice", PublicKey([1; 32]));
+        let (transport, incoming) = net.join(&party);
+        let sent = Arc::new(AtomicU64::new(0));
+        let transport = Counting {
+            inner: transport,
+            sent: sent.clone(),
+        };
+        let mut b = NodeBuilder::with_transport(party, "alice.redb", transport, incoming);
+        b.custom_store = Some(GatedStore::open(memory, gate));
+        b.pipeline_commits(true);
+        b.inline_when_idle = false;
+        b.redelivery_interval(Duration::from_secs(3600));
+        b.flow::<ping::Flow>();
+        b.responder::<ping::Flow>(pong);
+        Alice {
+            node: b.start().await.expect("alice starts"),
+            sent,
+        }
+    }
+
+    async fn bob(net: &MemoryNetwork, dir: &std::path::Path) -> Node<MemoryTransport> {
+        let party = Party::new("Bob", PublicKey([2; 32]));
+        let (transport, incoming) = net.join(&party);
+        let mut b = NodeBuilder::with_transport(party, dir.join("bob.redb"), transport, incoming);
+        b.redelivery_interval(Duration::from_millis(100));
+        b.flow::<ping::Flow>();
+        b.responder::<ping::Flow>(pong);
+        b.start().await.expect("bob starts")
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(20), "{what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_leaves_the_node_before_its_batch_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new();
+        let gate = Arc::new(Gate::default());
+        let memory = SharedMemory::new();
+        let alice = alice(&net, &memory, gate.clone()).await;
+        let bob = bob(&net, dir.path()).await;
+        let _open = OpenOnDrop(gate.clone());
+        // A first flow with every commit let through: the links are up and
+        // every frame of it acknowledged.
+        let warm_up = alice
+            .node
+            .start_flow(ping(bob.party().clone(), 2))
+            .await
+            .unwrap();
+        assert_eq!(alice.node.result(&warm_up).await, Ok(expected_total(2)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The start, then the first step (it sends the initiation and ping
+        // 0), commit; the
+        // next commit (the step that takes the echo and finishes the flow)
+        // is held.
+        gate.hold_after(2);
+        let before = alice.sent.load(Ordering::SeqCst);
+        let handle = alice
+            .node
+            .start_flow(ping(bob.party().clone(), 1))
+            .await
+            .unwrap();
+        eventually("the last step's commit reaches the gate", || gate.waiting() == 1).await;
+        let mut result = Box::pin(alice.node.result(&handle));
+        // Held: no waiter completes and no frame of that batch (the ack
+        // of the echo, the session's end) is sent.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut result)
+                .await
+                .is_err(),
+            "the result was released before its commit was durable"
+        );
+        assert_eq!(
+            alice.sent.load(Ordering::SeqCst),
+            before + 2,
+            "only the session's initiation and ping 0 were sent"
+        );
+        gate.open(false);
+        let outcome = tokio::time::timeout(Duration::from_secs(20), result)
+            .await
+            .expect("the result once durable");
+        assert_eq!(outcome, Ok(expected_total(1)));
+        assert!(alice.sent.load(Ordering::SeqCst) > before + 2);
+        alice.node.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_background_commit_stops_the_node_and_a_restart_finishes_the_flows_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new();
+        let memory = SharedMemory::new();
+        let gate = Arc::new(Gate::default());
+        let alice_node = alice(&net, &memory, gate.clone()).await;
+        let bob = bob(&net, dir.path()).await;
+        let _open = OpenOnDrop(gate.clone());
+        // Bob pings Alice; every commit of Alice's from now on is held.
+        gate.hold_after(0);
+        let mut handles = Vec::new();
+        let first = bob
+            .start_flow(ping(alice_node.node.party().clone(), 3))
+            .await
+            .unwrap();
+        handles.push(first);
+        eventually("Alice's first batch reaches the gate", || gate.waiting() == 1).await;
+        // More frames arrive; Alice steps them behind the held commit.
+        for _ in 0..3 {
+            handles.push(
+                bob.start_flow(ping(alice_node.node.party().clone(), 3))
+                    .await
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = alice_node.sent.load(Ordering::SeqCst);
+        assert_eq!(sent, 0, "nothing was released while the commit was held");
+        gate.open(true);
+        let stopped = tokio::time::timeout(Duration::from_secs(20), alice_node.node.shutdown())
+            .await
+            .expect("the driver stops");
+        let error = stopped.expect_err("the driver stops with the commit's error");
+        assert!(error.to_string().contains("the disk is gone"), "{error}");
+        assert_eq!(
+            alice_node.sent.load(Ordering::SeqCst),
+            0,
+            "no frame of the failed batch or of a later one was sent"
+        );
+        // A restart on the same database: every flow finishes, each
+        // round exactly once (the sum says so).
+        let alice_again = alice(&net, &memory, Arc::new(Gate::default())).await;
+        for handle in &handles {
+            let outcome = tokio::time::timeout(Duration::from_secs(30), bob.result(handle))
+                .await
+                .expect("the flow finishes after the restart");
+            assert_eq!(outcome, Ok(expected_total(3)));
+        }
+        alice_again.node.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+    }
+}
