@@ -10,8 +10,8 @@ use super::event_loop::Observers;
 use super::event_loop::{
     DEFAULT_LONG_WAIT_CHECK, EventLoop, FLOW_EVENTS_CAPACITY, LongWaitCheck, Pipelined, now,
 };
-use super::pipeline::CommitPipeline;
 use super::handle::{Node, NodeResults};
+use super::pipeline::CommitPipeline;
 use crate::handle::ResultSource;
 use crate::node::OsIds;
 use crate::registry::{Registry, ResponderFn};
@@ -572,12 +572,16 @@ impl<T: Transport> NodeBuilder<T> {
         );
         let store = self.open_store(&path)?;
         let durable_store = store.clone();
+        let mut counters = None;
         let (store, pipeline) = if pipelined {
             let pipeline =
-                Arc::new(CommitPipeline::new(store).map_err(|e| RunnerError::Database {
-                    path: path.clone(),
-                    message: format!("cannot start the commit thread: {e}"),
-                })?);
+                Arc::new(
+                    CommitPipeline::new(store).map_err(|e| RunnerError::Database {
+                        path: path.clone(),
+                        message: format!("cannot start the commit thread: {e}"),
+                    })?,
+                );
+            counters = Some(pipeline.counters());
             (pipeline.clone() as Arc<dyn Store>, Some(pipeline))
         } else {
             (store, None)
@@ -657,6 +661,7 @@ impl<T: Transport> NodeBuilder<T> {
             stopping,
             database: self.database,
             admin: Arc::default(),
+            pipeline: counters,
         };
         if let Some(settings) = self.admin {
             let served = admin::serve(

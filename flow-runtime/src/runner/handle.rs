@@ -79,6 +79,9 @@ pub struct Node<T: Transport = TcpTransport> {
     pub(super) database: PathBuf,
     /// The admin API, if the node serves one; stopped by `shutdown`.
     pub(super) admin: Arc<Mutex<Option<admin::Running>>>,
+    /// The commit pipeline's count of write transactions, if the node
+    /// has one (its core then counts batches, several per transaction).
+    pub(super) pipeline: Option<Arc<super::pipeline::PipelineCounters>>,
 }
 
 impl<T: Transport> Clone for Node<T> {
@@ -94,6 +97,7 @@ impl<T: Transport> Clone for Node<T> {
             stopping: self.stopping.clone(),
             database: self.database.clone(),
             admin: self.admin.clone(),
+            pipeline: self.pipeline.clone(),
         }
     }
 }
@@ -366,7 +370,12 @@ impl<T: Transport> Node<T> {
     /// "commits per round trip" is the figure to watch when tuning
     /// throughput (the `tcp_ping` benchmark prints it).
     pub async fn commits(&self) -> Result<u64, NodeError> {
-        self.call(|core, _| (core.commits(), None)).await
+        // (A command: the node first makes every queued batch durable.)
+        let batches = self.call(|core, _| (core.commits(), None)).await?;
+        Ok(match &self.pipeline {
+            Some(counters) => counters.transactions.load(Ordering::Relaxed),
+            None => batches,
+        })
     }
 
     /// Flows kept for an operator after failing repeatedly.

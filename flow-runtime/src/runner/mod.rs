@@ -9,8 +9,8 @@ mod builder;
 mod config;
 mod event_loop;
 mod handle;
-mod pipeline;
 pub mod keys;
+mod pipeline;
 mod upgrade;
 
 /// The database options a node is built with ([`NodeBuilder::store_options`]).

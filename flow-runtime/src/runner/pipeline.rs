@@ -68,9 +68,19 @@ struct Shared {
     /// changes.
     changed: Condvar,
     durable: watch::Sender<Durable>,
-    /// Reads that had to wait for the committer (a count for tests and
-    /// for judging whether the message path ever waits).
-    read_waits: AtomicU64,
+    counters: Arc<PipelineCounters>,
+}
+
+/// What a pipeline counted, shared with the node's handles.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineCounters {
+    /// Write transactions made (inline commits and groups): each one
+    /// fsync when durable.
+    pub(crate) transactions: AtomicU64,
+    /// Reads that had to wait for the committer (counts, and ranges over
+    /// a queued range removal). The message path makes none; a test
+    /// checks that.
+    pub(crate) read_waits: AtomicU64,
 }
 
 #[derive(Default)]
@@ -143,7 +153,8 @@ impl Queued {
             return None;
         }
         let index = self.index.get_or_init(|| {
-            let mut index = FastMap::with_capacity_and_hasher(self.batch.ops.len(), Default::default());
+            let mut index =
+                FastMap::with_capacity_and_hasher(self.batch.ops.len(), Default::default());
             for (i, op) in self.batch.ops.iter().enumerate() {
                 index.insert(key_hash(&op.table, &op.key), i);
             }
@@ -160,9 +171,11 @@ impl Queued {
                 return Some(op.value.clone());
             }
         }
-        let removed = self.batch.removed_ranges.iter().any(|r| {
-            r.table == *table && r.from.as_slice() <= key && key < r.to.as_slice()
-        });
+        let removed = self
+            .batch
+            .removed_ranges
+            .iter()
+            .any(|r| r.table == *table && r.from.as_slice() <= key && key < r.to.as_slice());
         removed.then_some(None)
     }
 
@@ -170,7 +183,9 @@ impl Queued {
     /// `from..to`.
     fn removes_within(&self, table: &Table, from: &[u8], to: Option<&[u8]>) -> bool {
         self.batch.removed_ranges.iter().any(|r| {
-            r.table == *table && r.to.as_slice() > from && to.is_none_or(|to| r.from.as_slice() < to)
+            r.table == *table
+                && r.to.as_slice() > from
+                && to.is_none_or(|to| r.from.as_slice() < to)
         })
     }
 }
@@ -192,7 +207,7 @@ impl CommitPipeline {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             durable,
-            read_waits: AtomicU64::new(0),
+            counters: Arc::default(),
         });
         let for_thread = shared.clone();
         let committer = std::thread::Builder::new()
@@ -232,9 +247,15 @@ impl CommitPipeline {
         st.queue.len() < MAX_QUEUED_BATCHES && st.queued_bytes < MAX_QUEUED_BYTES
     }
 
+    /// What the pipeline counts, for the node's handles.
+    pub(crate) fn counters(&self) -> Arc<PipelineCounters> {
+        self.shared.counters.clone()
+    }
+
     /// Reads that waited for the committer so far.
-    pub(crate) fn read_waits(&self) -> u64 {
-        self.shared.read_waits.load(Ordering::Relaxed)
+    #[cfg(test)]
+    fn read_waits(&self) -> u64 {
+        self.shared.counters.read_waits.load(Ordering::Relaxed)
     }
 
     /// Waits (blocking) until no queued batch satisfies `busy`; counts the
@@ -250,7 +271,10 @@ impl CommitPipeline {
                 return Ok(());
             }
             if !counted {
-                self.shared.read_waits.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .read_waits
+                    .fetch_add(1, Ordering::Relaxed);
                 counted = true;
             }
             st = self
@@ -267,7 +291,12 @@ impl CommitPipeline {
         if let Some(why) = &st.failed {
             return Err(failed_error(why));
         }
-        Ok(st.queue.iter().filter(|q| q.touches(table)).cloned().collect())
+        Ok(st
+            .queue
+            .iter()
+            .filter(|q| q.touches(table))
+            .cloned()
+            .collect())
     }
 }
 
@@ -310,6 +339,7 @@ fn commit_loop(shared: &Shared) {
         };
         let batches: Vec<&WriteBatch> = group.iter().map(|q| &q.batch).collect();
         let result = shared.store.commit_group(&batches);
+        shared.counters.transactions.fetch_add(1, Ordering::Relaxed);
         let mut st = lock(shared);
         st.writing = 0;
         match result {
@@ -430,6 +460,7 @@ impl Store for CommitPipeline {
             let seq = st.last_seq;
             drop(st);
             let result = shared.store.commit(batch);
+            shared.counters.transactions.fetch_add(1, Ordering::Relaxed);
             let mut st = lock(shared);
             match &result {
                 Ok(()) => st.durable_seq = seq,
@@ -442,7 +473,10 @@ impl Store for CommitPipeline {
             && (st.queue.len() >= MAX_QUEUED_BATCHES || st.queued_bytes >= MAX_QUEUED_BYTES)
             && st.failed.is_none()
         {
-            st = shared.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         if let Some(why) = &st.failed {
             return Err(failed_error(why));
@@ -462,7 +496,10 @@ impl Store for CommitPipeline {
             if let Some(why) = &st.failed {
                 return Err(failed_error(why));
             }
-            st = shared.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         Ok(())
     }
@@ -479,9 +516,7 @@ mod tests {
     use crate::runner::{Node, NodeBuilder};
     use crate::store::{RedbOptions, RedbStore, SharedMemory};
     use crate::testing::ping_pong::{expected_total, ping, pong};
-    use crate::transport::{
-        MemoryNetwork, MemoryTransport, SendError, Transport, TransportEvent,
-    };
+    use crate::transport::{MemoryNetwork, MemoryTransport, SendError, Transport, TransportEvent};
     use std::time::Duration;
 
     /// Holds commits until the test lets them through; can make them fail.
@@ -511,7 +546,10 @@ mod tests {
             st.waiting += 1;
             self.changed.notify_all();
             while st.passes.is_some_and(|n| st.passed >= n) {
-                st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+                st = self
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             st.waiting -= 1;
             st.passed += 1;
@@ -648,26 +686,38 @@ mod tests {
         assert_eq!(pipeline.get(&t("kv"), b"d").unwrap(), Some(b"old".to_vec()));
         assert_eq!(pipeline.get(&t("timers"), &[1]).unwrap(), None);
         assert_eq!(pipeline.get(&t("timers"), &[2]).unwrap(), None);
-        assert_eq!(pipeline.get(&t("timers"), &[3]).unwrap(), Some(b"run".to_vec()));
+        assert_eq!(
+            pipeline.get(&t("timers"), &[3]).unwrap(),
+            Some(b"run".to_vec())
+        );
         // A range of a table with queued puts and deletes (no removed
         // range) is merged without waiting, and honours its limit.
         let keys = |entries: Entries| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         let all = pipeline.range(&t("kv"), b"", None, usize::MAX).unwrap();
         assert_eq!(keys(all.clone()), [&b"a"[..], b"bb", b"d", b"e"]);
         assert_eq!(all[0].1, b"new");
-        assert_eq!(keys(pipeline.range(&t("kv"), b"", None, 2).unwrap()), [&b"a"[..], b"bb"]);
+        assert_eq!(
+            keys(pipeline.range(&t("kv"), b"", None, 2).unwrap()),
+            [&b"a"[..], b"bb"]
+        );
         assert_eq!(
             keys(pipeline.range(&t("kv"), b"b", Some(b"e"), 10).unwrap()),
             [&b"bb"[..], b"d"]
         );
         // Past the removed range: no wait either.
-        assert_eq!(keys(pipeline.range(&t("timers"), &[3], None, 10).unwrap()), [[3], [4]]);
+        assert_eq!(
+            keys(pipeline.range(&t("timers"), &[3], None, 10).unwrap()),
+            [[3], [4]]
+        );
         assert_eq!(pipeline.read_waits(), 0);
         gate.open(false);
         wait_for("the batches are durable", || pipeline.is_idle());
         assert_eq!(store.get(&t("kv"), b"a").unwrap(), Some(b"new".to_vec()));
         assert_eq!(store.get(&t("kv"), b"b").unwrap(), None);
-        assert_eq!(keys(store.range(&t("timers"), &[], None, 10).unwrap()), [[3], [4]]);
+        assert_eq!(
+            keys(store.range(&t("timers"), &[], None, 10).unwrap()),
+            [[3], [4]]
+        );
     }
 
     #[test]
@@ -712,8 +762,14 @@ mod tests {
         put(&mut w, &t("kv"), b"b", b"lost too");
         pipeline.commit(w).expect("queued behind");
         gate.open(true);
-        wait_for("the failure is reported", || durable.borrow_and_update().failed.is_some());
-        assert_eq!(durable.borrow().seq, 1, "only the seeding commit is durable");
+        wait_for("the failure is reported", || {
+            durable.borrow_and_update().failed.is_some()
+        });
+        assert_eq!(
+            durable.borrow().seq,
+            1,
+            "only the seeding commit is durable"
+        );
         let mut w = WriteBatch::default();
         put(&mut w, &t("kv"), b"c", b"refused");
         assert!(pipeline.commit(w).is_err());
@@ -853,7 +909,10 @@ mod tests {
             .start_flow(ping(bob.party().clone(), 1))
             .await
             .unwrap();
-        eventually("the last step's commit reaches the gate", || gate.waiting() == 1).await;
+        eventually("the last step's commit reaches the gate", || {
+            gate.waiting() == 1
+        })
+        .await;
         let mut result = Box::pin(alice.node.result(&handle));
         // Held: no waiter completes and no frame of that batch (the ack
         // of the echo, the session's end) is sent.
@@ -874,6 +933,50 @@ mod tests {
             .expect("the result once durable");
         assert_eq!(outcome, Ok(expected_total(1)));
         assert!(alice.sent.load(Ordering::SeqCst) > before + 2);
+        let counters = alice.node.pipeline.clone().expect("pipelined");
+        assert_eq!(
+            counters.read_waits.load(Ordering::Relaxed),
+            0,
+            "a read on the message path waited for the committer"
+        );
+        alice.node.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_flows_through_two_pipelined_nodes_finish_and_no_read_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new();
+        let alice = alice(&net, &SharedMemory::new(), Arc::new(Gate::default())).await;
+        let bob = bob(&net, dir.path()).await;
+        let flows: Vec<(String, ping::Flow)> = (0..50)
+            .map(|i| (format!("ping-{i}"), ping(bob.party().clone(), 5)))
+            .collect();
+        let handles = alice.node.start_flows_with_client_ids(flows).await.unwrap();
+        for handle in &handles {
+            let outcome = tokio::time::timeout(Duration::from_secs(30), alice.node.result(handle))
+                .await
+                .expect("the flow finishes");
+            assert_eq!(outcome, Ok(expected_total(5)));
+        }
+        let batches = alice
+            .node
+            .call(|core, _| (core.commits(), None))
+            .await
+            .unwrap();
+        let transactions = alice.node.commits().await.unwrap();
+        assert!(
+            transactions <= batches,
+            "{transactions} transactions for {batches} batches"
+        );
+        for node in [&alice.node.pipeline, &bob.pipeline] {
+            let counters = node.clone().expect("pipelined");
+            assert_eq!(
+                counters.read_waits.load(Ordering::Relaxed),
+                0,
+                "a read on the message path waited for the committer"
+            );
+        }
         alice.node.shutdown().await.unwrap();
         bob.shutdown().await.unwrap();
     }
@@ -895,7 +998,10 @@ mod tests {
             .await
             .unwrap();
         handles.push(first);
-        eventually("Alice's first batch reaches the gate", || gate.waiting() == 1).await;
+        eventually("Alice's first batch reaches the gate", || {
+            gate.waiting() == 1
+        })
+        .await;
         // More frames arrive; Alice steps them behind the held commit.
         for _ in 0..3 {
             handles.push(
