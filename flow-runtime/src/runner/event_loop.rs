@@ -36,8 +36,9 @@
 //! its sequence number, and goes on to the next batch while a committer
 //! thread makes it durable (several queued batches in one transaction);
 //! each output is released once the committer reports its batch durable,
-//! which the driver awaits without blocking its worker. Everything else
-//! (commands, waits for results, timers, redelivery, link events,
+//! which the driver awaits without blocking its worker. A result a caller
+//! waits for is handed over once every batch queued when it was read is
+//! durable. Everything else (commands, timers, redelivery, link events,
 //! shutdown) first settles the pipeline: it waits until every queued batch
 //! is durable and released, then commits inline, so a caller never sees a
 //! result that is not on disk.
@@ -165,6 +166,10 @@ pub(super) struct Pipelined {
     /// Outputs of batches not yet durable, oldest first, each with the
     /// sequence number that must be durable before it is released.
     pub(super) pending: VecDeque<(u64, Output)>,
+    /// Results read for waiting callers while batches were queued: a
+    /// result may come from a queued batch, so it is handed over once
+    /// everything queued when it was read is durable.
+    pub(super) replies: VecDeque<(u64, oneshot::Sender<RawResult>, RawResult)>,
     /// With nothing queued and no frame waiting, commit a batch on the
     /// driver instead of handing it to the committer thread.
     pub(super) inline_when_idle: bool,
@@ -176,6 +181,7 @@ impl Pipelined {
             durable: pipeline.durable(),
             pipeline,
             pending: VecDeque::new(),
+            replies: VecDeque::new(),
             inline_when_idle,
         }
     }
@@ -255,10 +261,11 @@ impl<T: Transport> EventLoop<T> {
             let timer = self.next_timer_delay();
             // Frames and ready-ticks wait while the pipeline is full.
             let room = self.pipeline.as_ref().is_none_or(|p| p.pipeline.has_room());
-            let first_pending = self
-                .pipeline
-                .as_ref()
-                .and_then(|p| p.pending.front().map(|(seq, _)| *seq));
+            let first_pending = self.pipeline.as_ref().and_then(|p| {
+                let output = p.pending.front().map(|(seq, _)| *seq);
+                let reply = p.replies.front().map(|(seq, _, _)| *seq);
+                output.into_iter().chain(reply).min()
+            });
             tokio::select! {
                 biased;
                 durable = pending_durable(
@@ -281,10 +288,7 @@ impl<T: Transport> EventLoop<T> {
                             self.release(out);
                         }
                     }
-                    Some(Command::Wait { run, reply }) => {
-                        self.settle().await?;
-                        self.wait(run, reply);
-                    }
+                    Some(Command::Wait { run, reply }) => self.wait(run, reply),
                 },
                 frame = self.incoming.recv(), if room => match frame {
                     Some(first) => self.deliver(Some(first))?,
@@ -336,7 +340,8 @@ impl<T: Transport> EventLoop<T> {
         Ok(())
     }
 
-    /// Releases, in order, the outputs of every batch up to `durable`.
+    /// Releases, in order, the outputs of every batch up to `durable`,
+    /// and the results read before it.
     fn release_durable(&mut self, durable: u64) {
         while let Some(p) = self.pipeline.as_mut() {
             match p.pending.front() {
@@ -346,6 +351,13 @@ impl<T: Transport> EventLoop<T> {
                     }
                 }
                 _ => break,
+            }
+        }
+        if let Some(p) = self.pipeline.as_mut() {
+            while p.replies.front().is_some_and(|(seq, _, _)| *seq <= durable) {
+                if let Some((_, reply, result)) = p.replies.pop_front() {
+                    let _ = reply.send(result);
+                }
             }
         }
     }
@@ -509,11 +521,19 @@ impl<T: Transport> EventLoop<T> {
         self.operate(|core| core.deliver_messages(now(), acks))
     }
 
+    /// Answers `reply` with `run`'s result once it is durable: at once if
+    /// nothing is queued, else once every batch queued now is durable (a
+    /// finished flow's waiters are answered when its batch is released).
     fn wait(&mut self, run: RunId, reply: oneshot::Sender<RawResult>) {
         match self.core.result(run) {
-            Ok(Some(result)) => {
-                let _ = reply.send(result);
-            }
+            Ok(Some(result)) => match self.pipeline.as_mut() {
+                Some(p) if p.durable.borrow().seq < p.pipeline.last_seq() => {
+                    p.replies.push_back((p.pipeline.last_seq(), reply, result));
+                }
+                _ => {
+                    let _ = reply.send(result);
+                }
+            },
             Ok(None) => self.waiters.entry(run).or_default().push(reply),
             Err(e) => {
                 let _ = reply.send(Err(FlowError::internal(e.to_string())));

@@ -932,7 +932,10 @@ mod tests {
             .await
             .expect("the result once durable");
         assert_eq!(outcome, Ok(expected_total(1)));
-        assert!(alice.sent.load(Ordering::SeqCst) > before + 2);
+        eventually("the held batch's frames are sent", || {
+            alice.sent.load(Ordering::SeqCst) > before + 2
+        })
+        .await;
         let counters = alice.node.pipeline.clone().expect("pipelined");
         assert_eq!(
             counters.read_waits.load(Ordering::Relaxed),
