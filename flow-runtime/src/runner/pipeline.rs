@@ -866,6 +866,7 @@ mod tests {
         let party = Party::new("Bob", PublicKey([2; 32]));
         let (transport, incoming) = net.join(&party);
         let mut b = NodeBuilder::with_transport(party, dir.join("bob.redb"), transport, incoming);
+        b.pipeline_commits(true);
         b.redelivery_interval(Duration::from_millis(100));
         b.flow::<ping::Flow>();
         b.responder::<ping::Flow>(pong);
