@@ -13,6 +13,7 @@ use crate::fast_hash::FastMap;
 use crate::store::{RangeRemoval, Store, StoreError, Table, WriteBatch};
 use crate::{FlowError, PublicKey};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 /// A checkpoint as loaded: decoded, or the raw bytes with the reason they do
 /// not decode.
@@ -86,6 +87,16 @@ struct SessionSlot {
     /// Written by this batch; otherwise it is the committed record, only
     /// read, and is not written again.
     dirty: bool,
+}
+
+/// The smallest key above every key starting with `prefix` (`None`: there
+/// is none, the prefix is empty or all `0xff`): the last byte below `0xff`
+/// incremented, the bytes after it dropped.
+fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 /// Whether `key` of `table` lies in one of `ranges`.
@@ -388,42 +399,60 @@ impl Batch {
     }
 
     /// Keys of `table` starting with `prefix`, committed or staged, minus
-    /// staged deletions.
+    /// staged deletions and removed ranges, in key order.
+    ///
+    /// Cost: the committed keys under the prefix plus a range walk of this
+    /// table's staged writes under it. Never a pass over every staged
+    /// write of the batch: the receive path calls this once per incoming
+    /// message, so a walk over the whole batch would make a big group
+    /// commit quadratic.
     pub fn keys_with_prefix(
         &self,
         store: &dyn Store,
         table: &Table,
         prefix: &[u8],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut end = prefix.to_vec();
-        // The prefixes used are fixed-width keys; incrementing the last byte
-        // with carry gives the exclusive upper bound.
-        let upper = loop {
-            match end.pop() {
-                None => break None,
-                Some(0xff) => continue,
-                Some(b) => {
-                    end.push(b + 1);
-                    break Some(end);
-                }
-            }
-        };
-        let mut keys: BTreeSet<Vec<u8>> = store
-            .range(table, prefix, upper.as_deref(), usize::MAX)?
+        let upper = prefix_upper_bound(prefix);
+        let committed = store.range(table, prefix, upper.as_deref(), usize::MAX)?;
+        let bounds = (
+            Bound::Included(prefix),
+            upper.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        let mut staged = self
+            .raw
+            .get(table)
             .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !self.in_removed_range(table, k))
-            .collect();
-        for (k, v) in self.raw.get(table).into_iter().flatten() {
-            if k.starts_with(prefix) {
-                if v.is_some() {
-                    keys.insert(k.clone());
-                } else {
-                    keys.remove(k);
+            .flat_map(|t| t.range::<[u8], _>(bounds))
+            .peekable();
+        // Both sides are in key order: merge them, a staged write winning
+        // over the committed key it shadows.
+        let mut keys = Vec::with_capacity(committed.len());
+        let mut committed = committed.into_iter().map(|(k, _)| k).peekable();
+        loop {
+            let staged_first = match (committed.peek(), staged.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(c), Some((s, _))) => match c.as_slice().cmp(s.as_slice()) {
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Greater => true,
+                    std::cmp::Ordering::Equal => {
+                        committed.next();
+                        true
+                    }
+                },
+            };
+            if staged_first {
+                if let Some((k, Some(_))) = staged.next() {
+                    keys.push(k.clone());
                 }
+            } else if let Some(k) = committed.next()
+                && !self.in_removed_range(table, &k)
+            {
+                keys.push(k);
             }
         }
-        Ok(keys.into_iter().collect())
+        Ok(keys)
     }
 
     /// Everything to write, encoded.
@@ -506,5 +535,103 @@ impl Batch {
         } else {
             (self.hot.emptied(), self.hot_sessions.emptied())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RedbOptions, RedbStore, SharedMemory, WriteBatch};
+    use proptest::prelude::*;
+
+    /// The definition `keys_with_prefix` must keep: every committed key
+    /// under the prefix outside the removed ranges, then every staged write
+    /// of the table applied on top, one by one.
+    fn naive_keys_with_prefix(
+        batch: &Batch,
+        store: &dyn Store,
+        table: &Table,
+        prefix: &[u8],
+    ) -> Vec<Vec<u8>> {
+        let mut keys: BTreeSet<Vec<u8>> = store
+            .range(table, &[], None, usize::MAX)
+            .expect("range")
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(prefix) && !batch.in_removed_range(table, k))
+            .collect();
+        for (k, v) in batch.raw.get(table).into_iter().flatten() {
+            if k.starts_with(prefix) {
+                if v.is_some() {
+                    keys.insert(k.clone());
+                } else {
+                    keys.remove(k);
+                }
+            }
+        }
+        keys.into_iter().collect()
+    }
+
+    /// Short keys over a tiny alphabet (with `0xff`, for the prefix's
+    /// upper bound), so that prefixes, ranges and writes overlap often.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(vec![0u8, 1, 0xfe, 0xff]), 0..4)
+    }
+
+    /// One staged change: a put, a delete, or a range removal.
+    #[derive(Debug, Clone)]
+    enum Staged {
+        Put(Table, Vec<u8>),
+        Delete(Table, Vec<u8>),
+        RemoveRange(Table, Vec<u8>, Vec<u8>),
+    }
+
+    fn table() -> impl Strategy<Value = Table> {
+        prop::sample::select(vec![Table::OUTBOX, Table::RESULTS])
+    }
+
+    fn staged() -> impl Strategy<Value = Staged> {
+        prop_oneof![
+            3 => (table(), key()).prop_map(|(t, k)| Staged::Put(t, k)),
+            2 => (table(), key()).prop_map(|(t, k)| Staged::Delete(t, k)),
+            1 => (table(), key(), key()).prop_map(|(t, a, b)| Staged::RemoveRange(t, a, b)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn keys_with_prefix_matches_the_naive_merge(
+            committed in prop::collection::vec((table(), key()), 0..24),
+            writes in prop::collection::vec(staged(), 0..32),
+            prefix in key(),
+        ) {
+            let store = RedbStore::open_in_memory(&SharedMemory::new(), RedbOptions::default())
+                .expect("in-memory store");
+            let mut w = WriteBatch::default();
+            for (t, k) in &committed {
+                w.put(t.clone(), k.clone(), vec![1]);
+            }
+            store.commit(w).expect("commit");
+            let mut batch = Batch::default();
+            for write in writes {
+                match write {
+                    Staged::Put(t, k) => batch.put(t, k, vec![2]),
+                    Staged::Delete(t, k) => batch.delete(t, k),
+                    Staged::RemoveRange(t, a, b) => batch.remove_range(t, a, b),
+                }
+            }
+            for t in [Table::OUTBOX, Table::RESULTS] {
+                let got = batch.keys_with_prefix(&store, &t, &prefix).expect("keys");
+                prop_assert_eq!(got, naive_keys_with_prefix(&batch, &store, &t, &prefix));
+            }
+        }
+    }
+
+    #[test]
+    fn the_prefix_upper_bound_carries_over_0xff() {
+        assert_eq!(prefix_upper_bound(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_upper_bound(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_upper_bound(&[0xff]), None);
+        assert_eq!(prefix_upper_bound(&[]), None);
     }
 }
