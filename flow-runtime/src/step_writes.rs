@@ -274,4 +274,43 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn service_tables_keep_their_stored_names_and_are_built_once() {
+        for (name, stored) in [
+            ("vault", "svc/vault"),
+            ("t", "svc/t"),
+            ("", "svc/"),
+            ("svc/x", "svc/svc/x"),
+        ] {
+            let table = Table::service(name);
+            assert_eq!(table.name(), stored);
+            // Looked up by content, not by the caller's pointer.
+            let owned = String::from(name);
+            let again = Table::service(owned.as_str());
+            assert_eq!(again, table);
+            assert!(
+                std::ptr::eq(again.name(), table.name()),
+                "{name}: the name is shared, not built again"
+            );
+        }
+        assert_ne!(Table::service("a"), Table::service("b"));
+    }
+
+    #[test]
+    fn step_writes_land_in_the_svc_table() {
+        let store = store_with(&[]);
+        let mut w = StepWrites::new(store.clone());
+        w.put("ledger", b"k", b"v");
+        w.keep_step();
+        let mut batch = WriteBatch::default();
+        w.drain_into(&mut batch);
+        let tables: Vec<&str> = batch.ops.iter().map(|op| op.table.name()).collect();
+        assert_eq!(tables, ["svc/ledger"]);
+        store.commit(batch).expect("commit");
+        assert_eq!(
+            StepWrites::new(store).get("ledger", b"k").expect("get"),
+            Some(b"v".to_vec())
+        );
+    }
 }

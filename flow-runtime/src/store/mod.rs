@@ -24,7 +24,9 @@ pub use redb_store::{RedbOptions, RedbStore, SharedMemory};
 pub use timed::{StorageCounters, StorageStats, TimedStore};
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{PoisonError, RwLock};
 
 /// The name of one keyed table in a [`Store`]. Keys and values are opaque
 /// bytes; keys sort lexicographically (the node writes numbers big-endian so
@@ -78,14 +80,47 @@ impl Table {
 
     /// A table owned by a node service (e.g. the vault). Prefixed with
     /// `svc/` so a service cannot clash with the node's own tables.
+    ///
+    /// The full name is built once per distinct `name` for the life of the
+    /// process and shared after that: services look their tables up by name
+    /// on every read and write of every step, and a program's service tables
+    /// are a handful of names fixed in its code (never chosen by a peer), so
+    /// keeping them costs a few bytes, while building one per call cost an
+    /// allocation each time and another on every clone into a write batch.
     pub fn service(name: &str) -> Table {
-        Table(Cow::Owned(format!("svc/{name}")))
+        Table(Cow::Borrowed(interned_service_name(name)))
     }
 
     /// The table's name in the database.
     pub fn name(&self) -> &str {
         &self.0
     }
+}
+
+/// The `svc/<name>` table names handed out so far, by service name.
+static SERVICE_NAMES: RwLock<BTreeMap<&'static str, &'static str>> = RwLock::new(BTreeMap::new());
+
+/// `svc/<name>`, built and leaked on the first call for `name`, shared
+/// after that (see [`Table::service`] for why leaking is bounded).
+fn interned_service_name(name: &str) -> &'static str {
+    // A poisoned lock only means another thread panicked while inserting;
+    // the map itself is always consistent (one insert of leaked strings).
+    if let Some(full) = SERVICE_NAMES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(name)
+    {
+        return full;
+    }
+    let mut names = SERVICE_NAMES
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(full) = names.get(name) {
+        return full;
+    }
+    let full: &'static str = Box::leak(format!("svc/{name}").into_boxed_str());
+    names.insert(&full[4..], full);
+    full
 }
 
 impl fmt::Debug for Table {
