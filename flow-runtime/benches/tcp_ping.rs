@@ -25,6 +25,9 @@
 //! `TCP_PING_ROUNDS` scales the rounds (default 1: 1,000 rounds for one
 //! flow, 200 per flow for 16, 100 per flow for 1,000).
 //!
+//! `TCP_PING_PIPELINE=1` runs every node with the commit pipeline
+//! (`NodeBuilder::pipeline_commits`).
+//!
 //! Run: `cargo bench -p flow-runtime --bench tcp_ping`.
 
 use flow_runtime::engine::{Body, WireMessage};
@@ -208,6 +211,9 @@ fn two_nodes(options: RedbOptions, hand_off: Option<bool>) -> TwoNodes {
         });
         if let Some(hand_off) = hand_off {
             b.hand_off_worker_during_commits(hand_off);
+        }
+        if std::env::var("TCP_PING_PIPELINE").is_ok() {
+            b.pipeline_commits(true);
         }
         rt.block_on(b.start()).expect("the node starts")
     };
