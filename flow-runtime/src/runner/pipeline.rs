@@ -852,7 +852,7 @@ mod tests {
         let mut b = NodeBuilder::with_transport(party, "alice.redb", transport, incoming);
         b.custom_store = Some(GatedStore::open(memory, gate));
         b.pipeline_commits(true);
-        b.inline_when_idle = false;
+        b.commit_inline_when_idle(false);
         b.redelivery_interval(Duration::from_secs(3600));
         b.flow::<ping::Flow>();
         b.responder::<ping::Flow>(pong);
