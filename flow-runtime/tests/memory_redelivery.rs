@@ -43,6 +43,9 @@ async fn start_alice(net: &MemoryNetwork, alice: &Party, dir: &Path) -> Node<Mem
         ..RedbOptions::default()
     });
     b.redelivery_interval(TICK);
+    // On the paused clock the driver must not wait for the committer's
+    // real thread (the clock would jump past ticks meanwhile).
+    b.commit_inline_when_idle(true);
     b.flow::<ping::Flow>();
     b.start().await.unwrap()
 }
@@ -309,6 +312,8 @@ async fn counting_node_with_links(
     let db = dir.join(format!("{}.redb", who.name()));
     let mut b = NodeBuilder::with_transport(who.clone(), db, transport, incoming);
     b.redelivery_interval(every);
+    // On the paused clock: see `start_alice`.
+    b.commit_inline_when_idle(true);
     b.flow::<ping::Flow>();
     b.responder::<ping::Flow>(pong);
     b.start().await.unwrap()

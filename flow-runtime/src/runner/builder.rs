@@ -287,7 +287,7 @@ impl<T: Transport> NodeBuilder<T> {
             defer_acks: true,
             hand_off_commits: None,
             pipeline_commits: None,
-            inline_when_idle: true,
+            inline_when_idle: false,
             node_config: NodeConfig::default(),
             store: Ok(StoreChoice::Redb(RedbOptions::default())),
             registry: Registry::new(),
@@ -431,16 +431,21 @@ impl<T: Transport> NodeBuilder<T> {
 
     /// With the commit pipeline ([`pipeline_commits`](Self::pipeline_commits)):
     /// whether a batch stepped while nothing is queued and no frame waits
-    /// is committed on the driver itself (`true`, the default) or handed
-    /// to the committer thread like every other (`false`).
+    /// is committed on the driver itself (`true`) or handed to the
+    /// committer thread like every other (`false`, the default).
     ///
     /// Why a choice: committing on the driver saves one flow alone a
     /// hand-off between threads (about 10% of its durable round trip on
     /// the reference machine), but blocks the driver's worker for the
     /// fsync whenever the node is momentarily idle, which under load is
     /// often: with 1,000 flows in flight, handing off every batch made
-    /// twice the round trips per second at less CPU per round trip. See
-    /// the book's performance chapter.
+    /// twice the round trips per second at less CPU per round trip, so
+    /// the default serves many flows. See the book's performance chapter.
+    ///
+    /// Tests that run a node on tokio's paused clock
+    /// (`#[tokio::test(start_paused = true)]`) should set `true`: while the
+    /// driver waits for the committer's (real) thread, the paused runtime
+    /// sees nothing to do and jumps its clock to the next timer.
     pub fn commit_inline_when_idle(&mut self, inline: bool) -> &mut Self {
         self.inline_when_idle = inline;
         self
