@@ -373,6 +373,9 @@ fn echo_node(path: &std::path::Path, options: RedbOptions) -> (NodeCore, Arc<Red
         Box::new(OsIds),
         NodeConfig {
             max_steps_per_batch: usize::MAX,
+            // Every suspended flow is a responder to the one peer: past the
+            // default bound its initiations would be deferred, not loaded.
+            max_responders_per_peer: u32::MAX,
             ..NodeConfig::default()
         },
         Timestamp(1),
