@@ -7,8 +7,8 @@ use flow_runtime::__private as rt;
 use flow_runtime::engine::OsIds;
 use flow_runtime::engine::{NewFlow, Registry};
 use flow_runtime::prelude::*;
-use flow_runtime::storage::{Entries, Store, StoreError};
-use flow_runtime::storage::{Table, WriteBatch};
+use flow_runtime::storage::StoreError;
+use flow_runtime::testing::HookedStore;
 use flow_runtime::{Event, NodeConfig, NodeCore, RunId, Step, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -47,54 +47,47 @@ impl Flow for Diary {
     }
 }
 
-/// A store whose next `fail` commits fail (as a full disk would).
-struct FlakyStore {
-    inner: Arc<dyn Store>,
-    fail: AtomicU32,
+/// Makes the next commits of a [`flaky`] store fail, as a full disk would.
+#[derive(Clone, Default)]
+struct FailNext(Arc<AtomicU32>);
+
+impl FailNext {
+    /// The next `n` commits fail.
+    fn set(&self, n: u32) {
+        self.0.store(n, Ordering::SeqCst);
+    }
 }
 
-impl Store for FlakyStore {
-    fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(table, key)
-    }
-    fn range(
-        &self,
-        table: &Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.inner.range(table, from, to, limit)
-    }
-    fn len(&self, table: &Table) -> Result<u64, StoreError> {
-        self.inner.len(table)
-    }
-    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if self
-            .fail
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(StoreError("injected: the disk is full".into()));
+/// `backend`'s store, failing commits when told to by the [`FailNext`].
+fn flaky(backend: &Backend) -> (Arc<HookedStore>, FailNext) {
+    let fail = FailNext::default();
+    let failing = fail.0.clone();
+    let store = HookedStore::new(backend.open(), move |_| {
+        match failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(StoreError("injected: the disk is full".into())),
+            Err(_) => Ok(()),
         }
-        self.inner.commit(batch)
-    }
+    });
+    (Arc::new(store), fail)
 }
 
-fn node(backend: &Backend, cache_bytes: usize) -> (NodeCore, Arc<FlakyStore>) {
-    let store = Arc::new(FlakyStore {
-        inner: backend.open(),
-        fail: AtomicU32::new(0),
-    });
-    let mut registry = Registry::new();
-    registry.register_flow::<Diary>();
+/// A node named `name` (key `[id; 32]`) on a [`flaky`] store of
+/// `backend`, running what `registry` knows.
+fn open_node(
+    backend: &Backend,
+    name: &str,
+    id: u8,
+    registry: Registry,
+    cache_bytes: usize,
+) -> (NodeCore, FailNext) {
+    let (store, fail) = flaky(backend);
     let config = NodeConfig {
         checkpoint_cache_bytes: cache_bytes,
         ..NodeConfig::default()
     };
     let core = NodeCore::open(
-        Party::new("Alice", PublicKey([1; 32])),
-        store.clone(),
+        Party::new(name, PublicKey([id; 32])),
+        store,
         registry,
         Box::new(OsIds),
         Box::new(OsIds),
@@ -102,7 +95,14 @@ fn node(backend: &Backend, cache_bytes: usize) -> (NodeCore, Arc<FlakyStore>) {
         Timestamp(0),
     )
     .expect("open the node");
-    (core, store)
+    (core, fail)
+}
+
+/// Alice, running the [`Diary`].
+fn node(backend: &Backend, cache_bytes: usize) -> (NodeCore, FailNext) {
+    let mut registry = Registry::new();
+    registry.register_flow::<Diary>();
+    open_node(backend, "Alice", 1, registry, cache_bytes)
 }
 
 fn diary(until: usize) -> NewFlow {
@@ -118,14 +118,14 @@ fn diary(until: usize) -> NewFlow {
 /// start order.
 fn run_to_the_end(
     core: &mut NodeCore,
-    store: &FlakyStore,
+    fail: &FailNext,
     fail_at: &[u64],
     runs: &[RunId],
 ) -> Vec<Vec<u64>> {
     let mut outcomes = std::collections::HashMap::new();
     for now in 1..10_000 {
         if fail_at.contains(&now) {
-            store.fail.store(1, Ordering::SeqCst);
+            fail.set(1);
         }
         match core.tick(Timestamp(now)) {
             Ok(out) => {
@@ -150,10 +150,10 @@ fn run_to_the_end(
 #[test]
 fn a_step_whose_commit_failed_is_not_seen_by_the_next_step() {
     on_each_backend(|backend| {
-        let (mut core, store) = node(backend, NodeConfig::default().checkpoint_cache_bytes);
+        let (mut core, fail) = node(backend, NodeConfig::default().checkpoint_cache_bytes);
         let (run, _) = core.start(Timestamp(0), diary(4), None).expect("start");
         core.tick(Timestamp(0)).expect("first step: sleeps");
-        let diaries = run_to_the_end(&mut core, &store, &[2], &[run]);
+        let diaries = run_to_the_end(&mut core, &fail, &[2], &[run]);
         // The wake at 1 is committed (and cached); the wake at 2 ran but its
         // commit failed, so the wake at 3 is the second one, not the third (a
         // stale cache would give [1, 2, 3, 4]).
@@ -167,13 +167,13 @@ fn a_node_with_a_tiny_cache_or_none_computes_exactly_what_the_default_does() {
         let outcomes: Vec<Vec<Vec<u64>>> = [0, 2_000, NodeConfig::default().checkpoint_cache_bytes]
             .into_iter()
             .map(|cache_bytes| {
-                let (mut core, store) = node(&backend.fresh(), cache_bytes);
+                let (mut core, fail) = node(&backend.fresh(), cache_bytes);
                 // Flows of different lengths, so some finish (and leave the
                 // cache) while others keep running through two failed commits.
                 let flows = (1..=40).map(|i| (diary(i % 7 + 1), None)).collect();
                 let (runs, _) = core.start_many(Timestamp(0), flows).expect("start");
                 core.tick(Timestamp(0)).expect("first steps");
-                let mut diaries = run_to_the_end(&mut core, &store, &[4, 5], &runs);
+                let mut diaries = run_to_the_end(&mut core, &fail, &[4, 5], &runs);
                 // Run ids are random: compare the diaries as a multiset.
                 diaries.sort();
                 diaries
@@ -196,35 +196,12 @@ fn a_node_with_a_tiny_cache_or_none_computes_exactly_what_the_default_does() {
 
 /// A node named `name` (key `[id; 32]`) that runs `ping` and answers it
 /// with `pong`.
-fn ping_node(
-    backend: &Backend,
-    name: &str,
-    id: u8,
-    cache_bytes: usize,
-) -> (NodeCore, Arc<FlakyStore>) {
+fn ping_node(backend: &Backend, name: &str, id: u8, cache_bytes: usize) -> (NodeCore, FailNext) {
     use flow_runtime::testing::ping_pong::{ping, pong};
-    let store = Arc::new(FlakyStore {
-        inner: backend.open(),
-        fail: AtomicU32::new(0),
-    });
     let mut registry = Registry::new();
     registry.register_flow::<ping::Flow>();
     registry.register_responder::<ping::Flow, _>(pong);
-    let config = NodeConfig {
-        checkpoint_cache_bytes: cache_bytes,
-        ..NodeConfig::default()
-    };
-    let core = NodeCore::open(
-        Party::new(name, PublicKey([id; 32])),
-        store.clone(),
-        registry,
-        Box::new(OsIds),
-        Box::new(OsIds),
-        config,
-        Timestamp(0),
-    )
-    .expect("open the node");
-    (core, store)
+    open_node(backend, name, id, registry, cache_bytes)
 }
 
 /// The session records are cached like checkpoints (and acks of live
@@ -239,8 +216,8 @@ fn a_session_whose_commit_failed_is_not_seen_by_the_next_batch() {
     use flow_runtime::testing::ping_pong::{expected_total, ping};
     on_each_backend(|backend| {
         for cache_bytes in [0, NodeConfig::default().checkpoint_cache_bytes] {
-            let (mut alice, alice_store) = ping_node(&backend.fresh(), "Alice", 1, cache_bytes);
-            let (mut bob, bob_store) = ping_node(&backend.fresh(), "Bob", 2, cache_bytes);
+            let (mut alice, alice_fail) = ping_node(&backend.fresh(), "Alice", 1, cache_bytes);
+            let (mut bob, bob_fail) = ping_node(&backend.fresh(), "Bob", 2, cache_bytes);
             let bob_party = bob.identity().clone();
             let flow = NewFlow::new(&ping(bob_party.clone(), 6)).expect("encode");
             let (run, _) = alice.start(Timestamp(0), flow, None).expect("start");
@@ -252,8 +229,8 @@ fn a_session_whose_commit_failed_is_not_seen_by_the_next_batch() {
                 // Every third commit of each node fails.
                 commits += 1;
                 if commits.is_multiple_of(3) {
-                    alice_store.fail.store(1, Ordering::SeqCst);
-                    bob_store.fail.store(1, Ordering::SeqCst);
+                    alice_fail.set(1);
+                    bob_fail.set(1);
                 }
                 let from_bob = std::mem::take(&mut to_alice);
                 if let Ok(out) = alice.deliver(Timestamp(now), from_bob) {
@@ -275,8 +252,8 @@ fn a_session_whose_commit_failed_is_not_seen_by_the_next_batch() {
                 if let Ok(out) = bob.deliver(Timestamp(now), from_alice) {
                     to_alice.extend(out.frames.into_iter().map(|(_, f)| (*bob_party.key(), f)));
                 }
-                alice_store.fail.store(0, Ordering::SeqCst);
-                bob_store.fail.store(0, Ordering::SeqCst);
+                alice_fail.set(0);
+                bob_fail.set(0);
                 // What a failed batch lost comes again: the redelivery.
                 if now.is_multiple_of(4) {
                     for m in alice.unacked_frames().expect("outbox") {

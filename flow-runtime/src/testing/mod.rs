@@ -9,6 +9,9 @@ pub use mock::{Faults, Finished, LinkFaults, MockNetwork, NetworkStats, NodeId};
 mod handwritten;
 pub use handwritten::HandwrittenPing;
 
+mod hooked_store;
+pub use hooked_store::{CommitHook, HookedStore};
+
 pub mod ping_pong;
 
 pub mod cluster;
