@@ -104,8 +104,8 @@ pub mod engine {
     pub use crate::node::{
         CheckpointDump, CheckpointSummary, CoreMetrics, DEFERRAL_WARNING_EVERY, HospitalEntry,
         NodeConfig, NodeCore, NodeError, OperatorView, OsIds, Output, PeerNames, RunId,
-        STORE_FORMAT, SessionDump, StateFields, UnackedFrame, UpgradeGroup, UpgradeReport,
-        check_upgrade,
+        STORE_FORMAT, SessionDump, StateFields, TransactionMetrics, UnackedFrame, UpgradeGroup,
+        UpgradeReport, check_upgrade,
     };
     pub use crate::protocol::{Body, OLDEST_WIRE_VERSION_READ, WIRE_VERSION, WireMessage};
     pub use crate::registry::{

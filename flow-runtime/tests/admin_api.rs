@@ -527,6 +527,11 @@ async fn start_by_name_show_list_kill_retry_drain_and_metrics() {
     assert_eq!(status["peers"][0]["name"], "Bob");
     assert_eq!(status["peers"][0]["link"], "up");
     assert_eq!(status["flows_in_flight"], 0);
+    // Durable transactions, and the batches they held (several per
+    // transaction with the commit pipeline).
+    let commits = status["commits"].as_u64().expect("commits");
+    let batches = status["batches"].as_u64().expect("batches");
+    assert!(0 < commits && commits <= batches, "{status}");
     assert_eq!(undrained["draining"], false);
     assert!(started.is_ok());
 
@@ -542,6 +547,7 @@ async fn start_by_name_show_list_kill_retry_drain_and_metrics() {
     .await;
     for needle in [
         "# TYPE flow_steps_total counter",
+        "flow_batches_total ",
         "flow_commits_total ",
         "flow_commit_seconds_bucket{le=\"0.001\"}",
         "flow_finished_total{outcome=\"ok\"} ",

@@ -21,7 +21,7 @@ mod upgrade_check;
 pub use self::core::{NodeCore, PeerNames};
 pub use deferrals::DEFERRAL_WARNING_EVERY;
 pub use dump::{CheckpointDump, HospitalEntry, OperatorView, SessionDump, StateFields};
-pub use metrics::CoreMetrics;
+pub use metrics::{CoreMetrics, TransactionMetrics};
 pub use records::{CheckpointSummary, STORE_FORMAT};
 pub use upgrade_check::{UpgradeGroup, UpgradeReport, check_upgrade};
 

@@ -595,15 +595,15 @@ impl<T: Transport> NodeBuilder<T> {
         );
         let store = self.open_store(&path)?;
         let durable_store = store.clone();
+        let metrics = NodeMetrics::new();
         let mut counters = None;
         let (store, pipeline) = if pipelined {
-            let pipeline =
-                Arc::new(
-                    CommitPipeline::new(store).map_err(|e| RunnerError::Database {
-                        path: path.clone(),
-                        message: format!("cannot start the commit thread: {e}"),
-                    })?,
-                );
+            let pipeline = Arc::new(CommitPipeline::new(store, metrics.transactions()).map_err(
+                |e| RunnerError::Database {
+                    path: path.clone(),
+                    message: format!("cannot start the commit thread: {e}"),
+                },
+            )?);
             counters = Some(pipeline.counters());
             (pipeline.clone() as Arc<dyn Store>, Some(pipeline))
         } else {
@@ -627,8 +627,13 @@ impl<T: Transport> NodeBuilder<T> {
         for install in &self.installers {
             install(core.services());
         }
-        let metrics = NodeMetrics::new();
-        core.set_metrics(metrics.core());
+        // Transactions are recorded where they are written: by the
+        // pipeline when there is one, else by the core.
+        core.set_metrics(if pipeline.is_some() {
+            metrics.pipelined_core()
+        } else {
+            metrics.core()
+        });
         let (transport, incoming) = self.connect.connect().await?;
         let transport = Arc::new(transport);
         // Names of peers come from the transport's directory (the network
@@ -685,6 +690,7 @@ impl<T: Transport> NodeBuilder<T> {
             database: self.database,
             admin: Arc::default(),
             pipeline: counters,
+            metrics: metrics.clone(),
         };
         if let Some(settings) = self.admin {
             let served = admin::serve(

@@ -82,6 +82,8 @@ pub struct Node<T: Transport = TcpTransport> {
     /// The commit pipeline's count of write transactions, if the node
     /// has one (its core then counts batches, several per transaction).
     pub(super) pipeline: Option<Arc<super::pipeline::PipelineCounters>>,
+    /// The node's metrics registry (what the admin API's `/metrics` serves).
+    pub(super) metrics: admin::NodeMetrics,
 }
 
 impl<T: Transport> Clone for Node<T> {
@@ -98,6 +100,7 @@ impl<T: Transport> Clone for Node<T> {
             database: self.database.clone(),
             admin: self.admin.clone(),
             pipeline: self.pipeline.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -365,17 +368,34 @@ impl<T: Transport> Node<T> {
         }
     }
 
-    /// Group commits (database write transactions) since the node
-    /// started. Commits, not messages, are what a node's disk pays for, so
-    /// "commits per round trip" is the figure to watch when tuning
-    /// throughput (the `tcp_ping` benchmark prints it).
+    /// Durable write transactions (group commits) since the node started:
+    /// with the commit pipeline, one holds every batch queued while the
+    /// previous one was written. Commits, not messages, are what a node's
+    /// disk pays for, so "commits per round trip" is the figure to watch
+    /// when tuning throughput (the `tcp_ping` benchmark prints it).
     pub async fn commits(&self) -> Result<u64, NodeError> {
         // (A command: the node first makes every queued batch durable.)
         let batches = self.call(|core, _| (core.commits(), None)).await?;
-        Ok(match &self.pipeline {
+        Ok(self.transactions_for(batches))
+    }
+
+    /// The write transactions made so far, given the `batches` the core
+    /// committed (each its own transaction without a pipeline). Exact on
+    /// the driver, when no batch is queued.
+    pub(super) fn transactions_for(&self, batches: u64) -> u64 {
+        match &self.pipeline {
             Some(counters) => counters.transactions.load(Ordering::Relaxed),
             None => batches,
-        })
+        }
+    }
+
+    /// The node's metrics registry: what the admin API's `/metrics`
+    /// serves, for a program that exports them itself
+    /// ([`NodeMetrics::render`](admin::NodeMetrics::render) gives the
+    /// Prometheus text). A node records into it whether or not it serves
+    /// an admin API.
+    pub fn metrics(&self) -> &admin::NodeMetrics {
+        &self.metrics
     }
 
     /// Flows kept for an operator after failing repeatedly.

@@ -32,13 +32,21 @@
 //! caller that drives the core synchronously) a commit is durable when it
 //! returns: with nothing queued it is written on the caller's thread, as
 //! without a pipeline.
+//!
+//! The pipeline records the node's transaction metrics
+//! ([`TransactionMetrics`]: `flow_commits_total`, `flow_commit_seconds`)
+//! where each transaction is written (the committer thread, or the
+//! caller's for an inline commit), so a transaction's latency is its write
+//! and fsync, and the count is of fsyncs, not of the batches queued.
 
 use crate::fast_hash::FastMap;
+use crate::node::TransactionMetrics;
 use crate::store::{Entries, Store, StoreError, Table, WriteBatch, WriteOp};
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// The most batches queued or being written at once.
@@ -69,13 +77,24 @@ struct Shared {
     changed: Condvar,
     durable: watch::Sender<Durable>,
     counters: Arc<PipelineCounters>,
+    metrics: TransactionMetrics,
+}
+
+impl Shared {
+    /// Counts a transaction that began at `started`, if it succeeded.
+    fn written(&self, started: Instant, result: &Result<(), StoreError>) {
+        if result.is_ok() {
+            self.metrics.record(started);
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What a pipeline counted, shared with the node's handles.
 #[derive(Debug, Default)]
 pub(crate) struct PipelineCounters {
-    /// Write transactions made (inline commits and groups): each one
-    /// fsync when durable.
+    /// Durable write transactions made (inline commits and groups): each
+    /// one fsync.
     pub(crate) transactions: AtomicU64,
     /// Reads that had to wait for the committer (counts, and ranges over
     /// a queued range removal). The message path makes none; a test
@@ -199,8 +218,9 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 }
 
 impl CommitPipeline {
-    /// A pipeline in front of `store`, with its committer thread.
-    pub(crate) fn new(store: Arc<dyn Store>) -> std::io::Result<Self> {
+    /// A pipeline in front of `store`, with its committer thread; each
+    /// transaction is recorded in `metrics`.
+    pub(crate) fn new(store: Arc<dyn Store>, metrics: TransactionMetrics) -> std::io::Result<Self> {
         let (durable, _) = watch::channel(Durable::default());
         let shared = Arc::new(Shared {
             store,
@@ -208,6 +228,7 @@ impl CommitPipeline {
             changed: Condvar::new(),
             durable,
             counters: Arc::default(),
+            metrics,
         });
         let for_thread = shared.clone();
         let committer = std::thread::Builder::new()
@@ -338,8 +359,9 @@ fn commit_loop(shared: &Shared) {
             st.queue.iter().cloned().collect()
         };
         let batches: Vec<&WriteBatch> = group.iter().map(|q| &q.batch).collect();
+        let started = Instant::now();
         let result = shared.store.commit_group(&batches);
-        shared.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        shared.written(started, &result);
         let mut st = lock(shared);
         st.writing = 0;
         match result {
@@ -459,8 +481,9 @@ impl Store for CommitPipeline {
             st.last_seq += 1;
             let seq = st.last_seq;
             drop(st);
+            let started = Instant::now();
             let result = shared.store.commit(batch);
-            shared.counters.transactions.fetch_add(1, Ordering::Relaxed);
+            shared.written(started, &result);
             let mut st = lock(shared);
             match &result {
                 Ok(()) => st.durable_seq = seq,
@@ -513,8 +536,10 @@ mod tests {
     //! (or of later batches) sent.
     use super::*;
     use crate::prelude::*;
+    use crate::runner::admin::NodeMetrics;
     use crate::runner::{Node, NodeBuilder};
     use crate::store::{RedbOptions, RedbStore, SharedMemory};
+    use crate::testing::HookedStore;
     use crate::testing::ping_pong::{expected_total, ping, pong};
     use crate::transport::{MemoryNetwork, MemoryTransport, SendError, Transport, TransportEvent};
     use std::time::Duration;
@@ -588,43 +613,10 @@ mod tests {
         }
     }
 
-    /// An in-memory redb store behind a [`Gate`].
-    struct GatedStore {
-        inner: RedbStore,
-        gate: Arc<Gate>,
-    }
-
-    impl GatedStore {
-        fn open(memory: &SharedMemory, gate: Arc<Gate>) -> Arc<Self> {
-            let inner = RedbStore::open_in_memory(memory, RedbOptions::default()).expect("open");
-            Arc::new(Self { inner, gate })
-        }
-    }
-
-    impl Store for GatedStore {
-        fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(table, key)
-        }
-        fn range(
-            &self,
-            table: &Table,
-            from: &[u8],
-            to: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Entries, StoreError> {
-            self.inner.range(table, from, to, limit)
-        }
-        fn len(&self, table: &Table) -> Result<u64, StoreError> {
-            self.inner.len(table)
-        }
-        fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-            self.gate.pass()?;
-            self.inner.commit(batch)
-        }
-        fn commit_group(&self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
-            self.gate.pass()?;
-            self.inner.commit_group(batches)
-        }
+    /// An in-memory redb store on `memory` whose commits pass `gate`.
+    fn gated_store(memory: &SharedMemory, gate: Arc<Gate>) -> Arc<HookedStore> {
+        let inner = RedbStore::open_in_memory(memory, RedbOptions::default()).expect("open");
+        Arc::new(HookedStore::new(Arc::new(inner), move |_| gate.pass()))
     }
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -645,10 +637,15 @@ mod tests {
 
     /// A pipeline over a gated store holding keys a..e in `kv` and timers
     /// 1..=4 in `timers`, committed.
-    fn seeded() -> (CommitPipeline, Arc<Gate>, Arc<GatedStore>) {
+    fn seeded() -> (CommitPipeline, Arc<Gate>, Arc<HookedStore>) {
+        seeded_with(TransactionMetrics::default())
+    }
+
+    /// [`seeded`], recording its transactions in `metrics`.
+    fn seeded_with(metrics: TransactionMetrics) -> (CommitPipeline, Arc<Gate>, Arc<HookedStore>) {
         let gate = Arc::new(Gate::default());
-        let store = GatedStore::open(&SharedMemory::new(), gate.clone());
-        let pipeline = CommitPipeline::new(store.clone()).expect("pipeline");
+        let store = gated_store(&SharedMemory::new(), gate.clone());
+        let pipeline = CommitPipeline::new(store.clone(), metrics).expect("pipeline");
         let mut w = WriteBatch::default();
         for k in [b"a", b"b", b"c", b"d", b"e"] {
             put(&mut w, &t("kv"), k, b"old");
@@ -750,7 +747,8 @@ mod tests {
 
     #[test]
     fn a_failed_background_commit_refuses_every_later_batch_and_read() {
-        let (pipeline, gate, store) = seeded();
+        let metrics = NodeMetrics::new();
+        let (pipeline, gate, store) = seeded_with(metrics.transactions());
         let mut durable = pipeline.durable();
         gate.hold_after(0);
         pipeline.overlap(true);
@@ -779,11 +777,16 @@ mod tests {
         for k in [b"a", b"b", b"c"] {
             assert_eq!(store.get(&t("kv"), k).unwrap(), Some(b"old".to_vec()));
         }
+        // The failed transaction is not counted as a durable one.
+        let text = metrics.render();
+        assert_eq!(metric(&text, "flow_commits_total"), 1, "{text}");
+        assert_eq!(metric(&text, "flow_commit_seconds_count"), 1, "{text}");
     }
 
     #[test]
     fn batches_queued_together_are_written_in_one_commit() {
-        let (pipeline, gate, store) = seeded();
+        let metrics = NodeMetrics::new();
+        let (pipeline, gate, store) = seeded_with(metrics.transactions());
         gate.hold_after(0);
         pipeline.overlap(true);
         for i in 0..5u8 {
@@ -799,8 +802,12 @@ mod tests {
         }
         gate.open(false);
         wait_for("durable", || pipeline.is_idle());
-        // One commit for the first batch, one for the other four.
+        // One commit for the first batch, one for the other four (after
+        // the seeding one), and the metrics count those transactions.
         assert_eq!(gate.lock().passed, 1 + 2);
+        let text = metrics.render();
+        assert_eq!(metric(&text, "flow_commits_total"), 3, "{text}");
+        assert_eq!(metric(&text, "flow_commit_seconds_count"), 3, "{text}");
         assert_eq!(store.get(&t("kv"), b"a").unwrap(), Some(vec![4]));
         assert_eq!(store.len(&t("kv")).unwrap(), 3);
     }
@@ -850,7 +857,7 @@ mod tests {
             sent: sent.clone(),
         };
         let mut b = NodeBuilder::with_transport(party, "alice.redb", transport, incoming);
-        b.custom_store = Some(GatedStore::open(memory, gate));
+        b.custom_store = Some(gated_store(memory, gate));
         b.pipeline_commits(true);
         b.commit_inline_when_idle(false);
         b.redelivery_interval(Duration::from_secs(3600));
@@ -862,15 +869,70 @@ mod tests {
         }
     }
 
-    async fn bob(net: &MemoryNetwork, dir: &std::path::Path) -> Node<MemoryTransport> {
+    /// Bob on a file in `dir`, with a commit pipeline or without.
+    async fn bob(
+        net: &MemoryNetwork,
+        dir: &std::path::Path,
+        pipelined: bool,
+    ) -> Node<MemoryTransport> {
         let party = Party::new("Bob", PublicKey([2; 32]));
         let (transport, incoming) = net.join(&party);
         let mut b = NodeBuilder::with_transport(party, dir.join("bob.redb"), transport, incoming);
-        b.pipeline_commits(true);
+        b.pipeline_commits(pipelined);
         b.redelivery_interval(Duration::from_millis(100));
         b.flow::<ping::Flow>();
         b.responder::<ping::Flow>(pong);
         b.start().await.expect("bob starts")
+    }
+
+    /// Alice (pipelined, her commits behind `gate`) and Bob on one memory
+    /// network: the set-up of every node test here.
+    struct Pair {
+        /// Declared first to drop first: a failing test must not leave
+        /// Alice's committer held while her node is dropped.
+        _open: OpenOnDrop,
+        gate: Arc<Gate>,
+        net: MemoryNetwork,
+        /// Alice's database, to restart her on.
+        memory: SharedMemory,
+        alice: Alice,
+        bob: Node<MemoryTransport>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn pair(bob_pipelined: bool) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new();
+        let memory = SharedMemory::new();
+        let gate = Arc::new(Gate::default());
+        let alice = alice(&net, &memory, gate.clone()).await;
+        let bob = bob(&net, dir.path(), bob_pipelined).await;
+        Pair {
+            _open: OpenOnDrop(gate.clone()),
+            gate,
+            net,
+            memory,
+            alice,
+            bob,
+            _dir: dir,
+        }
+    }
+
+    impl Pair {
+        /// Checks that no read on either node's message path waited for
+        /// its committer, and stops both nodes.
+        async fn finish(self) {
+            let pipelines = [&self.alice.node.pipeline, &self.bob.pipeline];
+            for counters in pipelines.into_iter().flatten() {
+                assert_eq!(
+                    counters.read_waits.load(Ordering::Relaxed),
+                    0,
+                    "a read on the message path waited for the committer"
+                );
+            }
+            self.alice.node.shutdown().await.unwrap();
+            self.bob.shutdown().await.unwrap();
+        }
     }
 
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -881,15 +943,65 @@ mod tests {
         }
     }
 
+    /// The value of the unlabelled metric `name` in a Prometheus text
+    /// exposition; 0 if it is not there.
+    fn metric(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
+    }
+
+    /// A node's batches and transactions, as its core, its commit counts
+    /// and its metrics say.
+    #[derive(Debug)]
+    struct Counts {
+        /// [`NodeCore::commits`].
+        batches: u64,
+        /// What [`Node::commits`] reports.
+        transactions: u64,
+        /// `flow_batches_total`.
+        batches_total: u64,
+        /// `flow_commits_total`.
+        commits_total: u64,
+        /// `flow_commit_seconds_count`.
+        commit_seconds_count: u64,
+    }
+
+    /// Reads [`Counts`] on `node`'s driver, once every queued batch is
+    /// durable, so that they all speak of the same moment.
+    async fn counts<T: Transport>(node: &Node<T>) -> Counts {
+        let metrics = node.metrics().clone();
+        let handle = node.clone();
+        let counts = node.call(move |core, _| {
+            let text = metrics.render();
+            let counts = Counts {
+                batches: core.commits(),
+                transactions: handle.transactions_for(core.commits()),
+                batches_total: metric(&text, "flow_batches_total"),
+                commits_total: metric(&text, "flow_commits_total"),
+                commit_seconds_count: metric(&text, "flow_commit_seconds_count"),
+            };
+            (counts, None)
+        });
+        counts.await.expect("the node answers")
+    }
+
+    impl Counts {
+        /// The metrics agree with the counts: batches with the core's,
+        /// transactions (and latency samples) with the node's.
+        fn assert_consistent(&self) {
+            assert!(self.batches > 0, "{self:?}");
+            assert_eq!(self.batches_total, self.batches, "{self:?}");
+            assert_eq!(self.commits_total, self.transactions, "{self:?}");
+            assert_eq!(self.commit_seconds_count, self.transactions, "{self:?}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nothing_leaves_the_node_before_its_batch_is_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let net = MemoryNetwork::new();
-        let gate = Arc::new(Gate::default());
-        let memory = SharedMemory::new();
-        let alice = alice(&net, &memory, gate.clone()).await;
-        let bob = bob(&net, dir.path()).await;
-        let _open = OpenOnDrop(gate.clone());
+        let p = pair(true).await;
+        let (alice, bob, gate) = (&p.alice, &p.bob, &p.gate);
         // A first flow with every commit let through: the links are up and
         // every frame of it acknowledged.
         let warm_up = alice
@@ -937,22 +1049,13 @@ mod tests {
             alice.sent.load(Ordering::SeqCst) > before + 2
         })
         .await;
-        let counters = alice.node.pipeline.clone().expect("pipelined");
-        assert_eq!(
-            counters.read_waits.load(Ordering::Relaxed),
-            0,
-            "a read on the message path waited for the committer"
-        );
-        alice.node.shutdown().await.unwrap();
-        bob.shutdown().await.unwrap();
+        p.finish().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_flows_through_two_pipelined_nodes_finish_and_no_read_waits() {
-        let dir = tempfile::tempdir().unwrap();
-        let net = MemoryNetwork::new();
-        let alice = alice(&net, &SharedMemory::new(), Arc::new(Gate::default())).await;
-        let bob = bob(&net, dir.path()).await;
+        let p = pair(true).await;
+        let (alice, bob) = (&p.alice, &p.bob);
         let flows: Vec<(String, ping::Flow)> = (0..50)
             .map(|i| (format!("ping-{i}"), ping(bob.party().clone(), 5)))
             .collect();
@@ -963,37 +1066,76 @@ mod tests {
                 .expect("the flow finishes");
             assert_eq!(outcome, Ok(expected_total(5)));
         }
-        let batches = alice
-            .node
-            .call(|core, _| (core.commits(), None))
+        assert!(alice.node.pipeline.is_some() && bob.pipeline.is_some());
+        let alice_counts = counts(&alice.node).await;
+        alice_counts.assert_consistent();
+        assert!(
+            alice_counts.transactions <= alice_counts.batches,
+            "{alice_counts:?}"
+        );
+        let bob_counts = counts(bob).await;
+        bob_counts.assert_consistent();
+        assert!(
+            bob_counts.transactions <= bob_counts.batches,
+            "{bob_counts:?}"
+        );
+        p.finish().await;
+    }
+
+    /// The commit metrics tell batches from durable transactions: behind a
+    /// held commit, three batches queue on Alice and are written in two
+    /// transactions, which is what `flow_commits_total` and the latency
+    /// histogram count; Bob, without a pipeline, writes each batch in a
+    /// transaction of its own and all his figures agree.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_commit_metrics_count_durable_transactions_apart_from_batches() {
+        let p = pair(false).await;
+        assert!(p.bob.pipeline.is_none(), "Bob has no pipeline");
+        let warm_up = p
+            .bob
+            .start_flow(ping(p.alice.node.party().clone(), 1))
             .await
             .unwrap();
-        let transactions = alice.node.commits().await.unwrap();
-        assert!(
-            transactions <= batches,
-            "{transactions} transactions for {batches} batches"
-        );
-        for node in [&alice.node.pipeline, &bob.pipeline] {
-            let counters = node.clone().expect("pipelined");
-            assert_eq!(
-                counters.read_waits.load(Ordering::Relaxed),
-                0,
-                "a read on the message path waited for the committer"
-            );
+        assert_eq!(p.bob.result(&warm_up).await, Ok(expected_total(1)));
+        // Read without a command (one would wait for the held commit).
+        let batches = || metric(&p.alice.node.metrics().render(), "flow_batches_total");
+        p.gate.hold_after(0);
+        let mut handles = Vec::new();
+        for i in 0..3 {
+            let before = batches();
+            let flow = ping(p.alice.node.party().clone(), 1);
+            handles.push(p.bob.start_flow(flow).await.unwrap());
+            eventually("Alice commits a batch for the new flow", || {
+                batches() > before
+            })
+            .await;
+            if i == 0 {
+                eventually("the committer holds it", || p.gate.waiting() == 1).await;
+            }
         }
-        alice.node.shutdown().await.unwrap();
-        bob.shutdown().await.unwrap();
+        p.gate.open(false);
+        for handle in &handles {
+            let outcome = tokio::time::timeout(Duration::from_secs(30), p.bob.result(handle))
+                .await
+                .expect("the flow finishes");
+            assert_eq!(outcome, Ok(expected_total(1)));
+        }
+        let alice = counts(&p.alice.node).await;
+        alice.assert_consistent();
+        assert!(
+            alice.transactions < alice.batches,
+            "the two batches queued behind the held one took one transaction: {alice:?}"
+        );
+        let bob = counts(&p.bob).await;
+        bob.assert_consistent();
+        assert_eq!(bob.transactions, bob.batches, "{bob:?}");
+        p.finish().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_background_commit_stops_the_node_and_a_restart_finishes_the_flows_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let net = MemoryNetwork::new();
-        let memory = SharedMemory::new();
-        let gate = Arc::new(Gate::default());
-        let alice_node = alice(&net, &memory, gate.clone()).await;
-        let bob = bob(&net, dir.path()).await;
-        let _open = OpenOnDrop(gate.clone());
+        let p = pair(true).await;
+        let (alice_node, bob, gate) = (&p.alice, &p.bob, &p.gate);
         // Bob pings Alice; every commit of Alice's from now on is held.
         gate.hold_after(0);
         let mut handles = Vec::new();
@@ -1030,7 +1172,7 @@ mod tests {
         );
         // A restart on the same database: every flow finishes, each
         // round exactly once (the sum says so).
-        let alice_again = alice(&net, &memory, Arc::new(Gate::default())).await;
+        let alice_again = alice(&p.net, &p.memory, Arc::new(Gate::default())).await;
         for handle in &handles {
             let outcome = tokio::time::timeout(Duration::from_secs(30), bob.result(handle))
                 .await

@@ -716,6 +716,9 @@ fn print_status(as_json: bool, status: &Value, out: &mut dyn Write) {
     say!(out, "hospital         {}", status["hospital"]);
     say!(out, "outbox           {}", status["outbox"]);
     say!(out, "commits          {}", status["commits"]);
+    if !status["batches"].is_null() {
+        say!(out, "batches          {}", status["batches"]);
+    }
     let startable: Vec<String> = status["startable"]
         .as_array()
         .map(|a| a.iter().map(text).collect())

@@ -9,8 +9,11 @@
 //! program that installs its own global recorder is not disturbed.
 //!
 //! What is recorded where:
-//! * the node core: steps, commits, commit latency, finished flows,
-//!   initiations deferred by the responder bound ([`CoreMetrics`]);
+//! * the node core: steps, committed batches, finished flows, initiations
+//!   deferred by the responder bound ([`CoreMetrics`]);
+//! * whatever writes the store's transactions (the core, or the commit
+//!   pipeline's committer when there is one): durable transactions and
+//!   their latency ([`TransactionMetrics`]);
 //! * the driver: redelivered frames and frames refused from peers
 //!   ([`DriverMetrics`]);
 //! * the admin server: per-peer link state (from the transport's link
@@ -19,7 +22,7 @@
 //!   state from a scan of the checkpoints at most every
 //!   [`FLOWS_BY_STATE_EVERY`].
 
-use crate::node::CoreMetrics;
+use crate::node::{CoreMetrics, TransactionMetrics};
 use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -142,19 +145,38 @@ impl NodeMetrics {
             .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
-    /// Handles for the node core.
+    /// Handles for a node core that writes its own transactions (no commit
+    /// pipeline in front of its store).
     pub fn core(&self) -> CoreMetrics {
         CoreMetrics {
             steps: self.counter("flow_steps_total", vec![]),
-            commits: self.counter("flow_commits_total", vec![]),
-            commit_seconds: self
-                .recorder
-                .register_histogram(&Key::from_static_name("flow_commit_seconds"), &METADATA),
+            batches: self.counter("flow_batches_total", vec![]),
+            transactions: self.transactions(),
             finished_ok: self.counter("flow_finished_total", vec![Label::new("outcome", "ok")]),
             finished_error: self
                 .counter("flow_finished_total", vec![Label::new("outcome", "error")]),
             deferred_initiations: self.counter("flow_deferred_initiations_total", vec![]),
             ..CoreMetrics::default()
+        }
+    }
+
+    /// Handles for a node core whose commits go through a commit pipeline:
+    /// the pipeline records the transactions (with
+    /// [`transactions`](Self::transactions)), the core only its batches.
+    pub fn pipelined_core(&self) -> CoreMetrics {
+        CoreMetrics {
+            transactions: TransactionMetrics::default(),
+            ..self.core()
+        }
+    }
+
+    /// Handles for whatever writes the store's transactions.
+    pub fn transactions(&self) -> TransactionMetrics {
+        TransactionMetrics {
+            commits: self.counter("flow_commits_total", vec![]),
+            commit_seconds: self
+                .recorder
+                .register_histogram(&Key::from_static_name("flow_commit_seconds"), &METADATA),
         }
     }
 
@@ -253,7 +275,7 @@ enum Kind {
 }
 
 /// Every metric with its help text (also listed in docs/operations.md).
-const DESCRIPTIONS: [(Kind, &str, &str); 13] = [
+const DESCRIPTIONS: [(Kind, &str, &str); 14] = [
     (
         Kind::Counter,
         "flow_steps_total",
@@ -261,13 +283,18 @@ const DESCRIPTIONS: [(Kind, &str, &str); 13] = [
     ),
     (
         Kind::Counter,
+        "flow_batches_total",
+        "Batches of steps, starts and commands committed: each written in its own transaction or queued for the commit pipeline.",
+    ),
+    (
+        Kind::Counter,
         "flow_commits_total",
-        "Group commits (database write transactions).",
+        "Durable database write transactions (one fsync each); with the commit pipeline one holds every batch queued meanwhile.",
     ),
     (
         Kind::Histogram,
         "flow_commit_seconds",
-        "Duration of each group commit, fsync included.",
+        "Duration of each durable write transaction, measured where it is written, fsync included.",
     ),
     (
         Kind::Counter,

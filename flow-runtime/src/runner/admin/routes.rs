@@ -532,7 +532,11 @@ pub(super) struct NodeStatus {
     pub(super) flows_in_flight: u64,
     pub(super) hospital: usize,
     pub(super) outbox: u64,
+    /// Durable write transactions since the node started.
     pub(super) commits: u64,
+    /// Batches committed since the node started (with the commit
+    /// pipeline, several may share one transaction).
+    pub(super) batches: u64,
     pub(super) peers: Vec<PeerStatus>,
     pub(super) startable: Vec<String>,
 }
@@ -549,16 +553,18 @@ pub(super) struct PeerStatus {
 impl<T: Transport> Admin<T> {
     /// The node's counts, its peers and their links.
     pub(super) async fn status(&self) -> Result<NodeStatus, ApiError> {
-        let (flows_in_flight, hospital, outbox, draining, commits) = self
+        let node = self.node.clone();
+        let (flows_in_flight, hospital, outbox, draining, (commits, batches)) = self
             .node
-            .call(|core, _| {
+            .call(move |core, _| {
                 let r = (|| {
                     Ok::<_, NodeError>((
                         core.flows_in_flight()?,
                         core.hospital()?.len(),
                         core.outbox_len()?,
                         core.is_draining(),
-                        core.commits(),
+                        // On the driver, with nothing queued: the two agree.
+                        (node.transactions_for(core.commits()), core.commits()),
                     ))
                 })();
                 (r, None)
@@ -590,6 +596,7 @@ impl<T: Transport> Admin<T> {
             hospital,
             outbox,
             commits,
+            batches,
             peers,
             startable: self.startable.names().map(str::to_owned).collect(),
         })

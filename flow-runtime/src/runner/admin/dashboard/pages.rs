@@ -845,6 +845,7 @@ fn node_fragment(s: &NodeStatus, session: &Session) -> Markup {
             div.count.warn[s.hospital > 0] { a href="/ui/hospital" { span.n #count-hospital { (s.hospital) } " in the hospital" } }
             div.count { span.n { (s.outbox) } " messages to send" }
             div.count { span.n { (s.commits) } " commits since start" }
+            div.count { span.n { (s.batches) } " batches committed" }
         }
         section {
             h2 { "This node" }
