@@ -264,9 +264,16 @@ fn an_operator_runs_the_node_with_flowctl() {
         status.contains("Alice") && status.contains("Bob"),
         "{status}"
     );
+    for line in ["commits ", "batches "] {
+        assert!(
+            status.lines().any(|l| l.starts_with(line)),
+            "{line} in:\n{status}"
+        );
+    }
     let metrics = ok(&url, token, &["metrics"]);
     for needle in [
         "flow_steps_total ",
+        "flow_batches_total ",
         "flow_commit_seconds_bucket",
         "flow_peer_link_up{peer=\"Bob\"} 1",
         "flow_finished_total{outcome=\"error\"} 1",
