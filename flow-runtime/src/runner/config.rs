@@ -40,6 +40,7 @@
 //! kind = "redb"                     # or "postgres" (see below)
 //! quick_repair = true               # redb: fast open after a crash, at a second fsync per commit
 //! cache_mb = 32                     # redb: page cache
+//! journal_mb = 4                    # redb: journal commits, apply them to the tables every 4 MiB (0: off)
 //! ```
 //!
 //! With `kind = "postgres"` the node keeps its checkpoints in a PostgreSQL
@@ -212,6 +213,10 @@ pub struct StoreSection {
     pub quick_repair: Option<bool>,
     /// redb: the page cache in MiB (default 32).
     pub cache_mb: Option<usize>,
+    /// redb: journal each commit as one record and apply the records to
+    /// the tables every this many MiB (default 4; 0 turns the journal
+    /// off). See [`RedbOptions::journal_bytes`](crate::store::RedbOptions::journal_bytes).
+    pub journal_mb: Option<usize>,
     /// PostgreSQL: the connection string (a `postgresql://` URL or libpq's
     /// `key=value` pairs); the tables go into the first schema of its
     /// `search_path`.
@@ -253,6 +258,9 @@ impl StoreSection {
         if let Some(mb) = self.cache_mb {
             o.cache_bytes = mb.saturating_mul(1024 * 1024);
         }
+        if let Some(mb) = self.journal_mb {
+            o.journal_bytes = mb.saturating_mul(1024 * 1024);
+        }
         o
     }
 
@@ -267,10 +275,15 @@ impl StoreSection {
                 None => Ok(StoreChoice::Redb(self.redb_options())),
             },
             StoreKind::Postgres => {
-                if self.quick_repair.is_some() || self.cache_mb.is_some() {
-                    return Err("`quick_repair` and `cache_mb` are redb settings; \
+                if self.quick_repair.is_some()
+                    || self.cache_mb.is_some()
+                    || self.journal_mb.is_some()
+                {
+                    return Err(
+                        "`quick_repair`, `cache_mb` and `journal_mb` are redb settings; \
                          remove them with kind = \"postgres\""
-                        .into());
+                            .into(),
+                    );
                 }
                 match &self.connection {
                     Some(c) if !c.trim().is_empty() => Ok(StoreChoice::Postgres {
@@ -575,12 +588,14 @@ quick_repair = false
         let dir = tempfile::tempdir().unwrap();
         let parse =
             |store: &str| Config::from_toml_str(&with_store(store), dir.path(), "node.toml");
-        let redb = parse("quick_repair = false")
+        let redb = parse("quick_repair = false\njournal_mb = 16")
             .unwrap()
             .store
             .choice()
             .unwrap();
-        assert!(matches!(redb, StoreChoice::Redb(o) if !o.quick_repair));
+        assert!(
+            matches!(redb, StoreChoice::Redb(o) if !o.quick_repair && o.journal_bytes == 16 << 20)
+        );
         let plain = parse("").unwrap().store.choice().unwrap();
         assert_eq!(
             plain,
@@ -605,6 +620,10 @@ quick_repair = false
             ),
             (
                 "kind = \"postgres\"\nconnection = \"host=db\"\ncache_mb = 3",
+                "redb settings",
+            ),
+            (
+                "kind = \"postgres\"\nconnection = \"host=db\"\njournal_mb = 0",
                 "redb settings",
             ),
             ("connection = \"host=db\"", "setting of kind = \"postgres\""),

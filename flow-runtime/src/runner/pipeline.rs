@@ -42,7 +42,7 @@
 use crate::fast_hash::FastMap;
 use crate::node::TransactionMetrics;
 use crate::store::{Entries, Store, StoreError, Table, WriteBatch, WriteOp};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -441,25 +441,8 @@ impl Store for CommitPipeline {
         let deletes = ops().filter(|op| op.value.is_none()).count();
         let store_limit = limit.saturating_add(deletes);
         let stored = self.shared.store.range(table, from, to, store_limit)?;
-        // If the store had more, keys past its last one are unknown here.
-        let last = (stored.len() == store_limit)
-            .then(|| stored.last().map(|(k, _)| k.clone()))
-            .flatten();
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
-        for op in ops() {
-            if last.as_ref().is_some_and(|last| op.key > *last) {
-                continue;
-            }
-            match &op.value {
-                Some(v) => {
-                    merged.insert(op.key.clone(), v.clone());
-                }
-                None => {
-                    merged.remove(&op.key);
-                }
-            }
-        }
-        Ok(merged.into_iter().take(limit).collect())
+        let writes = ops().map(|op| (op.key.as_slice(), op.value.as_deref()));
+        Ok(crate::store::lay_over(stored, store_limit, limit, writes))
     }
 
     fn len(&self, table: &Table) -> Result<u64, StoreError> {

@@ -11,6 +11,7 @@
 //! PostgreSQL server). No redb type appears outside the `redb_store`
 //! module, and no PostgreSQL type outside `postgres_store`.
 
+mod journal;
 #[cfg(feature = "postgres")]
 mod postgres_store;
 mod redb_store;
@@ -238,4 +239,38 @@ pub trait Store: Send + Sync {
         }
         Ok(())
     }
+}
+
+/// `stored` (a table's entries in a key range, read with a limit of
+/// `store_limit`) with newer `writes` in that range laid over them (in
+/// order; `None` deletes), at most `limit` entries: what a range read
+/// answers when some writes are not in the table yet (the commit
+/// pipeline's queued batches, the redb store's journal). The caller reads
+/// one more stored entry per delete among `writes`, so that `limit`
+/// entries remain known; a write past the last stored entry of a full read
+/// is left out, since stored entries before it may be missing.
+pub(crate) fn lay_over<'a>(
+    stored: Entries,
+    store_limit: usize,
+    limit: usize,
+    writes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Entries {
+    let last = (stored.len() == store_limit)
+        .then(|| stored.last().map(|(k, _)| k.clone()))
+        .flatten();
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+    for (key, value) in writes {
+        if last.as_deref().is_some_and(|last| key > last) {
+            continue;
+        }
+        match value {
+            Some(v) => {
+                merged.insert(key.to_vec(), v.to_vec());
+            }
+            None => {
+                merged.remove(key);
+            }
+        }
+    }
+    merged.into_iter().take(limit).collect()
 }

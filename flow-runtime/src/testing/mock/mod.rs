@@ -365,10 +365,13 @@ impl MockNetwork {
     pub fn restart_node(&mut self, node: NodeId) {
         let slot = &mut self.nodes[node.0];
         slot.core = None;
-        if let Some(store) = slot.store.take()
-            && let Err(e) = store.sync()
-        {
-            tracing::error!("MockNetwork: {e}");
+        if let Some(store) = slot.store.take() {
+            if let Err(e) = store.sync() {
+                tracing::error!("MockNetwork: {e}");
+            }
+            // A crash applies nothing more: the reopened store finds the
+            // journal's records and applies them.
+            store.close_as_if_crashed();
         }
         slot.incarnation += 1;
         self.stats.restarts += 1;
@@ -547,6 +550,7 @@ impl MockNetwork {
             durable: false,
             quick_repair: false,
             cache_bytes: 4 * 1024 * 1024,
+            ..RedbOptions::default()
         };
         let store = match RedbStore::open_in_memory(&slot.memory, options) {
             Ok(s) => Arc::new(s),
