@@ -454,18 +454,17 @@ impl RedbStore {
         if overlay.is_empty() {
             return Ok(());
         }
-        for (table, writes) in overlay.tables() {
+        for (table, writes) in overlay.tables_in_key_order() {
             let mut t = txn
                 .open_table(Def::new(table.name()))
                 .map_err(|e| err("open table", e))?;
             for (key, value) in writes {
                 match value {
                     Some(v) => {
-                        t.insert(key.as_slice(), v.as_slice())
-                            .map_err(|e| err("insert", e))?;
+                        t.insert(key, v).map_err(|e| err("insert", e))?;
                     }
                     None => {
-                        t.remove(key.as_slice()).map_err(|e| err("remove", e))?;
+                        t.remove(key).map_err(|e| err("remove", e))?;
                     }
                 }
             }
