@@ -138,6 +138,9 @@ impl<'a> Cursor<'a> {
 /// hasher.
 pub(super) type Keys = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// One write of the overlay, borrowed: key and value (`None`: deleted).
+pub(super) type Write<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// The writes of the journal's records not yet applied to the tables,
 /// the last per key, by table; and where the journal stands.
 #[derive(Default)]
@@ -167,9 +170,7 @@ impl Overlay {
 
     /// Every table's writes in key order (the order to apply them in:
     /// one walk down each B-tree).
-    pub(super) fn tables_in_key_order(
-        &self,
-    ) -> impl Iterator<Item = (&Table, Vec<(&[u8], Option<&[u8]>)>)> {
+    pub(super) fn tables_in_key_order(&self) -> impl Iterator<Item = (&Table, Vec<Write<'_>>)> {
         self.tables.iter().map(|(table, keys)| {
             let mut writes: Vec<_> = keys
                 .iter()
@@ -259,12 +260,7 @@ impl Overlay {
     }
 
     /// The writes to `table` in `from..to`, in key order.
-    fn in_range<'a>(
-        &'a self,
-        table: &Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-    ) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
+    fn in_range<'a>(&'a self, table: &Table, from: &[u8], to: Option<&[u8]>) -> Vec<Write<'a>> {
         let mut writes: Vec<_> = self
             .tables
             .get(table)
