@@ -66,8 +66,8 @@ pub struct NodeBuilder<T: Transport = TcpTransport> {
     hand_off_commits: Option<bool>,
     /// See [`NodeBuilder::pipeline_commits`]; `None`: the store's default.
     pipeline_commits: Option<bool>,
-    /// See [`NodeBuilder::commit_inline_when_idle`].
-    pub(crate) inline_when_idle: bool,
+    /// See [`NodeBuilder::inline_commit_max_frames`].
+    pub(crate) inline_commit_max_frames: usize,
     /// (Crate-visible: a scale-out worker divides the responder bound
     /// among the partitions.)
     pub(crate) node_config: NodeConfig,
@@ -287,7 +287,7 @@ impl<T: Transport> NodeBuilder<T> {
             defer_acks: true,
             hand_off_commits: None,
             pipeline_commits: None,
-            inline_when_idle: false,
+            inline_commit_max_frames: super::event_loop::SMALL_BATCH,
             node_config: NodeConfig::default(),
             store: Ok(StoreChoice::Redb(RedbOptions::default())),
             registry: Registry::new(),
@@ -430,24 +430,39 @@ impl<T: Transport> NodeBuilder<T> {
     }
 
     /// With the commit pipeline ([`pipeline_commits`](Self::pipeline_commits)):
-    /// whether a batch stepped while nothing is queued and no frame waits
-    /// is committed on the driver itself (`true`) or handed to the
-    /// committer thread like every other (`false`, the default).
+    /// a batch of at most `frames` frames, stepped while nothing is queued
+    /// and no frame waits, is committed on the driver itself; larger ones
+    /// (and flows left runnable) are handed to the committer thread.
+    /// Default [`SMALL_BATCH`](super::SMALL_BATCH) (4); `0` hands
+    /// every batch off, `usize::MAX` commits every batch of an idle node
+    /// inline ([`commit_inline_when_idle`](Self::commit_inline_when_idle)
+    /// sets one or the other).
     ///
-    /// Why a choice: committing on the driver saves one flow alone a
-    /// hand-off between threads (about 10% of its durable round trip on
-    /// the reference machine), but blocks the driver's worker for the
-    /// fsync whenever the node is momentarily idle, which under load is
-    /// often: with 1,000 flows in flight, handing off every batch made
-    /// twice the round trips per second at less CPU per round trip, so
-    /// the default serves many flows. See the book's performance chapter.
+    /// Why: handing a commit off costs two thread wake-ups, which were
+    /// 40% of one flow's round trip without fsync on the reference
+    /// machine (64 µs committing inline against 110 µs handing off),
+    /// while committing on the driver blocks its worker for the fsync,
+    /// which under load is often: with 1,000 flows in flight, committing
+    /// every idle batch inline halved the round trips per second. A busy
+    /// node's frames come in batches of tens to hundreds, so the small
+    /// ones are the node's lone flows. See the book's performance chapter.
+    pub fn inline_commit_max_frames(&mut self, frames: usize) -> &mut Self {
+        self.inline_commit_max_frames = frames;
+        self
+    }
+
+    /// With the commit pipeline ([`pipeline_commits`](Self::pipeline_commits)):
+    /// whether every batch stepped while nothing is queued and no frame
+    /// waits is committed on the driver itself (`true`), or every batch is
+    /// handed to the committer thread (`false`). The default lies between:
+    /// see [`inline_commit_max_frames`](Self::inline_commit_max_frames).
     ///
     /// Tests that run a node on tokio's paused clock
     /// (`#[tokio::test(start_paused = true)]`) should set `true`: while the
     /// driver waits for the committer's (real) thread, the paused runtime
     /// sees nothing to do and jumps its clock to the next timer.
     pub fn commit_inline_when_idle(&mut self, inline: bool) -> &mut Self {
-        self.inline_when_idle = inline;
+        self.inline_commit_max_frames = if inline { usize::MAX } else { 0 };
         self
     }
 
@@ -672,7 +687,7 @@ impl<T: Transport> NodeBuilder<T> {
             stopping: stopping.clone(),
             metrics: metrics.driver(),
             hand_off_commits: hand_off_commits(self.hand_off_commits),
-            pipeline: pipeline.map(|p| Pipelined::new(p, self.inline_when_idle)),
+            pipeline: pipeline.map(|p| Pipelined::new(p, self.inline_commit_max_frames)),
         };
         let results: Arc<dyn ResultSource> = Arc::new(NodeResults {
             commands: commands.downgrade(),

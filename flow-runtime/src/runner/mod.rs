@@ -20,7 +20,7 @@ pub use config::{
     Config, ConfigError, LoadedConfig, NodeSection, StoreChoice, StoreKind, StoreSection,
     TransportSection,
 };
-pub use event_loop::MAX_FRAMES_PER_BATCH;
+pub use event_loop::{MAX_FRAMES_PER_BATCH, SMALL_BATCH};
 pub use handle::Node;
 pub use upgrade::NodeArgs;
 

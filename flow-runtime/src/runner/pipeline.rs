@@ -1115,6 +1115,85 @@ mod tests {
         p.finish().await;
     }
 
+    /// Bob answering Alice's pings with `inline_max_frames` set (`None`:
+    /// the default), his store counting the commits of steps made on his
+    /// committer thread and elsewhere (his driver) while the flows ran:
+    /// `(on the committer, elsewhere)`.
+    async fn bobs_commits_by_thread(inline_max_frames: Option<usize>) -> (u64, u64) {
+        let net = MemoryNetwork::new();
+        let alice = Party::new("Alice", PublicKey([1; 32]));
+        let (transport, incoming) = net.join(&alice);
+        let dir = tempfile::tempdir().unwrap();
+        let mut b =
+            NodeBuilder::with_transport(alice, dir.path().join("alice.redb"), transport, incoming);
+        b.store_options(RedbOptions {
+            durable: false,
+            ..RedbOptions::default()
+        });
+        b.flow::<ping::Flow>();
+        let alice = b.start().await.expect("alice starts");
+
+        let counted = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let counting = counted.clone();
+        let store = HookedStore::new(
+            Arc::new(
+                RedbStore::open_in_memory(&SharedMemory::new(), RedbOptions::default()).unwrap(),
+            ),
+            move |batches| {
+                // Steps (a received message moves its session), not the
+                // deferred acks a redelivery tick commits on the driver.
+                let steps = batches
+                    .iter()
+                    .any(|b| b.ops.iter().any(|op| op.table == Table::SESSIONS));
+                let on_committer = std::thread::current().name() == Some("flow-committer");
+                if steps {
+                    counting[usize::from(!on_committer)].fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(())
+            },
+        );
+        let bob = Party::new("Bob", PublicKey([2; 32]));
+        let (transport, incoming) = net.join(&bob);
+        let mut b = NodeBuilder::with_transport(bob, "bob.redb", transport, incoming);
+        b.custom_store = Some(Arc::new(store));
+        b.pipeline_commits(true);
+        b.redelivery_interval(Duration::from_secs(3600));
+        if let Some(frames) = inline_max_frames {
+            b.inline_commit_max_frames(frames);
+        }
+        b.responder::<ping::Flow>(pong);
+        let bob = b.start().await.expect("bob starts");
+
+        let before = [0, 1].map(|i| counted[i].load(Ordering::SeqCst));
+        // One flow at a time: Bob's batches are a frame or two each.
+        for _ in 0..3 {
+            let flow = alice
+                .start_flow(ping(bob.party().clone(), 4))
+                .await
+                .unwrap();
+            assert_eq!(alice.result(&flow).await, Ok(expected_total(4)));
+        }
+        let after = [0, 1].map(|i| counted[i].load(Ordering::SeqCst));
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+        (after[0] - before[0], after[1] - before[1])
+    }
+
+    /// By default an idle node commits a batch of a few frames on its
+    /// driver (a lone flow's round trip saves the hand-off's thread
+    /// wake-ups); with the bound at 0 every batch goes to the committer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_node_commits_small_batches_on_its_driver_unless_told_not_to() {
+        let (committer, driver) = bobs_commits_by_thread(None).await;
+        assert!(
+            driver > 0,
+            "no small batch was committed on the driver ({committer} on the committer)"
+        );
+        let (committer, driver) = bobs_commits_by_thread(Some(0)).await;
+        assert_eq!(driver, 0, "a batch was committed on the driver");
+        assert!(committer > 0, "Bob committed his steps");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_background_commit_stops_the_node_and_a_restart_finishes_the_flows_once() {
         let p = pair(true).await;
