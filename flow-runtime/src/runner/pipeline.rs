@@ -42,7 +42,7 @@
 use crate::fast_hash::FastMap;
 use crate::node::TransactionMetrics;
 use crate::store::{Entries, Store, StoreError, Table, WriteBatch, WriteOp};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -441,8 +441,16 @@ impl Store for CommitPipeline {
         let deletes = ops().filter(|op| op.value.is_none()).count();
         let store_limit = limit.saturating_add(deletes);
         let stored = self.shared.store.range(table, from, to, store_limit)?;
-        let writes = ops().map(|op| (op.key.as_slice(), op.value.as_deref()));
-        Ok(crate::store::lay_over(stored, store_limit, limit, writes))
+        // The last write per key, in key order.
+        let writes: BTreeMap<&[u8], Option<&[u8]>> = ops()
+            .map(|op| (op.key.as_slice(), op.value.as_deref()))
+            .collect();
+        Ok(crate::store::lay_over(
+            stored,
+            store_limit,
+            limit,
+            writes.into_iter(),
+        ))
     }
 
     fn len(&self, table: &Table) -> Result<u64, StoreError> {

@@ -242,35 +242,50 @@ pub trait Store: Send + Sync {
 }
 
 /// `stored` (a table's entries in a key range, read with a limit of
-/// `store_limit`) with newer `writes` in that range laid over them (in
-/// order; `None` deletes), at most `limit` entries: what a range read
-/// answers when some writes are not in the table yet (the commit
-/// pipeline's queued batches, the redb store's journal). The caller reads
-/// one more stored entry per delete among `writes`, so that `limit`
-/// entries remain known; a write past the last stored entry of a full read
-/// is left out, since stored entries before it may be missing.
+/// `store_limit`, in key order) with newer `writes` in that range laid
+/// over them (in key order, one per key; `None` deletes), at most `limit`
+/// entries: what a range read answers when some writes are not in the
+/// table yet (the commit pipeline's queued batches, the redb store's
+/// journal). The caller reads one more stored entry per delete among
+/// `writes`, so that `limit` entries remain known; a write past the last
+/// stored entry of a full read is left out, since stored entries before
+/// it may be missing. A merge of the two sorted sequences: range reads
+/// of a busy table run it on every call.
 pub(crate) fn lay_over<'a>(
     stored: Entries,
     store_limit: usize,
     limit: usize,
     writes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> Entries {
+    use std::cmp::Ordering;
     let last = (stored.len() == store_limit)
         .then(|| stored.last().map(|(k, _)| k.clone()))
         .flatten();
-    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
-    for (key, value) in writes {
-        if last.as_deref().is_some_and(|last| key > last) {
+    let mut out = Vec::with_capacity(stored.len().min(limit));
+    let mut stored = stored.into_iter().peekable();
+    let mut writes = writes
+        .take_while(|(k, _)| last.as_deref().is_none_or(|last| *k <= last))
+        .peekable();
+    while out.len() < limit {
+        let next = match (stored.peek(), writes.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((stored_key, _)), Some((written_key, _))) => {
+                stored_key.as_slice().cmp(written_key)
+            }
+        };
+        if next == Ordering::Less {
+            out.extend(stored.next());
             continue;
         }
-        match value {
-            Some(v) => {
-                merged.insert(key.to_vec(), v.to_vec());
-            }
-            None => {
-                merged.remove(key);
-            }
+        if next == Ordering::Equal {
+            // The write replaces (or deletes) the stored entry.
+            stored.next();
+        }
+        if let Some((key, Some(value))) = writes.next() {
+            out.push((key.to_vec(), value.to_vec()));
         }
     }
-    merged.into_iter().take(limit).collect()
+    out
 }
