@@ -49,8 +49,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 use tokio::sync::watch;
 
-/// The most batches queued or being written at once.
-pub(crate) const MAX_QUEUED_BATCHES: usize = 8;
+/// The most batches queued or being written at once. The bytes bound
+/// below is what limits memory; this one only caps the queue's length.
+/// At 8, with 1,000 flows in flight, the driver stopped taking frames
+/// while the committer wrote (the batches being written count too):
+/// 64 gave 6-9% more round trips/s (`tcp_ping`, quiet A/B runs).
+pub(crate) const MAX_QUEUED_BATCHES: usize = 64;
 /// The most bytes (keys and values) queued or being written at once.
 pub(crate) const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 
