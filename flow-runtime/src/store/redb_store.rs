@@ -455,19 +455,7 @@ impl RedbStore {
             return Ok(());
         }
         for (table, writes) in overlay.tables_in_key_order() {
-            let mut t = txn
-                .open_table(Def::new(table.name()))
-                .map_err(|e| err("open table", e))?;
-            for (key, value) in writes {
-                match value {
-                    Some(v) => {
-                        t.insert(key, v).map_err(|e| err("insert", e))?;
-                    }
-                    None => {
-                        t.remove(key).map_err(|e| err("remove", e))?;
-                    }
-                }
-            }
+            write_table(txn, table, writes)?;
         }
         let mut records = txn
             .open_table(Def::new(journal::TABLE))
@@ -561,6 +549,29 @@ impl Drop for RedbStore {
     }
 }
 
+/// Writes `writes` (key, value; `None` deletes) into `table`, in order,
+/// in `txn`.
+fn write_table<'a>(
+    txn: &WriteTransaction,
+    table: &Table,
+    writes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Result<(), StoreError> {
+    let mut t = txn
+        .open_table(Def::new(table.name()))
+        .map_err(|e| err("open table", e))?;
+    for (key, value) in writes {
+        match value {
+            Some(v) => {
+                t.insert(key, v).map_err(|e| err("insert", e))?;
+            }
+            None => {
+                t.remove(key).map_err(|e| err("remove", e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `batches` in order into their tables, in `txn`. Each batch
 /// applies its range removals, then its ops; consecutive batches without
 /// range removals are applied together, table by table, in key order.
@@ -596,19 +607,7 @@ fn apply_batches(txn: &WriteTransaction, batches: &[&WriteBatch]) -> Result<(), 
             // Key order walks the B-tree once instead of jumping around
             // it; the sort is stable, so ops on one key keep their order.
             ops.sort_by(|a, b| a.0.cmp(b.0));
-            let mut t = txn
-                .open_table(Def::new(table.name()))
-                .map_err(|e| err("open table", e))?;
-            for (key, value) in ops {
-                match value {
-                    Some(v) => {
-                        t.insert(key, v).map_err(|e| err("insert", e))?;
-                    }
-                    None => {
-                        t.remove(key).map_err(|e| err("remove", e))?;
-                    }
-                }
-            }
+            write_table(txn, table, ops)?;
         }
     }
     Ok(())
