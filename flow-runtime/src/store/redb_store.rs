@@ -297,7 +297,7 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let overlay = self.overlay_for_reading();
+        let overlay = self.read_overlay();
         if let Some(value) = overlay.get(table, key) {
             return Ok(value.map(<[u8]>::to_vec));
         }
@@ -318,7 +318,7 @@ impl Store for RedbStore {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let overlay = self.overlay_for_reading();
+        let overlay = self.read_overlay();
         if overlay.table(table).is_none() {
             return self.guard("reading a range", || {
                 self.range_unguarded(table, from, to, limit)
@@ -332,7 +332,7 @@ impl Store for RedbStore {
     }
 
     fn len(&self, table: &Table) -> Result<u64, StoreError> {
-        let overlay = self.overlay_for_reading();
+        let overlay = self.read_overlay();
         self.guard("counting", || {
             Ok(self
                 .with_table(table, |t| {
@@ -511,10 +511,6 @@ impl RedbStore {
         Ok(txn)
     }
 
-    fn overlay_for_reading(&self) -> RwLockReadGuard<'_, Overlay> {
-        self.read_overlay()
-    }
-
     fn read_overlay(&self) -> RwLockReadGuard<'_, Overlay> {
         self.overlay.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -534,16 +530,8 @@ impl Drop for RedbStore {
         {
             return;
         }
-        if let Err(e) = self.guard("closing", || {
-            let _one_at_a_time = self
-                .committing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.invalidate_reader();
-            let txn = self.begin_write()?;
-            self.apply_overlay(&txn)?;
-            txn.commit().map_err(|e| err("commit", e))
-        }) {
+        // A commit of nothing applies the journal (see `commit_unguarded`).
+        if let Err(e) = self.guard("closing", || self.commit_unguarded(&[])) {
             tracing::warn!(error = %e, "could not apply the journal on close; the next open applies it");
         }
     }
