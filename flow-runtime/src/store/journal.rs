@@ -169,10 +169,12 @@ impl Overlay {
 
     /// Every table's writes in key order (the order to apply them in:
     /// one walk down each B-tree).
-    pub(super) fn tables_in_key_order(&self) -> impl Iterator<Item = (&Table, Vec<Write<'_>>)> {
+    pub(super) fn tables_in_key_order(
+        &self,
+    ) -> impl Iterator<Item = (&Table, impl Iterator<Item = Write<'_>>)> {
         self.tables.iter().map(|(table, keys)| {
             let writes = keys.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
-            (table, writes.collect())
+            (table, writes)
         })
     }
 
